@@ -1,0 +1,123 @@
+"""Who sent a request and what it asked for: the first step of the request path.
+
+This module owns the vocabulary a caller can name in the body's ``model`` field (the LiteLLM model groups and
+``auto``) and the rules for agent ids. It is pure: it reads values, never the environment.
+
+Exceptions::
+
+    ValueError
+     └── IdentityError    an agent id or model field the router refuses (the HTTP edge answers 400)
+
+How a request is identified:
+
+* ``X-Agent-Id`` (looked up case-insensitively) is authoritative. An empty or blank header counts as absent,
+  because proxies sometimes forward empty headers; a non-empty invalid one is rejected.
+* The body ``model`` field, stripped and compared case-insensitively:
+
+  ==========================  ===========================================================================
+  ``auto``, ``""``, missing   no request: the router picks the group
+  a known group (``code``)    ``requested_group``
+  ``agent:group``             agent id (used only when there is no header) and ``requested_group``;
+                              ``agent:auto`` and ``agent:`` name the agent only. The colon form is
+                              recognised only when the part after the last colon is a group or ``auto``,
+                              so Ollama-style names such as ``qwen3:8b`` are not mistaken for agents
+  anything else (``gpt-4o``)  ``requested_model``: routed as ``auto`` and recorded
+  ==========================  ===========================================================================
+
+Why ``gpt-4o`` is routed as ``auto``: OpenAI SDKs and agent frameworks send a hard-coded model name by
+default, and the callers of a control plane expect the operator's policy to place their work, not a name
+baked into a client. The name is kept in ``requested_model`` so events and logs show what was asked for.
+
+Agent ids are case-insensitive (stored lower-case), 1 to 128 characters of ``a-z 0-9 . _ -`` starting with
+a letter or digit: safe in a log line, a JSONL event and a file name, and free of the body form's ``:``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Final, Literal
+
+LOCAL_GROUPS: Final = ("balanced", "fast-chat", "code")
+CLOUD_GROUPS: Final = ("cloud-balanced", "cloud-fast", "cloud-code")
+GROUPS: Final = frozenset(LOCAL_GROUPS + CLOUD_GROUPS)
+AUTO_MODEL: Final = "auto"
+
+AGENT_ID_HEADER: Final = "x-agent-id"
+AGENT_ID_MAX_LEN: Final = 128
+MODEL_MAX_LEN: Final = 256
+_AGENT_ID_RE: Final = re.compile(r"[a-z0-9][a-z0-9._-]*")
+
+
+class IdentityError(ValueError):
+    """An agent id or model field that the router refuses; the message says which and why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    agent_id: str | None
+    source: Literal["header", "body", "anonymous"]
+    requested_group: str | None
+    requested_model: str | None
+
+
+def sanitize_agent_id(raw: str, *, where: str = "agent id") -> str:
+    """Return the canonical (stripped, lower-case) agent id or raise IdentityError naming ``where``."""
+    agent_id = raw.strip().lower()
+    if not agent_id:
+        raise IdentityError(f"{where} is empty")
+    if len(agent_id) > AGENT_ID_MAX_LEN:
+        raise IdentityError(f"{where} is longer than {AGENT_ID_MAX_LEN} characters")
+    if not _AGENT_ID_RE.fullmatch(agent_id):
+        raise IdentityError(
+            f"{where} {agent_id[:40]!r} is invalid: use letters, digits, '.', '_' or '-', starting with a "
+            "letter or digit"
+        )
+    return agent_id
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    for key, value in headers.items():
+        if key.lower() == name:
+            return value
+    return None
+
+
+def identify(headers: Mapping[str, str], body_model: object) -> Identity:
+    """Identify the caller from its headers and the body's ``model`` field (see the module docstring)."""
+    header_value = _header(headers, AGENT_ID_HEADER)
+    header_agent = None
+    if header_value is not None and header_value.strip():
+        header_agent = sanitize_agent_id(header_value, where="X-Agent-Id header")
+
+    if body_model is None:
+        model = ""
+    elif isinstance(body_model, str):
+        model = body_model.strip()
+    else:
+        raise IdentityError(f"model must be a string, got {type(body_model).__name__}")
+    if len(model) > MODEL_MAX_LEN or not model.isprintable():
+        raise IdentityError(f"model must be at most {MODEL_MAX_LEN} printable characters")
+
+    body_agent: str | None = None
+    requested_group: str | None = None
+    requested_model: str | None = None
+    lowered = model.lower()
+    agent_part, colon, group_part = lowered.rpartition(":")
+    if lowered in ("", AUTO_MODEL):
+        pass
+    elif lowered in GROUPS:
+        requested_group = lowered
+    elif colon and agent_part and group_part in GROUPS | {AUTO_MODEL, ""}:
+        requested_group = group_part if group_part in GROUPS else None
+        if header_agent is None:  # the header wins; a body agent is not even validated then
+            body_agent = sanitize_agent_id(agent_part, where="agent in model field")
+    else:
+        requested_model = model
+
+    if header_agent is not None:
+        return Identity(header_agent, "header", requested_group, requested_model)
+    if body_agent is not None:
+        return Identity(body_agent, "body", requested_group, requested_model)
+    return Identity(None, "anonymous", requested_group, requested_model)

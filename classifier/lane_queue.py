@@ -1,0 +1,139 @@
+"""LaneQueue: the asyncio admission gate in front of one LiteLLM group (our backpressure on Ollama).
+
+This module owns slots and the line for them. It grants at most ``limit`` slots at a time, first come first
+served, and keeps at most ``max_depth`` requests waiting. ``queue_policy`` decides *whether* to join a line;
+this module enforces it.
+
+Exceptions::
+
+    Exception
+     ├── LaneFullError    acquire() found the line already holding max_depth waiters
+     └── TimeoutError     (builtin) acquire() waited longer than its timeout
+
+Guarantees:
+
+* FIFO: a newcomer never takes a slot while anyone is waiting; a freed slot goes straight to the head of the
+  line (``active`` stays the same), so no one can overtake between a release and the wake-up.
+* Cancellation-safe: a waiter whose task is cancelled (client disconnect) or times out leaves the line at
+  once (``depth`` no longer counts it) and never leaks a slot. If the slot was granted at the same moment,
+  the waiter hands it on before re-raising, so the grant is not lost either.
+* ``limit`` and ``max_depth`` may change at run time (the fleet changed). A higher limit wakes waiters; a
+  lower one takes effect as slots are released, and a lower max_depth only refuses newcomers: running and
+  waiting requests are never evicted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
+
+from classifier.queue_policy import GroupSnapshot
+
+
+class LaneFullError(Exception):
+    """The lane's line is full; the caller should move down the ladder or shed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Ticket:
+    """Proof of a held slot; give it back with ``LaneQueue.release``."""
+
+    group: str
+    serial: int
+
+
+def _non_negative(group: str, name: str, value: int) -> int:
+    if value < 0:
+        raise ValueError(f"{group}: {name} must be >= 0, got {value}")
+    return value
+
+
+class LaneQueue:
+    def __init__(self, group: str, limit: int, max_depth: int) -> None:
+        self.group = group
+        self._limit = _non_negative(group, "limit", limit)
+        self._max_depth = _non_negative(group, "max_depth", max_depth)
+        self._waiters: deque[asyncio.Future[Ticket]] = deque()
+        self._held: set[int] = set()
+        self._serials = itertools.count(1)
+
+    @property
+    def limit(self) -> int:
+        return self._limit
+
+    @limit.setter
+    def limit(self, value: int) -> None:
+        self._limit = _non_negative(self.group, "limit", value)
+        self._grant_waiters()
+
+    @property
+    def max_depth(self) -> int:
+        return self._max_depth
+
+    @max_depth.setter
+    def max_depth(self, value: int) -> None:
+        self._max_depth = _non_negative(self.group, "max_depth", value)
+
+    @property
+    def active(self) -> int:
+        return len(self._held)
+
+    @property
+    def depth(self) -> int:
+        # A cancelled waiter's future is done at once, before its task runs again: don't count it.
+        return sum(1 for waiter in self._waiters if not waiter.done())
+
+    def snapshot(self, est_service_ms: float) -> GroupSnapshot:
+        return GroupSnapshot(self.group, self.limit, self.active, self.depth, self.max_depth, est_service_ms)
+
+    def _grant(self) -> Ticket:
+        ticket = Ticket(self.group, next(self._serials))
+        self._held.add(ticket.serial)
+        return ticket
+
+    def _grant_waiters(self) -> None:
+        while self._waiters and self.active < self._limit:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(self._grant())
+
+    async def acquire(self, timeout_s: float | None = None) -> Ticket:
+        """Wait for a slot, first come first served. Raises LaneFullError or TimeoutError."""
+        if self.active < self._limit and self.depth == 0:
+            return self._grant()
+        if (depth := self.depth) >= self._max_depth:
+            raise LaneFullError(f"{self.group}: {depth} requests already waiting (max {self._max_depth})")
+        waiter: asyncio.Future[Ticket] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        async with asyncio.timeout(timeout_s):
+            try:
+                return await waiter
+            except BaseException:
+                # Cancelled or timed out. If the grant landed in the same loop step, pass the slot on.
+                if waiter.done() and not waiter.cancelled():
+                    self.release(waiter.result())
+                else:
+                    waiter.cancel()
+                    with suppress(ValueError):  # already popped by a grant that found it cancelled
+                        self._waiters.remove(waiter)
+                raise
+
+    def release(self, ticket: Ticket) -> None:
+        """Give a slot back; the head of the line gets it. Releasing twice is a bug and raises ValueError."""
+        if ticket.group != self.group or ticket.serial not in self._held:
+            raise ValueError(f"{self.group}: ticket {ticket} is not held here (released twice?)")
+        self._held.remove(ticket.serial)
+        self._grant_waiters()
+
+    @asynccontextmanager
+    async def slot(self, timeout_s: float | None = None) -> AsyncIterator[Ticket]:
+        """``async with lane.slot(timeout_s) as ticket:`` holds a slot for the block, however it ends."""
+        ticket = await self.acquire(timeout_s)
+        try:
+            yield ticket
+        finally:
+            self.release(ticket)

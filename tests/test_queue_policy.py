@@ -1,0 +1,191 @@
+"""Queue policy: wait estimates, per-step decisions, the ladder walk and shedding."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from classifier.queue_policy import (
+    DEFAULT_RETRY_AFTER_S,
+    Admit,
+    Divert,
+    GroupSnapshot,
+    Shed,
+    Wait,
+    WaitEstimator,
+    decide,
+    estimate_wait_ms,
+    plan_ladder,
+    policy_label,
+    retry_after_s,
+)
+from classifier.routing import LadderStep
+
+PRIMARY = LadderStep("balanced", "primary")
+LOCAL = LadderStep("code", "local")
+CLOUD = LadderStep("cloud-balanced", "cloud")
+CANARY = LadderStep("fast-chat", "canary")
+
+
+def snap(limit: int, active: int, depth: int = 0, max_depth: int = 10, service: float = 1e3) -> GroupSnapshot:
+    return GroupSnapshot("balanced", limit, active, depth, max_depth, service)
+
+
+@pytest.mark.parametrize(
+    ("limit", "active", "depth", "expected"),
+    [
+        (1, 0, 0, 0.0),
+        (4, 3, 0, 0.0),
+        (4, 2, 1, 0.0),
+        (1, 1, 0, 1000.0),
+        (1, 1, 2, 3000.0),
+        (2, 2, 0, 500.0),
+        (2, 2, 3, 2000.0),
+        (2, 3, 0, 1000.0),  # limit lowered below active: the extra slot must drain first
+        (0, 0, 0, math.inf),
+        (0, 1, 4, math.inf),
+    ],
+)
+def test_estimate_wait_ms(limit: int, active: int, depth: int, expected: float) -> None:
+    assert estimate_wait_ms(snap(limit, active, depth)) == expected
+
+
+@pytest.mark.parametrize(
+    ("snapshot", "budget", "expected"),
+    [
+        (snap(2, 1), 0, Admit()),
+        (snap(2, 1, depth=1), 5000, Wait(500.0)),  # FIFO: the free slot belongs to the one in line
+        (snap(1, 1), 1000, Wait(1000.0)),
+        (snap(1, 1, depth=4), 5000, Wait(5000.0)),
+        (snap(1, 1, depth=5), 5000, Divert("over_budget", 6000.0)),
+        (snap(1, 1, depth=10), 60000, Divert("line_full", 11000.0)),
+        (snap(1, 1, max_depth=0), 60000, Divert("line_full", 1000.0)),
+        (snap(0, 0), 60000, Divert("no_capacity", math.inf)),
+        (GroupSnapshot.unlimited("cloud-code", 3000.0), 0, Admit()),
+    ],
+)
+def test_decide(snapshot: GroupSnapshot, budget: float, expected: object) -> None:
+    assert decide(snapshot, budget) == expected
+
+
+@pytest.mark.parametrize(
+    ("snapshot", "budget", "label"),
+    [
+        (snap(2, 0), 0, "accepting"),
+        (snap(1, 1, depth=2), 5000, "accepting"),
+        (snap(1, 1, depth=6), 5000, "diverting"),
+        (snap(1, 1, depth=10), 60000, "shedding"),
+        (snap(0, 0), 60000, "shedding"),
+    ],
+)
+def test_policy_label(snapshot: GroupSnapshot, budget: float, label: str) -> None:
+    assert policy_label(snapshot, budget) == label
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [(-1, 0, 0, 0, 1.0), (1, -1, 0, 0, 1.0), (1, 0, -1, 0, 1.0), (1, 0, 0, -1, 1.0), (1, 0, 0, 0, -1.0)],
+)
+def test_snapshot_rejects_negative_fields(fields: tuple[int, int, int, int, float]) -> None:
+    with pytest.raises(ValueError, match="balanced"):
+        GroupSnapshot("balanced", *fields)
+
+
+def test_snapshot_rejects_nan_service_and_budget() -> None:
+    with pytest.raises(ValueError, match="est_service_ms"):
+        snap(1, 1, service=math.nan)
+    with pytest.raises(ValueError, match="budget_ms"):
+        decide(snap(1, 1), math.nan)
+
+
+# --- WaitEstimator -----------------------------------------------------------------------------------------
+
+
+def test_estimator_uses_priors_until_observed() -> None:
+    estimator = WaitEstimator(prior_ms=2000.0, priors={"code": 8000.0})
+    assert estimator.service_ms("balanced") == 2000.0
+    assert estimator.service_ms("code") == 8000.0
+    assert estimator.observations("code") == 0
+
+
+def test_estimator_averages_plainly_then_moves_exponentially() -> None:
+    estimator = WaitEstimator(alpha=0.2, prior_ms=1000.0)
+    estimator.observe("balanced", 3000.0)  # the prior counts as one observation
+    assert estimator.service_ms("balanced") == pytest.approx(2000.0)
+    estimator.observe("balanced", 5000.0)
+    assert estimator.service_ms("balanced") == pytest.approx(3000.0)  # mean of 1000, 3000, 5000
+    for value in (3000.0, 3000.0):
+        estimator.observe("balanced", value)
+    assert estimator.service_ms("balanced") == pytest.approx(3000.0)
+    estimator.observe("balanced", 9000.0)  # 5th observation: weight 1/6 < alpha, so alpha applies
+    assert estimator.service_ms("balanced") == pytest.approx(3000.0 + 0.2 * 6000.0)
+    assert estimator.observations("balanced") == 5
+    assert estimator.service_ms("code") == 1000.0
+
+
+def test_estimator_converges_to_a_new_level() -> None:
+    estimator = WaitEstimator()
+    for _ in range(60):
+        estimator.observe("fast-chat", 700.0)
+    assert estimator.service_ms("fast-chat") == pytest.approx(700.0, rel=1e-3)
+
+
+def test_estimator_rejects_bad_values() -> None:
+    with pytest.raises(ValueError, match="alpha"):
+        WaitEstimator(alpha=0.0)
+    with pytest.raises(ValueError, match="prior for code"):
+        WaitEstimator(priors={"code": -5.0})
+    with pytest.raises(ValueError, match="service_ms"):
+        WaitEstimator().observe("code", -1.0)
+
+
+# --- the ladder --------------------------------------------------------------------------------------------
+
+
+def test_ladder_admits_at_the_first_free_step() -> None:
+    outcome = plan_ladder([(PRIMARY, snap(2, 0)), (LOCAL, snap(2, 0))], 1000)
+    assert (outcome.chosen, outcome.decisions, outcome.retry_after_s) == (0, (Admit(),), None)
+    assert outcome.decision == Admit()
+
+
+def test_waiting_within_budget_beats_a_later_free_step() -> None:
+    outcome = plan_ladder([(PRIMARY, snap(1, 1, depth=2)), (LOCAL, snap(2, 0))], 20000)
+    assert (outcome.chosen, outcome.decision) == (0, Wait(3000.0))
+
+
+def test_over_budget_moves_down_the_ladder_to_cloud() -> None:
+    cloud = GroupSnapshot.unlimited("cloud-balanced")
+    steps = [(PRIMARY, snap(1, 1, depth=5)), (LOCAL, snap(1, 1, depth=10)), (CLOUD, cloud)]
+    outcome = plan_ladder(steps, 5000)
+    assert outcome.chosen == 2
+    assert outcome.decisions == (Divert("over_budget", 6000.0), Divert("line_full", 11000.0), Admit())
+
+
+def test_a_canary_never_waits() -> None:
+    outcome = plan_ladder([(CANARY, snap(1, 1)), (PRIMARY, snap(1, 1))], 20000)
+    assert outcome.decisions == (Divert("canary_busy", 1000.0), Wait(1000.0))
+    assert plan_ladder([(CANARY, snap(2, 1)), (PRIMARY, snap(1, 1))], 20000).chosen == 0
+
+
+def test_shed_when_every_step_is_exhausted() -> None:
+    steps = [(PRIMARY, snap(1, 1, depth=10, service=4200.0)), (LOCAL, snap(1, 1, depth=3, service=1500.0))]
+    outcome = plan_ladder(steps, 1000)
+    assert outcome.chosen is None
+    assert outcome.decisions == (Divert("line_full", 46200.0), Divert("over_budget", 6000.0))
+    assert outcome.retry_after_s == 6
+    assert outcome.decision == Shed(6)
+
+
+def test_shed_without_any_finite_estimate_uses_the_default() -> None:
+    outcome = plan_ladder([(PRIMARY, snap(0, 0)), (LOCAL, snap(0, 0))], 1000)
+    assert outcome.decision == Shed(DEFAULT_RETRY_AFTER_S)
+    assert plan_ladder([], 1000).decision == Shed(DEFAULT_RETRY_AFTER_S)
+
+
+@pytest.mark.parametrize(
+    ("wait_ms", "seconds"),
+    [(0.0, 1), (1.0, 1), (1000.0, 1), (1000.5, 2), (59_001.0, 60), (10_000_000.0, 300), (math.inf, 30)],
+)
+def test_retry_after_rounds_up_and_clamps(wait_ms: float, seconds: int) -> None:
+    assert retry_after_s(wait_ms) == seconds
