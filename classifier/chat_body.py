@@ -1,0 +1,65 @@
+"""Validation of incoming chat bodies: bad input is answered here, without a round trip to LiteLLM."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError
+
+from classifier.errors import BadRequest
+
+_MESSAGE = {
+    "type": "object",
+    "required": ["role"],
+    "properties": {
+        "role": {"enum": ["system", "developer", "user", "assistant", "tool", "function"]},
+        "content": {"type": ["string", "array", "null"]},
+        "name": {"type": "string"},
+        "tool_calls": {"type": "array"},
+        "tool_call_id": {"type": "string"},
+    },
+}
+
+CHAT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["messages"],
+    "properties": {
+        "model": {"type": "string", "maxLength": 256},
+        "messages": {"type": "array", "minItems": 1, "items": _MESSAGE},
+        "stream": {"type": "boolean"},
+        "stream_options": {"type": ["object", "null"]},
+        "tools": {"type": "array"},
+        "tool_choice": {"type": ["string", "object"]},
+        "max_tokens": {"type": ["integer", "null"], "minimum": 1},
+        "max_completion_tokens": {"type": ["integer", "null"], "minimum": 1},
+        "temperature": {"type": ["number", "null"], "minimum": 0, "maximum": 2},
+        "top_p": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
+        "n": {"type": ["integer", "null"], "minimum": 1, "maximum": 1},
+        "reasoning_effort": {"type": ["string", "null"]},
+    },
+}
+
+_VALIDATOR = Draft202012Validator(CHAT_SCHEMA)
+
+
+def _where(error: ValidationError) -> str:
+    path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)
+    return path.lstrip(".") or "body"
+
+
+def parse_chat_body(raw: bytes) -> dict[str, Any]:
+    if not raw.strip():
+        raise BadRequest("request body is empty; expected a JSON chat completion request")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise BadRequest(f"request body must be a JSON object, not {type(body).__name__}")
+    errors = sorted(_VALIDATOR.iter_errors(body), key=lambda e: list(e.absolute_path))
+    if errors:
+        first = errors[0]
+        raise BadRequest(f"{_where(first)}: {first.message}", param=_where(first))
+    return body

@@ -1,0 +1,151 @@
+"""From request to route decision: identity -> tier -> ladder of groups (pure), plus the agents file store.
+
+``decide()`` composes :mod:`classifier.identity`, :mod:`classifier.tiering` and
+:mod:`classifier.routing`; it takes values and returns a :class:`RouteDecision`. The queue step
+(:mod:`classifier.queue_policy`) then walks ``decision.ladder`` against live capacity.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from capability_matrix import Matrix
+from classifier.errors import BadRequest
+from classifier.identity import Identity, IdentityError, identify
+from classifier.routing import FAST_CHAT_MAX_PROMPT_TOKENS, LadderStep, RoutingMode, plan_route
+from classifier.tiering import (
+    AgentDirectory,
+    DirectoryError,
+    Tier,
+    classify,
+    extract_features,
+    parse_agent_directory_yaml,
+)
+
+log = logging.getLogger("torchrouter.classifier")
+
+
+@dataclass(frozen=True)
+class RouteDecision:
+    identity: Identity
+    tier: Tier
+    tier_source: str
+    signals: tuple[str, ...]
+    canary: bool
+    ladder: tuple[LadderStep, ...]
+    wait_budget_ms: int
+    upstream_extras: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def first_group(self) -> str:
+        return self.ladder[0].group
+
+    @property
+    def ladder_groups(self) -> tuple[str, ...]:
+        return tuple(step.group for step in self.ladder)
+
+    @property
+    def agent_label(self) -> str | None:
+        return self.identity.agent_id
+
+
+def fast_chat_context_tokens(matrix: Matrix) -> int:
+    """The smallest context window in the fast-chat lane: what a canaried request must fit."""
+    windows = [p.context_window for p in matrix.in_lane("fast-chat")]
+    return min(windows) if windows else 0
+
+
+def decide(
+    headers: Mapping[str, str],
+    body: Mapping[str, Any],
+    *,
+    agents: AgentDirectory,
+    matrix: Matrix,
+    routing_mode: str,
+    canary_share: float,
+    request_id: str,
+) -> RouteDecision:
+    try:
+        identity = identify(headers, body.get("model"))
+    except IdentityError as exc:
+        raise BadRequest(str(exc), param="model") from None
+    features = extract_features(body)
+    tiering = classify(identity, features, agents)
+    mode = RoutingMode(routing_mode)
+    plan = plan_route(
+        tiering.tier,
+        mode=mode,
+        directory=agents,
+        requested_group=identity.requested_group,
+        features=features,
+        canary_share=canary_share,
+        request_id=request_id,
+        fast_chat_max_prompt_tokens=min(FAST_CHAT_MAX_PROMPT_TOKENS, fast_chat_context_tokens(matrix)),
+    )
+    # LiteLLM's own fallbacks (litellm_config.yaml) cross between local and cloud on failure; a mode
+    # that forbids one side must switch them off for this request.
+    extras: dict[str, Any] = {}
+    if mode is not RoutingMode.LOCAL_FIRST:
+        extras["disable_fallbacks"] = True
+    return RouteDecision(
+        identity=identity,
+        tier=tiering.tier,
+        tier_source=tiering.source,
+        signals=tiering.signals,
+        canary=plan.canary,
+        ladder=plan.steps,
+        wait_budget_ms=agents.wait_budget_ms(tiering.tier),
+        upstream_extras=extras,
+    )
+
+
+class AgentsStore:
+    """The agent directory file, re-read when it changes; an invalid edit keeps the last good version."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        on_reload: Callable[[], None] | None = None,
+        on_reject: Callable[[], None] | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self._on_reload = on_reload
+        self._on_reject = on_reject
+        self._stamp = self._file_stamp()
+        self.current = parse_agent_directory_yaml(self.path.read_text(encoding="utf-8"))
+
+    def _file_stamp(self) -> tuple[int, int, int] | None:
+        try:
+            st = self.path.stat()
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    def maybe_reload(self) -> bool:
+        stamp = self._file_stamp()
+        if stamp is None or stamp == self._stamp:
+            return False
+        self._stamp = stamp
+        try:
+            self.current = parse_agent_directory_yaml(self.path.read_text(encoding="utf-8"))
+        except (OSError, DirectoryError) as exc:
+            log.warning("agents file %s rejected, keeping the last good version: %s", self.path, exc)
+            if self._on_reject:
+                self._on_reject()
+            return False
+        log.info("agents file %s reloaded", self.path)
+        if self._on_reload:
+            self._on_reload()
+        return True
+
+    async def watch(self, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            self.maybe_reload()

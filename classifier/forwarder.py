@@ -1,0 +1,72 @@
+"""Forwarding to LiteLLM, behind an interface so tests and benchmarks can swap the transport.
+
+The default :class:`HttpForwarder` keeps one pooled ``aiohttp.ClientSession``; a response is handed
+back as soon as its headers arrive so a stream can be relayed chunk by chunk, unbuffered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+from typing import Protocol
+
+import aiohttp
+
+from classifier.errors import UpstreamTimeout, UpstreamUnavailable
+
+
+@dataclass
+class UpstreamResponse:
+    status: int
+    headers: Mapping[str, str]
+    _response: aiohttp.ClientResponse
+
+    async def read(self) -> bytes:
+        return await self._response.read()
+
+    async def iter_chunks(self) -> AsyncIterator[bytes]:
+        async for chunk in self._response.content.iter_any():
+            yield chunk
+
+
+class Forwarder(Protocol):
+    def open(
+        self, method: str, path: str, body: bytes | None, headers: Mapping[str, str]
+    ) -> AbstractAsyncContextManager[UpstreamResponse]: ...
+
+    async def close(self) -> None: ...
+
+
+class HttpForwarder:
+    def __init__(self, base_url: str, *, timeout_s: float, connect_timeout_s: float = 5.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=connect_timeout_s)
+        # limit=0: the classifier's own queues bound concurrency; the pool must not add a hidden one.
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
+            timeout=self._timeout,
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent",),
+        )
+
+    @asynccontextmanager
+    async def open(
+        self, method: str, path: str, body: bytes | None, headers: Mapping[str, str]
+    ) -> AsyncIterator[UpstreamResponse]:
+        try:
+            async with self._session.request(
+                method, self.base_url + path, data=body, headers=headers
+            ) as resp:
+                yield UpstreamResponse(resp.status, resp.headers, resp)
+        except aiohttp.ClientConnectorError as exc:
+            raise UpstreamUnavailable(
+                f"LiteLLM at {self.base_url} is unreachable ({exc.os_error.strerror})"
+            ) from None
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError) as exc:
+            raise UpstreamUnavailable(f"LiteLLM closed the connection: {type(exc).__name__}") from None
+        except TimeoutError:
+            raise UpstreamTimeout(f"LiteLLM did not answer within {self._timeout.total:.0f} s") from None
+
+    async def close(self) -> None:
+        await self._session.close()

@@ -1,0 +1,38 @@
+"""The X-Router-* response headers, built from one trace record (pure)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class RouteTrace:
+    request_id: str
+    tier: str = "none"
+    group: str = "none"
+    model: str = "none"
+    fallback: str = "none"
+    score_ms: float | None = None
+    queue_ms: float = 0.0
+    litellm_ttft_ms: float | None = None
+    total_ms: float | None = None
+    canary: bool = False
+
+    def headers(self) -> dict[str, str]:
+        out = {
+            "X-Router-Request-Id": self.request_id,
+            "X-Router-Tier": self.tier,
+            "X-Router-Group": self.group,
+            "X-Router-Model": self.model,
+            "X-Router-Fallback": self.fallback,
+            "X-Router-Timing-Queue-Ms": f"{self.queue_ms:.1f}",
+        }
+        if self.canary:
+            out["X-Router-Canary"] = "fast-chat"
+        if self.score_ms is not None:
+            out["X-Router-Timing-Score-Ms"] = f"{self.score_ms:.3f}"
+        if self.litellm_ttft_ms is not None:
+            out["X-Router-Timing-Litellm-Ttft-Ms"] = f"{self.litellm_ttft_ms:.1f}"
+        if self.total_ms is not None:
+            out["X-Router-Timing-Total-Ms"] = f"{self.total_ms:.1f}"
+        return out

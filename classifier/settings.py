@@ -1,0 +1,139 @@
+"""The one place that reads the classifier's environment.
+
+Everything else receives a :class:`Settings`. Each variable, its default and its meaning is listed in
+``ENV_DOCS`` (the README's table is written from it).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MATRIX_PATH = PACKAGE_ROOT / "capability_matrix" / "matrix.yaml"
+DEFAULT_AGENTS_PATH = PACKAGE_ROOT / "classifier" / "agents.yaml"
+
+ENV_DOCS: dict[str, tuple[str, str]] = {
+    "LITELLM_URL": ("http://127.0.0.1:4000", "where the classifier forwards (the LiteLLM proxy)"),
+    "LITELLM_MASTER_KEY": ("(none)", "key the classifier presents to LiteLLM; never logged"),
+    "ROUTING_MODE": ("local-first", "local-first, local-only or cloud-only"),
+    "TORCHROUTER_QUEUE_ENABLED": ("true", "false bypasses the per-group queues (reported in /queue/status)"),
+    "TORCHROUTER_FAST_CHAT_CANARY_SHARE": (
+        "0",
+        "0..1 share of eligible H-tier traffic canaried to fast-chat",
+    ),
+    "TORCHROUTER_ROUTING_CONTINUITY_EVENT_PATH": ("(off)", "JSONL trail written by classifier and hooks"),
+    "TORCHROUTER_CAPABILITY_MATRIX_PATH": ("capability_matrix/matrix.yaml", "the fleet contract"),
+    "TORCHROUTER_AGENTS_PATH": ("classifier/agents.yaml", "agent -> tier directory (hot-reloaded)"),
+    "TORCHROUTER_DAILY_BUDGET_USD": ("(none)", "cloud spend per UTC day after which cloud is locked out"),
+    "TORCHROUTER_MAX_BODY_BYTES": ("8388608", "larger request bodies get 413"),
+    "TORCHROUTER_UPSTREAM_TIMEOUT_S": ("600", "total time allowed for one upstream call"),
+}
+
+
+class Secret:
+    """A string that never shows itself in repr, str or logs."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __repr__(self) -> str:
+        return "Secret('***')" if self._value else "Secret('')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value the classifier cannot use."""
+
+
+def _bool(name: str, raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise SettingsError(f"{name}={raw!r}: expected true or false")
+
+
+def _float(name: str, raw: str, lo: float | None = None, hi: float | None = None) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r}: expected a number") from None
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise SettingsError(f"{name}={raw!r}: expected a number in [{lo}, {hi}]")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    litellm_url: str = "http://127.0.0.1:4000"
+    master_key: Secret = field(default_factory=lambda: Secret(""))
+    routing_mode: str = "local-first"
+    queue_enabled: bool = True
+    canary_share: float = 0.0
+    event_path: str | None = None
+    matrix_path: Path = DEFAULT_MATRIX_PATH
+    agents_path: Path = DEFAULT_AGENTS_PATH
+    daily_budget_usd: float | None = None
+    max_body_bytes: int = 8 * 1024 * 1024
+    upstream_timeout_s: float = 600.0
+    host: str = "127.0.0.1"
+    port: int = 4001
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, /, **overrides: object) -> Settings:
+        env = os.environ if env is None else env
+        values: dict[str, object] = {}
+        if "LITELLM_URL" in env:
+            values["litellm_url"] = env["LITELLM_URL"].rstrip("/")
+        if "LITELLM_MASTER_KEY" in env:
+            values["master_key"] = Secret(env["LITELLM_MASTER_KEY"])
+        if "ROUTING_MODE" in env:
+            mode = env["ROUTING_MODE"].strip().lower()
+            if mode not in {"local-first", "local-only", "cloud-only"}:
+                raise SettingsError(f"ROUTING_MODE={mode!r}: expected local-first, local-only or cloud-only")
+            values["routing_mode"] = mode
+        if "TORCHROUTER_QUEUE_ENABLED" in env:
+            values["queue_enabled"] = _bool("TORCHROUTER_QUEUE_ENABLED", env["TORCHROUTER_QUEUE_ENABLED"])
+        if "TORCHROUTER_FAST_CHAT_CANARY_SHARE" in env:
+            values["canary_share"] = _float(
+                "TORCHROUTER_FAST_CHAT_CANARY_SHARE", env["TORCHROUTER_FAST_CHAT_CANARY_SHARE"], 0.0, 1.0
+            )
+        if env.get("TORCHROUTER_ROUTING_CONTINUITY_EVENT_PATH"):
+            values["event_path"] = env["TORCHROUTER_ROUTING_CONTINUITY_EVENT_PATH"]
+        if env.get("TORCHROUTER_CAPABILITY_MATRIX_PATH"):
+            values["matrix_path"] = Path(env["TORCHROUTER_CAPABILITY_MATRIX_PATH"])
+        if env.get("TORCHROUTER_AGENTS_PATH"):
+            values["agents_path"] = Path(env["TORCHROUTER_AGENTS_PATH"])
+        if env.get("TORCHROUTER_DAILY_BUDGET_USD"):
+            values["daily_budget_usd"] = _float(
+                "TORCHROUTER_DAILY_BUDGET_USD", env["TORCHROUTER_DAILY_BUDGET_USD"], 0
+            )
+        if env.get("TORCHROUTER_MAX_BODY_BYTES"):
+            values["max_body_bytes"] = int(
+                _float("TORCHROUTER_MAX_BODY_BYTES", env["TORCHROUTER_MAX_BODY_BYTES"], 1)
+            )
+        if env.get("TORCHROUTER_UPSTREAM_TIMEOUT_S"):
+            values["upstream_timeout_s"] = _float(
+                "TORCHROUTER_UPSTREAM_TIMEOUT_S", env["TORCHROUTER_UPSTREAM_TIMEOUT_S"], 0.1
+            )
+        values.update(overrides)
+        return cls(**values)  # type: ignore[arg-type]

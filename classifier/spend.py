@@ -1,0 +1,41 @@
+"""Daily cloud spend: a pure accumulator keyed by UTC day (yesterday's total never leaks into today)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+
+def utc_day(now: float) -> dt.date:
+    return dt.datetime.fromtimestamp(now, tz=dt.UTC).date()
+
+
+@dataclass
+class DailySpend:
+    day: dt.date | None = None
+    total_usd: float = 0.0
+
+    def add(self, cost_usd: float, now: float) -> None:
+        self._roll(now)
+        if cost_usd > 0:
+            self.total_usd += cost_usd
+
+    def today(self, now: float) -> float:
+        self._roll(now)
+        return self.total_usd
+
+    def _roll(self, now: float) -> None:
+        day = utc_day(now)
+        if day != self.day:
+            self.day, self.total_usd = day, 0.0
+
+
+def parse_cost(header_value: str | None) -> float:
+    """LiteLLM's ``x-litellm-response-cost``; absent, empty or garbage counts as zero."""
+    if not header_value:
+        return 0.0
+    try:
+        cost = float(header_value)
+    except ValueError:
+        return 0.0
+    return cost if cost > 0 and cost == cost and cost != float("inf") else 0.0

@@ -1,0 +1,10 @@
+"""The ranking cycle: filter -> weighted score -> pick, pure and synchronous.
+
+``rank()`` composes the stages in :mod:`filters`, :mod:`scorers` and :mod:`pickers` and times each
+one. It takes profiles and a :class:`RequestNeeds`, returns a :class:`Ranking`; nothing here imports
+LiteLLM, aiohttp or prometheus_client.
+"""
+
+from litellm_hooks.ranker.cycle import NoCandidate, Ranking, RequestNeeds, rank
+
+__all__ = ["NoCandidate", "Ranking", "RequestNeeds", "rank"]

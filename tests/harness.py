@@ -1,0 +1,113 @@
+"""Test harness: the real parts, started once per session.
+
+- the simulated fleet (the product's own :class:`SimFleet`) on free ports, in a background thread
+  with its own event loop so tests can flip its faults from any loop;
+- copies of the shipped matrix and litellm_config.yaml rewritten to those ports;
+- a real LiteLLM proxy child process (:class:`LiteLLMProcess`, the same launcher ``torchrouter up``
+  uses) with our hooks loaded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+import threading
+from collections.abc import Coroutine
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any, TypeVar
+
+import orjson
+
+from torchrouter.sim import FleetSpec, SimFleet
+
+REPO = Path(__file__).resolve().parent.parent
+SHIPPED_MATRIX = REPO / "capability_matrix" / "matrix.yaml"
+SHIPPED_CONFIG = REPO / "litellm_config.yaml"
+_LOOPBACK_PORT = re.compile(r"127\.0\.0\.1:(\d{4,5})")
+
+T = TypeVar("T")
+
+
+def free_ports(n: int) -> list[int]:
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def render_fleet_files(dst: Path) -> dict[int, int]:
+    """Copy the shipped matrix and LiteLLM config into ``dst``, every loopback port moved to a free one."""
+    matrix_text = SHIPPED_MATRIX.read_text()
+    config_text = SHIPPED_CONFIG.read_text()
+    shipped = sorted({int(p) for p in _LOOPBACK_PORT.findall(matrix_text + config_text)})
+    port_map = dict(zip(shipped, free_ports(len(shipped)), strict=True))
+
+    def move(text: str) -> str:
+        return _LOOPBACK_PORT.sub(lambda m: f"127.0.0.1:{port_map[int(m.group(1))]}", text)
+
+    dst.mkdir(parents=True, exist_ok=True)
+    (dst / "matrix.yaml").write_text(move(matrix_text))
+    (dst / "litellm_config.yaml").write_text(move(config_text))
+    return port_map
+
+
+class SimThread:
+    """A SimFleet served from its own thread and loop."""
+
+    def __init__(self, spec: FleetSpec) -> None:
+        self.fleet = SimFleet(spec)
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="sim-fleet", daemon=True)
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
+        fut: Future[T] = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        return fut.result(timeout)
+
+    def start(self) -> None:
+        self._thread.start()
+        self.run(self.fleet.start())
+
+    def stop(self) -> None:
+        self.run(self.fleet.stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        self.loop.close()
+
+    def set_fault(self, target: str, mode: str, **kw: Any) -> None:
+        async def apply() -> None:
+            result = self.fleet.set_fault(target, mode, **kw)
+            if asyncio.iscoroutine(result):
+                await result
+
+        self.run(apply())
+
+    def reset(self) -> None:
+        async def apply() -> None:
+            result = self.fleet.reset()
+            if asyncio.iscoroutine(result):
+                await result
+
+        self.run(apply())
+
+    def state(self) -> dict[str, Any]:
+        async def read() -> dict[str, Any]:
+            result = self.fleet.state()
+            if asyncio.iscoroutine(result):
+                result = await result
+            return dict(result)
+
+        return self.run(read())
+
+
+def read_events(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]

@@ -1,0 +1,101 @@
+"""`torchrouter up --dev` brings the stack up, answers the spec example, and stops leaving nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+DEV_CLASSIFIER, DEV_LITELLM = 4002, 4003
+SIM_PORTS = (11501, 11502, 11503, 11504, 11505, 11510)
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _litellm_children(port: int) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"litellm.proxy.proxy_cli" in cmdline and str(port).encode() in cmdline:
+            pids.append(int(entry.name))
+    return pids
+
+
+def test_up_dev_starts_answers_and_stops_cleanly(tmp_path: Path) -> None:
+    assert not _listening(DEV_CLASSIFIER) and not _listening(DEV_LITELLM), "dev ports busy before the test"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TORCHROUTER_", "LITELLM_"))}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "torchrouter.cli",
+            "up",
+            "--dev",
+            "--time-scale",
+            "0.05",
+            "--state-dir",
+            str(tmp_path),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+        text=True,
+    )
+    lines: list[str] = []
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if "Ctrl-C stops everything" in line:
+                break
+        output = "".join(lines)
+        assert "Ctrl-C stops everything" in output, output
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{DEV_CLASSIFIER}/health", timeout=5) as resp:
+            assert json.loads(resp.read())["status"] == "ok"
+        with urllib.request.urlopen(f"http://127.0.0.1:{DEV_LITELLM}/health/liveliness", timeout=5) as resp:
+            assert resp.status == 200
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{DEV_CLASSIFIER}/v1/chat/completions",
+            data=json.dumps(
+                {"model": "auto", "messages": [{"role": "user", "content": "Summarize the routing policy."}]}
+            ).encode(),
+            headers={"Content-Type": "application/json", "X-Agent-Id": "webmaster"},
+        )
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            answer = json.loads(resp.read())
+            assert resp.headers["X-Router-Group"] == "balanced"
+        assert answer["choices"][0]["message"]["content"].startswith("sim:")
+        assert _litellm_children(DEV_LITELLM), "LiteLLM child not found while running"
+
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=60)
+        lines.append(rest)
+        assert proc.returncode == 0, "".join(lines)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert "stopped." in "".join(lines)
+    for port in (DEV_CLASSIFIER, DEV_LITELLM, *SIM_PORTS):
+        assert not _listening(port), f"port {port} still listening after stop"
+    assert not _litellm_children(DEV_LITELLM), "LiteLLM child survived the stop"

@@ -1,0 +1,61 @@
+"""The classifier relays a stream unbuffered and byte for byte.
+
+The upstream here is a scripted aiohttp application (a real server on a free port) because the test
+needs to hold the second chunk back until the client has seen the first: that proves no buffering.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from tests.conftest import ClassifierFactory
+
+CHUNKS = [
+    b'data: {"id":"c1","choices":[{"index":0,"delta":{"content":"sim:first"}}]}\n\n',
+    b'data: {"id":"c1","choices":[{"index":0,"delta":{"content":" \\u00e9\\u00e8 second"}}]}\n\n',
+    b"data: [DONE]\n\n",
+]
+
+
+async def test_stream_is_relayed_unbuffered_and_exact(make_classifier: ClassifierFactory) -> None:
+    release = asyncio.Event()
+    seen_auth: list[str] = []
+
+    async def upstream_chat(request: web.Request) -> web.StreamResponse:
+        seen_auth.append(request.headers.get("Authorization", ""))
+        resp = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "x-litellm-model-id": "m/x/y"}
+        )
+        await resp.prepare(request)
+        await resp.write(CHUNKS[0])
+        await asyncio.wait_for(release.wait(), 10)  # the client must see chunk 1 before chunk 2 exists
+        for chunk in CHUNKS[1:]:
+            await resp.write(chunk)
+        await resp.write_eof()
+        return resp
+
+    upstream_app = web.Application()
+    upstream_app.router.add_post("/v1/chat/completions", upstream_chat)
+    upstream = TestServer(upstream_app, host="127.0.0.1")
+    await upstream.start_server()
+    try:
+        url = await make_classifier(litellm_url=str(upstream.make_url("")).rstrip("/"))
+        async with aiohttp.ClientSession() as http:
+            body = {"messages": [{"role": "user", "content": "hi"}], "stream": True}
+            async with http.post(url + "/v1/chat/completions", json=body) as resp:
+                assert resp.status == 200
+                assert resp.headers["X-Router-Model"] == "m/x/y"
+                received = b""
+                while not received.endswith(b"\n\n"):
+                    received += await asyncio.wait_for(resp.content.readany(), 10)
+                assert received == CHUNKS[0]
+                release.set()
+                received += await resp.content.read()
+        assert received == b"".join(CHUNKS)
+        assert seen_auth and seen_auth[0].startswith("Bearer ")
+    finally:
+        await upstream.close()

@@ -1,0 +1,136 @@
+"""The ``torchrouter`` command: up, serve, sim, validate."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from classifier.settings import PACKAGE_ROOT, Settings, SettingsError
+
+
+def _run_until_signal(main: object) -> int:
+    async def runner() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await main(stop)  # type: ignore[operator]
+
+    asyncio.run(runner())
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from torchrouter.stack import StackOptions, run_stack
+
+    opts = StackOptions(
+        dev=args.dev,
+        sim=not args.no_sim,
+        time_scale=args.time_scale,
+        seed=args.seed,
+        config_path=args.config,
+        matrix_path=args.matrix,
+        state_dir=args.state_dir,
+    )
+    return _run_until_signal(lambda stop: run_stack(opts, stop, lambda line: print(line, flush=True)))
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from classifier.app import create_app
+
+    overrides: dict[str, object] = {"host": args.host}
+    if args.port is not None:
+        overrides["port"] = args.port
+    settings = Settings.from_env(**overrides)
+    web.run_app(create_app(settings), host=settings.host, port=settings.port, access_log=None)
+    return 0
+
+
+def cmd_sim(args: argparse.Namespace) -> int:
+    import yaml
+
+    from torchrouter.sim import fleet_spec_from_matrix, serve_forever
+
+    doc = yaml.safe_load(args.matrix.read_text(encoding="utf-8"))
+    spec = fleet_spec_from_matrix(
+        doc, cloud_api_key=args.cloud_key, seed=args.seed, time_scale=args.time_scale
+    )
+
+    async def main(stop: asyncio.Event) -> None:
+        task = asyncio.create_task(serve_forever(spec))
+        await stop.wait()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    return _run_until_signal(main)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from capability_matrix import validate_files
+
+    problems = validate_files(args.matrix, args.config)
+    for line in problems:
+        print(line)
+    if problems:
+        print(f"{len(problems)} problem(s) in {args.matrix} / {args.config}", file=sys.stderr)
+        return 1
+    print(f"ok: {args.matrix} and {args.config} agree")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="torchrouter", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    default_matrix = PACKAGE_ROOT / "capability_matrix" / "matrix.yaml"
+    default_config = PACKAGE_ROOT / "litellm_config.yaml"
+
+    up = sub.add_parser(
+        "up", help="run the whole stack (simulated fleet, LiteLLM, classifier) in the foreground"
+    )
+    up.add_argument("--dev", action="store_true", help="dev ports: classifier 4002, LiteLLM 4003")
+    up.add_argument("--no-sim", action="store_true", help="do not start the simulated fleet (real hosts)")
+    up.add_argument("--time-scale", type=float, default=1.0, help="simulated durations multiplier")
+    up.add_argument("--seed", type=int, default=0)
+    up.add_argument("--config", type=Path, default=default_config)
+    up.add_argument("--matrix", type=Path, default=default_matrix)
+    up.add_argument("--state-dir", type=Path, default=Path("var"), help="logs and the default event trail")
+    up.set_defaults(func=cmd_up)
+
+    serve = sub.add_parser("serve", help="run the classifier alone (configured by environment variables)")
+    serve.add_argument("--host", default="0.0.0.0")
+    serve.add_argument("--port", type=int, default=None)
+    serve.set_defaults(func=cmd_serve)
+
+    sim = sub.add_parser("sim", help="run the simulated fleet alone")
+    sim.add_argument("--matrix", type=Path, default=default_matrix)
+    sim.add_argument("--time-scale", type=float, default=1.0)
+    sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("--cloud-key", default="sim-cloud-key")
+    sim.set_defaults(func=cmd_sim)
+
+    validate = sub.add_parser("validate", help="check the matrix against its schema and litellm_config.yaml")
+    validate.add_argument("--matrix", type=Path, default=default_matrix)
+    validate.add_argument("--config", type=Path, default=default_config)
+    validate.set_defaults(func=cmd_validate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except SettingsError as exc:
+        print(f"torchrouter: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

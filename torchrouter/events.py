@@ -1,0 +1,147 @@
+"""The JSONL continuity trail: one JSON object per line, appended whole.
+
+Both processes (the classifier and the hooks inside LiteLLM) append to the same file, named by
+``TORCHROUTER_ROUTING_CONTINUITY_EVENT_PATH``. Each event is serialised once and written with a
+single ``os.write`` on a descriptor opened with ``O_APPEND``: the kernel moves the offset and
+writes the bytes under the inode lock, so concurrent writers (threads or processes) never tear or
+interleave a line on a local filesystem.
+
+Every event carries ``event``, ``ts``, ``request_id``, ``agent_id``, ``tier`` and ``group``; the
+rest is what the event is about. Nothing here ever receives headers or keys, so no secret can reach
+the trail through this module.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+import orjson
+
+log = logging.getLogger(__name__)
+
+# The kinds a reader of the trail can rely on. New kinds are added here, never invented ad hoc.
+EVENT_KINDS = frozenset(
+    {
+        "request_classified",
+        "route_selected",
+        "request_completed",
+        "fallback_selected",
+        "degradation_ladder_step",
+        "queue_rejected",
+        "matrix_reloaded",
+        "matrix_rejected",
+        "lockout_changed",
+    }
+)
+
+
+class EventSink(Protocol):
+    def emit(
+        self,
+        kind: str,
+        *,
+        request_id: str | None,
+        agent_id: str | None,
+        tier: str | None,
+        group: str | None,
+        **fields: Any,
+    ) -> None: ...
+
+
+def build_event(
+    kind: str,
+    *,
+    request_id: str | None,
+    agent_id: str | None,
+    tier: str | None,
+    group: str | None,
+    ts: float,
+    fields: Mapping[str, Any],
+) -> bytes:
+    """Serialise one event as a complete line (pure)."""
+    if kind not in EVENT_KINDS:
+        raise ValueError(f"unknown event kind {kind!r}")
+    record: dict[str, Any] = {
+        "event": kind,
+        "ts": round(ts, 6),
+        "request_id": request_id,
+        "agent_id": agent_id,
+        "tier": tier,
+        "group": group,
+    }
+    for key, value in fields.items():
+        if key not in record:
+            record[key] = value
+    return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS, default=str)
+
+
+class NullEventSink:
+    """Used when no event path is configured: the trail is off, requests are unaffected."""
+
+    def emit(
+        self,
+        kind: str,
+        *,
+        request_id: str | None,
+        agent_id: str | None,
+        tier: str | None,
+        group: str | None,
+        **fields: Any,
+    ) -> None:
+        build_event(kind, request_id=request_id, agent_id=agent_id, tier=tier, group=group, ts=0.0, fields={})
+
+
+class JsonlEventSink:
+    """Appends events to a file; a failing disk is logged and counted, never raised into a request."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
+        directory = os.path.dirname(self.path)
+        if directory:
+            os.makedirs(directory, exist_ok=True)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        self._lock = threading.Lock()
+        self.write_errors = 0
+
+    def emit(
+        self,
+        kind: str,
+        *,
+        request_id: str | None,
+        agent_id: str | None,
+        tier: str | None,
+        group: str | None,
+        **fields: Any,
+    ) -> None:
+        line = build_event(
+            kind,
+            request_id=request_id,
+            agent_id=agent_id,
+            tier=tier,
+            group=group,
+            ts=time.time(),
+            fields=fields,
+        )
+        try:
+            with self._lock:
+                written = os.write(self._fd, line)
+            if written != len(line):  # only on a full disk; the partial line is the kernel's doing
+                raise OSError(f"short write ({written} of {len(line)} bytes)")
+        except OSError as exc:
+            self.write_errors += 1
+            log.warning("event trail write to %s failed: %s", self.path, exc)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+
+
+def open_sink(path: str | None) -> JsonlEventSink | NullEventSink:
+    return JsonlEventSink(path) if path else NullEventSink()

@@ -1,0 +1,121 @@
+"""The LiteLLM proxy as a supervised child process (used by ``torchrouter up`` and the test suite).
+
+The child runs offline (``LITELLM_LOCAL_MODEL_COST_MAP=True``, telemetry off), on loopback, with our
+config and hooks. It gets its own session so a terminal's Ctrl-C reaches only us and we stop it in
+order, and ``PR_SET_PDEATHSIG`` so it dies with us even if we are killed with SIGKILL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from pathlib import Path
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class LiteLLMStartError(RuntimeError):
+    pass
+
+
+class LiteLLMProcess:
+    def __init__(self, proc: subprocess.Popen[bytes], port: int, log_path: Path) -> None:
+        self.proc = proc
+        self.port = port
+        self.log_path = log_path
+        self.url = f"http://127.0.0.1:{port}"
+
+    @classmethod
+    def start(
+        cls,
+        config_path: str | os.PathLike[str],
+        *,
+        port: int,
+        env: Mapping[str, str],
+        log_path: str | os.PathLike[str],
+    ) -> LiteLLMProcess:
+        child_env = {
+            **env,
+            "LITELLM_LOCAL_MODEL_COST_MAP": "True",  # else importing litellm fetches a cost map online
+            "LITELLM_LOG": env.get("LITELLM_LOG", "ERROR"),
+            "PYTHONUNBUFFERED": "1",
+        }
+        log_file = Path(log_path)
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        cmd = [
+            sys.executable,
+            "-m",
+            "litellm.proxy.proxy_cli",
+            "--config",
+            os.fspath(config_path),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--telemetry",
+            "False",
+        ]
+        with open(log_file, "ab") as out:
+            proc = subprocess.Popen(
+                cmd,
+                env=child_env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
+        return cls(proc, port, log_file)
+
+    def wait_ready(self, timeout_s: float = 90.0) -> float:
+        """Block until /health/liveliness answers; returns the seconds waited."""
+        t0 = time.monotonic()
+        while True:
+            if self.proc.poll() is not None:
+                raise LiteLLMStartError(
+                    f"LiteLLM exited with code {self.proc.returncode} while starting; log tail:\n"
+                    + self.log_tail()
+                )
+            try:
+                with urllib.request.urlopen(self.url + "/health/liveliness", timeout=2) as resp:
+                    if resp.status == 200:
+                        return time.monotonic() - t0
+            except (urllib.error.URLError, OSError):
+                pass
+            if time.monotonic() - t0 > timeout_s:
+                self.stop()
+                raise LiteLLMStartError(
+                    f"LiteLLM not ready after {timeout_s:.0f} s; log tail:\n{self.log_tail()}"
+                )
+            time.sleep(0.2)
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def stop(self, grace_s: float = 10.0) -> int | None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(grace_s)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        return self.proc.returncode

@@ -1,0 +1,124 @@
+"""``torchrouter up``: the whole stack in the foreground on one machine.
+
+Order: the simulated fleet (in this process, unless one is already serving the matrix's ports, as
+when a dev stack shares the fleet with a running prod stack), the LiteLLM proxy (child process),
+then the classifier (in this process). Stopping runs the same list backwards; nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import yaml
+from aiohttp import web
+
+from classifier.app import create_app
+from classifier.settings import PACKAGE_ROOT, Settings
+from torchrouter.litellm_process import LiteLLMProcess
+from torchrouter.sim import SimFleet, fleet_spec_from_matrix
+
+PROD_PORTS = (4001, 4000)  # classifier, LiteLLM
+DEV_PORTS = (4002, 4003)
+SIM_CLOUD_KEY = "sim-cloud-key"  # only ever valid against the simulated provider
+
+
+@dataclass(frozen=True)
+class StackOptions:
+    dev: bool = False
+    sim: bool = True
+    time_scale: float = 1.0
+    seed: int = 0
+    config_path: Path = PACKAGE_ROOT / "litellm_config.yaml"
+    matrix_path: Path = PACKAGE_ROOT / "capability_matrix" / "matrix.yaml"
+    state_dir: Path = field(default_factory=lambda: Path("var"))
+
+    @property
+    def ports(self) -> tuple[int, int]:
+        return DEV_PORTS if self.dev else PROD_PORTS
+
+
+def _sim_already_serving(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url.rstrip("/") + "/sim/state", timeout=1) as resp:
+            return "host_id" in json.loads(resp.read())
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def _port_of(url: str) -> int:
+    port = urlsplit(url).port
+    if port is None:
+        raise ValueError(f"api_base {url!r} has no port")
+    return port
+
+
+async def run_stack(opts: StackOptions, stop: asyncio.Event, say: Callable[[str], None] = print) -> None:
+    t0 = time.monotonic()
+    env = dict(os.environ)
+    env.setdefault("LITELLM_MASTER_KEY", "sk-torchrouter-" + secrets.token_hex(16))
+    env.setdefault("TORCHROUTER_CLOUD_API_KEY", SIM_CLOUD_KEY)
+    env.setdefault("TORCHROUTER_CAPABILITY_MATRIX_PATH", str(opts.matrix_path))
+    env.setdefault("TORCHROUTER_ROUTING_CONTINUITY_EVENT_PATH", str(opts.state_dir / "routing-events.jsonl"))
+    classifier_port, litellm_port = opts.ports
+    name = "dev" if opts.dev else "prod"
+
+    async with contextlib.AsyncExitStack() as stack:
+        if opts.sim:
+            doc = yaml.safe_load(opts.matrix_path.read_text(encoding="utf-8"))
+            spec = fleet_spec_from_matrix(
+                doc,
+                cloud_api_key=env["TORCHROUTER_CLOUD_API_KEY"],
+                seed=opts.seed,
+                time_scale=opts.time_scale,
+            )
+            first = spec.hosts[0]
+            first_url = f"http://{spec.host}:{first.port}"
+            if _sim_already_serving(first_url):
+                say(f"simulated fleet: already serving on {first_url} (shared; this stack will not stop it)")
+            else:
+                fleet = SimFleet(spec)
+                await fleet.start()
+                stack.push_async_callback(fleet.stop)
+                for host_id, url in fleet.host_urls.items():
+                    say(f"simulated host  {host_id:28s} {url}")
+                if fleet.cloud_url:
+                    say(f"simulated cloud {'(OpenAI-compatible)':28s} {fleet.cloud_url}")
+
+        litellm = LiteLLMProcess.start(
+            opts.config_path, port=litellm_port, env=env, log_path=opts.state_dir / f"litellm-{name}.log"
+        )
+        stack.callback(litellm.stop)
+        waited = await asyncio.to_thread(litellm.wait_ready)
+        say(f"LiteLLM proxy   {litellm.url}  (ready in {waited:.1f} s; log {litellm.log_path})")
+
+        settings = Settings.from_env(
+            env, litellm_url=litellm.url, host="127.0.0.1", port=classifier_port, matrix_path=opts.matrix_path
+        )
+        runner = web.AppRunner(create_app(settings), access_log=None)
+        await runner.setup()
+        stack.push_async_callback(runner.cleanup)
+        await web.TCPSite(runner, settings.host, settings.port).start()
+        say(f"classifier      http://127.0.0.1:{classifier_port}")
+        say(f"event trail     {env['TORCHROUTER_ROUTING_CONTINUITY_EVENT_PATH']}")
+        say(f"stack ({name}) up in {time.monotonic() - t0:.1f} s. Try:")
+        say(
+            f"  curl -s http://127.0.0.1:{classifier_port}/v1/chat/completions "
+            "-H 'Content-Type: application/json' "
+            "-H 'X-Agent-Id: webmaster' "
+            '-d \'{"model":"auto","messages":[{"role":"user","content":"Summarize the routing policy."}]}\''
+        )
+        say("Ctrl-C stops everything.")
+        await stop.wait()
+        say("stopping...")
+    say("stopped.")
