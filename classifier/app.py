@@ -14,23 +14,31 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
+import yaml
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from capability_matrix import MatrixError, MatrixStore
+from capability_matrix import FleetProbe, HostObservation, MatrixError, MatrixStore
 from capability_matrix import watch as watch_matrix
+from classifier.admission import Admission, Lanes
+from classifier.capacity import lane_limits
 from classifier.chat_body import parse_chat_body
 from classifier.decide import AgentsStore, RouteDecision, decide
-from classifier.errors import ApiError, PayloadTooLarge, error_response, http_error_response
+from classifier.errors import ApiError, PayloadTooLarge, QueueFull, error_response, http_error_response
+from classifier.fleet_view import FleetView
 from classifier.forwarder import Forwarder, HttpForwarder, UpstreamResponse
-from classifier.identity import GROUPS
+from classifier.identity import GROUPS, LOCAL_GROUPS
 from classifier.metrics import Metrics
-from classifier.routing_headers import RouteTrace
+from classifier.routing import LADDERS
+from classifier.routing_headers import RouteTrace, request_id_from
 from classifier.settings import Settings
 from classifier.spend import DailySpend, parse_cost
+from classifier.tiering import Tier
 from torchrouter.events import EventSink, JsonlEventSink, open_sink
 
 log = logging.getLogger("torchrouter.classifier")
@@ -42,6 +50,9 @@ EVENTS_KEY = web.AppKey("events", EventSink)
 MATRIX_KEY = web.AppKey("matrix", MatrixStore)
 AGENTS_KEY = web.AppKey("agents", AgentsStore)
 SPEND_KEY = web.AppKey("spend", DailySpend)
+FLEET_KEY = web.AppKey("fleet", FleetView)
+LANES_KEY = web.AppKey("lanes", Lanes)
+LITELLM_FALLBACKS_KEY = web.AppKey("litellm_fallbacks", dict[str, list[str]])
 
 # Upstream response headers relayed to the client as they are.
 _RELAYED = ("Content-Type", "Cache-Control", "x-litellm-response-cost", "x-litellm-attempted-fallbacks")
@@ -103,6 +114,32 @@ async def _watchers_ctx(app: web.Application) -> AsyncIterator[None]:
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
+def refresh_lane_limits(app: web.Application) -> None:
+    fleet = app[FLEET_KEY]
+    overlay = fleet.overlay()
+    live = fleet.store.current.with_live(overlay)
+    app[LANES_KEY].set_limits(lane_limits(live, overlay, LOCAL_GROUPS, app[SETTINGS_KEY].lane_caps))
+
+
+async def _probe_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Poll every host's /api/ps; warm states and lane limits follow the fleet without a restart."""
+    settings, fleet = app[SETTINGS_KEY], app[FLEET_KEY]
+    session = aiohttp.ClientSession()
+    probe = FleetProbe(lambda: fleet.store.current, session, timeout_s=min(2.0, settings.probe_interval_s))
+
+    def on_update(observations: dict[str, HostObservation]) -> None:
+        fleet.on_observations(observations)
+        refresh_lane_limits(app)
+
+    # One round before serving, so the first requests see real lane limits rather than zero.
+    on_update(await probe.poll_once(time.time()))
+    task = asyncio.create_task(probe.run(settings.probe_interval_s, on_update), name="fleet-probe")
+    yield
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await session.close()
+
+
 async def _events_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
     sink = app[EVENTS_KEY]
@@ -139,6 +176,27 @@ def create_app(
         )
 
     app[MATRIX_KEY] = MatrixStore(settings.matrix_path, on_reload=matrix_reloaded, on_reject=matrix_rejected)
+
+    def lockout_changed(key: str, state: str, reason: str) -> None:
+        app[EVENTS_KEY].emit(
+            "lockout_changed",
+            request_id=None,
+            agent_id=None,
+            tier=None,
+            group=None,
+            profile=key,
+            state=state,
+            reason=reason,
+        )
+
+    app[FLEET_KEY] = FleetView(
+        app[MATRIX_KEY],
+        daily_budget_usd=settings.daily_budget_usd,
+        spend_today=app[SPEND_KEY].today,
+        on_lockout_change=lockout_changed,
+    )
+    app[LANES_KEY] = Lanes(enabled=settings.queue_enabled)
+    app[LITELLM_FALLBACKS_KEY] = load_litellm_fallbacks(settings.litellm_config_path)
     app[AGENTS_KEY] = AgentsStore(
         settings.agents_path,
         on_reload=lambda: metrics.config_reloads.labels("reloaded").inc(),
@@ -147,9 +205,11 @@ def create_app(
     setup_middlewares(app)
     app.cleanup_ctx.append(_forwarder_ctx(forwarder))
     app.cleanup_ctx.append(_watchers_ctx)
+    app.cleanup_ctx.append(_probe_ctx)
     app.cleanup_ctx.append(_events_ctx)
     app.router.add_get("/health", health)
     app.router.add_get("/capability-matrix", capability_matrix)
+    app.router.add_get("/queue/status", queue_status)
     app.router.add_get("/metrics", metrics_text)
     app.router.add_get("/v1/models", models)
     app.router.add_post("/v1/chat/completions", chat_completions)
@@ -167,7 +227,50 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def capability_matrix(request: web.Request) -> web.Response:
-    return _json(request.app[MATRIX_KEY].current.to_json())
+    fleet = request.app[FLEET_KEY]
+    overlay = fleet.overlay()
+    body = fleet.store.current.with_live(overlay).to_json()
+    body["live"] = overlay.to_json()  # GPU memory and its source per host, live lockouts and why
+    return _json(body)
+
+
+async def queue_status(request: web.Request) -> web.Response:
+    app = request.app
+    agents = app[AGENTS_KEY].current
+    budget_of_first_lane = {agents.first_lane(t): agents.wait_budget_ms(t) for t in Tier}
+
+    def budget_ms(group: str) -> float:
+        return float(budget_of_first_lane.get(group, max(budget_of_first_lane.values())))
+
+    def fallback(group: str) -> dict[str, object]:
+        # Overflow: where arrivals for this lane go next on the ladder of the tier that starts here.
+        tier = next((t for t in Tier if agents.first_lane(t) == group), None)
+        overflow = None
+        if tier is not None:
+            ladder = [agents.first_lane(tier), *LADDERS[tier].local, LADDERS[tier].cloud]
+            later = [g for g in dict.fromkeys(ladder) if g != group]
+            overflow = later[0] if later else None
+        return {
+            "overflow": overflow,
+            "tier": tier.value if tier else None,
+            "on_failure": app[LITELLM_FALLBACKS_KEY].get(group, []),
+        }
+
+    return _json(app[LANES_KEY].status(budget_ms, fallback))
+
+
+def load_litellm_fallbacks(path: Path) -> dict[str, list[str]]:
+    """``router_settings.fallbacks`` of litellm_config.yaml (failure, not capacity), for /queue/status."""
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        log.warning("cannot read LiteLLM fallbacks from %s: %s", path, exc)
+        return {}
+    out: dict[str, list[str]] = {}
+    for entry in (doc.get("router_settings") or {}).get("fallbacks") or []:
+        if isinstance(entry, dict):
+            out.update({str(k): [str(g) for g in v] for k, v in entry.items() if isinstance(v, list)})
+    return out
 
 
 async def metrics_text(request: web.Request) -> web.Response:
@@ -189,7 +292,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     started = time.perf_counter()
     app = request.app
     settings, metrics, events = app[SETTINGS_KEY], app[METRICS_KEY], app[EVENTS_KEY]
-    trace = RouteTrace(request_id=uuid.uuid4().hex)
+    trace = RouteTrace(request_id=request_id_from(request.headers) or uuid.uuid4().hex)
     try:
         body = parse_chat_body(await request.read())
         decision = decide(
@@ -200,6 +303,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             routing_mode=settings.routing_mode,
             canary_share=settings.canary_share,
             request_id=trace.request_id,
+            cloud_locked=app[FLEET_KEY].budget_reason(time.time()),
         )
     except ApiError as exc:
         metrics.requests.labels("none", "none", "bad_request").inc()
@@ -208,14 +312,12 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         metrics.requests.labels("none", "none", "bad_request").inc()
         return error_response(PayloadTooLarge(_too_large_message(request)), trace.headers())
 
-    group = decision.first_group
-    trace.tier, trace.group, trace.canary = decision.tier.value, group, decision.canary
+    trace.tier, trace.group, trace.canary = decision.tier.value, decision.first_group, decision.canary
+    who = {"request_id": trace.request_id, "agent_id": decision.agent_label, "tier": trace.tier}
     events.emit(
         "request_classified",
-        request_id=trace.request_id,
-        agent_id=decision.agent_label,
-        tier=trace.tier,
-        group=group,
+        **who,
+        group=decision.first_group,
         identity_source=decision.identity.source,
         tier_source=decision.tier_source,
         signals=list(decision.signals),
@@ -227,14 +329,45 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     if decision.canary:
         metrics.canary.inc()
 
+    def on_divert(from_group: str, to_group: str, reason: str, est_ms: float) -> None:
+        metrics.diverts.labels(from_group, reason).inc()
+        events.emit(
+            "degradation_ladder_step",
+            **who,
+            group=decision.first_group,
+            from_group=from_group,
+            to_group=to_group or None,
+            reason=reason,
+            estimated_wait_ms=None if est_ms == float("inf") else round(est_ms, 1),
+        )
+
     outcome = "ok"
     status = 0
     ttft_s: float | None = None
+    admission: Admission | None = None
     try:
-        response, status, ttft_s = await _forward(request, body, decision, group, trace, started)
+        admission = await app[LANES_KEY].admit(decision, on_divert)
+        trace.group = admission.group
+        trace.queue_ms = admission.queue_ms
+        metrics.queue_wait.labels(admission.group).observe(admission.queue_ms / 1e3)
+        if admission.diverts:
+            trace.fallback = "ladder:" + "->".join([*(g for g, _ in admission.diverts), admission.group])
+        response, status, ttft_s = await _forward(request, body, decision, admission.group, trace, started)
         if status >= 400:
             outcome = "upstream_error"
         return response
+    except QueueFull as exc:
+        outcome, status = "shed", exc.status
+        trace.total_ms = (time.perf_counter() - started) * 1e3
+        events.emit(
+            "queue_rejected",
+            **who,
+            group=decision.first_group,
+            status=exc.status,
+            retry_after_s=exc.retry_after_s,
+            message=exc.message,
+        )
+        return error_response(exc, trace.headers())
     except ApiError as exc:
         outcome = "timeout" if exc.status == 504 else "upstream_unavailable"
         status = exc.status
@@ -244,18 +377,18 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         outcome = "cancelled"
         raise
     finally:
+        if admission is not None:
+            app[LANES_KEY].release(admission, ok=outcome == "ok")
         total_s = time.perf_counter() - started
-        labels = (trace.tier, group)
+        labels = (trace.tier, trace.group)
         metrics.requests.labels(*labels, outcome).inc()
         metrics.request_duration.labels(*labels).observe(total_s)
         if ttft_s is not None:
             metrics.ttft.labels(*labels).observe(ttft_s)
         events.emit(
             "request_completed",
-            request_id=trace.request_id,
-            agent_id=decision.agent_label,
-            tier=trace.tier,
-            group=group,
+            **who,
+            group=trace.group,
             outcome=outcome,
             status=status,
             deployment=trace.model,
@@ -292,6 +425,7 @@ async def _forward(
     async with app[FORWARDER_KEY].open("POST", "/v1/chat/completions", upstream_body, headers) as upstream:
         headers_at = time.perf_counter()
         _annotate(trace, upstream, app[MATRIX_KEY], group)
+        _learn(app[FLEET_KEY], trace, upstream)
         trace.litellm_ttft_ms = (headers_at - sent) * 1e3
         trace.total_ms = (headers_at - started) * 1e3
         app[SPEND_KEY].add(parse_cost(upstream.headers.get("x-litellm-response-cost")), time.time())
@@ -317,6 +451,15 @@ async def _forward(
             upstream.status,
             done - started,
         )
+
+
+def _learn(fleet: FleetView, trace: RouteTrace, upstream: UpstreamResponse) -> None:
+    """What a response tells the fleet view: who served (warm -> hot), which keys the hooks locked out."""
+    if trace.model != "none":
+        fleet.served(trace.model)
+    locked = upstream.headers.get("x-torchrouter-auth-lockouts")
+    if locked is not None:
+        fleet.set_auth_lockouts({key: "provider answered 401/403" for key in locked.split(",") if key})
 
 
 def _annotate(trace: RouteTrace, upstream: UpstreamResponse, matrix: MatrixStore, group: str) -> None:

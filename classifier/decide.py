@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from capability_matrix import Matrix
-from classifier.errors import BadRequest
+from classifier.errors import ApiError, BadRequest
 from classifier.identity import Identity, IdentityError, identify
 from classifier.routing import FAST_CHAT_MAX_PROMPT_TOKENS, LadderStep, RoutingMode, plan_route
 from classifier.tiering import (
@@ -29,6 +29,11 @@ from classifier.tiering import (
 )
 
 log = logging.getLogger("torchrouter.classifier")
+
+
+class CloudLocked(ApiError):
+    status = 503
+    code = "cloud_locked_out"
 
 
 @dataclass(frozen=True)
@@ -70,7 +75,9 @@ def decide(
     routing_mode: str,
     canary_share: float,
     request_id: str,
+    cloud_locked: str | None = None,
 ) -> RouteDecision:
+    """``cloud_locked`` (a reason, e.g. the daily budget is spent) removes every cloud step."""
     try:
         identity = identify(headers, body.get("model"))
     except IdentityError as exc:
@@ -91,15 +98,20 @@ def decide(
     # LiteLLM's own fallbacks (litellm_config.yaml) cross between local and cloud on failure; a mode
     # that forbids one side must switch them off for this request.
     extras: dict[str, Any] = {}
-    if mode is not RoutingMode.LOCAL_FIRST:
+    ladder = plan.steps
+    if mode is not RoutingMode.LOCAL_FIRST or cloud_locked:
         extras["disable_fallbacks"] = True
+    if cloud_locked:
+        ladder = tuple(step for step in ladder if not step.is_cloud)
+        if not ladder:
+            raise CloudLocked(f"cloud routes are locked out ({cloud_locked}) and ROUTING_MODE={mode.value}")
     return RouteDecision(
         identity=identity,
         tier=tiering.tier,
         tier_source=tiering.source,
         signals=tiering.signals,
         canary=plan.canary,
-        ladder=plan.steps,
+        ladder=ladder,
         wait_budget_ms=agents.wait_budget_ms(tiering.tier),
         upstream_extras=extras,
     )

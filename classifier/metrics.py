@@ -59,6 +59,19 @@ class Metrics:
             ["outcome"],
             registry=registry,
         )
+        self.queue_wait = Histogram(
+            "classifier_queue_wait_seconds",
+            "Time a request waited for a lane slot (0 when admitted at once)",
+            ["group"],
+            buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 60),
+            registry=registry,
+        )
+        self.diverts = Counter(
+            "classifier_ladder_diverts_total",
+            "Requests moved down the degradation ladder, by the group they left and why",
+            ["group", "reason"],
+            registry=registry,
+        )
         self.daily_spend = Gauge(
             "classifier_daily_spend_usd",
             "Cloud spend reported by LiteLLM for the current UTC day",

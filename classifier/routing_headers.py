@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{8,128}")
+
+
+def request_id_from(headers: Mapping[str, str]) -> str | None:
+    """A caller's own ``X-Request-Id`` when it is a sane token: replaying it replays the canary draw."""
+    value = headers.get("X-Request-Id")
+    return value if value is not None and _REQUEST_ID.fullmatch(value) else None
 
 
 @dataclass

@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from classifier.capacity import parse_lane_caps
+
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MATRIX_PATH = PACKAGE_ROOT / "capability_matrix" / "matrix.yaml"
 DEFAULT_AGENTS_PATH = PACKAGE_ROOT / "classifier" / "agents.yaml"
@@ -30,6 +32,9 @@ ENV_DOCS: dict[str, tuple[str, str]] = {
     "TORCHROUTER_DAILY_BUDGET_USD": ("(none)", "cloud spend per UTC day after which cloud is locked out"),
     "TORCHROUTER_MAX_BODY_BYTES": ("8388608", "larger request bodies get 413"),
     "TORCHROUTER_UPSTREAM_TIMEOUT_S": ("600", "total time allowed for one upstream call"),
+    "TORCHROUTER_LITELLM_CONFIG_PATH": ("litellm_config.yaml", "read for the fallbacks /queue/status shows"),
+    "TORCHROUTER_LANE_LIMITS": ("(none)", "operator caps on lane concurrency, e.g. balanced=4,code=2"),
+    "TORCHROUTER_PROBE_INTERVAL_S": ("2", "how often the fleet probe polls each host's /api/ps"),
 }
 
 
@@ -95,6 +100,9 @@ class Settings:
     daily_budget_usd: float | None = None
     max_body_bytes: int = 8 * 1024 * 1024
     upstream_timeout_s: float = 600.0
+    litellm_config_path: Path = PACKAGE_ROOT / "litellm_config.yaml"
+    lane_caps: Mapping[str, int] = field(default_factory=dict)
+    probe_interval_s: float = 2.0
     host: str = "127.0.0.1"
     port: int = 4001
 
@@ -134,6 +142,17 @@ class Settings:
         if env.get("TORCHROUTER_UPSTREAM_TIMEOUT_S"):
             values["upstream_timeout_s"] = _float(
                 "TORCHROUTER_UPSTREAM_TIMEOUT_S", env["TORCHROUTER_UPSTREAM_TIMEOUT_S"], 0.1
+            )
+        if env.get("TORCHROUTER_LITELLM_CONFIG_PATH"):
+            values["litellm_config_path"] = Path(env["TORCHROUTER_LITELLM_CONFIG_PATH"])
+        if env.get("TORCHROUTER_LANE_LIMITS"):
+            try:
+                values["lane_caps"] = parse_lane_caps(env["TORCHROUTER_LANE_LIMITS"])
+            except ValueError as exc:
+                raise SettingsError(f"TORCHROUTER_LANE_LIMITS: {exc}") from None
+        if env.get("TORCHROUTER_PROBE_INTERVAL_S"):
+            values["probe_interval_s"] = _float(
+                "TORCHROUTER_PROBE_INTERVAL_S", env["TORCHROUTER_PROBE_INTERVAL_S"], 0.1
             )
         values.update(overrides)
         return cls(**values)  # type: ignore[arg-type]

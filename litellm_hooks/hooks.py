@@ -1,7 +1,13 @@
 """Thin adapters that LiteLLM calls; the decisions live in :mod:`litellm_hooks.ranker`.
 
 LiteLLM loads ``litellm_hooks.router_hooks`` (see litellm_config.yaml). Nothing happens at import:
-state (the matrix store, the event sink) is built on the first call from the environment.
+state is built on the first call from the environment, and the fleet probe (warm state from each
+host's ``/api/ps``) starts then, on LiteLLM's own event loop.
+
+What the hooks keep: the matrix store (hot-reloaded), probe observations, requests in flight per
+deployment (the ranker's ``idle`` scorer) and auth lockouts (a provider's 401/403 locks every profile
+behind the same credentials until one of them succeeds). Each response carries
+``x-torchrouter-auth-lockouts`` so the classifier can show them in ``/capability-matrix``.
 
 Every exception inside a hook is logged and counted; a hook never breaks a request because of its
 own bug. The one deliberate failure is an empty candidate list after filtering, which LiteLLM turns
@@ -10,17 +16,28 @@ into a "no deployments" error and then its configured fallback group.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 from litellm.integrations.custom_logger import CustomLogger
 
-from capability_matrix import MatrixStore
-from litellm_hooks.ranker import NoCandidate, RequestNeeds, rank
+from capability_matrix import (
+    DEFAULT_MATRIX_PATH,
+    FleetProbe,
+    HostObservation,
+    Matrix,
+    MatrixStore,
+    build_overlay,
+    sharing_credentials,
+)
+from litellm_hooks.inflight import InFlight
+from litellm_hooks.ranker import FleetLoad, NoCandidate, RequestNeeds, rank
 from torchrouter.events import EventSink, open_sink
 
 log = logging.getLogger("torchrouter.hooks")
@@ -32,12 +49,26 @@ TIER_HEADER = "x-torchrouter-tier"
 GROUP_HEADER = "x-torchrouter-group"
 
 _CTX = "torchrouter"  # key inside LiteLLM's request metadata
+PROBE_INTERVAL_S = 2.0
 
 
 @dataclass
 class _State:
     matrix: MatrixStore
     events: EventSink
+    in_flight: InFlight = field(default_factory=InFlight)
+    observations: dict[str, HostObservation] = field(default_factory=dict)
+    last_served: dict[str, float] = field(default_factory=dict)
+    auth: dict[str, str] = field(default_factory=dict)
+    probe_task: asyncio.Task[None] | None = None
+
+    def live_matrix(self, now: float) -> Matrix:
+        self.matrix.maybe_reload(time.monotonic())
+        current = self.matrix.current
+        overlay = build_overlay(
+            current, self.observations, now=now, last_served=self.last_served, auth=self.auth
+        )
+        return current.with_live(overlay)
 
 
 def _approx_tokens(messages: object) -> int:
@@ -55,6 +86,26 @@ def _approx_tokens(messages: object) -> int:
     return chars // 4
 
 
+def _ctx_of(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """Our routing context, wherever this LiteLLM call path keeps the request metadata."""
+    for holder in (kwargs, kwargs.get("litellm_params") or {}):
+        metadata = holder.get("metadata") if isinstance(holder, Mapping) else None
+        if isinstance(metadata, Mapping) and isinstance(metadata.get(_CTX), dict):
+            return metadata[_CTX]  # type: ignore[no-any-return]
+    return {}
+
+
+def _deployment_key(kwargs: Mapping[str, Any]) -> str | None:
+    model_info = (kwargs.get("litellm_params") or {}).get("model_info") or {}
+    key = model_info.get("id") if isinstance(model_info, Mapping) else None
+    return key if isinstance(key, str) else None
+
+
+def _status_of(exc: object) -> int | None:
+    status = getattr(exc, "status_code", None)
+    return status if isinstance(status, int) else None
+
+
 class RouterHooks(CustomLogger):
     def __init__(self) -> None:
         super().__init__()
@@ -63,14 +114,24 @@ class RouterHooks(CustomLogger):
 
     def _get_state(self) -> _State:
         if self._state is None:
-            from classifier.settings import DEFAULT_MATRIX_PATH  # path constant only; no server code
-
             matrix_path = os.environ.get("TORCHROUTER_CAPABILITY_MATRIX_PATH") or str(DEFAULT_MATRIX_PATH)
             self._state = _State(
                 matrix=MatrixStore(matrix_path),
                 events=open_sink(os.environ.get("TORCHROUTER_ROUTING_CONTINUITY_EVENT_PATH")),
             )
-        return self._state
+        state = self._state
+        if state.probe_task is None:
+            state.probe_task = asyncio.get_running_loop().create_task(self._probe(state), name="hooks-probe")
+        return state
+
+    async def _probe(self, state: _State) -> None:
+        async with aiohttp.ClientSession() as session:
+            probe = FleetProbe(lambda: state.matrix.current, session, timeout_s=PROBE_INTERVAL_S)
+
+            def update(observations: dict[str, HostObservation]) -> None:
+                state.observations = observations
+
+            await probe.run(PROBE_INTERVAL_S, update)
 
     def _failed(self, where: str) -> None:
         self.errors += 1
@@ -104,19 +165,23 @@ class RouterHooks(CustomLogger):
     ) -> list[dict[str, Any]]:
         try:
             state = self._get_state()
-            state.matrix.maybe_reload(time.monotonic())
-            matrix = state.matrix.current
+            now = time.time()
+            matrix = state.live_matrix(now)
             kwargs = request_kwargs or {}
-            ctx: dict[str, Any] = (kwargs.get("metadata") or {}).get(_CTX) or {}
-            by_key = {}
+            ctx = _ctx_of(kwargs)
+            who = {
+                "request_id": ctx.get("request_id"),
+                "agent_id": ctx.get("agent_id"),
+                "tier": ctx.get("tier"),
+            }
+            by_key: dict[str, dict[str, Any]] = {}
             unknown = []
             for deployment in healthy_deployments:
                 key = (deployment.get("model_info") or {}).get("id")
-                profile = matrix.profiles.get(key) if isinstance(key, str) else None
-                if profile is None:
-                    unknown.append(key)
+                if isinstance(key, str) and key in matrix.profiles:
+                    by_key[key] = deployment
                 else:
-                    by_key[profile.key] = deployment
+                    unknown.append(key)
             needs = RequestNeeds(
                 prompt_tokens=_approx_tokens(messages),
                 max_output_tokens=int(kwargs.get("max_tokens") or kwargs.get("max_completion_tokens") or 0),
@@ -125,22 +190,20 @@ class RouterHooks(CustomLogger):
             first_group = ctx.get("group")
             if first_group and first_group != model:
                 state.events.emit(
-                    "fallback_selected",
-                    request_id=ctx.get("request_id"),
-                    agent_id=ctx.get("agent_id"),
-                    tier=ctx.get("tier"),
-                    group=first_group,
-                    from_group=first_group,
-                    to_group=model,
+                    "fallback_selected", **who, group=first_group, from_group=first_group, to_group=model
                 )
+            slots = {
+                k: matrix.hosts[p.host_id].num_parallel if p.host_id in matrix.hosts else 0
+                for k, p in matrix.profiles.items()
+                if k in by_key
+            }
+            load = FleetLoad(in_flight=state.in_flight.counts(now), slots=slots)
             try:
-                ranking = rank(model, [matrix.profiles[k] for k in by_key], needs)
+                ranking = rank(model, [matrix.profiles[k] for k in by_key], needs, load=load)
             except NoCandidate as exc:
                 state.events.emit(
                     "route_selected",
-                    request_id=ctx.get("request_id"),
-                    agent_id=ctx.get("agent_id"),
-                    tier=ctx.get("tier"),
+                    **who,
                     group=model,
                     deployment=None,
                     rejected=exc.rejected,
@@ -148,28 +211,68 @@ class RouterHooks(CustomLogger):
                     reason=str(exc),
                 )
                 return []
+            chosen = ranking.chosen
             score_ms = sum(ranking.timings_ms.values())
             ctx["score_ms"] = round(score_ms, 3)
-            ctx["deployment"] = ranking.chosen.key
+            ctx["deployment"] = chosen.key
+            if ctx.get("request_id"):
+                state.in_flight.start(chosen.key, str(ctx["request_id"]), now)
             state.events.emit(
                 "route_selected",
-                request_id=ctx.get("request_id"),
-                agent_id=ctx.get("agent_id"),
-                tier=ctx.get("tier"),
+                **who,
                 group=model,
-                deployment=ranking.chosen.key,
-                host_id=ranking.chosen.host_id,
-                model=ranking.chosen.model,
+                deployment=chosen.key,
+                host_id=chosen.host_id,
+                model=chosen.model,
+                warm_state=chosen.warm_state.value,
                 candidates=len(by_key),
                 scores=ranking.scores,
                 rejected=ranking.rejected,
                 unknown_deployments=unknown,
                 score_ms=round(score_ms, 3),
             )
-            return [by_key[ranking.chosen.key]]
+            return [by_key[chosen.key]]
         except Exception:
             self._failed("filter_deployments")
             return healthy_deployments
+
+    # --- outcomes: free the in-flight slot, learn warm and auth state --------------------------------
+    def _finished(self, kwargs: dict[str, Any], status: int | None) -> None:
+        state = self._state
+        key = _deployment_key(kwargs)
+        if state is None or key is None:
+            return
+        ctx = _ctx_of(kwargs)
+        if ctx.get("request_id"):
+            state.in_flight.finish(key, str(ctx["request_id"]))
+        matrix = state.matrix.current
+        if key not in matrix.profiles:
+            return
+        if status is None:
+            state.last_served[key] = time.time()
+        if status in (401, 403):
+            reason = f"provider answered {status}"
+            for shared in sharing_credentials(matrix, key):
+                state.auth.setdefault(shared, reason)
+        elif status is None and key in state.auth:
+            for shared in sharing_credentials(matrix, key):
+                state.auth.pop(shared, None)
+
+    async def async_log_success_event(
+        self, kwargs: dict[str, Any], response_obj: Any, start_time: Any, end_time: Any
+    ) -> None:
+        try:
+            self._finished(kwargs, None)
+        except Exception:
+            self._failed("log_success")
+
+    async def async_log_failure_event(
+        self, kwargs: dict[str, Any], response_obj: Any, start_time: Any, end_time: Any
+    ) -> None:
+        try:
+            self._finished(kwargs, _status_of(kwargs.get("exception")) or 0)
+        except Exception:
+            self._failed("log_failure")
 
     # --- response headers (errors too) ---------------------------------------------------------------
     async def async_post_call_response_headers_hook(
@@ -181,12 +284,14 @@ class RouterHooks(CustomLogger):
         litellm_call_info: dict[str, Any] | None = None,
     ) -> dict[str, str] | None:
         try:
-            ctx = (data.get("metadata") or {}).get(_CTX) or {}
+            ctx = _ctx_of(data)
             headers = {}
             if "score_ms" in ctx:
                 headers["x-torchrouter-score-ms"] = f"{ctx['score_ms']:.3f}"
             if ctx.get("deployment"):
                 headers["x-torchrouter-deployment"] = str(ctx["deployment"])
+            if self._state is not None:
+                headers["x-torchrouter-auth-lockouts"] = ",".join(sorted(self._state.auth))
             return headers
         except Exception:
             self._failed("response_headers")

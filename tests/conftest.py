@@ -86,7 +86,7 @@ async def make_classifier(stack: Stack) -> AsyncIterator[ClassifierFactory]:
             "event_path": str(stack.events_path),
         }
         app: web.Application = create_app(Settings(**{**base, **overrides}), registry=CollectorRegistry())
-        server = TestServer(app, host="127.0.0.1")
+        server = TestServer(app, host="127.0.0.1", handler_cancellation=True)
         await server.start_server()
         servers.append(server)
         return str(server.make_url("")).rstrip("/")

@@ -94,8 +94,8 @@ async def test_streaming_relays_chunks_and_fast_chat_gets_think_false(
 
 
 def _think_false_count(state: dict[str, object], host_id: str, model: str) -> int:
-    host = state["hosts"][host_id]  # type: ignore[index]
-    return int(host["think"].get(model, {}).get("false", 0))  # type: ignore[index]
+    think = state[host_id]["counters"]["think"]  # type: ignore[index]
+    return int(think.get(model, {}).get("false", 0))
 
 
 async def test_spec_example_body_agent_passthrough(classifier_url: str) -> None:

@@ -49,7 +49,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.port is not None:
         overrides["port"] = args.port
     settings = Settings.from_env(**overrides)
-    web.run_app(create_app(settings), host=settings.host, port=settings.port, access_log=None)
+    web.run_app(create_app(settings), host=settings.host, port=settings.port, access_log=None, handler_cancellation=True)
     return 0
 
 

@@ -105,7 +105,7 @@ async def run_stack(opts: StackOptions, stop: asyncio.Event, say: Callable[[str]
         settings = Settings.from_env(
             env, litellm_url=litellm.url, host="127.0.0.1", port=classifier_port, matrix_path=opts.matrix_path
         )
-        runner = web.AppRunner(create_app(settings), access_log=None)
+        runner = web.AppRunner(create_app(settings), access_log=None, handler_cancellation=True)
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
         await web.TCPSite(runner, settings.host, settings.port).start()

@@ -6,5 +6,6 @@ LiteLLM, aiohttp or prometheus_client.
 """
 
 from litellm_hooks.ranker.cycle import NoCandidate, Ranking, RequestNeeds, rank
+from litellm_hooks.ranker.scorers import FleetLoad
 
-__all__ = ["NoCandidate", "Ranking", "RequestNeeds", "rank"]
+__all__ = ["FleetLoad", "NoCandidate", "Ranking", "RequestNeeds", "rank"]

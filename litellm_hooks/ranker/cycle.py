@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from capability_matrix import Profile
 from litellm_hooks.ranker import filters, pickers, scorers
+from litellm_hooks.ranker.scorers import FleetLoad
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ def rank(
     candidates: Sequence[Profile],
     needs: RequestNeeds,
     *,
+    load: FleetLoad | None = None,
     weights: Mapping[str, float] = scorers.DEFAULT_WEIGHTS,
     active_filters: Sequence[filters.Filter] = filters.DEFAULT_FILTERS,
 ) -> Ranking:
@@ -59,9 +61,10 @@ def rank(
     t1 = time.perf_counter()
     if not kept:
         raise NoCandidate(group, rejected)
+    load = load or FleetLoad()
     total_weight = sum(weights.values()) or 1.0
     scored = [
-        (p, sum(w * _clamp(scorers.SCORERS[name](p)) for name, w in weights.items()) / total_weight)
+        (p, sum(w * _clamp(scorers.SCORERS[name](p, load)) for name, w in weights.items()) / total_weight)
         for p in kept
     ]
     t2 = time.perf_counter()

@@ -1,0 +1,149 @@
+"""Admission: walk a request's ladder against the lanes' live queues and hold a slot while it runs.
+
+The decisions are :func:`classifier.queue_policy.plan_ladder`'s (pure); this module owns the
+:class:`LaneQueue` per local group, applies the lane limits the fleet view derives, and records
+every divert. A step chosen to *wait* gets the tier's remaining budget as its timeout; if the
+wait runs past it (the estimate was wrong) the request moves on down the ladder instead of failing.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from classifier.decide import RouteDecision
+from classifier.errors import QueueFull
+from classifier.identity import LOCAL_GROUPS
+from classifier.lane_queue import LaneFullError, LaneQueue, Ticket
+from classifier.queue_policy import (
+    Divert,
+    GroupSnapshot,
+    WaitEstimator,
+    estimate_wait_ms,
+    plan_ladder,
+    policy_label,
+    retry_after_s,
+)
+from classifier.routing import LadderStep
+
+# A lane's waiting line holds this many requests per slot; beyond it arrivals divert at once.
+DEPTH_PER_SLOT = 4
+MIN_DEPTH = 4
+
+OnDivert = Callable[[str, str, str, float], None]  # (from group, to group or "", reason, estimated ms)
+
+
+@dataclass
+class Admission:
+    step: LadderStep
+    ticket: Ticket | None
+    queue_ms: float
+    diverts: list[tuple[str, str]] = field(default_factory=list)  # (group, reason)
+    admitted_at: float = 0.0
+
+    @property
+    def group(self) -> str:
+        return self.step.group
+
+
+class Lanes:
+    def __init__(self, *, enabled: bool, estimator: WaitEstimator | None = None) -> None:
+        self.enabled = enabled
+        self.estimator = estimator or WaitEstimator()
+        self.queues = {group: LaneQueue(group, 0, 0) for group in LOCAL_GROUPS}
+
+    def set_limits(self, limits: dict[str, int]) -> None:
+        for group, limit in limits.items():
+            queue = self.queues.get(group)
+            if queue is not None and (queue.limit != limit or queue.max_depth == 0):
+                queue.max_depth = max(MIN_DEPTH, limit * DEPTH_PER_SLOT) if limit else 0
+                queue.limit = limit
+
+    def snapshot(self, group: str) -> GroupSnapshot:
+        service_ms = self.estimator.service_ms(group)
+        queue = self.queues.get(group)
+        if queue is None:  # cloud groups carry no local capacity limit
+            return GroupSnapshot.unlimited(group, service_ms)
+        return queue.snapshot(service_ms)
+
+    async def admit(self, decision: RouteDecision, on_divert: OnDivert | None = None) -> Admission:
+        started = time.perf_counter()
+        if not self.enabled:
+            return Admission(decision.ladder[0], None, 0.0, admitted_at=started)
+        budget_ms = float(decision.wait_budget_ms)
+        steps = list(decision.ladder)
+        diverts: list[tuple[str, str]] = []
+        smallest_wait = math.inf
+        all_without_capacity = True
+
+        def divert(group: str, reason: str, est_ms: float, next_group: str) -> None:
+            nonlocal smallest_wait, all_without_capacity
+            diverts.append((group, reason))
+            smallest_wait = min(smallest_wait, est_ms)
+            all_without_capacity = all_without_capacity and reason == "no_capacity"
+            if on_divert is not None:
+                on_divert(group, next_group, reason, est_ms)
+
+        while steps:
+            outcome = plan_ladder([(s, self.snapshot(s.group)) for s in steps], budget_ms)
+            for index, step_decision in enumerate(outcome.decisions):
+                if isinstance(step_decision, Divert):
+                    following = steps[index + 1].group if index + 1 < len(steps) else ""
+                    divert(steps[index].group, step_decision.reason, step_decision.est_ms, following)
+            if outcome.chosen is None:
+                break
+            step, rest = steps[outcome.chosen], steps[outcome.chosen + 1 :]
+            queue = self.queues.get(step.group)
+            if queue is None:
+                return Admission(
+                    step, None, (time.perf_counter() - started) * 1e3, diverts, time.perf_counter()
+                )
+            remaining_s = max(0.001, (budget_ms - (time.perf_counter() - started) * 1e3) / 1e3)
+            try:
+                ticket = await queue.acquire(timeout_s=remaining_s)
+            except LaneFullError:
+                reason = "line_full"
+            except TimeoutError:
+                reason = "wait_exceeded"
+            else:
+                now = time.perf_counter()
+                return Admission(step, ticket, (now - started) * 1e3, diverts, now)
+            divert(
+                step.group, reason, estimate_wait_ms(self.snapshot(step.group)), rest[0].group if rest else ""
+            )
+            steps = rest
+        raise QueueFull(
+            "every lane on this request's ladder is over its wait budget or full: "
+            + ", ".join(f"{g} ({r})" for g, r in diverts),
+            retry_after_s=retry_after_s(smallest_wait),
+            status=503 if all_without_capacity else 429,
+        )
+
+    def release(self, admission: Admission, *, ok: bool) -> None:
+        if admission.ticket is None:
+            return
+        self.queues[admission.group].release(admission.ticket)
+        if ok:  # failures are often fast; they would teach the estimator that the lane is quicker than it is
+            self.estimator.observe(admission.group, (time.perf_counter() - admission.admitted_at) * 1e3)
+
+    def status(
+        self, budget_ms_of: Callable[[str], float], fallback_of: Callable[[str], dict[str, object]]
+    ) -> dict[str, object]:
+        groups: dict[str, object] = {}
+        for group in (*LOCAL_GROUPS, "cloud-balanced", "cloud-fast", "cloud-code"):
+            snap = self.snapshot(group)
+            local = group in self.queues
+            groups[group] = {
+                "depth": snap.depth,
+                "active": snap.active,
+                "limit": snap.limit if local else None,
+                "max_depth": snap.max_depth if local else None,
+                "wait_ms": round(estimate_wait_ms(snap), 1) if local else 0.0,
+                "service_ms": round(snap.est_service_ms, 1),
+                "service_observations": self.estimator.observations(group),
+                "policy": policy_label(snap, budget_ms_of(group)) if self.enabled else "bypassed",
+                "fallback": fallback_of(group),
+            }
+        return {"queue_enabled": self.enabled, "groups": groups}
