@@ -24,6 +24,7 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 test: lint
+	scripts/install-system-deps.sh
 	$(BIN)/torchrouter validate
 	$(BIN)/pytest -q -p no:cacheprovider
 

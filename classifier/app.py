@@ -23,7 +23,7 @@ import yaml
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from capability_matrix import FleetProbe, HostObservation, MatrixError, MatrixStore
+from capability_matrix import FleetProbe, HostObservation, MatrixError, MatrixStore, NvmlGpuReader
 from capability_matrix import watch as watch_matrix
 from classifier.admission import Admission, Lanes
 from classifier.capacity import lane_limits
@@ -125,7 +125,15 @@ async def _probe_ctx(app: web.Application) -> AsyncIterator[None]:
     """Poll every host's /api/ps; warm states and lane limits follow the fleet without a restart."""
     settings, fleet = app[SETTINGS_KEY], app[FLEET_KEY]
     session = aiohttp.ClientSession()
-    probe = FleetProbe(lambda: fleet.store.current, session, timeout_s=min(2.0, settings.probe_interval_s))
+    # NVML only describes this machine: it is read only for the host the operator says we are.
+    gpu = NvmlGpuReader() if settings.local_host_id else None
+    probe = FleetProbe(
+        lambda: fleet.store.current,
+        session,
+        timeout_s=min(2.0, settings.probe_interval_s),
+        gpu_reader=gpu,
+        local_host_id=settings.local_host_id,
+    )
 
     def on_update(observations: dict[str, HostObservation]) -> None:
         fleet.on_observations(observations)
@@ -138,6 +146,8 @@ async def _probe_ctx(app: web.Application) -> AsyncIterator[None]:
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     await session.close()
+    if gpu is not None:
+        gpu.close()
 
 
 async def _events_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -33,6 +33,10 @@ ENV_DOCS: dict[str, tuple[str, str]] = {
     "TORCHROUTER_MAX_BODY_BYTES": ("8388608", "larger request bodies get 413"),
     "TORCHROUTER_UPSTREAM_TIMEOUT_S": ("600", "total time allowed for one upstream call"),
     "TORCHROUTER_LITELLM_CONFIG_PATH": ("litellm_config.yaml", "read for the fallbacks /queue/status shows"),
+    "TORCHROUTER_LOCAL_HOST_ID": (
+        "(none)",
+        "the matrix host this machine is; its GPU memory is read with NVML",
+    ),
     "TORCHROUTER_LANE_LIMITS": ("(none)", "operator caps on lane concurrency, e.g. balanced=4,code=2"),
     "TORCHROUTER_PROBE_INTERVAL_S": ("2", "how often the fleet probe polls each host's /api/ps"),
 }
@@ -103,6 +107,7 @@ class Settings:
     litellm_config_path: Path = PACKAGE_ROOT / "litellm_config.yaml"
     lane_caps: Mapping[str, int] = field(default_factory=dict)
     probe_interval_s: float = 2.0
+    local_host_id: str | None = None
     host: str = "127.0.0.1"
     port: int = 4001
 
@@ -150,6 +155,8 @@ class Settings:
                 values["lane_caps"] = parse_lane_caps(env["TORCHROUTER_LANE_LIMITS"])
             except ValueError as exc:
                 raise SettingsError(f"TORCHROUTER_LANE_LIMITS: {exc}") from None
+        if env.get("TORCHROUTER_LOCAL_HOST_ID"):
+            values["local_host_id"] = env["TORCHROUTER_LOCAL_HOST_ID"].strip()
         if env.get("TORCHROUTER_PROBE_INTERVAL_S"):
             values["probe_interval_s"] = _float(
                 "TORCHROUTER_PROBE_INTERVAL_S", env["TORCHROUTER_PROBE_INTERVAL_S"], 0.1

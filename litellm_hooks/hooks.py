@@ -61,9 +61,14 @@ class _State:
     last_served: dict[str, float] = field(default_factory=dict)
     auth: dict[str, str] = field(default_factory=dict)
     probe_task: asyncio.Task[None] | None = None
+    generation: int = 0
 
     def live_matrix(self, now: float) -> Matrix:
         self.matrix.maybe_reload(time.monotonic())
+        if self.matrix.generation != self.generation:
+            # An operator's edit of the matrix is the "I fixed it" signal: auth lockouts start over.
+            self.generation = self.matrix.generation
+            self.auth.clear()
         current = self.matrix.current
         overlay = build_overlay(
             current, self.observations, now=now, last_served=self.last_served, auth=self.auth

@@ -111,3 +111,17 @@ def read_events(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
+
+
+def wait_for_event(path: Path, request_id: str, kind: str, timeout_s: float = 5.0) -> dict[str, Any]:
+    """The first ``kind`` event of a request; a stream's trail is written just after its last byte."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        for event in read_events(path):
+            if event["request_id"] == request_id and event["event"] == kind:
+                return event
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {kind} event for {request_id} within {timeout_s} s")
+        time.sleep(0.02)

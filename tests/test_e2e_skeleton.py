@@ -7,7 +7,7 @@ import pytest
 from openai import AsyncOpenAI
 
 from tests.conftest import ClassifierFactory, Stack
-from tests.harness import free_ports
+from tests.harness import free_ports, wait_for_event
 
 ROUTING_HEADERS = (
     "x-router-request-id",
@@ -85,16 +85,12 @@ async def test_streaming_relays_chunks_and_fast_chat_gets_think_false(
     assert text.startswith(f"sim:{host_id}:{model}")
     after = stack.sim.state()
     assert _think_false_count(after, host_id, model) > _think_false_count(before, host_id, model)
-    completed = [
-        e
-        for e in stack.events()
-        if e["request_id"] == raw.headers["x-router-request-id"] and e["event"] == "request_completed"
-    ]
-    assert completed and completed[0]["ttft_ms"] is not None and completed[0]["outcome"] == "ok"
+    completed = wait_for_event(stack.events_path, raw.headers["x-router-request-id"], "request_completed")
+    assert completed["ttft_ms"] is not None and completed["outcome"] == "ok"
 
 
 def _think_false_count(state: dict[str, object], host_id: str, model: str) -> int:
-    think = state[host_id]["counters"]["think"]  # type: ignore[index]
+    think = state[host_id]["think"]  # type: ignore[index]
     return int(think.get(model, {}).get("false", 0))
 
 

@@ -49,7 +49,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.port is not None:
         overrides["port"] = args.port
     settings = Settings.from_env(**overrides)
-    web.run_app(create_app(settings), host=settings.host, port=settings.port, access_log=None, handler_cancellation=True)
+    app = create_app(settings)
+    # handler_cancellation: a client that goes away cancels its handler, so a queued request leaves the line.
+    web.run_app(app, host=settings.host, port=settings.port, access_log=None, handler_cancellation=True)
     return 0
 
 

@@ -1,0 +1,192 @@
+"""Tiering, ladders and queues through the real stack: classifier -> LiteLLM with hooks -> simulated fleet."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections import Counter
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.conftest import ClassifierFactory, Stack
+
+CHAT = "/v1/chat/completions"
+
+
+async def post(
+    http: aiohttp.ClientSession, url: str, agent: str | None, content: str, **extra: Any
+) -> tuple[int, dict[str, str], dict[str, Any]]:
+    headers = {"X-Agent-Id": agent} if agent else {}
+    headers.update(extra.pop("headers", {}))
+    body = {"model": "auto", "messages": [{"role": "user", "content": content}], **extra}
+    async with http.post(url + CHAT, json=body, headers=headers) as resp:
+        return resp.status, dict(resp.headers), await resp.json()
+
+
+async def queue_status(http: aiohttp.ClientSession, url: str) -> dict[str, Any]:
+    async with http.get(url + "/queue/status") as resp:
+        assert resp.status == 200
+        body: dict[str, Any] = await resp.json()
+        return body
+
+
+async def test_unknown_agents_coding_request_lands_in_code(classifier_url: str) -> None:
+    prompt = "Fix this bug:\n```python\ndef add(a, b):\n    return a - b\n```"
+    async with aiohttp.ClientSession() as http:
+        status, headers, body = await post(http, classifier_url, "someone-new", prompt)
+    assert status == 200, body
+    assert headers["X-Router-Tier"] == "C" and headers["X-Router-Group"] == "code"
+    assert body["choices"][0]["message"]["content"].startswith("sim:")
+
+
+async def test_unknown_agents_routine_and_reasoning_requests(classifier_url: str) -> None:
+    async with aiohttp.ClientSession() as http:
+        _, routine, _ = await post(http, classifier_url, None, "What time zone is Lisbon in?")
+        _, heavy, _ = await post(
+            http, classifier_url, None, "Think step by step and analyze the tradeoffs of two designs."
+        )
+    assert (routine["X-Router-Tier"], routine["X-Router-Group"]) == ("R", "fast-chat")
+    assert (heavy["X-Router-Tier"], heavy["X-Router-Group"]) == ("H", "balanced")
+
+
+async def test_queue_status_shape_and_spec_jq_paths(classifier_url: str) -> None:
+    async with aiohttp.ClientSession() as http:
+        status = await queue_status(http, classifier_url)
+    groups = status["groups"]
+    assert status["queue_enabled"] is True
+    assert isinstance(groups["balanced"]["depth"], int)  # jq '.groups.balanced.depth'
+    assert isinstance(groups["fast-chat"]["wait_ms"], float)  # jq '.groups["fast-chat"].wait_ms'
+    for name in ("balanced", "fast-chat", "code"):
+        g = groups[name]
+        assert {"depth", "active", "wait_ms", "limit", "policy", "fallback"} <= g.keys()
+        assert g["limit"] > 0 and g["policy"] == "accepting"
+    expected = {"overflow": "code", "tier": "H", "on_failure": ["cloud-balanced"]}
+    assert groups["balanced"]["fallback"] == expected
+    assert groups["fast-chat"]["fallback"]["overflow"] == "balanced"
+
+
+async def test_queue_disabled_is_reported(make_classifier: ClassifierFactory) -> None:
+    url = await make_classifier(queue_enabled=False)
+    async with aiohttp.ClientSession() as http:
+        status = await queue_status(http, url)
+        code, headers, _ = await post(http, url, "webmaster", "hello")
+    assert status["queue_enabled"] is False
+    assert {g["policy"] for g in status["groups"].values()} == {"bypassed"}
+    assert code == 200 and headers["X-Router-Timing-Queue-Ms"] == "0.0"
+
+
+async def test_burst_queues_diverts_and_sheds_with_retry_after(
+    stack: Stack, make_classifier: ClassifierFactory
+) -> None:
+    """Lanes capped at one slot, local-only: the burst fills fast-chat (1 running + 1 waiting), diverts to
+    balanced (the same), then sheds the rest with 429 and a Retry-After from the estimate."""
+    url = await make_classifier(lane_caps={"fast-chat": 1, "balanced": 1}, routing_mode="local-only")
+    async with aiohttp.ClientSession() as http:
+        results = await asyncio.gather(
+            *(post(http, url, "inbox-triage", f"routine {i}", max_tokens=1500) for i in range(12))
+        )
+    statuses = Counter(status for status, _, _ in results)
+    assert set(statuses) <= {200, 429}, statuses
+    answered = [(h, b) for s, h, b in results if s == 200]
+    shed = [(h, b) for s, h, b in results if s == 429]
+    assert len(answered) >= 2 and shed, statuses
+    groups = Counter(h["X-Router-Group"] for h, _ in answered)
+    assert groups["fast-chat"] >= 1 and groups["balanced"] >= 1, groups
+    assert any(float(h["X-Router-Timing-Queue-Ms"]) > 0 for h, _ in answered), "nobody waited"
+    assert any(h["X-Router-Fallback"].startswith("ladder:fast-chat->balanced") for h, _ in answered)
+    for headers, body in shed:
+        assert int(headers["Retry-After"]) >= 1
+        assert body["error"]["code"] == "queue_full" and "fast-chat" in body["error"]["message"]
+    ids = {h["X-Router-Request-Id"] for _, h, _ in results}
+    trail = [e for e in stack.events() if e["request_id"] in ids]
+    assert {e["event"] for e in trail} >= {"degradation_ladder_step", "queue_rejected", "request_completed"}
+    async with aiohttp.ClientSession() as http:
+        after = await queue_status(http, url)
+    assert after["groups"]["fast-chat"]["active"] == 0 and after["groups"]["fast-chat"]["depth"] == 0
+    assert after["groups"]["fast-chat"]["service_observations"] >= 1
+
+
+async def test_burst_overflows_to_cloud_in_local_first(make_classifier: ClassifierFactory) -> None:
+    url = await make_classifier(lane_caps={"fast-chat": 1, "balanced": 1})
+    async with aiohttp.ClientSession() as http:
+        results = await asyncio.gather(
+            *(post(http, url, "inbox-triage", f"routine {i}", max_tokens=1500) for i in range(10))
+        )
+    assert {s for s, _, _ in results} == {200}
+    cloud = [b for s, h, b in results if h["X-Router-Group"] == "cloud-fast"]
+    assert cloud and all(b["choices"][0]["message"]["content"].startswith("sim:cloud:") for b in cloud)
+
+
+async def test_disconnected_waiter_leaves_the_line(make_classifier: ClassifierFactory) -> None:
+    url = await make_classifier(lane_caps={"fast-chat": 1})
+    async with aiohttp.ClientSession() as http:
+        holder = asyncio.create_task(post(http, url, "inbox-triage", "long", max_tokens=4000))
+        for _ in range(100):
+            if (await queue_status(http, url))["groups"]["fast-chat"]["active"] == 1:
+                break
+            await asyncio.sleep(0.01)
+        waiter = asyncio.create_task(post(http, url, "inbox-triage", "waiting"))
+        for _ in range(100):
+            if (await queue_status(http, url))["groups"]["fast-chat"]["depth"] == 1:
+                break
+            await asyncio.sleep(0.01)
+        else:
+            pytest.fail("the second request never queued")
+        waiter.cancel()  # closes its connection: the client went away
+        await asyncio.gather(waiter, return_exceptions=True)
+        for _ in range(100):
+            status = (await queue_status(http, url))["groups"]["fast-chat"]
+            if status["depth"] == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert status["depth"] == 0 and status["active"] == 1, status
+        code, _, _ = await holder
+    assert code == 200
+
+
+async def test_canary_share_over_1000_requests(stack: Stack, make_classifier: ClassifierFactory) -> None:
+    share = 0.3
+    url = await make_classifier(canary_share=share)
+    sem = asyncio.Semaphore(24)
+
+    async def one(i: int) -> dict[str, str]:
+        async with sem:
+            _, headers, _ = await post(http, url, "webmaster", f"Summarize item {i}.", max_tokens=4)
+            return headers
+
+    async with aiohttp.ClientSession() as http:
+        results = await asyncio.gather(*(one(i) for i in range(1000)))
+    canaried = [h for h in results if h.get("X-Router-Canary") == "fast-chat"]
+    assert all(h["X-Router-Group"] == "fast-chat" for h in canaried)
+    observed = len(canaried) / len(results)
+    # Binomial(1000, 0.3): sd 1.45 points; 4 points is beyond 2.7 sd.
+    assert math.isclose(observed, share, abs_tol=0.04), observed
+    ids = {h["X-Router-Request-Id"] for h in canaried}
+    flagged = {e["request_id"] for e in stack.events() if e["event"] == "request_classified" and e["canary"]}
+    assert ids <= flagged
+
+
+async def test_canary_is_replayable_by_request_id(make_classifier: ClassifierFactory) -> None:
+    url = await make_classifier(canary_share=0.5)
+    async with aiohttp.ClientSession() as http:
+        first = [
+            (await post(http, url, "webmaster", "s", headers={"X-Request-Id": f"replay-{i:04d}"}))[1]
+            for i in range(20)
+        ]
+        again = [
+            (await post(http, url, "webmaster", "s", headers={"X-Request-Id": f"replay-{i:04d}"}))[1]
+            for i in range(20)
+        ]
+    assert [h.get("X-Router-Canary") for h in first] == [h.get("X-Router-Canary") for h in again]
+    assert any(h.get("X-Router-Canary") for h in first) and not all(h.get("X-Router-Canary") for h in first)
+
+
+@pytest.mark.parametrize(("mode", "group"), [("cloud-only", "cloud-balanced"), ("local-only", "balanced")])
+async def test_routing_mode(make_classifier: ClassifierFactory, mode: str, group: str) -> None:
+    url = await make_classifier(routing_mode=mode)
+    async with aiohttp.ClientSession() as http:
+        status, headers, body = await post(http, url, "webmaster", "Summarize the routing policy.")
+    assert status == 200 and headers["X-Router-Group"] == group
+    assert body["choices"][0]["message"]["content"].startswith("sim:cloud:" if "cloud" in group else "sim:")

@@ -1,0 +1,227 @@
+"""Runs a whole simulated fleet (one Ollama app per host, one cloud app) on local ports.
+
+Owns the sockets: starting and stopping the apps, port 0 for tests, a clear error on a busy port, and the
+"refuse" fault, which closes a host's listener so new connections are refused, then reopens it on the same
+port. Because nothing listens while refusing, only this Python API (`SimFleet.set_fault`, `reset`) can clear
+that fault. `serve_forever` is what `torchrouter up` runs when no real fleet is configured; `SimFleetThread`
+runs a fleet beside an event loop that may block (LiteLLM's SDK in the same process).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Coroutine
+from types import TracebackType
+from typing import Any, TypeVar
+
+from aiohttp import web
+
+from torchrouter.sim.cloud_app import create_cloud_app
+from torchrouter.sim.ollama_app import HOST, RUNTIME, Clock, SimRuntime, create_host_app
+from torchrouter.sim.spec import FleetSpec
+
+log = logging.getLogger(__name__)
+CLOUD = "cloud"
+T = TypeVar("T")
+
+
+class SimFleetError(RuntimeError):
+    pass
+
+
+class _Served:
+    """One app on one port, with a listener that can be closed and reopened."""
+
+    def __init__(self, name: str, app: web.Application, host: str, port: int) -> None:
+        self.name, self.app, self.host, self.port = name, app, host, port
+        # handler_cancellation: a client that goes away cancels its handler, which frees its slot.
+        self.runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=1.0)
+        self.site: web.TCPSite | None = None
+
+    @property
+    def runtime(self) -> SimRuntime:
+        return self.app[RUNTIME]
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    async def start(self) -> None:
+        await self.runner.setup()
+        self.runtime.refuse_hook = self.refuse
+        await self._listen()
+
+    async def _listen(self) -> None:
+        site = web.TCPSite(self.runner, self.host, self.port)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise SimFleetError(
+                f"simulated {self.name} cannot listen on {self.host}:{self.port}: {exc.strerror or exc}"
+            ) from exc
+        self.site, self.port = site, site.port  # with port 0 the kernel picked one; keep it for reopening
+
+    async def refuse(self, on: bool) -> None:
+        if on and self.site is not None:
+            await self.site.stop()
+            self.site = None
+            # Kept-alive connections would still reach the app; close them once their current request ends
+            # (requests already running finish normally, as on a host whose Ollama is being stopped).
+            if self.runner.server is not None:
+                for conn in self.runner.server.connections:
+                    conn.close()
+        elif not on and self.site is None:
+            await self._listen()
+
+    async def stop(self) -> None:
+        await self.runner.cleanup()
+
+
+class SimFleet:
+    """A running simulated fleet. Use `async with SimFleet(spec) as fleet:` or start()/stop()."""
+
+    def __init__(self, spec: FleetSpec, *, clock: Clock = time.monotonic) -> None:
+        ids = [h.host_id for h in spec.hosts]
+        if len(set(ids)) != len(ids) or CLOUD in ids:
+            raise SimFleetError(f"host ids must be unique and not {CLOUD!r}: {ids}")
+        self.spec = spec
+        self._served: dict[str, _Served] = {}
+        for h in spec.hosts:
+            app = create_host_app(h, seed=spec.seed, time_scale=spec.time_scale, clock=clock)
+            self._served[h.host_id] = _Served(f"host {h.host_id}", app, spec.host, h.port)
+        if spec.cloud is not None:
+            app = create_cloud_app(spec.cloud, seed=spec.seed, time_scale=spec.time_scale, clock=clock)
+            self._served[CLOUD] = _Served("cloud", app, spec.host, spec.cloud.port)
+
+    async def start(self) -> None:
+        started: list[_Served] = []
+        try:
+            for served in self._served.values():
+                started.append(served)
+                await served.start()
+        except BaseException:
+            for served in started:
+                await served.stop()
+            raise
+
+    async def stop(self) -> None:
+        for served in self._served.values():
+            await served.stop()
+
+    async def __aenter__(self) -> SimFleet:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    @property
+    def host_urls(self) -> dict[str, str]:
+        """host_id -> Ollama base URL (the api_base for LiteLLM's ollama_chat/ provider)."""
+        return {name: s.url for name, s in self._served.items() if name != CLOUD}
+
+    @property
+    def cloud_url(self) -> str | None:
+        """The cloud's root URL; OpenAI clients want `cloud_api_base` (with /v1)."""
+        return self._served[CLOUD].url if CLOUD in self._served else None
+
+    @property
+    def cloud_api_base(self) -> str | None:
+        return None if self.cloud_url is None else self.cloud_url + "/v1"
+
+    def runtime(self, target: str) -> SimRuntime:
+        """The live simulator behind a host id or "cloud", for tests that need more than state()."""
+        return self._get(target).runtime
+
+    async def set_fault(
+        self, target: str, mode: str, *, count: int | None = None, after_chunks: int = 2
+    ) -> None:
+        """Inject a fault on a host id or "cloud"; mode "none" clears it (and reopens a refusing port)."""
+        served = self._get(target)
+        served.runtime.set_fault(mode, count, after_chunks)
+        await served.refuse(mode == "refuse")
+
+    def set_external(self, host_id: str, gb: float) -> None:
+        """Pretend something else holds `gb` of the host's GPU memory."""
+        if host_id == CLOUD:
+            raise SimFleetError("the cloud has no GPU memory")
+        host = self._get(host_id).app[HOST]
+        host.sched.set_external(gb)
+        host.notify()  # freed memory may let a waiting load start
+
+    async def reset(self) -> None:
+        """Unload all models, zero counters and clear faults everywhere."""
+        for served in self._served.values():
+            served.runtime.reset()
+            await served.refuse(False)
+
+    def state(self) -> dict[str, dict[str, Any]]:
+        """host_id (and "cloud") -> that simulator's /sim/state document."""
+        return {name: s.runtime.state() for name, s in self._served.items()}
+
+    def _get(self, target: str) -> _Served:
+        try:
+            return self._served[target]
+        except KeyError:
+            raise SimFleetError(f"no simulated host {target!r}; have {sorted(self._served)}") from None
+
+
+async def serve_forever(spec: FleetSpec) -> None:
+    """Run the fleet until cancelled (Ctrl-C under asyncio.run)."""
+    async with SimFleet(spec) as fleet:
+        for host_id, url in fleet.host_urls.items():
+            log.info("simulated Ollama host %s at %s", host_id, url)
+        if fleet.cloud_api_base is not None:
+            log.info("simulated cloud at %s", fleet.cloud_api_base)
+        await asyncio.Event().wait()
+
+
+class SimFleetThread:
+    """A SimFleet on its own event loop in a daemon thread.
+
+    Needed whenever the caller's event loop may block on the fleet: LiteLLM's SDK, on the first logged call
+    to an ollama_chat/ model, fetches `{api_base}/api/show` with a synchronous HTTP client from inside its
+    event loop, which deadlocks against a fleet served by that same loop. A LiteLLM proxy in its own
+    process does not need this.
+    """
+
+    def __init__(self, spec: FleetSpec) -> None:
+        self.fleet = SimFleet(spec)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="sim-fleet", daemon=True)
+
+    def call(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run a coroutine (e.g. `fleet.set_fault(...)`) on the fleet's loop and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def state(self) -> dict[str, dict[str, Any]]:
+        async def snapshot() -> dict[str, dict[str, Any]]:
+            return self.fleet.state()
+
+        return self.call(snapshot())
+
+    def start(self) -> SimFleet:
+        self._thread.start()
+        self.call(self.fleet.start())
+        return self.fleet
+
+    def stop(self) -> None:
+        try:
+            self.call(self.fleet.stop())
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join()
+            self._loop.close()
+
+    def __enter__(self) -> SimFleet:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
