@@ -140,9 +140,12 @@ async def test_bad_bodies_are_answered_by_the_classifier_itself(
 ) -> None:
     # Point the classifier at a port where nothing listens: a forwarded request would come back 502.
     url = await make_classifier(litellm_url=f"http://127.0.0.1:{free_ports(1)[0]}")
-    async with aiohttp.ClientSession() as http, http.post(
-        url + "/v1/chat/completions", data=body, headers={"Content-Type": "application/json"}
-    ) as resp:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            url + "/v1/chat/completions", data=body, headers={"Content-Type": "application/json"}
+        ) as resp,
+    ):
         payload = await resp.json()
         assert resp.status == 400, payload
         assert resp.headers["X-Router-Request-Id"]

@@ -1,0 +1,275 @@
+"""The capability matrix as a running service: served live, hot-reloaded in both processes, kept live.
+
+These tests edit the session's matrix file, which the session LiteLLM's hooks also read; each one
+restores it before it ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+
+from tests.conftest import ClassifierFactory, Stack
+from tests.harness import REPO, wait_for_event
+
+SPEC_KEY = "matthew-100.86.174.11/ollama/qwen3:8b"
+PROFILE_FIELDS = {
+    "lane", "host_id", "provider", "model", "api_base", "context_window", "supports_tools", "reasoning",
+    "requires_think_false", "hardware_class", "preemptible", "lockout_state", "warm_state", "vram_gb",
+    "speed_score", "quality_score",
+}  # fmt: skip
+
+
+async def get_json(http: aiohttp.ClientSession, url: str) -> Any:
+    async with http.get(url) as resp:
+        assert resp.status == 200, await resp.text()
+        return await resp.json()
+
+
+async def chat(
+    http: aiohttp.ClientSession, url: str, agent: str, **extra: Any
+) -> tuple[int, dict[str, str], Any]:
+    body = {"model": "auto", "messages": [{"role": "user", "content": "Status in one line?"}], **extra}
+    async with http.post(url + "/v1/chat/completions", json=body, headers={"X-Agent-Id": agent}) as resp:
+        return resp.status, dict(resp.headers), await resp.json()
+
+
+async def eventually(check: Callable[[], Any], timeout_s: float = 8.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not hold within {timeout_s} s")
+        await asyncio.sleep(0.1)
+
+
+def write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+@contextlib.asynccontextmanager
+async def edited_matrix(stack: Stack) -> AsyncIterator[str]:
+    original = stack.matrix_path.read_text()
+    try:
+        yield original
+    finally:
+        write_atomically(stack.matrix_path, original)
+        await asyncio.sleep(1.3)  # both stores check at most once a second
+
+
+async def test_capability_matrix_endpoint_serves_the_spec_example(classifier_url: str) -> None:
+    async with aiohttp.ClientSession() as http:
+        body = await get_json(http, classifier_url + "/capability-matrix")
+    assert body["count"] == 23 == len(body["profiles"])
+    assert body["schema_version"]
+    profile = body["profiles"][SPEC_KEY]
+    assert profile.keys() >= PROFILE_FIELDS
+    assert profile["lane"] == "fast-chat" and profile["requires_think_false"] is True
+    assert profile["warm_state"] in {
+        "cold",
+        "warm",
+        "hot",
+    }  # observed by the probe, not the declared "unknown"
+    host = body["live"]["hosts"]["matthew-100.86.174.11"]
+    assert host["source"] in {"ollama_ps", "declared"} and host["total_gb"] == 24
+
+
+async def test_nvml_absent_falls_back_and_says_so(make_classifier: ClassifierFactory) -> None:
+    # This machine has no GPU: asking the probe to read NVML for a host must degrade, not fail.
+    url = await make_classifier(local_host_id="matthew-100.86.174.11")
+    async with aiohttp.ClientSession() as http:
+        body = await get_json(http, url + "/capability-matrix")
+        status, _, _ = await chat(http, url, "inbox-triage")
+    assert status == 200
+    sources = {h["source"] for h in body["live"]["hosts"].values()}
+    assert "nvml" not in sources and sources <= {"ollama_ps", "declared"}
+
+
+async def test_hot_reload_good_and_bad_edits_under_traffic(
+    stack: Stack, make_classifier: ClassifierFactory
+) -> None:
+    url = await make_classifier(probe_interval_s=0.2)
+    statuses: list[int] = []
+    models: list[str] = []
+    stop = asyncio.Event()
+
+    async with aiohttp.ClientSession() as http, edited_matrix(stack) as original:
+
+        async def traffic() -> None:
+            while not stop.is_set():
+                status, headers, _ = await chat(http, url, "inbox-triage", max_tokens=8)
+                statuses.append(status)
+                models.append(headers.get("X-Router-Model", ""))
+
+        runner = asyncio.create_task(traffic())
+        doc = yaml.safe_load(original)
+        locked = [k for k, p in doc["profiles"].items() if p["lane"] == "fast-chat" and k != SPEC_KEY]
+        for key in locked:
+            doc["profiles"][key]["lockout_state"] = "codex"
+        write_atomically(stack.matrix_path, yaml.safe_dump(doc, sort_keys=False))
+
+        async def classifier_sees_codex() -> bool:
+            body = await get_json(http, url + "/capability-matrix")
+            return all(body["profiles"][k]["lockout_state"] == "codex" for k in locked)
+
+        await eventually(classifier_sees_codex, what="classifier reload")
+        mark = len(models)
+        await eventually(lambda: len(models) > mark + 15, what="traffic after reload")
+        # The hooks reload within a second; then every fast-chat answer comes from the one unlocked profile.
+        assert set(models[-5:]) == {SPEC_KEY}, models[-10:]
+
+        broken = original.replace("speed_score: 0.9", "speed_score: 7", 1)
+        assert broken != original
+        write_atomically(stack.matrix_path, broken)
+        mark = len(models)
+        await asyncio.sleep(2.5)
+        await eventually(lambda: len(models) > mark + 10, what="traffic after the bad edit")
+        assert set(models[-5:]) == {SPEC_KEY}, "the hooks must keep the last good matrix"
+        assert await classifier_sees_codex(), "the classifier must keep the last good matrix"
+        async with http.get(url + "/metrics") as resp:
+            metrics_text = await resp.text()
+        assert 'classifier_matrix_reloads_total{outcome="rejected"} 1.0' in metrics_text
+        stop.set()
+        await runner
+    assert statuses and set(statuses) == {200}, f"failed requests during reloads: {statuses}"
+    rejected = [e for e in stack.events() if e["event"] == "matrix_rejected"]
+    assert any("speed_score" in line for e in rejected for line in e["problems"])
+
+
+async def test_warm_state_follows_the_simulated_fleet(
+    stack: Stack, make_classifier: ClassifierFactory
+) -> None:
+    url = await make_classifier(probe_interval_s=0.2)
+    key = "samwise-100.86.174.14/ollama/qwen2.5-coder:7b"
+    host_url = next(u for h, u in stack.sim.fleet.host_urls.items() if h == "samwise-100.86.174.14")
+    stack.sim.reset()
+    async with aiohttp.ClientSession() as http:
+
+        async def warm_state(profile: str) -> str:
+            body = await get_json(http, url + "/capability-matrix")
+            return str(body["profiles"][profile]["warm_state"])
+
+        await eventually(lambda: _is(warm_state(key), "cold"), what="cold after reset")
+        # Load it the way any Ollama client would, with a one-second keep_alive.
+        load = {"model": "qwen2.5-coder:7b", "messages": [{"role": "user", "content": "hi"}], "stream": False}
+        async with http.post(host_url + "/api/chat", json={**load, "keep_alive": "1s"}) as resp:
+            assert resp.status == 200
+        await eventually(lambda: _is(warm_state(key), "warm"), what="warm once resident")
+        await eventually(lambda: _is(warm_state(key), "cold"), what="cold after keep_alive expiry")
+
+        # Served through the router: the deployment that answered becomes hot.
+        status, headers, _ = await chat(http, url, "codex-runner")
+        assert status == 200
+        served = headers["X-Router-Model"]
+        await eventually(lambda: _is(warm_state(served), "hot"), what="hot after serving")
+
+
+async def _is(value: Any, expected: str) -> bool:
+    return bool(await value == expected)
+
+
+async def test_budget_lockout_removes_cloud_and_is_visible(
+    stack: Stack, make_classifier: ClassifierFactory
+) -> None:
+    url = await make_classifier(daily_budget_usd=1e-9, routing_mode="cloud-only")
+    async with aiohttp.ClientSession() as http:
+        status, headers, _ = await chat(http, url, "webmaster")
+        assert status == 200 and headers["X-Router-Group"] == "cloud-balanced"
+        health = await get_json(http, url + "/health")
+        assert health["daily_spend_usd"] > 1e-9
+        status, _, body = await chat(http, url, "webmaster")
+        assert status == 503 and body["error"]["code"] == "cloud_locked_out"
+        matrix = await get_json(http, url + "/capability-matrix")
+    cloud = [p for p in matrix["profiles"].values() if p["provider"] == "openai"]
+    local = [p for p in matrix["profiles"].values() if p["provider"] == "ollama"]
+    assert {p["lockout_state"] for p in cloud} == {"budget"}
+    assert {p["lockout_state"] for p in local} == {"none"}
+    assert any(e["event"] == "lockout_changed" and e["state"] == "budget" for e in stack.events())
+
+    local_first = await make_classifier(daily_budget_usd=1e-9)
+    async with aiohttp.ClientSession() as http:
+        # A fresh classifier starts the day at zero: one cloud answer puts it over the budget.
+        await chat(http, local_first, "webmaster", model="cloud-balanced")
+        status, headers, _ = await chat(http, local_first, "webmaster")
+    assert status == 200 and headers["X-Router-Group"] == "balanced"
+    classified = wait_for_event(stack.events_path, headers["X-Router-Request-Id"], "request_classified")
+    assert not any(g.startswith("cloud-") for g in classified["ladder"])
+
+
+async def test_auth_lockout_from_provider_401(stack: Stack, make_classifier: ClassifierFactory) -> None:
+    url = await make_classifier(routing_mode="cloud-only")
+    async with aiohttp.ClientSession() as http, edited_matrix(stack) as original:
+        stack.sim.set_fault("cloud", "auth")
+        try:
+            status, _, body = await chat(http, url, "webmaster")
+            assert status == 401, body
+            assert "sim-test-cloud-key" not in str(body)
+
+            async def cloud_locked() -> bool:
+                matrix = await get_json(http, url + "/capability-matrix")
+                states = {
+                    p["lockout_state"] for p in matrix["profiles"].values() if p["provider"] == "openai"
+                }
+                return states == {"auth"}
+
+            await eventually(cloud_locked, what="auth lockout visible in /capability-matrix")
+            status, _, body = await chat(http, url, "webmaster")
+            assert status >= 400 and "error" in body  # every cloud deployment filtered out: a clear error
+        finally:
+            stack.sim.set_fault("cloud", "none")
+        # The operator fixes the key and saves the matrix: lockouts start over.
+        write_atomically(stack.matrix_path, original + "\n# key rotated\n")
+        await asyncio.sleep(1.3)
+        status, headers, _ = await chat(http, url, "webmaster")
+        assert status == 200 and headers["X-Router-Group"] == "cloud-balanced"
+        matrix = await get_json(http, url + "/capability-matrix")
+        assert {p["lockout_state"] for p in matrix["profiles"].values()} == {"none"}
+
+
+def _validate(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "torchrouter.cli", "validate", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_validate_cli_on_shipped_and_broken_files(tmp_path: Path) -> None:
+    ok = _validate()
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    matrix = tmp_path / "matrix.yaml"
+    config = tmp_path / "litellm_config.yaml"
+    matrix_text = (REPO / "capability_matrix" / "matrix.yaml").read_text()
+    config_doc = yaml.safe_load((REPO / "litellm_config.yaml").read_text())
+    config_doc["model_list"] = config_doc["model_list"][1:]  # one profile loses its deployment
+    config_doc["router_settings"]["fallbacks"].append({"code": ["cloud-nowhere"]})
+    matrix.write_text(matrix_text.replace("quality_score: 0.55", "quality_score: 1.55", 1))
+    config.write_text(yaml.safe_dump(config_doc))
+    bad = _validate("--matrix", str(matrix), "--config", str(config))
+    assert bad.returncode == 1
+    lines = bad.stdout.strip().splitlines()
+    assert any("quality_score" in line for line in lines), lines
+    matrix.write_text(matrix_text)
+    bad = _validate("--matrix", str(matrix), "--config", str(config))
+    assert bad.returncode == 1
+    assert any("cloud-nowhere" in line for line in bad.stdout.splitlines()), bad.stdout
+    assert any(
+        "no deployment" in line.lower() or "without" in line.lower() for line in bad.stdout.splitlines()
+    )
