@@ -20,6 +20,7 @@ from classifier.lane_queue import LaneFullError, LaneQueue, Ticket
 from classifier.queue_policy import (
     Divert,
     GroupSnapshot,
+    Wait,
     WaitEstimator,
     estimate_wait_ms,
     plan_ladder,
@@ -42,6 +43,7 @@ class Admission:
     queue_ms: float
     diverts: list[tuple[str, str]] = field(default_factory=list)  # (group, reason)
     admitted_at: float = 0.0
+    estimated_ms: float = 0.0  # the wait the policy expected when it chose this step
 
     @property
     def group(self) -> str:
@@ -95,11 +97,12 @@ class Lanes:
             if outcome.chosen is None:
                 break
             step, rest = steps[outcome.chosen], steps[outcome.chosen + 1 :]
+            chosen = outcome.decisions[outcome.chosen]
+            estimated_ms = chosen.est_ms if isinstance(chosen, Wait) else 0.0
             queue = self.queues.get(step.group)
             if queue is None:
-                return Admission(
-                    step, None, (time.perf_counter() - started) * 1e3, diverts, time.perf_counter()
-                )
+                now = time.perf_counter()
+                return Admission(step, None, (now - started) * 1e3, diverts, now, estimated_ms)
             remaining_s = max(0.001, (budget_ms - (time.perf_counter() - started) * 1e3) / 1e3)
             try:
                 ticket = await queue.acquire(timeout_s=remaining_s)
@@ -109,7 +112,7 @@ class Lanes:
                 reason = "wait_exceeded"
             else:
                 now = time.perf_counter()
-                return Admission(step, ticket, (now - started) * 1e3, diverts, now)
+                return Admission(step, ticket, (now - started) * 1e3, diverts, now, estimated_ms)
             divert(
                 step.group, reason, estimate_wait_ms(self.snapshot(step.group)), rest[0].group if rest else ""
             )

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,7 @@ from classifier.forwarder import Forwarder, HttpForwarder, UpstreamResponse
 from classifier.identity import GROUPS, LOCAL_GROUPS
 from classifier.metrics import Metrics
 from classifier.routing import LADDERS
-from classifier.routing_headers import RouteTrace, request_id_from
+from classifier.routing_headers import RequestIds, RouteTrace, request_id_from
 from classifier.settings import Settings
 from classifier.spend import DailySpend, parse_cost
 from classifier.tiering import Tier
@@ -52,6 +51,7 @@ AGENTS_KEY = web.AppKey("agents", AgentsStore)
 SPEND_KEY = web.AppKey("spend", DailySpend)
 FLEET_KEY = web.AppKey("fleet", FleetView)
 LANES_KEY = web.AppKey("lanes", Lanes)
+REQUEST_IDS_KEY = web.AppKey("request_ids", RequestIds)
 LITELLM_FALLBACKS_KEY = web.AppKey("litellm_fallbacks", dict[str, list[str]])
 
 # Upstream response headers relayed to the client as they are.
@@ -206,6 +206,7 @@ def create_app(
         on_lockout_change=lockout_changed,
     )
     app[LANES_KEY] = Lanes(enabled=settings.queue_enabled)
+    app[REQUEST_IDS_KEY] = RequestIds()
     app[LITELLM_FALLBACKS_KEY] = load_litellm_fallbacks(settings.litellm_config_path)
     app[AGENTS_KEY] = AgentsStore(
         settings.agents_path,
@@ -302,7 +303,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     started = time.perf_counter()
     app = request.app
     settings, metrics, events = app[SETTINGS_KEY], app[METRICS_KEY], app[EVENTS_KEY]
-    trace = RouteTrace(request_id=request_id_from(request.headers) or uuid.uuid4().hex)
+    trace = RouteTrace(request_id=request_id_from(request.headers) or app[REQUEST_IDS_KEY].new())
     try:
         body = parse_chat_body(await request.read())
         decision = decide(
@@ -406,6 +407,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             total_ms=round(total_s * 1e3, 1),
             ttft_ms=None if ttft_s is None else round(ttft_s * 1e3, 1),
             queue_ms=round(trace.queue_ms, 1),
+            estimated_wait_ms=None if admission is None else round(admission.estimated_ms, 1),
         )
 
 

@@ -1,9 +1,14 @@
-"""Validation of incoming chat bodies: bad input is answered here, without a round trip to LiteLLM."""
+"""Validation of incoming chat bodies: bad input is answered here, without a round trip to LiteLLM.
+
+One schema, two validators: fastjsonschema (compiled to Python, about 2 us a body) decides on the hot
+path; only a body it rejects goes through jsonschema, whose first error names the field for the reply.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+import fastjsonschema
 import orjson
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
@@ -42,6 +47,7 @@ CHAT_SCHEMA: dict[str, Any] = {
 }
 
 _VALIDATOR = Draft202012Validator(CHAT_SCHEMA)
+_FAST = fastjsonschema.compile(CHAT_SCHEMA)
 
 
 def _where(error: ValidationError) -> str:
@@ -58,8 +64,13 @@ def parse_chat_body(raw: bytes) -> dict[str, Any]:
         raise BadRequest(f"request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise BadRequest(f"request body must be a JSON object, not {type(body).__name__}")
+    try:
+        _FAST(body)
+        return body
+    except fastjsonschema.JsonSchemaException as exc:
+        fast_message = str(exc)
     errors = sorted(_VALIDATOR.iter_errors(body), key=lambda e: list(e.absolute_path))
-    if errors:
-        first = errors[0]
-        raise BadRequest(f"{_where(first)}: {first.message}", param=_where(first))
-    return body
+    if not errors:  # the two libraries disagree: trust the rejection, say what the fast one saw
+        raise BadRequest(fast_message.removeprefix("data.").removeprefix("data "))
+    first = errors[0]
+    raise BadRequest(f"{_where(first)}: {first.message}", param=_where(first))

@@ -22,6 +22,7 @@ from classifier.routing import FAST_CHAT_MAX_PROMPT_TOKENS, LadderStep, RoutingM
 from classifier.tiering import (
     AgentDirectory,
     DirectoryError,
+    RequestFeatures,
     Tier,
     classify,
     extract_features,
@@ -29,6 +30,8 @@ from classifier.tiering import (
 )
 
 log = logging.getLogger("torchrouter.classifier")
+
+UNREAD_FEATURES = RequestFeatures(has_tools=False, approx_prompt_tokens=0, last_user_chars=0)
 
 
 class CloudLocked(ApiError):
@@ -82,7 +85,13 @@ def decide(
         identity = identify(headers, body.get("model"))
     except IdentityError as exc:
         raise BadRequest(str(exc), param="model") from None
-    features = extract_features(body)
+    # Content features cost ~10 us of regex scanning: read them only when something will look at them,
+    # that is an agent the directory does not know, or an H request that may be canaried.
+    known_tier = agents.tier_of(identity.agent_id)
+    if known_tier is None or (canary_share > 0.0 and known_tier is Tier.H):
+        features = extract_features(body)
+    else:
+        features = UNREAD_FEATURES
     tiering = classify(identity, features, agents)
     mode = RoutingMode(routing_mode)
     plan = plan_route(

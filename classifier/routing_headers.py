@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import itertools
 import re
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{8,128}")
+
+
+class RequestIds:
+    """Request ids: a random per-process prefix and a counter; unique across restarts, and cheap."""
+
+    def __init__(self) -> None:
+        self._prefix = secrets.token_hex(6)
+        self._next = itertools.count(1)
+
+    def new(self) -> str:
+        return f"{self._prefix}{next(self._next):010x}"
 
 
 def request_id_from(headers: Mapping[str, str]) -> str | None:

@@ -14,6 +14,7 @@ def utc_day(now: float) -> dt.date:
 class DailySpend:
     day: dt.date | None = None
     total_usd: float = 0.0
+    _day_ends: float = float("-inf")  # the current day's end as a timestamp: one float compare per call
 
     def add(self, cost_usd: float, now: float) -> None:
         self._roll(now)
@@ -25,9 +26,13 @@ class DailySpend:
         return self.total_usd
 
     def _roll(self, now: float) -> None:
+        if self.day is not None and self._day_ends > now >= self._day_ends - 86400:
+            return
         day = utc_day(now)
         if day != self.day:
             self.day, self.total_usd = day, 0.0
+        midnight = dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC)
+        self._day_ends = (midnight + dt.timedelta(days=1)).timestamp()
 
 
 def parse_cost(header_value: str | None) -> float:

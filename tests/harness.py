@@ -113,8 +113,10 @@ def read_events(path: Path) -> list[dict[str, Any]]:
     return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
 
 
-def wait_for_event(path: Path, request_id: str, kind: str, timeout_s: float = 5.0) -> dict[str, Any]:
-    """The first ``kind`` event of a request; a stream's trail is written just after its last byte."""
+async def wait_for_event(path: Path, request_id: str, kind: str, timeout_s: float = 5.0) -> dict[str, Any]:
+    """The first ``kind`` event of a request; a stream's trail is written just after its last byte.
+
+    Async on purpose: the classifier under test runs on the test's own loop and must keep running."""
     import time
 
     deadline = time.monotonic() + timeout_s
@@ -124,4 +126,4 @@ def wait_for_event(path: Path, request_id: str, kind: str, timeout_s: float = 5.
                 return event
         if time.monotonic() > deadline:
             raise AssertionError(f"no {kind} event for {request_id} within {timeout_s} s")
-        time.sleep(0.02)
+        await asyncio.sleep(0.02)

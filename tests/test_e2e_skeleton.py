@@ -85,7 +85,9 @@ async def test_streaming_relays_chunks_and_fast_chat_gets_think_false(
     assert text.startswith(f"sim:{host_id}:{model}")
     after = stack.sim.state()
     assert _think_false_count(after, host_id, model) > _think_false_count(before, host_id, model)
-    completed = wait_for_event(stack.events_path, raw.headers["x-router-request-id"], "request_completed")
+    completed = await wait_for_event(
+        stack.events_path, raw.headers["x-router-request-id"], "request_completed"
+    )
     assert completed["ttft_ms"] is not None and completed["outcome"] == "ok"
 
 

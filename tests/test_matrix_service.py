@@ -208,7 +208,7 @@ async def test_budget_lockout_removes_cloud_and_is_visible(
         await chat(http, local_first, "webmaster", model="cloud-balanced")
         status, headers, _ = await chat(http, local_first, "webmaster")
     assert status == 200 and headers["X-Router-Group"] == "balanced"
-    classified = wait_for_event(stack.events_path, headers["X-Router-Request-Id"], "request_classified")
+    classified = await wait_for_event(stack.events_path, headers["X-Router-Request-Id"], "request_classified")
     assert not any(g.startswith("cloud-") for g in classified["ladder"])
 
 

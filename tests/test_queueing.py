@@ -159,7 +159,12 @@ async def test_canary_share_over_1000_requests(stack: Stack, make_classifier: Cl
     async with aiohttp.ClientSession() as http:
         results = await asyncio.gather(*(one(i) for i in range(1000)))
     canaried = [h for h in results if h.get("X-Router-Canary") == "fast-chat"]
-    assert all(h["X-Router-Group"] == "fast-chat" for h in canaried)
+    # A canary never waits: when fast-chat is busy it moves on down the ladder, and says so.
+    assert all(
+        h["X-Router-Group"] == "fast-chat" or h["X-Router-Fallback"].startswith("ladder:fast-chat->")
+        for h in canaried
+    )
+    assert sum(h["X-Router-Group"] == "fast-chat" for h in canaried) > len(canaried) / 2
     observed = len(canaried) / len(results)
     # Binomial(1000, 0.3): sd 1.45 points; 4 points is beyond 2.7 sd.
     assert math.isclose(observed, share, abs_tol=0.04), observed

@@ -1,10 +1,11 @@
 """The JSONL continuity trail: one JSON object per line, appended whole.
 
 Both processes (the classifier and the hooks inside LiteLLM) append to the same file, named by
-``TORCHROUTER_ROUTING_CONTINUITY_EVENT_PATH``. Each event is serialised once and written with a
-single ``os.write`` on a descriptor opened with ``O_APPEND``: the kernel moves the offset and
-writes the bytes under the inode lock, so concurrent writers (threads or processes) never tear or
-interleave a line on a local filesystem.
+``TORCHROUTER_ROUTING_CONTINUITY_EVENT_PATH``. Lines are written with ``os.write`` on a descriptor
+opened with ``O_APPEND``: the kernel moves the offset and writes the bytes under the inode lock, so
+concurrent writers (threads or processes) never tear or interleave a line on a local filesystem.
+Inside a running event loop the lines of one loop iteration are gathered and written with one call
+at the end of it (one syscall instead of one per event, under load); elsewhere each is written at once.
 
 Every event carries ``event``, ``ts``, ``request_id``, ``agent_id``, ``tier`` and ``group``; the
 rest is what the event is about. Nothing here ever receives headers or keys, so no secret can reach
@@ -13,6 +14,7 @@ the trail through this module.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import threading
@@ -106,6 +108,8 @@ class JsonlEventSink:
             os.makedirs(directory, exist_ok=True)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
         self._lock = threading.Lock()
+        self._pending: list[bytes] = []
+        self._flush_scheduled = False
         self.write_errors = 0
 
     def emit(
@@ -128,15 +132,37 @@ class JsonlEventSink:
             fields=fields,
         )
         try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._write(line)
+            return
+        with self._lock:
+            self._pending.append(line)
+            if self._flush_scheduled:
+                return
+            self._flush_scheduled = True
+        loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        with self._lock:
+            lines, self._pending, self._flush_scheduled = self._pending, [], False
+        if lines:
+            self._write(b"".join(lines))
+
+    def _write(self, data: bytes) -> None:
+        try:
             with self._lock:
-                written = os.write(self._fd, line)
-            if written != len(line):  # only on a full disk; the partial line is the kernel's doing
-                raise OSError(f"short write ({written} of {len(line)} bytes)")
+                if self._fd < 0:
+                    raise OSError("the sink is closed")
+                written = os.write(self._fd, data)
+            if written != len(data):  # only on a full disk; the partial line is the kernel's doing
+                raise OSError(f"short write ({written} of {len(data)} bytes)")
         except OSError as exc:
             self.write_errors += 1
             log.warning("event trail write to %s failed: %s", self.path, exc)
 
     def close(self) -> None:
+        self.flush()
         with self._lock:
             if self._fd >= 0:
                 os.close(self._fd)

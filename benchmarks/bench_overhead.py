@@ -1,0 +1,132 @@
+"""What the classifier costs, measured against baselines in the same run.
+
+1. The stack (wrk -> classifier -> LiteLLM with hooks -> simulated fleet at time scale 0, i.e. instant)
+   against LiteLLM alone (wrk -> LiteLLM -> the same fleet). Goal: stack throughput >= 90% of LiteLLM's.
+2. The classifier alone in front of an instant upstream, against a bare aiohttp pass-through in front
+   of the same upstream. Goal: >= 50% of the pass-through's requests/s.
+
+Arms alternate (A B A B) and each figure is the mean of its runs. Concurrency 32, wrk with one thread.
+Run: ``python -m benchmarks.bench_overhead`` (``BENCH_SECONDS`` sets each run's length, default 15).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from benchmarks import procs
+from benchmarks.wrk import WrkResult, require_wrk, run_wrk
+from tests.harness import free_ports
+
+BODY = {"model": "auto", "messages": [{"role": "user", "content": "Status in one line?"}], "max_tokens": 8}
+CHAT = "/v1/chat/completions"
+
+
+def mean(results: list[WrkResult]) -> WrkResult:
+    n = len(results)
+    return WrkResult(
+        sum(r.rps for r in results) / n,
+        sum(r.p50_ms for r in results) / n,
+        sum(r.p99_ms for r in results) / n,
+        sum(r.requests for r in results),
+        sum(r.errors for r in results),
+    )
+
+
+def alternate(arms: dict[str, Callable[[], WrkResult]], rounds: int = 2) -> dict[str, WrkResult]:
+    runs: dict[str, list[WrkResult]] = {name: [] for name in arms}
+    for _ in range(rounds):
+        for name, arm in arms.items():
+            runs[name].append(arm())
+    return {name: mean(r) for name, r in runs.items()}
+
+
+def row(name: str, r: WrkResult, base: WrkResult | None) -> str:
+    ratio = f"{r.rps / base.rps:6.2f}" if base else "   1.00"
+    return f"| {name:38s} | {r.rps:9.1f} | {ratio} | {r.p50_ms:8.2f} | {r.p99_ms:8.2f} | {r.requests:8d} | {r.errors:6d} |"
+
+
+def main() -> None:
+    require_wrk()
+    seconds = int(os.environ.get("BENCH_SECONDS", "15"))
+    print(
+        f"# bench_overhead: {platform.node()} {os.cpu_count()} cores, python {sys.version.split()[0]}, "
+        f"{seconds}s per run, 2 rounds, concurrency 32"
+    )
+    header = "| arm | req/s | ratio | p50 ms | p99 ms | requests | errors |\n|---|---|---|---|---|---|---|"
+    with tempfile.TemporaryDirectory() as tmp, procs.stack(Path(tmp), time_scale=0.0) as s:
+        auth = {"Authorization": "Bearer " + s.env["LITELLM_MASTER_KEY"]}
+        direct = {**BODY, "model": "fast-chat"}
+        # Warm both paths (first /api/show per model, connection pools, the JIT-less Python caches).
+        run_wrk(s.litellm_url + CHAT, direct, auth, seconds=3)
+        run_wrk(s.classifier_url + CHAT, BODY, {"X-Agent-Id": "inbox-triage"}, seconds=3)
+        part1 = alternate(
+            {
+                "LiteLLM alone (fast-chat)": lambda: run_wrk(
+                    s.litellm_url + CHAT, direct, auth, seconds=seconds
+                ),
+                "classifier -> LiteLLM (inbox-triage)": lambda: run_wrk(
+                    s.classifier_url + CHAT, BODY, {"X-Agent-Id": "inbox-triage"}, seconds=seconds
+                ),
+            }
+        )
+        base = part1["LiteLLM alone (fast-chat)"]
+        print("\n## 1. The stack against LiteLLM alone (instant simulated fleet)\n")
+        print(header)
+        for name, r in part1.items():
+            print(row(name, r, None if r is base else base))
+        added_p50 = part1["classifier -> LiteLLM (inbox-triage)"].p50_ms - base.p50_ms
+        print(
+            f"\nstack/LiteLLM throughput: {part1['classifier -> LiteLLM (inbox-triage)'].rps / base.rps:.3f} "
+            f"(goal >= 0.90); p50 added by the classifier: {added_p50:.2f} ms"
+        )
+
+        up_port, pass_port, cls_port = free_ports(3)
+        upstream = f"http://127.0.0.1:{up_port}"
+        py = sys.executable
+        work = Path(tmp)
+        cenv = {**s.env, "LITELLM_URL": upstream}
+        with (
+            procs.child([py, "-m", "benchmarks.instant", "upstream", str(up_port)], s.env, work / "up.log"),
+            procs.child(
+                [py, "-m", "benchmarks.instant", "passthrough", str(pass_port), upstream],
+                s.env,
+                work / "pt.log",
+            ),
+            procs.child(
+                [py, "-m", "torchrouter.cli", "serve", "--host", "127.0.0.1", "--port", str(cls_port)],
+                cenv,
+                work / "c2.log",
+            ),
+        ):
+            for port in (up_port, pass_port, cls_port):
+                procs.wait_http(f"http://127.0.0.1:{port}/health")
+            pass_url, cls_url = f"http://127.0.0.1:{pass_port}", f"http://127.0.0.1:{cls_port}"
+            run_wrk(pass_url + CHAT, BODY, {}, seconds=2)
+            run_wrk(cls_url + CHAT, BODY, {"X-Agent-Id": "inbox-triage"}, seconds=2)
+            part2 = alternate(
+                {
+                    "bare aiohttp pass-through": lambda: run_wrk(pass_url + CHAT, BODY, {}, seconds=seconds),
+                    "classifier (all decisions, metrics, events)": lambda: run_wrk(
+                        cls_url + CHAT, BODY, {"X-Agent-Id": "inbox-triage"}, seconds=seconds
+                    ),
+                }
+            )
+        base2 = part2["bare aiohttp pass-through"]
+        print("\n## 2. The classifier alone against a bare aiohttp pass-through (instant upstream)\n")
+        print(header)
+        for name, r in part2.items():
+            print(row(name, r, None if r is base2 else base2))
+        cls = part2["classifier (all decisions, metrics, events)"]
+        print(
+            f"\nclassifier/pass-through throughput: {cls.rps / base2.rps:.3f} (goal >= 0.50); "
+            f"per-request CPU ~ {1e3 / cls.rps:.3f} ms vs {1e3 / base2.rps:.3f} ms"
+        )
+
+
+if __name__ == "__main__":
+    main()
