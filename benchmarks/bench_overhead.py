@@ -47,7 +47,8 @@ def alternate(arms: dict[str, Callable[[], WrkResult]], rounds: int = 2) -> dict
 
 def row(name: str, r: WrkResult, base: WrkResult | None) -> str:
     ratio = f"{r.rps / base.rps:6.2f}" if base else "   1.00"
-    return f"| {name:38s} | {r.rps:9.1f} | {ratio} | {r.p50_ms:8.2f} | {r.p99_ms:8.2f} | {r.requests:8d} | {r.errors:6d} |"
+    cells = [f"{name:38s}", f"{r.rps:9.1f}", ratio, f"{r.p50_ms:8.2f}", f"{r.p99_ms:8.2f}", str(r.requests)]
+    return "| " + " | ".join([*cells, str(r.errors)]) + " |"
 
 
 def main() -> None:

@@ -27,6 +27,10 @@ ANSWER = orjson.dumps(
 )
 
 
+async def health(_: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
 def upstream_app() -> web.Application:
     async def chat(request: web.Request) -> web.Response:
         await request.read()
@@ -56,7 +60,7 @@ def passthrough_app(upstream: str) -> web.Application:
     app = web.Application()
     app.cleanup_ctx.append(session_ctx)
     app.router.add_post("/v1/chat/completions", forward)
-    app.router.add_get("/health", lambda _: web.json_response({"status": "ok"}))
+    app.router.add_get("/health", health)
     return app
 
 
@@ -64,5 +68,5 @@ if __name__ == "__main__":
     kind, port = sys.argv[1], int(sys.argv[2])
     app = upstream_app() if kind == "upstream" else passthrough_app(sys.argv[3])
     if kind == "upstream":
-        app.router.add_get("/health", lambda _: web.json_response({"status": "ok"}))
+        app.router.add_get("/health", health)
     web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import aiohttp
 import pytest
-from openai import AsyncOpenAI
+from openai import AsyncOpenAI, AsyncStream
+from openai.types.chat import ChatCompletionMessageParam
 
 from tests.conftest import ClassifierFactory, Stack
 from tests.harness import free_ports, wait_for_event
@@ -20,7 +21,9 @@ ROUTING_HEADERS = (
     "x-router-timing-litellm-ttft-ms",
     "x-router-timing-total-ms",
 )
-SPEC_MESSAGES = [{"role": "user", "content": "Summarize the routing policy."}]
+SPEC_MESSAGES: list[ChatCompletionMessageParam] = [
+    {"role": "user", "content": "Summarize the routing policy."}
+]
 
 
 def client(url: str, agent: str | None) -> AsyncOpenAI:
@@ -78,7 +81,9 @@ async def test_streaming_relays_chunks_and_fast_chat_gets_think_false(
         )
         assert raw.headers["x-router-group"] == "fast-chat"
         assert raw.headers["content-type"].startswith("text/event-stream")
-        pieces = [chunk.choices[0].delta.content or "" async for chunk in raw.parse() if chunk.choices]
+        stream = raw.parse()
+        assert isinstance(stream, AsyncStream)
+        pieces = [chunk.choices[0].delta.content or "" async for chunk in stream if chunk.choices]
     text = "".join(pieces)
     assert len([p for p in pieces if p]) > 1, "expected several content chunks"
     host_id, _, model = raw.headers["x-router-model"].split("/", 2)
