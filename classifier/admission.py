@@ -44,6 +44,7 @@ class Admission:
     diverts: list[tuple[str, str]] = field(default_factory=list)  # (group, reason)
     admitted_at: float = 0.0
     estimated_ms: float = 0.0  # the wait the policy expected when it chose this step
+    service_ms: float = 0.0  # the lane's learned mean service time that estimate was priced at
 
     @property
     def group(self) -> str:
@@ -99,10 +100,11 @@ class Lanes:
             step, rest = steps[outcome.chosen], steps[outcome.chosen + 1 :]
             chosen = outcome.decisions[outcome.chosen]
             estimated_ms = chosen.est_ms if isinstance(chosen, Wait) else 0.0
+            service_ms = self.estimator.service_ms(step.group)
             queue = self.queues.get(step.group)
             if queue is None:
                 now = time.perf_counter()
-                return Admission(step, None, (now - started) * 1e3, diverts, now, estimated_ms)
+                return Admission(step, None, (now - started) * 1e3, diverts, now, estimated_ms, service_ms)
             remaining_s = max(0.001, (budget_ms - (time.perf_counter() - started) * 1e3) / 1e3)
             try:
                 ticket = await queue.acquire(timeout_s=remaining_s)
@@ -112,7 +114,7 @@ class Lanes:
                 reason = "wait_exceeded"
             else:
                 now = time.perf_counter()
-                return Admission(step, ticket, (now - started) * 1e3, diverts, now, estimated_ms)
+                return Admission(step, ticket, (now - started) * 1e3, diverts, now, estimated_ms, service_ms)
             divert(
                 step.group, reason, estimate_wait_ms(self.snapshot(step.group)), rest[0].group if rest else ""
             )

@@ -408,6 +408,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             ttft_ms=None if ttft_s is None else round(ttft_s * 1e3, 1),
             queue_ms=round(trace.queue_ms, 1),
             estimated_wait_ms=None if admission is None else round(admission.estimated_ms, 1),
+            service_estimate_ms=None if admission is None else round(admission.service_ms, 1),
         )
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
@@ -58,7 +59,7 @@ class LaneQueue:
         self._limit = _non_negative(group, "limit", limit)
         self._max_depth = _non_negative(group, "max_depth", max_depth)
         self._waiters: deque[asyncio.Future[Ticket]] = deque()
-        self._held: set[int] = set()
+        self._held: dict[int, float] = {}  # serial -> when the slot was granted (monotonic seconds)
         self._serials = itertools.count(1)
 
     @property
@@ -88,11 +89,15 @@ class LaneQueue:
         return sum(1 for waiter in self._waiters if not waiter.done())
 
     def snapshot(self, est_service_ms: float) -> GroupSnapshot:
-        return GroupSnapshot(self.group, self.limit, self.active, self.depth, self.max_depth, est_service_ms)
+        now = time.monotonic()
+        elapsed = tuple((now - t) * 1e3 for t in self._held.values())
+        return GroupSnapshot(
+            self.group, self.limit, self.active, self.depth, self.max_depth, est_service_ms, elapsed
+        )
 
     def _grant(self) -> Ticket:
         ticket = Ticket(self.group, next(self._serials))
-        self._held.add(ticket.serial)
+        self._held[ticket.serial] = time.monotonic()
         return ticket
 
     def _grant_waiters(self) -> None:
@@ -126,7 +131,7 @@ class LaneQueue:
         """Give a slot back; the head of the line gets it. Releasing twice is a bug and raises ValueError."""
         if ticket.group != self.group or ticket.serial not in self._held:
             raise ValueError(f"{self.group}: ticket {ticket} is not held here (released twice?)")
-        self._held.remove(ticket.serial)
+        del self._held[ticket.serial]
         self._grant_waiters()
 
     @asynccontextmanager

@@ -4,10 +4,13 @@ This module owns the decision from a queue snapshot and the wait estimate behind
 (``lane_queue.LaneQueue.snapshot``) and the tier's wait budget go in, a Decision comes out.
 
 Wait estimate. With ``limit`` slots, ``active`` of them busy and ``depth`` requests already in line, a new
-arrival needs ``n = active + depth + 1 - limit`` completions before a slot is its own. Treating service as
-memoryless (a busy slot is, on average, a whole mean service time from done: cautious for a request already
-half through), completions come every ``service / limit`` ms, so the estimate is
-``max(0, n) / limit * service``. ``limit == 0`` (no capacity in the fleet) waits forever.
+arrival needs ``n = active + depth + 1 - limit`` completions before a slot is its own. When the snapshot
+carries how long each busy slot has been running (``elapsed_ms``), the estimate replays the line: each busy
+slot frees after its residual ``max(service - elapsed, RESIDUAL_FLOOR * service)`` (an overdue request is
+likely a long one, not one about to end), each waiter ahead then holds the slot it gets for one mean
+service, and the arrival's wait is when a slot comes to it (first come, first served). Without elapsed
+times it falls back to treating service as memoryless: ``max(0, n) / limit * service``. ``limit == 0`` (no
+capacity in the fleet) waits forever.
 
 Service time is an exponentially weighted moving average per group (:class:`WaitEstimator`). The prior counts
 as one observation and the first few observations are averaged plainly (weight ``1/(n+1)``) until that weight
@@ -26,6 +29,7 @@ that a slot is always free), so they always admit. Spend limits and circuit brea
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -35,6 +39,7 @@ from classifier.routing import LadderStep
 
 UNLIMITED: Final = 1 << 30
 DEFAULT_PRIOR_MS: Final = 4_000.0
+RESIDUAL_FLOOR: Final = 0.3
 DEFAULT_ALPHA: Final = 0.2
 DEFAULT_RETRY_AFTER_S: Final = 30
 MAX_RETRY_AFTER_S: Final = 300
@@ -53,6 +58,7 @@ class GroupSnapshot:
     depth: int
     max_depth: int
     est_service_ms: float
+    elapsed_ms: tuple[float, ...] = ()  # how long each busy slot has been running; () when unknown
 
     def __post_init__(self) -> None:
         for name in ("limit", "active", "depth", "max_depth"):
@@ -108,7 +114,23 @@ def estimate_wait_ms(snapshot: GroupSnapshot) -> float:
         return 0.0
     if snapshot.limit == 0:
         return math.inf
-    return ahead / snapshot.limit * snapshot.est_service_ms
+    service = snapshot.est_service_ms
+    if len(snapshot.elapsed_ms) != snapshot.active:
+        return ahead / snapshot.limit * service
+    # Replay the line: slot-free times from the busy slots' residuals, then each waiter ahead in turn.
+    frees = [max(service - e, RESIDUAL_FLOOR * service) for e in snapshot.elapsed_ms]
+    heapq.heapify(frees)
+    running, waiting = snapshot.active, snapshot.depth + 1
+    while frees:
+        now = heapq.heappop(frees)
+        running -= 1
+        while running < snapshot.limit and waiting:
+            waiting -= 1
+            if waiting == 0:
+                return now
+            running += 1
+            heapq.heappush(frees, now + service)
+    return ahead / snapshot.limit * service  # unreachable while active >= 1; kept for safety
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 from collections.abc import Awaitable
 from typing import Any, TypeVar
@@ -213,7 +214,9 @@ async def test_snapshot_reports_the_line() -> None:
     waiter = asyncio.create_task(lane.acquire())
     await tick()
     snapshot = lane.snapshot(est_service_ms=2500.0)
-    assert snapshot == GroupSnapshot("code", limit=1, active=1, depth=1, max_depth=4, est_service_ms=2500.0)
+    expected = GroupSnapshot("code", limit=1, active=1, depth=1, max_depth=4, est_service_ms=2500.0)
+    assert dataclasses.replace(snapshot, elapsed_ms=()) == expected
+    assert len(snapshot.elapsed_ms) == 1 and 0.0 <= snapshot.elapsed_ms[0] < 1000.0
     lane.release(holder)
     lane.release(await settle(waiter))
 

@@ -189,3 +189,28 @@ def test_shed_without_any_finite_estimate_uses_the_default() -> None:
 )
 def test_retry_after_rounds_up_and_clamps(wait_ms: float, seconds: int) -> None:
     assert retry_after_s(wait_ms) == seconds
+
+
+# --- the residual-aware estimate (busy slots' elapsed times known) ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("limit", "elapsed", "depth", "expected"),
+    [
+        (1, (600.0,), 0, 400.0),  # one slot, 600 of 1000 ms done: the arrival waits the residual
+        (1, (600.0,), 1, 1400.0),  # ...and one ahead of it takes a whole service after that
+        (2, (100.0, 900.0), 0, 300.0),  # the nearly done slot frees first (no sooner than the 30% floor)
+        (2, (100.0, 900.0), 1, 900.0),  # the second waiter gets the other busy slot
+        (2, (100.0, 900.0), 2, 1300.0),  # the third gets the first waiter's slot back
+        (1, (5000.0,), 0, 300.0),  # overdue: assume a long request with a floor of 30% of service left
+    ],
+)
+def test_estimate_replays_the_line_from_residuals(
+    limit: int, elapsed: tuple[float, ...], depth: int, expected: float
+) -> None:
+    snapshot = GroupSnapshot("g", limit, len(elapsed), depth, 10, 1000.0, elapsed)
+    assert estimate_wait_ms(snapshot) == pytest.approx(expected)
+
+
+def test_estimate_without_elapsed_times_is_the_memoryless_formula() -> None:
+    assert estimate_wait_ms(GroupSnapshot("g", 2, 2, 1, 10, 1000.0)) == pytest.approx(1000.0)
