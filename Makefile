@@ -30,4 +30,8 @@ test: lint
 	$(BIN)/pytest -q -p no:cacheprovider
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/bench_ttft.py
+	command -v wrk >/dev/null || apt-get install -y -qq --no-install-recommends wrk
+	$(BIN)/python -m benchmarks.bench_matrix
+	$(BIN)/python -m benchmarks.bench_ttft
+	$(BIN)/python -m benchmarks.bench_overhead
+	$(BIN)/python -m benchmarks.bench_wait_estimate
