@@ -16,6 +16,20 @@ DEV_CLASSIFIER, DEV_LITELLM = 4002, 4003
 SIM_PORTS = (11501, 11502, 11503, 11504, 11505, 11510)
 
 
+def _up_dev(state_dir: Path) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "torchrouter.cli",
+        "up",
+        "--dev",
+        "--time-scale",
+        "0.05",
+        "--state-dir",
+        str(state_dir),
+    ]
+
+
 def _listening(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(0.5)
@@ -40,17 +54,7 @@ def test_up_dev_starts_answers_and_stops_cleanly(tmp_path: Path) -> None:
     assert not _listening(DEV_CLASSIFIER) and not _listening(DEV_LITELLM), "dev ports busy before the test"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TORCHROUTER_", "LITELLM_"))}
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "torchrouter.cli",
-            "up",
-            "--dev",
-            "--time-scale",
-            "0.05",
-            "--state-dir",
-            str(tmp_path),
-        ],
+        _up_dev(tmp_path),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         env=env,
@@ -99,3 +103,21 @@ def test_up_dev_starts_answers_and_stops_cleanly(tmp_path: Path) -> None:
     for port in (DEV_CLASSIFIER, DEV_LITELLM, *SIM_PORTS):
         assert not _listening(port), f"port {port} still listening after stop"
     assert not _litellm_children(DEV_LITELLM), "LiteLLM child survived the stop"
+
+
+def test_up_fails_cleanly_when_a_port_is_taken(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TORCHROUTER_", "LITELLM_"))}
+    with socket.socket() as squatter:
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # the port may be in TIME_WAIT
+        squatter.bind(("127.0.0.1", DEV_CLASSIFIER))
+        squatter.listen()
+        done = subprocess.run(
+            _up_dev(tmp_path),
+            capture_output=True, text=True, env=env, timeout=120,
+        )  # fmt: skip
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "torchrouter up:" in done.stderr and str(DEV_CLASSIFIER) in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+    for port in (DEV_LITELLM, *SIM_PORTS):
+        assert not _listening(port), f"port {port} left listening after a failed start"
+    assert not _litellm_children(DEV_LITELLM)

@@ -177,3 +177,14 @@ async def test_litellm_unreachable_is_a_clear_502(make_classifier: ClassifierFac
     assert resp.status == 502
     assert payload["error"]["code"] == "upstream_unavailable"
     assert resp.headers["X-Router-Tier"] == "R"
+
+
+async def test_secrets_never_reach_the_trail_or_the_logs(stack: Stack, classifier_url: str) -> None:
+    async with client(classifier_url, "webmaster") as oa:
+        await oa.chat.completions.create(model="cloud-balanced", messages=SPEC_MESSAGES)
+    from tests.conftest import CLOUD_KEY
+
+    for path in (stack.events_path, stack.litellm.log_path):
+        text = path.read_text(errors="replace")
+        assert stack.master_key not in text, f"master key in {path}"
+        assert CLOUD_KEY not in text, f"cloud key in {path}"

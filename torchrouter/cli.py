@@ -37,7 +37,15 @@ def cmd_up(args: argparse.Namespace) -> int:
         matrix_path=args.matrix,
         state_dir=args.state_dir,
     )
-    return _run_until_signal(lambda stop: run_stack(opts, stop, lambda line: print(line, flush=True)))
+    from torchrouter.litellm_process import LiteLLMStartError
+    from torchrouter.sim import SimFleetError
+
+    try:
+        return _run_until_signal(lambda stop: run_stack(opts, stop, lambda line: print(line, flush=True)))
+    except (SimFleetError, LiteLLMStartError, OSError) as exc:
+        # Everything started so far has been stopped by the stack's exit stack; say why in one place.
+        print(f"torchrouter up: {exc}", file=sys.stderr)
+        return 1
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
