@@ -45,6 +45,7 @@ class Admission:
     admitted_at: float = 0.0
     estimated_ms: float = 0.0  # the wait the policy expected when it chose this step
     service_ms: float = 0.0  # the lane's learned mean service time that estimate was priced at
+    size: int | None = None  # the request's output-token budget (max_tokens), when it gave one
 
     @property
     def group(self) -> str:
@@ -69,7 +70,7 @@ class Lanes:
         queue = self.queues.get(group)
         if queue is None:  # cloud groups carry no local capacity limit
             return GroupSnapshot.unlimited(group, service_ms)
-        return queue.snapshot(service_ms)
+        return queue.snapshot(service_ms, lambda size: self.estimator.service_for(group, size))
 
     async def admit(self, decision: RouteDecision, on_divert: OnDivert | None = None) -> Admission:
         started = time.perf_counter()
@@ -104,17 +105,35 @@ class Lanes:
             queue = self.queues.get(step.group)
             if queue is None:
                 now = time.perf_counter()
-                return Admission(step, None, (now - started) * 1e3, diverts, now, estimated_ms, service_ms)
+                return Admission(
+                    step,
+                    None,
+                    (now - started) * 1e3,
+                    diverts,
+                    now,
+                    estimated_ms,
+                    service_ms,
+                    decision.output_tokens,
+                )
             remaining_s = max(0.001, (budget_ms - (time.perf_counter() - started) * 1e3) / 1e3)
             try:
-                ticket = await queue.acquire(timeout_s=remaining_s)
+                ticket = await queue.acquire(timeout_s=remaining_s, size=decision.output_tokens)
             except LaneFullError:
                 reason = "line_full"
             except TimeoutError:
                 reason = "wait_exceeded"
             else:
                 now = time.perf_counter()
-                return Admission(step, ticket, (now - started) * 1e3, diverts, now, estimated_ms, service_ms)
+                return Admission(
+                    step,
+                    ticket,
+                    (now - started) * 1e3,
+                    diverts,
+                    now,
+                    estimated_ms,
+                    service_ms,
+                    decision.output_tokens,
+                )
             divert(
                 step.group, reason, estimate_wait_ms(self.snapshot(step.group)), rest[0].group if rest else ""
             )
@@ -131,7 +150,8 @@ class Lanes:
             return
         self.queues[admission.group].release(admission.ticket)
         if ok:  # failures are often fast; they would teach the estimator that the lane is quicker than it is
-            self.estimator.observe(admission.group, (time.perf_counter() - admission.admitted_at) * 1e3)
+            service_ms = (time.perf_counter() - admission.admitted_at) * 1e3
+            self.estimator.observe(admission.group, service_ms, admission.size)
 
     def status(
         self, budget_ms_of: Callable[[str], float], fallback_of: Callable[[str], dict[str, object]]

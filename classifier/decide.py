@@ -49,6 +49,7 @@ class RouteDecision:
     ladder: tuple[LadderStep, ...]
     wait_budget_ms: int
     upstream_extras: Mapping[str, Any] = field(default_factory=dict)
+    output_tokens: int | None = None  # max_tokens / max_completion_tokens: prices the request in the queue
 
     @property
     def first_group(self) -> str:
@@ -61,6 +62,14 @@ class RouteDecision:
     @property
     def agent_label(self) -> str | None:
         return self.identity.agent_id
+
+
+def _output_tokens(body: Mapping[str, Any]) -> int | None:
+    for name in ("max_completion_tokens", "max_tokens"):
+        value = body.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
 
 
 def fast_chat_context_tokens(matrix: Matrix) -> int:
@@ -123,6 +132,7 @@ def decide(
         ladder=ladder,
         wait_budget_ms=agents.wait_budget_ms(tiering.tier),
         upstream_extras=extras,
+        output_tokens=_output_tokens(body),
     )
 
 

@@ -28,7 +28,7 @@ import asyncio
 import itertools
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 
@@ -59,7 +59,8 @@ class LaneQueue:
         self._limit = _non_negative(group, "limit", limit)
         self._max_depth = _non_negative(group, "max_depth", max_depth)
         self._waiters: deque[asyncio.Future[Ticket]] = deque()
-        self._held: dict[int, float] = {}  # serial -> when the slot was granted (monotonic seconds)
+        self._held: dict[int, tuple[float, int | None]] = {}  # serial -> (granted at, monotonic s; size)
+        self._sizes: dict[asyncio.Future[Ticket], int | None] = {}  # each waiter's request size
         self._serials = itertools.count(1)
 
     @property
@@ -88,44 +89,67 @@ class LaneQueue:
         # A cancelled waiter's future is done at once, before its task runs again: don't count it.
         return sum(1 for waiter in self._waiters if not waiter.done())
 
-    def snapshot(self, est_service_ms: float) -> GroupSnapshot:
+    def snapshot(
+        self, est_service_ms: float, service_of: Callable[[int | None], float] | None = None
+    ) -> GroupSnapshot:
+        """The line as the policy sees it; ``service_of`` prices one request by its size (else the mean)."""
         now = time.monotonic()
-        elapsed = tuple((now - t) * 1e3 for t in self._held.values())
+        elapsed = tuple((now - start) * 1e3 for start, _ in self._held.values())
+        busy: tuple[float, ...] = ()
+        line: tuple[float, ...] = ()
+        if service_of is not None:
+            busy = tuple(service_of(size) for _, size in self._held.values())
+            line = tuple(service_of(self._sizes.get(w)) for w in self._waiters if not w.done())
         return GroupSnapshot(
-            self.group, self.limit, self.active, self.depth, self.max_depth, est_service_ms, elapsed
+            self.group,
+            self.limit,
+            self.active,
+            self.depth,
+            self.max_depth,
+            est_service_ms,
+            elapsed,
+            busy,
+            line,
         )
 
-    def _grant(self) -> Ticket:
+    def _grant(self, size: int | None) -> Ticket:
         ticket = Ticket(self.group, next(self._serials))
-        self._held[ticket.serial] = time.monotonic()
+        self._held[ticket.serial] = (time.monotonic(), size)
         return ticket
 
     def _grant_waiters(self) -> None:
         while self._waiters and self.active < self._limit:
             waiter = self._waiters.popleft()
+            size = self._sizes.pop(waiter, None)
             if not waiter.done():
-                waiter.set_result(self._grant())
+                waiter.set_result(self._grant(size))
 
-    async def acquire(self, timeout_s: float | None = None) -> Ticket:
-        """Wait for a slot, first come first served. Raises LaneFullError or TimeoutError."""
+    async def acquire(self, timeout_s: float | None = None, *, size: int | None = None) -> Ticket:
+        """Wait for a slot, first come first served. Raises LaneFullError or TimeoutError.
+
+        ``size`` (the request's output-token budget, when known) only feeds the wait estimate."""
         if self.active < self._limit and self.depth == 0:
-            return self._grant()
+            return self._grant(size)
         if (depth := self.depth) >= self._max_depth:
             raise LaneFullError(f"{self.group}: {depth} requests already waiting (max {self._max_depth})")
         waiter: asyncio.Future[Ticket] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
-        async with asyncio.timeout(timeout_s):
-            try:
-                return await waiter
-            except BaseException:
-                # Cancelled or timed out. If the grant landed in the same loop step, pass the slot on.
-                if waiter.done() and not waiter.cancelled():
-                    self.release(waiter.result())
-                else:
-                    waiter.cancel()
-                    with suppress(ValueError):  # already popped by a grant that found it cancelled
-                        self._waiters.remove(waiter)
-                raise
+        self._sizes[waiter] = size
+        try:
+            async with asyncio.timeout(timeout_s):
+                try:
+                    return await waiter
+                except BaseException:
+                    # Cancelled or timed out. If the grant landed in the same loop step, pass the slot on.
+                    if waiter.done() and not waiter.cancelled():
+                        self.release(waiter.result())
+                    else:
+                        waiter.cancel()
+                        with suppress(ValueError):  # already popped by a grant that found it cancelled
+                            self._waiters.remove(waiter)
+                    raise
+        finally:
+            self._sizes.pop(waiter, None)
 
     def release(self, ticket: Ticket) -> None:
         """Give a slot back; the head of the line gets it. Releasing twice is a bug and raises ValueError."""

@@ -12,9 +12,11 @@ service, and the arrival's wait is when a slot comes to it (first come, first se
 times it falls back to treating service as memoryless: ``max(0, n) / limit * service``. ``limit == 0`` (no
 capacity in the fleet) waits forever.
 
-Service time is an exponentially weighted moving average per group (:class:`WaitEstimator`). The prior counts
-as one observation and the first few observations are averaged plainly (weight ``1/(n+1)``) until that weight
-falls below ``alpha``, so one cold-load outlier neither vanishes nor takes over.
+Service time is an exponentially weighted moving average per group (:class:`WaitEstimator`); when requests
+say how many output tokens they may produce (``max_tokens``), it also fits service = base + per-token x size
+per group (exponentially weighted least squares), so each busy slot and each waiter is priced at its own size.
+The mean's prior counts as one observation and the first few observations are averaged plainly (weight
+``1/(n+1)``) until that weight falls below ``alpha``: one cold-load outlier neither vanishes nor takes over.
 
 Decisions for one step (``decide``): Admit when a slot is free for this arrival and everyone in line; Divert
 when the group has no capacity, its line is full, or the estimate exceeds the budget; otherwise Wait.
@@ -40,6 +42,7 @@ from classifier.routing import LadderStep
 UNLIMITED: Final = 1 << 30
 DEFAULT_PRIOR_MS: Final = 4_000.0
 RESIDUAL_FLOOR: Final = 0.3
+MIN_SIZED_OBSERVATIONS: Final = 3
 DEFAULT_ALPHA: Final = 0.2
 DEFAULT_RETRY_AFTER_S: Final = 30
 MAX_RETRY_AFTER_S: Final = 300
@@ -59,6 +62,8 @@ class GroupSnapshot:
     max_depth: int
     est_service_ms: float
     elapsed_ms: tuple[float, ...] = ()  # how long each busy slot has been running; () when unknown
+    active_service_ms: tuple[float, ...] = ()  # each busy slot's expected service (its request's size)
+    waiting_service_ms: tuple[float, ...] = ()  # each waiter's expected service, in line order
 
     def __post_init__(self) -> None:
         for name in ("limit", "active", "depth", "max_depth"):
@@ -70,6 +75,32 @@ class GroupSnapshot:
     def unlimited(cls, group: str, est_service_ms: float = 0.0) -> GroupSnapshot:
         """A group without local capacity limits (a cloud group): a slot is always free."""
         return cls(group, UNLIMITED, 0, 0, 0, est_service_ms)
+
+
+class _SizeFit:
+    """Exponentially weighted least squares of service time on requested output tokens (one lane)."""
+
+    __slots__ = ("count", "mx", "mxx", "mxy", "my")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.mx = self.my = self.mxx = self.mxy = 0.0
+
+    def observe(self, x: float, y: float, alpha: float) -> None:
+        self.count += 1
+        a = max(alpha, 1.0 / self.count)
+        self.mx += a * (x - self.mx)
+        self.my += a * (y - self.my)
+        self.mxx += a * (x * x - self.mxx)
+        self.mxy += a * (x * y - self.mxy)
+
+    def predict(self, x: float) -> float:
+        var = self.mxx - self.mx * self.mx
+        slope = (self.mxy - self.mx * self.my) / var if var > 1e-9 * max(1.0, self.mxx) else 0.0
+        base = self.my - slope * self.mx
+        if slope < 0.0 or base < 0.0:  # not a sensible line yet: fall back to time per token
+            slope, base = (self.my / self.mx if self.mx > 0 else 0.0), 0.0
+        return max(1.0, base + slope * x)
 
 
 class WaitEstimator:
@@ -92,16 +123,28 @@ class WaitEstimator:
         self._priors = dict(priors or {})
         self._mean: dict[str, float] = {}
         self._count: dict[str, int] = {}
+        self._sized: dict[str, _SizeFit] = {}
 
-    def observe(self, group: str, service_ms: float) -> None:
+    def observe(self, group: str, service_ms: float, size: int | None = None) -> None:
+        """One finished request's service time; ``size`` is its requested output tokens when known."""
         _check_ms("service_ms", service_ms)
         count = self._count.get(group, 0) + 1
         mean = self.service_ms(group)
         self._mean[group] = mean + max(self._alpha, 1.0 / (count + 1)) * (service_ms - mean)
         self._count[group] = count
+        if size is not None and size > 0:
+            self._sized.setdefault(group, _SizeFit()).observe(float(size), service_ms, self._alpha)
 
     def service_ms(self, group: str) -> float:
         return self._mean.get(group, self._priors.get(group, self._prior_ms))
+
+    def service_for(self, group: str, size: int | None) -> float:
+        """Expected service of one request of ``size`` output tokens; the lane's mean when size is unknown
+        or too few sized requests have been seen to fit ``service = base + per_token * size``."""
+        fit = self._sized.get(group)
+        if size is None or size <= 0 or fit is None or fit.count < MIN_SIZED_OBSERVATIONS:
+            return self.service_ms(group)
+        return fit.predict(float(size))
 
     def observations(self, group: str) -> int:
         return self._count.get(group, 0)
@@ -117,19 +160,25 @@ def estimate_wait_ms(snapshot: GroupSnapshot) -> float:
     service = snapshot.est_service_ms
     if len(snapshot.elapsed_ms) != snapshot.active:
         return ahead / snapshot.limit * service
+    busy = snapshot.active_service_ms
+    if len(busy) != snapshot.active:
+        busy = (service,) * snapshot.active
+    line = snapshot.waiting_service_ms
+    if len(line) != snapshot.depth:
+        line = (service,) * snapshot.depth
     # Replay the line: slot-free times from the busy slots' residuals, then each waiter ahead in turn.
-    frees = [max(service - e, RESIDUAL_FLOOR * service) for e in snapshot.elapsed_ms]
+    frees = [max(s - e, RESIDUAL_FLOOR * s) for s, e in zip(busy, snapshot.elapsed_ms, strict=True)]
     heapq.heapify(frees)
-    running, waiting = snapshot.active, snapshot.depth + 1
+    running, next_in_line = snapshot.active, 0
     while frees:
         now = heapq.heappop(frees)
         running -= 1
-        while running < snapshot.limit and waiting:
-            waiting -= 1
-            if waiting == 0:
-                return now
+        while running < snapshot.limit:
+            if next_in_line == len(line):
+                return now  # the new arrival's turn
+            heapq.heappush(frees, now + line[next_in_line])
+            next_in_line += 1
             running += 1
-            heapq.heappush(frees, now + service)
     return ahead / snapshot.limit * service  # unreachable while active >= 1; kept for safety
 
 

@@ -214,3 +214,25 @@ def test_estimate_replays_the_line_from_residuals(
 
 def test_estimate_without_elapsed_times_is_the_memoryless_formula() -> None:
     assert estimate_wait_ms(GroupSnapshot("g", 2, 2, 1, 10, 1000.0)) == pytest.approx(1000.0)
+
+
+def test_size_fit_learns_base_plus_per_token() -> None:
+    est = WaitEstimator(alpha=0.2, prior_ms=4000.0)
+    for size in (20, 200, 50, 150, 100, 80, 180, 30):
+        est.observe("code", 100.0 + 5.0 * size, size)
+    assert est.service_for("code", 100) == pytest.approx(600.0, rel=1e-6)
+    assert est.service_for("code", None) == est.service_ms("code")  # unknown size: the lane's mean
+    assert est.service_for("balanced", 100) == 4000.0  # nothing learned there: the prior
+
+
+def test_size_fit_needs_a_few_sized_observations() -> None:
+    est = WaitEstimator(prior_ms=1000.0)
+    est.observe("code", 500.0, 50)
+    est.observe("code", 900.0, 90)
+    assert est.service_for("code", 70) == est.service_ms("code")
+
+
+def test_estimate_prices_each_request_in_the_line_by_its_size() -> None:
+    # One slot: the busy request is long (2000 ms, 500 done), a short one (100 ms) waits ahead.
+    snapshot = GroupSnapshot("g", 1, 1, 1, 10, 1000.0, (500.0,), (2000.0,), (100.0,))
+    assert estimate_wait_ms(snapshot) == pytest.approx(1600.0)
