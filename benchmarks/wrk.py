@@ -7,7 +7,7 @@ import re
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,12 +34,26 @@ def require_wrk() -> str:
 
 
 def run_wrk(
-    url: str, body: Mapping[str, object], headers: Mapping[str, str], *, seconds: int, connections: int = 32
+    url: str,
+    body: Mapping[str, object],
+    headers: Mapping[str, str],
+    *,
+    seconds: int,
+    connections: int = 32,
+    agents: Sequence[str] = (),
 ) -> WrkResult:
+    """``agents``: X-Agent-Id values sent in rotation (mixed traffic); none: ``headers`` on every request."""
     script = "wrk.method = 'POST'\nwrk.body = " + json.dumps(json.dumps(body)) + "\n"
     script += "wrk.headers['Content-Type'] = 'application/json'\n"
     for name, value in headers.items():
         script += f"wrk.headers[{json.dumps(name)}] = {json.dumps(value)}\n"
+    if agents:
+        names = ", ".join(json.dumps(a) for a in agents)
+        script += f"local agents = {{{names}}}\nlocal i = 0\n"
+        script += (
+            "request = function()\n  i = i + 1\n  wrk.headers['X-Agent-Id'] = agents[(i % #agents) + 1]\n"
+        )
+        script += "  return wrk.format(nil, nil, nil, nil)\nend\n"
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
         f.write(script)
     try:

@@ -70,7 +70,14 @@ class Lanes:
         queue = self.queues.get(group)
         if queue is None:  # cloud groups carry no local capacity limit
             return GroupSnapshot.unlimited(group, service_ms)
-        return queue.snapshot(service_ms, lambda size: self.estimator.service_for(group, size))
+        priced: dict[int | None, float] = {}  # sizes repeat; price each once per snapshot
+
+        def service_of(size: int | None) -> float:
+            if size not in priced:
+                priced[size] = self.estimator.service_for(group, size)
+            return priced[size]
+
+        return queue.snapshot(service_ms, service_of)
 
     async def admit(self, decision: RouteDecision, on_divert: OnDivert | None = None) -> Admission:
         started = time.perf_counter()
@@ -91,7 +98,7 @@ class Lanes:
                 on_divert(group, next_group, reason, est_ms)
 
         while steps:
-            outcome = plan_ladder([(s, self.snapshot(s.group)) for s in steps], budget_ms)
+            outcome = plan_ladder(((s, self.snapshot(s.group)) for s in steps), budget_ms)
             for index, step_decision in enumerate(outcome.decisions):
                 if isinstance(step_decision, Divert):
                     following = steps[index + 1].group if index + 1 < len(steps) else ""

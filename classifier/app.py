@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -22,13 +23,20 @@ import yaml
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from capability_matrix import FleetProbe, HostObservation, MatrixError, MatrixStore, NvmlGpuReader
+from capability_matrix import FleetProbe, HostObservation, Matrix, MatrixError, MatrixStore, NvmlGpuReader
 from capability_matrix import watch as watch_matrix
 from classifier.admission import Admission, Lanes
 from classifier.capacity import lane_limits
 from classifier.chat_body import parse_chat_body
-from classifier.decide import AgentsStore, RouteDecision, decide
-from classifier.errors import ApiError, PayloadTooLarge, QueueFull, error_response, http_error_response
+from classifier.decide import AgentsStore, CloudLocked, RouteDecision, decide
+from classifier.errors import (
+    ApiError,
+    PayloadTooLarge,
+    QueueFull,
+    Unauthorized,
+    error_response,
+    http_error_response,
+)
 from classifier.fleet_view import FleetView
 from classifier.forwarder import Forwarder, HttpForwarder, UpstreamResponse
 from classifier.identity import GROUPS, LOCAL_GROUPS
@@ -55,7 +63,13 @@ REQUEST_IDS_KEY = web.AppKey("request_ids", RequestIds)
 LITELLM_FALLBACKS_KEY = web.AppKey("litellm_fallbacks", dict[str, list[str]])
 
 # Upstream response headers relayed to the client as they are.
-_RELAYED = ("Content-Type", "Cache-Control", "x-litellm-response-cost", "x-litellm-attempted-fallbacks")
+_RELAYED = (
+    "Content-Type",
+    "Cache-Control",
+    "Retry-After",
+    "x-litellm-response-cost",
+    "x-litellm-attempted-fallbacks",
+)
 _STREAM_TYPES = ("text/event-stream", "application/x-ndjson")
 
 
@@ -86,8 +100,22 @@ def _too_large_message(request: web.Request) -> str:
     return f"request body exceeds the limit of {request.app[SETTINGS_KEY].max_body_bytes} bytes"
 
 
+@web.middleware
+async def client_auth(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """With TORCHROUTER_CLIENT_KEYS set, /v1/* needs ``Authorization: Bearer <one of them>``."""
+    keys = request.app[SETTINGS_KEY].client_keys
+    if keys and request.path.startswith("/v1/"):
+        given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip().encode()
+        if not any(hmac.compare_digest(given, key.reveal().encode()) for key in keys):
+            raise Unauthorized("missing or unknown API key (Authorization: Bearer <key>)")
+    return await handler(request)
+
+
 def setup_middlewares(app: web.Application) -> None:
     app.middlewares.append(openai_errors)
+    app.middlewares.append(client_auth)
 
 
 # --- resources ----------------------------------------------------------------------------------------
@@ -171,8 +199,17 @@ def create_app(
     app[EVENTS_KEY] = events or open_sink(settings.event_path)
     app[SPEND_KEY] = DailySpend()
 
-    def matrix_reloaded(_: object) -> None:
+    def matrix_reloaded(matrix: Matrix) -> None:
         metrics.matrix_reloads.labels("reloaded").inc()
+        app[EVENTS_KEY].emit(
+            "matrix_reloaded",
+            request_id=None,
+            agent_id=None,
+            tier=None,
+            group=None,
+            profiles=len(matrix.profiles),
+            schema_version=matrix.schema_version,
+        )
 
     def matrix_rejected(exc: MatrixError) -> None:
         metrics.matrix_reloads.labels("rejected").inc()
@@ -303,7 +340,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     started = time.perf_counter()
     app = request.app
     settings, metrics, events = app[SETTINGS_KEY], app[METRICS_KEY], app[EVENTS_KEY]
-    trace = RouteTrace(request_id=request_id_from(request.headers) or app[REQUEST_IDS_KEY].new())
+    trace = RouteTrace(request_id=app[REQUEST_IDS_KEY].new())
+    client_request_id = request_id_from(request.headers)
     try:
         body = parse_chat_body(await request.read())
         decision = decide(
@@ -313,9 +351,23 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             matrix=app[MATRIX_KEY].current,
             routing_mode=settings.routing_mode,
             canary_share=settings.canary_share,
-            request_id=trace.request_id,
+            request_id=client_request_id or trace.request_id,
             cloud_locked=app[FLEET_KEY].budget_reason(time.time()),
         )
+    except CloudLocked as exc:
+        # Policy, not a bad body: every step of this request's ladder is cloud and cloud is locked out.
+        metrics.requests.labels("none", "none", "locked_out").inc()
+        events.emit(
+            "queue_rejected",
+            request_id=trace.request_id,
+            agent_id=None,
+            tier=None,
+            group=None,
+            status=exc.status,
+            retry_after_s=exc.retry_after_s,
+            message=exc.message,
+        )
+        return error_response(exc, trace.headers())
     except ApiError as exc:
         metrics.requests.labels("none", "none", "bad_request").inc()
         return error_response(exc, trace.headers())
@@ -329,6 +381,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         "request_classified",
         **who,
         group=decision.first_group,
+        client_request_id=client_request_id,
         identity_source=decision.identity.source,
         tier_source=decision.tier_source,
         signals=list(decision.signals),
@@ -352,7 +405,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             estimated_wait_ms=None if est_ms == float("inf") else round(est_ms, 1),
         )
 
-    outcome = "ok"
+    outcome = "error"  # until a path below says otherwise: an unexpected exception is never a success
     status = 0
     ttft_s: float | None = None
     admission: Admission | None = None
@@ -364,8 +417,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         if admission.diverts:
             trace.fallback = "ladder:" + "->".join([*(g for g, _ in admission.diverts), admission.group])
         response, status, ttft_s = await _forward(request, body, decision, admission.group, trace, started)
-        if status >= 400:
-            outcome = "upstream_error"
+        outcome = "upstream_error" if status >= 400 else "ok"
         return response
     except QueueFull as exc:
         outcome, status = "shed", exc.status
@@ -438,10 +490,9 @@ async def _forward(
     async with app[FORWARDER_KEY].open("POST", "/v1/chat/completions", upstream_body, headers) as upstream:
         headers_at = time.perf_counter()
         _annotate(trace, upstream, app[MATRIX_KEY], group)
-        _learn(app[FLEET_KEY], trace, upstream)
+        _learn(app[FLEET_KEY], app[SPEND_KEY], trace, upstream)
         trace.litellm_ttft_ms = (headers_at - sent) * 1e3
         trace.total_ms = (headers_at - started) * 1e3
-        app[SPEND_KEY].add(parse_cost(upstream.headers.get("x-litellm-response-cost")), time.time())
         out_headers = {h: upstream.headers[h] for h in _RELAYED if h in upstream.headers}
         content_type = upstream.headers.get("Content-Type", "")
         if upstream.status == 200 and content_type.startswith(_STREAM_TYPES):
@@ -449,10 +500,16 @@ async def _forward(
             response = web.StreamResponse(status=200, headers={**out_headers, **trace.headers()})
             await response.prepare(request)
             ttft: float | None = None
-            async for chunk in upstream.iter_chunks():
-                if ttft is None:
-                    ttft = time.perf_counter() - started
-                await response.write(chunk)
+            try:
+                async for chunk in upstream.iter_chunks():
+                    if ttft is None:
+                        ttft = time.perf_counter() - started
+                    await response.write(chunk)
+            except (ApiError, aiohttp.ClientError, TimeoutError) as exc:
+                # The 200 and part of the body are already out: end the stream with an error event the
+                # client's SDK understands, and close; a second status line would corrupt the response.
+                await _end_stream_with_error(response, exc)
+                return response, 502, ttft
             await response.write_eof()
             return response, 200, ttft
         payload = await upstream.read()
@@ -466,10 +523,26 @@ async def _forward(
         )
 
 
-def _learn(fleet: FleetView, trace: RouteTrace, upstream: UpstreamResponse) -> None:
-    """What a response tells the fleet view: who served (warm -> hot), which keys the hooks locked out."""
-    if trace.model != "none":
+async def _end_stream_with_error(response: web.StreamResponse, exc: BaseException) -> None:
+    message = exc.message if isinstance(exc, ApiError) else f"upstream stream broke: {type(exc).__name__}"
+    log.warning("stream from LiteLLM broke after the response started: %s", message)
+    error = {
+        "error": {"message": message, "type": "api_error", "param": None, "code": "upstream_stream_broken"}
+    }
+    response.force_close()
+    with contextlib.suppress(ConnectionError, RuntimeError):
+        await response.write(b"data: " + orjson.dumps(error) + b"\n\n")
+        await response.write_eof()
+
+
+def _learn(fleet: FleetView, spend: DailySpend, trace: RouteTrace, upstream: UpstreamResponse) -> None:
+    """What a response tells the classifier: who served (warm -> hot), which keys the hooks locked out,
+    and the day's spend as the hooks total it (they see every answer's cost, streamed ones included)."""
+    if trace.model != "none" and upstream.status < 400:
         fleet.served(trace.model)
+    now = time.time()
+    spend.add(parse_cost(upstream.headers.get("x-litellm-response-cost")), now)
+    spend.at_least(parse_cost(upstream.headers.get("x-torchrouter-daily-spend-usd")), now)
     locked = upstream.headers.get("x-torchrouter-auth-lockouts")
     if locked is not None:
         fleet.set_auth_lockouts({key: "provider answered 401/403" for key in locked.split(",") if key})
@@ -488,4 +561,5 @@ def _annotate(trace: RouteTrace, upstream: UpstreamResponse, matrix: MatrixStore
             trace.score_ms = float(score)
     profile = matrix.current.profiles.get(trace.model)
     if profile is not None and profile.lane != group:
-        trace.fallback = f"{group}->{profile.lane}"
+        step = f"fallback:{group}->{profile.lane}"  # LiteLLM's failure fallback, after any ladder step
+        trace.fallback = step if trace.fallback == "none" else f"{trace.fallback};{step}"

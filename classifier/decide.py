@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,10 @@ class CloudLocked(ApiError):
     status = 503
     code = "cloud_locked_out"
 
+    def __init__(self, message: str, *, retry_after_s: int) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after_s)})
+        self.retry_after_s = retry_after_s
+
 
 @dataclass(frozen=True)
 class RouteDecision:
@@ -62,6 +67,10 @@ class RouteDecision:
     @property
     def agent_label(self) -> str | None:
         return self.identity.agent_id
+
+
+def seconds_to_next_utc_day(now: float) -> int:
+    return max(1, 86400 - int(now) % 86400)
 
 
 def _output_tokens(body: Mapping[str, Any]) -> int | None:
@@ -122,7 +131,10 @@ def decide(
     if cloud_locked:
         ladder = tuple(step for step in ladder if not step.is_cloud)
         if not ladder:
-            raise CloudLocked(f"cloud routes are locked out ({cloud_locked}) and ROUTING_MODE={mode.value}")
+            raise CloudLocked(
+                f"cloud routes are locked out ({cloud_locked}) and ROUTING_MODE={mode.value}",
+                retry_after_s=seconds_to_next_utc_day(time.time()),
+            )
     return RouteDecision(
         identity=identity,
         tier=tiering.tier,
@@ -166,7 +178,7 @@ class AgentsStore:
         self._stamp = stamp
         try:
             self.current = parse_agent_directory_yaml(self.path.read_text(encoding="utf-8"))
-        except (OSError, DirectoryError) as exc:
+        except (OSError, UnicodeDecodeError, DirectoryError) as exc:
             log.warning("agents file %s rejected, keeping the last good version: %s", self.path, exc)
             if self._on_reject:
                 self._on_reject()
@@ -179,4 +191,7 @@ class AgentsStore:
     async def watch(self, interval_s: float) -> None:
         while True:
             await asyncio.sleep(interval_s)
-            self.maybe_reload()
+            try:
+                self.maybe_reload()
+            except Exception:  # the watcher must outlive any one bad edit
+                log.exception("agents file %s: reload failed; keeping the last good version", self.path)

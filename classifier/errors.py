@@ -4,6 +4,7 @@ Exception tree::
 
     ApiError                      an error with an HTTP status, answered as {"error": {...}}
      +-- BadRequest               400 invalid_request_error (bad JSON, wrong shape)
+     +-- Unauthorized             401 invalid_api_key (TORCHROUTER_CLIENT_KEYS set, key missing or unknown)
      +-- PayloadTooLarge          413 invalid_request_error
      +-- QueueFull                429/503 with Retry-After (every ladder step exhausted)
      +-- UpstreamUnavailable      502 api_error (LiteLLM could not be reached)
@@ -55,6 +56,12 @@ class BadRequest(ApiError):
     status = 400
     error_type = "invalid_request_error"
     code = "invalid_request"
+
+
+class Unauthorized(ApiError):
+    status = 401
+    error_type = "invalid_request_error"
+    code = "invalid_api_key"
 
 
 class PayloadTooLarge(ApiError):

@@ -16,7 +16,6 @@ from datetime import date
 from capability_matrix import (
     HostObservation,
     LiveOverlay,
-    Matrix,
     MatrixStore,
     budget_lockout,
     build_overlay,
@@ -104,9 +103,6 @@ class FleetView:
             )
             self._dirty = False
         return self._overlay
-
-    def matrix(self, now: float | None = None) -> Matrix:
-        return self.store.current.with_live(self.overlay(now))
 
     def _notify(self, key: str, state: str, reason: str) -> None:
         log.warning("lockout %s -> %s: %s", key, state, reason)

@@ -41,10 +41,15 @@ class Forwarder(Protocol):
 class HttpForwarder:
     def __init__(self, base_url: str, *, timeout_s: float, connect_timeout_s: float = 5.0) -> None:
         self.base_url = base_url.rstrip("/")
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=connect_timeout_s)
+        # No total: a long stream is fine as long as bytes keep coming; a silent upstream is cut after
+        # timeout_s without a byte (sock_read), which also bounds a non-streamed answer.
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout_s, sock_read=timeout_s)
+        self._timeout_s = timeout_s
         # limit=0: the classifier's own queues bound concurrency; the pool must not add a hidden one.
+        # keepalive below uvicorn's 5 s: never reuse a connection LiteLLM is about to close (a POST is not
+        # retried on a stale connection).
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
+            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=4),
             timeout=self._timeout,
             auto_decompress=False,
             skip_auto_headers=("User-Agent",),
@@ -61,12 +66,12 @@ class HttpForwarder:
                 yield UpstreamResponse(resp.status, resp.headers, resp)
         except aiohttp.ClientConnectorError as exc:
             raise UpstreamUnavailable(
-                f"LiteLLM at {self.base_url} is unreachable ({exc.os_error.strerror})"
+                f"the router's LiteLLM proxy is unreachable ({exc.os_error.strerror})"
             ) from None
-        except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError) as exc:
-            raise UpstreamUnavailable(f"LiteLLM closed the connection: {type(exc).__name__}") from None
-        except TimeoutError:
-            raise UpstreamTimeout(f"LiteLLM did not answer within {self._timeout.total:.0f} s") from None
+        except TimeoutError:  # before ClientError: aiohttp's read timeout is both
+            raise UpstreamTimeout(f"LiteLLM sent nothing for {self._timeout_s:.0f} s") from None
+        except aiohttp.ClientError as exc:  # disconnects, resets, broken payloads: all a bad gateway
+            raise UpstreamUnavailable(f"the connection to LiteLLM failed: {type(exc).__name__}") from None
 
     async def close(self) -> None:
         await self._session.close()

@@ -97,7 +97,8 @@ class LaneQueue:
         elapsed = tuple((now - start) * 1e3 for start, _ in self._held.values())
         busy: tuple[float, ...] = ()
         line: tuple[float, ...] = ()
-        if service_of is not None:
+        if service_of is not None and len(self._held) + len(self._waiters) >= self._limit:
+            # Only a full lane needs its line priced (the estimate is 0 while a slot is free).
             busy = tuple(service_of(size) for _, size in self._held.values())
             line = tuple(service_of(self._sizes.get(w)) for w in self._waiters if not w.done())
         return GroupSnapshot(

@@ -8,7 +8,17 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-OUTCOMES = ("ok", "bad_request", "upstream_error", "upstream_unavailable", "timeout", "shed", "cancelled")
+OUTCOMES = (
+    "ok",
+    "bad_request",
+    "locked_out",
+    "upstream_error",
+    "upstream_unavailable",
+    "timeout",
+    "shed",
+    "cancelled",
+    "error",
+)
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final, Literal
 
@@ -245,8 +245,10 @@ class LadderOutcome:
         return self.decisions[self.chosen]
 
 
-def plan_ladder(steps: Sequence[tuple[LadderStep, GroupSnapshot]], budget_ms: float) -> LadderOutcome:
-    """Walk a route plan's steps in order: the first that admits or can wait within budget is chosen."""
+def plan_ladder(steps: Iterable[tuple[LadderStep, GroupSnapshot]], budget_ms: float) -> LadderOutcome:
+    """Walk a route plan's steps in order: the first that admits or can wait within budget is chosen.
+
+    ``steps`` may be a generator: the walk stops at the chosen step, so later snapshots are never taken."""
     decisions: list[StepDecision] = []
     for index, (step, snapshot) in enumerate(steps):
         decision = decide(snapshot, budget_ms)

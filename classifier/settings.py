@@ -33,6 +33,10 @@ ENV_DOCS: dict[str, tuple[str, str]] = {
     "TORCHROUTER_MAX_BODY_BYTES": ("8388608", "larger request bodies get 413"),
     "TORCHROUTER_UPSTREAM_TIMEOUT_S": ("600", "total time allowed for one upstream call"),
     "TORCHROUTER_LITELLM_CONFIG_PATH": ("litellm_config.yaml", "read for the fallbacks /queue/status shows"),
+    "TORCHROUTER_CLIENT_KEYS": (
+        "(none: open)",
+        "comma-separated keys agents must present; set it off loopback",
+    ),
     "TORCHROUTER_LOCAL_HOST_ID": (
         "(none)",
         "the matrix host this machine is; its GPU memory is read with NVML",
@@ -108,6 +112,7 @@ class Settings:
     lane_caps: Mapping[str, int] = field(default_factory=dict)
     probe_interval_s: float = 2.0
     local_host_id: str | None = None
+    client_keys: tuple[Secret, ...] = ()
     host: str = "127.0.0.1"
     port: int = 4001
 
@@ -155,6 +160,10 @@ class Settings:
                 values["lane_caps"] = parse_lane_caps(env["TORCHROUTER_LANE_LIMITS"])
             except ValueError as exc:
                 raise SettingsError(f"TORCHROUTER_LANE_LIMITS: {exc}") from None
+        if env.get("TORCHROUTER_CLIENT_KEYS"):
+            values["client_keys"] = tuple(
+                Secret(k.strip()) for k in env["TORCHROUTER_CLIENT_KEYS"].split(",") if k.strip()
+            )
         if env.get("TORCHROUTER_LOCAL_HOST_ID"):
             values["local_host_id"] = env["TORCHROUTER_LOCAL_HOST_ID"].strip()
         if env.get("TORCHROUTER_PROBE_INTERVAL_S"):

@@ -21,6 +21,12 @@ class DailySpend:
         if cost_usd > 0:
             self.total_usd += cost_usd
 
+    def at_least(self, total_usd: float, now: float) -> None:
+        """Another counter's total for today (the hooks see every answer's cost): keep the larger."""
+        self._roll(now)
+        if total_usd > self.total_usd:
+            self.total_usd = total_usd
+
     def today(self, now: float) -> float:
         self._roll(now)
         return self.total_usd
