@@ -1,39 +1,62 @@
 """How many requests each local lane can run at once, derived from the live matrix (pure).
 
 A lane's limit is the parallel slots (each host's ``num_parallel``, Ollama's OLLAMA_NUM_PARALLEL) of
-its usable profiles: those not locked out whose model is resident on a reachable host (warm or hot),
-plus those that are cold but fit in their host's free GPU memory now (they can be loaded without
-evicting anything). A profile whose host is unreachable or not yet observed (``unknown``) counts for
-nothing: work sent there would wait on a connect timeout. Each lane is counted on its own, so two
-lanes may both count the same free memory; the ranker and the VRAM ledger (next stage) arbitrate.
-An operator cap (``TORCHROUTER_LANE_LIMITS``) can only lower a derived limit.
+its usable profiles. Per host, in one pass across all lanes: a profile that is not locked out and is
+resident (warm or hot) is usable; then cold ones, smallest first, while they fit in what is left of the
+host's free GPU memory and under its ``max_loaded_models`` (they could be loaded now without evicting
+anything, and two of them are never counted against the same free memory). A profile whose host is
+unreachable or not yet observed (``unknown``) counts for nothing: work sent there would wait on a
+connect timeout. An operator cap (``TORCHROUTER_LANE_LIMITS``) can only lower a derived limit.
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Mapping
 
-from capability_matrix import LiveOverlay, LockoutState, Matrix, WarmState
+from capability_matrix import LiveOverlay, LockoutState, Matrix, Profile, WarmState
 
 _RESIDENT = (WarmState.WARM, WarmState.HOT)
 
 
-def lane_limit(matrix: Matrix, overlay: LiveOverlay, lane: str, *, cap: int | None = None) -> int:
-    slots = 0
-    for profile in matrix.in_lane(lane):
-        if profile.lockout_state is not LockoutState.NONE or not profile.is_local:
-            continue
-        host = matrix.hosts.get(profile.host_id)
-        if host is None:
-            continue
-        if profile.warm_state in _RESIDENT:
-            slots += host.num_parallel
-        elif profile.warm_state is WarmState.COLD:
-            memory = overlay.memory.get(profile.host_id)
-            free_gb = memory.free_gb if memory is not None else host.gpu_memory_gb
-            if profile.vram_gb <= free_gb:
-                slots += host.num_parallel
-    return slots if cap is None else min(slots, cap)
+def usable_profiles(matrix: Matrix, overlay: LiveOverlay) -> frozenset[str]:
+    by_host: dict[str, list[Profile]] = defaultdict(list)
+    for profile in matrix.profiles.values():
+        if (
+            profile.is_local
+            and profile.lockout_state is LockoutState.NONE
+            and profile.host_id in matrix.hosts
+        ):
+            by_host[profile.host_id].append(profile)
+    usable: set[str] = set()
+    for host_id, profiles in by_host.items():
+        host = matrix.hosts[host_id]
+        resident = [p for p in profiles if p.warm_state in _RESIDENT]
+        usable.update(p.key for p in resident)
+        memory = overlay.memory.get(host_id)
+        free_gb = memory.free_gb if memory is not None else host.gpu_memory_gb
+        room = host.max_loaded_models - len({p.model for p in resident})
+        for profile in sorted(
+            (p for p in profiles if p.warm_state is WarmState.COLD), key=lambda p: p.vram_gb
+        ):
+            if room <= 0 or profile.vram_gb > free_gb:
+                continue
+            usable.add(profile.key)
+            free_gb -= profile.vram_gb
+            room -= 1
+    return frozenset(usable)
+
+
+def lane_limits(
+    matrix: Matrix, overlay: LiveOverlay, lanes: tuple[str, ...], caps: Mapping[str, int]
+) -> dict[str, int]:
+    usable = usable_profiles(matrix, overlay)
+    limits: dict[str, int] = {}
+    for lane in lanes:
+        slots = sum(matrix.hosts[p.host_id].num_parallel for p in matrix.in_lane(lane) if p.key in usable)
+        cap = caps.get(lane)
+        limits[lane] = slots if cap is None else min(slots, cap)
+    return limits
 
 
 def parse_lane_caps(text: str) -> dict[str, int]:
@@ -45,9 +68,3 @@ def parse_lane_caps(text: str) -> dict[str, int]:
             raise ValueError(f"lane cap {part!r}: expected <lane>=<non-negative integer>")
         caps[lane.strip()] = int(value)
     return caps
-
-
-def lane_limits(
-    matrix: Matrix, overlay: LiveOverlay, lanes: tuple[str, ...], caps: Mapping[str, int]
-) -> dict[str, int]:
-    return {lane: lane_limit(matrix, overlay, lane, cap=caps.get(lane)) for lane in lanes}

@@ -338,6 +338,16 @@ def _signals(rules: Iterable[_Rule[_S]], text: str) -> tuple[_S, ...]:
     return tuple(found)
 
 
+def approx_prompt_tokens(messages: object, tools: object = None) -> int:
+    """Characters / 4, rounded up, over all message text and tool definitions. The one estimator both the
+    classifier (tiering, canary) and the hooks (context-window filter) use."""
+    items = messages if isinstance(messages, list) else []
+    chars = sum(len(_text(m.get("content"))) for m in items if isinstance(m, Mapping))
+    if isinstance(tools, list):
+        chars += _chars(tools)
+    return math.ceil(chars / 4)
+
+
 def extract_features(body: Mapping[str, Any]) -> RequestFeatures:
     """Read routing features from an OpenAI chat body. Tolerant: the HTTP edge validates the shape, and any
     malformed part here counts as empty."""
@@ -346,7 +356,6 @@ def extract_features(body: Mapping[str, Any]) -> RequestFeatures:
     tools = body.get("tools") or body.get("functions")
     has_tools = isinstance(tools, list) and len(tools) > 0
 
-    chars = sum(len(_text(m.get("content"))) for m in messages) + (_chars(tools) if has_tools else 0)
     last_user = next((_text(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), "")
     scanned = _scan_window(last_user)
 
@@ -361,7 +370,7 @@ def extract_features(body: Mapping[str, Any]) -> RequestFeatures:
 
     return RequestFeatures(
         has_tools=has_tools,
-        approx_prompt_tokens=math.ceil(chars / 4),
+        approx_prompt_tokens=approx_prompt_tokens(messages, tools if has_tools else None),
         last_user_chars=len(last_user),
         code_signals=_signals(_CODE_RULES, scanned),
         reasoning_signals=reasoning,

@@ -36,6 +36,8 @@ from capability_matrix import (
     build_overlay,
     sharing_credentials,
 )
+from classifier.spend import DailySpend
+from classifier.tiering import approx_prompt_tokens
 from litellm_hooks.inflight import InFlight
 from litellm_hooks.ranker import FleetLoad, NoCandidate, RequestNeeds, rank
 from torchrouter.events import EventSink, open_sink
@@ -56,7 +58,10 @@ PROBE_INTERVAL_S = 2.0
 class _State:
     matrix: MatrixStore
     events: EventSink
-    in_flight: InFlight = field(default_factory=InFlight)
+    # A lease as long as LiteLLM's own request timeout (litellm_config.yaml): a request LiteLLM never
+    # reports back on (a client gone before the first chunk) stops counting as load after that.
+    in_flight: InFlight = field(default_factory=lambda: InFlight(ttl_s=300.0))
+    spend: DailySpend = field(default_factory=DailySpend)
     observations: dict[str, HostObservation] = field(default_factory=dict)
     last_served: dict[str, float] = field(default_factory=dict)
     auth: dict[str, str] = field(default_factory=dict)
@@ -74,21 +79,6 @@ class _State:
             current, self.observations, now=now, last_served=self.last_served, auth=self.auth
         )
         return current.with_live(overlay)
-
-
-def _approx_tokens(messages: object) -> int:
-    # chars/4: a deliberate over-estimate for English and code; the context-window filter needs a bound,
-    # not a tokenizer on the hot path.
-    if not isinstance(messages, list):
-        return 0
-    chars = 0
-    for m in messages:
-        content = m.get("content") if isinstance(m, Mapping) else None
-        if isinstance(content, str):
-            chars += len(content)
-        elif isinstance(content, list):
-            chars += sum(len(str(part.get("text", ""))) for part in content if isinstance(part, Mapping))
-    return chars // 4
 
 
 def _ctx_of(kwargs: Mapping[str, Any]) -> dict[str, Any]:
@@ -188,7 +178,8 @@ class RouterHooks(CustomLogger):
                 else:
                     unknown.append(key)
             needs = RequestNeeds(
-                prompt_tokens=_approx_tokens(messages),
+                # The classifier's estimator: message text and tool schemas, chars / 4.
+                prompt_tokens=approx_prompt_tokens(messages, kwargs.get("tools")),
                 max_output_tokens=int(kwargs.get("max_tokens") or kwargs.get("max_completion_tokens") or 0),
                 needs_tools=bool(kwargs.get("tools")),
             )
@@ -268,6 +259,9 @@ class RouterHooks(CustomLogger):
     ) -> None:
         try:
             self._finished(kwargs, None)
+            cost = kwargs.get("response_cost")
+            if self._state is not None and isinstance(cost, int | float):
+                self._state.spend.add(float(cost), time.time())
         except Exception:
             self._failed("log_success")
 
@@ -297,6 +291,8 @@ class RouterHooks(CustomLogger):
                 headers["x-torchrouter-deployment"] = str(ctx["deployment"])
             if self._state is not None:
                 headers["x-torchrouter-auth-lockouts"] = ",".join(sorted(self._state.auth))
+                # Every answer's cost, streamed ones included, totalled here: the classifier's budget.
+                headers["x-torchrouter-daily-spend-usd"] = f"{self._state.spend.today(time.time()):.8f}"
             return headers
         except Exception:
             self._failed("response_headers")
