@@ -17,6 +17,7 @@ from classifier.decide import RouteDecision
 from classifier.errors import QueueFull
 from classifier.identity import LOCAL_GROUPS
 from classifier.lane_queue import LaneFullError, LaneQueue, Ticket
+from classifier.metrics import LaneReading
 from classifier.queue_policy import (
     Divert,
     GroupSnapshot,
@@ -50,6 +51,11 @@ class Admission:
     @property
     def group(self) -> str:
         return self.step.group
+
+
+def _finite_ms(value: float) -> float | None:
+    """A wait for JSON: None when it is unbounded (the lane has no capacity at all)."""
+    return None if math.isinf(value) else round(value, 1)
 
 
 class Lanes:
@@ -160,6 +166,17 @@ class Lanes:
             service_ms = (time.perf_counter() - admission.admitted_at) * 1e3
             self.estimator.observe(admission.group, service_ms, admission.size)
 
+    def readings(self) -> dict[str, LaneReading]:
+        """Per local lane, for the metrics scraped from ``/metrics``."""
+        out: dict[str, LaneReading] = {}
+        for group in self.queues:
+            snap = self.snapshot(group)
+            wait = estimate_wait_ms(snap)
+            out[group] = LaneReading(
+                snap.depth, snap.active, snap.limit, -1.0 if math.isinf(wait) else wait / 1e3
+            )
+        return out
+
     def status(
         self, budget_ms_of: Callable[[str], float], fallback_of: Callable[[str], dict[str, object]]
     ) -> dict[str, object]:
@@ -172,7 +189,7 @@ class Lanes:
                 "active": snap.active,
                 "limit": snap.limit if local else None,
                 "max_depth": snap.max_depth if local else None,
-                "wait_ms": round(estimate_wait_ms(snap), 1) if local else 0.0,
+                "wait_ms": _finite_ms(estimate_wait_ms(snap)) if local else 0.0,
                 "service_ms": round(snap.est_service_ms, 1),
                 "service_observations": self.estimator.observations(group),
                 "policy": policy_label(snap, budget_ms_of(group)) if self.enabled else "bypassed",

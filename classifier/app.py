@@ -245,6 +245,9 @@ def create_app(
     app[LANES_KEY] = Lanes(enabled=settings.queue_enabled)
     app[REQUEST_IDS_KEY] = RequestIds()
     app[LITELLM_FALLBACKS_KEY] = load_litellm_fallbacks(settings.litellm_config_path)
+    sink = app[EVENTS_KEY]
+    metrics.readings.event_write_errors = lambda: getattr(sink, "write_errors", 0)
+    metrics.readings.lanes = app[LANES_KEY].readings
     app[AGENTS_KEY] = AgentsStore(
         settings.agents_path,
         on_reload=lambda: metrics.config_reloads.labels("reloaded").inc(),

@@ -6,7 +6,12 @@ Label values come from closed sets: tiers (H, R, C, none), groups named in confi
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 OUTCOMES = (
     "ok",
@@ -21,6 +26,44 @@ OUTCOMES = (
 )
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+@dataclass
+class LaneReading:
+    depth: int
+    active: int
+    limit: int
+    wait_estimate_s: float
+
+
+class ScrapeReadings(Collector):
+    """Values read, not counted: taken from the live objects at scrape time (set the callables once wired)."""
+
+    def __init__(self) -> None:
+        self.event_write_errors: Callable[[], int] = lambda: 0
+        self.lanes: Callable[[], Mapping[str, LaneReading]] = dict
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(
+            "classifier_event_write_errors", "JSONL trail writes that failed", value=self.event_write_errors()
+        )
+        lanes = self.lanes()
+        families = {
+            "depth": GaugeMetricFamily(
+                "classifier_queue_depth", "Requests waiting for a lane slot", labels=["group"]
+            ),
+            "active": GaugeMetricFamily("classifier_queue_active", "Lane slots in use", labels=["group"]),
+            "limit": GaugeMetricFamily(
+                "classifier_queue_limit", "Lane concurrency limit now", labels=["group"]
+            ),
+            "wait_estimate_s": GaugeMetricFamily(
+                "classifier_queue_wait_estimate_seconds", "Estimated wait for a new arrival", labels=["group"]
+            ),
+        }
+        for group, reading in lanes.items():
+            for field_name, family in families.items():
+                family.add_metric([group], float(getattr(reading, field_name)))
+        yield from families.values()
 
 
 class Metrics:
@@ -87,6 +130,5 @@ class Metrics:
             "Cloud spend reported by LiteLLM for the current UTC day",
             registry=registry,
         )
-        self.event_write_errors = Counter(
-            "classifier_event_write_errors_total", "JSONL trail writes that failed", registry=registry
-        )
+        self.readings = ScrapeReadings()
+        registry.register(self.readings)

@@ -106,7 +106,8 @@ class JsonlEventSink:
         directory = os.path.dirname(self.path)
         if directory:
             os.makedirs(directory, exist_ok=True)
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        self._fd = self._open()
+        self._checked_at = time.monotonic()
         self._lock = threading.Lock()
         self._pending: list[bytes] = []
         self._flush_scheduled = False
@@ -143,6 +144,23 @@ class JsonlEventSink:
             self._flush_scheduled = True
         loop.call_soon(self.flush)
 
+    def _open(self) -> int:
+        return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+
+    def _follow_rotation(self) -> None:
+        """Once a second: if the path now names another file (logrotate moved ours away), reopen it."""
+        now = time.monotonic()
+        if now - self._checked_at < 1.0:
+            return
+        self._checked_at = now
+        try:
+            same = os.path.samestat(os.fstat(self._fd), os.stat(self.path))
+        except OSError:
+            same = False
+        if not same:
+            os.close(self._fd)
+            self._fd = self._open()
+
     def flush(self) -> None:
         with self._lock:
             lines, self._pending, self._flush_scheduled = self._pending, [], False
@@ -154,9 +172,12 @@ class JsonlEventSink:
             with self._lock:
                 if self._fd < 0:
                     raise OSError("the sink is closed")
+                self._follow_rotation()
                 written = os.write(self._fd, data)
-            if written != len(data):  # only on a full disk; the partial line is the kernel's doing
-                raise OSError(f"short write ({written} of {len(data)} bytes)")
+                if written != len(data):
+                    # A full disk: end the partial line so the next write starts on a line of its own.
+                    os.write(self._fd, b"\n")
+                    raise OSError(f"short write ({written} of {len(data)} bytes)")
         except OSError as exc:
             self.write_errors += 1
             log.warning("event trail write to %s failed: %s", self.path, exc)

@@ -66,7 +66,8 @@ def _port_of(url: str) -> int:
 async def run_stack(opts: StackOptions, stop: asyncio.Event, say: Callable[[str], None] = print) -> None:
     t0 = time.monotonic()
     env = dict(os.environ)
-    env.setdefault("LITELLM_MASTER_KEY", "sk-torchrouter-" + secrets.token_hex(16))
+    if not env.get("LITELLM_MASTER_KEY"):  # unset or empty: LiteLLM would run without a key
+        env["LITELLM_MASTER_KEY"] = "sk-torchrouter-" + secrets.token_hex(16)
     env.setdefault("TORCHROUTER_CLOUD_API_KEY", SIM_CLOUD_KEY)
     env.setdefault("TORCHROUTER_CAPABILITY_MATRIX_PATH", str(opts.matrix_path))
     env.setdefault("TORCHROUTER_ROUTING_CONTINUITY_EVENT_PATH", str(opts.state_dir / "routing-events.jsonl"))
@@ -98,8 +99,19 @@ async def run_stack(opts: StackOptions, stop: asyncio.Event, say: Callable[[str]
         litellm = LiteLLMProcess.start(
             opts.config_path, port=litellm_port, env=env, log_path=opts.state_dir / f"litellm-{name}.log"
         )
-        stack.callback(litellm.stop)
-        waited = await asyncio.to_thread(litellm.wait_ready)
+        # Stopped in a thread: its drain must not freeze this loop (the fleet it drains to runs here).
+        stack.push_async_callback(asyncio.to_thread, litellm.stop)
+        ready = asyncio.ensure_future(asyncio.to_thread(litellm.wait_ready))
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({ready, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if not ready.done():  # Ctrl-C while LiteLLM starts: stop it now rather than after its start-up
+            stopping.cancel()
+            litellm.stop()
+            await asyncio.gather(ready, return_exceptions=True)
+            say("stopped before the stack was up.")
+            return
+        stopping.cancel()
+        waited = ready.result()
         say(f"LiteLLM proxy   {litellm.url}  (ready in {waited:.1f} s; log {litellm.log_path})")
 
         settings = Settings.from_env(
