@@ -100,6 +100,10 @@ def test_up_dev_starts_answers_and_stops_cleanly(tmp_path: Path) -> None:
             proc.kill()
             proc.wait(10)
     assert "stopped." in "".join(lines)
+    trail = [json.loads(line) for line in (tmp_path / "routing-events.jsonl").read_text().splitlines()]
+    answered = [e for e in trail if e["event"] == "request_completed" and e["agent_id"] == "webmaster"]
+    assert answered and answered[-1]["outcome"] == "ok", "the trail lost the request on shutdown"
+    assert any(e["event"] == "route_selected" for e in trail), "the hooks' lines are missing"
     for port in (DEV_CLASSIFIER, DEV_LITELLM, *SIM_PORTS):
         assert not _listening(port), f"port {port} still listening after stop"
     assert not _litellm_children(DEV_LITELLM), "LiteLLM child survived the stop"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import aiohttp
 import pytest
 from openai import AsyncOpenAI, AsyncStream
@@ -179,12 +181,25 @@ async def test_litellm_unreachable_is_a_clear_502(make_classifier: ClassifierFac
     assert resp.headers["X-Router-Tier"] == "R"
 
 
-async def test_secrets_never_reach_the_trail_or_the_logs(stack: Stack, classifier_url: str) -> None:
-    async with client(classifier_url, "webmaster") as oa:
-        await oa.chat.completions.create(model="cloud-balanced", messages=SPEC_MESSAGES)
+async def test_secrets_never_reach_the_trail_logs_metrics_or_answers(
+    stack: Stack, make_classifier: ClassifierFactory, caplog: pytest.LogCaptureFixture
+) -> None:
     from tests.conftest import CLOUD_KEY
 
-    for path in (stack.events_path, stack.litellm.log_path):
-        text = path.read_text(errors="replace")
-        assert stack.master_key not in text, f"master key in {path}"
-        assert CLOUD_KEY not in text, f"cloud key in {path}"
+    caplog.set_level(logging.DEBUG)
+    url = await make_classifier()
+    dead = await make_classifier(litellm_url=f"http://127.0.0.1:{free_ports(1)[0]}")
+    seen: list[str] = []
+    async with aiohttp.ClientSession() as http:
+        for base, model in ((url, "auto"), (url, "cloud-balanced"), (dead, "auto")):
+            body: dict[str, object] = {"model": model, "messages": SPEC_MESSAGES}
+            async with http.post(
+                base + "/v1/chat/completions", json=body, headers={"X-Agent-Id": "webmaster"}
+            ) as r:
+                seen += [await r.text(), str(dict(r.headers))]
+        async with http.get(url + "/metrics") as r:
+            seen.append(await r.text())
+    seen += [caplog.text, stack.events_path.read_text(), stack.litellm.log_path.read_text(errors="replace")]
+    for where, text in enumerate(seen):
+        assert stack.master_key not in text, f"master key leaked in item {where}"
+        assert CLOUD_KEY not in text, f"cloud key leaked in item {where}"

@@ -219,7 +219,7 @@ async def test_auth_lockout_from_provider_401(stack: Stack, make_classifier: Cla
         try:
             status, _, body = await chat(http, url, "webmaster")
             assert status == 401, body
-            assert "sim-test-cloud-key" not in str(body)
+            assert "sim-test-cloud-key" not in str(body) and stack.master_key not in str(body)
 
             async def cloud_locked() -> bool:
                 matrix = await get_json(http, url + "/capability-matrix")
@@ -230,7 +230,12 @@ async def test_auth_lockout_from_provider_401(stack: Stack, make_classifier: Cla
 
             await eventually(cloud_locked, what="auth lockout visible in /capability-matrix")
             status, _, body = await chat(http, url, "webmaster")
-            assert status >= 400 and "error" in body  # every cloud deployment filtered out: a clear error
+            # Every cloud deployment is filtered out: LiteLLM's own "no deployments" answer, passed through.
+            assert 400 <= status < 500 and body["error"]["message"], (status, body)
+            rejected = [
+                e for e in stack.events() if e["event"] == "route_selected" and e["deployment"] is None
+            ]
+            assert rejected and set(rejected[-1]["rejected"].values()) == {"lockout:auth"}
         finally:
             stack.sim.set_fault("cloud", "none")
         # The operator fixes the key and saves the matrix: lockouts start over.

@@ -94,7 +94,7 @@ async def test_burst_queues_diverts_and_sheds_with_retry_after(
     assert len(answered) >= 2 and shed, statuses
     groups = Counter(h["X-Router-Group"] for h, _ in answered)
     assert groups["fast-chat"] >= 1 and groups["balanced"] >= 1, groups
-    assert any(float(h["X-Router-Timing-Queue-Ms"]) > 0 for h, _ in answered), "nobody waited"
+    assert any(float(h["X-Router-Timing-Queue-Ms"]) > 50 for h, _ in answered), "nobody waited"
     assert any(h["X-Router-Fallback"].startswith("ladder:fast-chat->balanced") for h, _ in answered)
     for headers, body in shed:
         assert int(headers["Retry-After"]) >= 1
@@ -104,7 +104,10 @@ async def test_burst_queues_diverts_and_sheds_with_retry_after(
     assert {e["event"] for e in trail} >= {"degradation_ladder_step", "queue_rejected", "request_completed"}
     async with aiohttp.ClientSession() as http:
         after = await queue_status(http, url)
-    assert after["groups"]["fast-chat"]["active"] == 0 and after["groups"]["fast-chat"]["depth"] == 0
+    for lane in ("fast-chat", "balanced"):
+        assert after["groups"][lane]["active"] == 0 and after["groups"][lane]["depth"] == 0, after["groups"][
+            lane
+        ]
     assert after["groups"]["fast-chat"]["service_observations"] >= 1
 
 

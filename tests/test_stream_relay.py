@@ -12,7 +12,8 @@ import aiohttp
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from tests.conftest import ClassifierFactory
+from tests.conftest import ClassifierFactory, Stack
+from tests.harness import wait_for_event
 
 CHUNKS = [
     b'data: {"id":"c1","choices":[{"index":0,"delta":{"content":"sim:first"}}]}\n\n',
@@ -59,3 +60,42 @@ async def test_stream_is_relayed_unbuffered_and_exact(make_classifier: Classifie
         assert seen_auth and seen_auth[0].startswith("Bearer ")
     finally:
         await upstream.close()
+
+
+async def test_upstream_dying_mid_stream_ends_the_stream_cleanly(
+    stack: Stack, make_classifier: ClassifierFactory
+) -> None:
+    """After the 200 is out, an upstream failure must end the stream with an error event, not corrupt it."""
+
+    async def upstream_chat(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await resp.write(CHUNKS[0])
+        await asyncio.sleep(0.05)
+        assert request.transport is not None
+        request.transport.abort()  # the upstream process dies mid-answer
+        return resp
+
+    upstream_app = web.Application()
+    upstream_app.router.add_post("/v1/chat/completions", upstream_chat)
+    upstream = TestServer(upstream_app, host="127.0.0.1")
+    await upstream.start_server()
+    try:
+        url = await make_classifier(litellm_url=str(upstream.make_url("")).rstrip("/"))
+        async with aiohttp.ClientSession() as http:
+            body = {"messages": [{"role": "user", "content": "hi"}], "stream": True}
+            async with http.post(url + "/v1/chat/completions", json=body) as resp:
+                assert resp.status == 200
+                received = await asyncio.wait_for(resp.content.read(), 10)
+                request_id = resp.headers["X-Router-Request-Id"]
+            async with http.get(url + "/queue/status") as status:
+                lanes = (await status.json())["groups"]
+    finally:
+        await upstream.close()
+    assert received.startswith(CHUNKS[0])
+    tail = received[len(CHUNKS[0]) :]
+    assert b"HTTP/1.1" not in tail, "a second status line inside the body"
+    assert tail.startswith(b"data: ") and b'"upstream_stream_broken"' in tail
+    assert all(g["active"] == 0 for g in lanes.values() if g["limit"] is not None)
+    completed = await wait_for_event(stack.events_path, request_id, "request_completed")
+    assert (completed["outcome"], completed["status"]) == ("upstream_error", 502)
