@@ -28,7 +28,7 @@ from capability_matrix import watch as watch_matrix
 from classifier.admission import Admission, Lanes
 from classifier.capacity import lane_limits
 from classifier.chat_body import parse_chat_body
-from classifier.decide import AgentsStore, CloudLocked, RouteDecision, decide
+from classifier.decide import UNREAD_FEATURES, AgentsStore, CloudLocked, RouteDecision, decide
 from classifier.errors import (
     ApiError,
     PayloadTooLarge,
@@ -41,7 +41,7 @@ from classifier.fleet_view import FleetView
 from classifier.forwarder import Forwarder, HttpForwarder, UpstreamResponse
 from classifier.identity import GROUPS, LOCAL_GROUPS
 from classifier.metrics import Metrics
-from classifier.routing import LADDERS
+from classifier.routing import RoutingMode, plan_route
 from classifier.routing_headers import RequestIds, RouteTrace, request_id_from
 from classifier.settings import Settings
 from classifier.spend import DailySpend, parse_cost
@@ -293,13 +293,25 @@ async def queue_status(request: web.Request) -> web.Response:
     def budget_ms(group: str) -> float:
         return float(budget_of_first_lane.get(group, max(budget_of_first_lane.values())))
 
+    settings = app[SETTINGS_KEY]
+    cloud_locked = app[FLEET_KEY].budget_reason(time.time())
+
     def fallback(group: str) -> dict[str, object]:
-        # Overflow: where arrivals for this lane go next on the ladder of the tier that starts here.
+        # Overflow: where arrivals for this lane go next, on the ladder (as the routing mode and any budget
+        # lockout shape it now) of the tier that starts here.
         tier = next((t for t in Tier if agents.first_lane(t) == group), None)
         overflow = None
         if tier is not None:
-            ladder = [agents.first_lane(tier), *LADDERS[tier].local, LADDERS[tier].cloud]
-            later = [g for g in dict.fromkeys(ladder) if g != group]
+            ladder = plan_route(
+                tier,
+                mode=RoutingMode(settings.routing_mode),
+                directory=agents,
+                requested_group=None,
+                features=UNREAD_FEATURES,
+                canary_share=0.0,
+                request_id="",
+            ).steps
+            later = [s.group for s in ladder if s.group != group and not (cloud_locked and s.is_cloud)]
             overflow = later[0] if later else None
         return {
             "overflow": overflow,

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from classifier.capacity import parse_lane_caps
+from classifier.routing import parse_routing_mode
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MATRIX_PATH = PACKAGE_ROOT / "capability_matrix" / "matrix.yaml"
@@ -125,10 +126,10 @@ class Settings:
         if "LITELLM_MASTER_KEY" in env:
             values["master_key"] = Secret(env["LITELLM_MASTER_KEY"])
         if "ROUTING_MODE" in env:
-            mode = env["ROUTING_MODE"].strip().lower()
-            if mode not in {"local-first", "local-only", "cloud-only"}:
-                raise SettingsError(f"ROUTING_MODE={mode!r}: expected local-first, local-only or cloud-only")
-            values["routing_mode"] = mode
+            try:
+                values["routing_mode"] = parse_routing_mode(env["ROUTING_MODE"]).value
+            except ValueError as exc:
+                raise SettingsError(f"ROUTING_MODE: {exc}") from None
         if "TORCHROUTER_QUEUE_ENABLED" in env:
             values["queue_enabled"] = _bool("TORCHROUTER_QUEUE_ENABLED", env["TORCHROUTER_QUEUE_ENABLED"])
         if "TORCHROUTER_FAST_CHAT_CANARY_SHARE" in env:

@@ -203,3 +203,21 @@ async def test_secrets_never_reach_the_trail_logs_metrics_or_answers(
     for where, text in enumerate(seen):
         assert stack.master_key not in text, f"master key leaked in item {where}"
         assert CLOUD_KEY not in text, f"cloud key leaked in item {where}"
+
+
+async def test_client_keys_when_configured(make_classifier: ClassifierFactory) -> None:
+    from classifier.settings import Secret
+
+    url = await make_classifier(client_keys=(Secret("agent-key-1"),))
+    body = {"messages": SPEC_MESSAGES}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(url + "/v1/chat/completions", json=body) as resp:
+            assert resp.status == 401 and (await resp.json())["error"]["code"] == "invalid_api_key"
+        wrong = {"Authorization": "Bearer agent-key-2"}
+        async with http.post(url + "/v1/chat/completions", json=body, headers=wrong) as resp:
+            assert resp.status == 401
+        right = {"Authorization": "Bearer agent-key-1", "X-Agent-Id": "webmaster"}
+        async with http.post(url + "/v1/chat/completions", json=body, headers=right) as resp:
+            assert resp.status == 200
+        async with http.get(url + "/health") as resp:
+            assert resp.status == 200  # health stays open for probes
