@@ -116,36 +116,20 @@ class Lanes:
             estimated_ms = chosen.est_ms if isinstance(chosen, Wait) else 0.0
             service_ms = self.estimator.service_ms(step.group)
             queue = self.queues.get(step.group)
-            if queue is None:
+            ticket: Ticket | None = None
+            if queue is not None:  # a local lane: hold one of its slots (cloud groups need none)
+                remaining_s = max(0.001, (budget_ms - (time.perf_counter() - started) * 1e3) / 1e3)
+                try:
+                    ticket = await queue.acquire(timeout_s=remaining_s, size=decision.output_tokens)
+                except LaneFullError:
+                    reason = "line_full"
+                except TimeoutError:
+                    reason = "wait_exceeded"
+            if queue is None or ticket is not None:
                 now = time.perf_counter()
+                waited_ms = (now - started) * 1e3
                 return Admission(
-                    step,
-                    None,
-                    (now - started) * 1e3,
-                    diverts,
-                    now,
-                    estimated_ms,
-                    service_ms,
-                    decision.output_tokens,
-                )
-            remaining_s = max(0.001, (budget_ms - (time.perf_counter() - started) * 1e3) / 1e3)
-            try:
-                ticket = await queue.acquire(timeout_s=remaining_s, size=decision.output_tokens)
-            except LaneFullError:
-                reason = "line_full"
-            except TimeoutError:
-                reason = "wait_exceeded"
-            else:
-                now = time.perf_counter()
-                return Admission(
-                    step,
-                    ticket,
-                    (now - started) * 1e3,
-                    diverts,
-                    now,
-                    estimated_ms,
-                    service_ms,
-                    decision.output_tokens,
+                    step, ticket, waited_ms, diverts, now, estimated_ms, service_ms, decision.output_tokens
                 )
             divert(
                 step.group, reason, estimate_wait_ms(self.snapshot(step.group)), rest[0].group if rest else ""

@@ -7,6 +7,8 @@ needs to hold the second chunk back until the client has seen the first: that pr
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 from aiohttp import web
@@ -20,6 +22,21 @@ CHUNKS = [
     b'data: {"id":"c1","choices":[{"index":0,"delta":{"content":" \\u00e9\\u00e8 second"}}]}\n\n',
     b"data: [DONE]\n\n",
 ]
+
+
+@contextlib.asynccontextmanager
+async def scripted_upstream(
+    chat: Callable[[web.Request], Awaitable[web.StreamResponse]],
+) -> AsyncIterator[str]:
+    """A real server on a free port whose /v1/chat/completions runs ``chat``; yields its base URL."""
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        yield str(server.make_url("")).rstrip("/")
+    finally:
+        await server.close()
 
 
 async def test_stream_is_relayed_unbuffered_and_exact(make_classifier: ClassifierFactory) -> None:
@@ -39,12 +56,8 @@ async def test_stream_is_relayed_unbuffered_and_exact(make_classifier: Classifie
         await resp.write_eof()
         return resp
 
-    upstream_app = web.Application()
-    upstream_app.router.add_post("/v1/chat/completions", upstream_chat)
-    upstream = TestServer(upstream_app, host="127.0.0.1")
-    await upstream.start_server()
-    try:
-        url = await make_classifier(litellm_url=str(upstream.make_url("")).rstrip("/"))
+    async with scripted_upstream(upstream_chat) as upstream_url:
+        url = await make_classifier(litellm_url=upstream_url)
         async with aiohttp.ClientSession() as http:
             body = {"messages": [{"role": "user", "content": "hi"}], "stream": True}
             async with http.post(url + "/v1/chat/completions", json=body) as resp:
@@ -58,8 +71,6 @@ async def test_stream_is_relayed_unbuffered_and_exact(make_classifier: Classifie
                 received += await resp.content.read()
         assert received == b"".join(CHUNKS)
         assert seen_auth and seen_auth[0].startswith("Bearer ")
-    finally:
-        await upstream.close()
 
 
 async def test_upstream_dying_mid_stream_ends_the_stream_cleanly(
@@ -76,12 +87,8 @@ async def test_upstream_dying_mid_stream_ends_the_stream_cleanly(
         request.transport.abort()  # the upstream process dies mid-answer
         return resp
 
-    upstream_app = web.Application()
-    upstream_app.router.add_post("/v1/chat/completions", upstream_chat)
-    upstream = TestServer(upstream_app, host="127.0.0.1")
-    await upstream.start_server()
-    try:
-        url = await make_classifier(litellm_url=str(upstream.make_url("")).rstrip("/"))
+    async with scripted_upstream(upstream_chat) as upstream_url:
+        url = await make_classifier(litellm_url=upstream_url)
         async with aiohttp.ClientSession() as http:
             body = {"messages": [{"role": "user", "content": "hi"}], "stream": True}
             async with http.post(url + "/v1/chat/completions", json=body) as resp:
@@ -90,8 +97,6 @@ async def test_upstream_dying_mid_stream_ends_the_stream_cleanly(
                 request_id = resp.headers["X-Router-Request-Id"]
             async with http.get(url + "/queue/status") as status:
                 lanes = (await status.json())["groups"]
-    finally:
-        await upstream.close()
     assert received.startswith(CHUNKS[0])
     tail = received[len(CHUNKS[0]) :]
     assert b"HTTP/1.1" not in tail, "a second status line inside the body"
