@@ -248,6 +248,7 @@ def create_app(
     sink = app[EVENTS_KEY]
     metrics.readings.event_write_errors = lambda: getattr(sink, "write_errors", 0)
     metrics.readings.lanes = app[LANES_KEY].readings
+    metrics.readings.hook_errors = lambda: app[FLEET_KEY].hook_errors
     app[AGENTS_KEY] = AgentsStore(
         settings.agents_path,
         on_reload=lambda: metrics.config_reloads.labels("reloaded").inc(),
@@ -558,6 +559,9 @@ def _learn(fleet: FleetView, spend: DailySpend, trace: RouteTrace, upstream: Ups
     now = time.time()
     spend.add(parse_cost(upstream.headers.get("x-litellm-response-cost")), now)
     spend.at_least(parse_cost(upstream.headers.get("x-torchrouter-daily-spend-usd")), now)
+    hook_errors = upstream.headers.get("x-torchrouter-hook-errors")
+    if hook_errors is not None and hook_errors.isdigit():
+        fleet.hook_errors = int(hook_errors)
     locked = upstream.headers.get("x-torchrouter-auth-lockouts")
     if locked is not None:
         fleet.set_auth_lockouts({key: "provider answered 401/403" for key in locked.split(",") if key})

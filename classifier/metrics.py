@@ -42,10 +42,16 @@ class ScrapeReadings(Collector):
     def __init__(self) -> None:
         self.event_write_errors: Callable[[], int] = lambda: 0
         self.lanes: Callable[[], Mapping[str, LaneReading]] = dict
+        self.hook_errors: Callable[[], int] = lambda: 0
 
     def collect(self) -> Iterator[Metric]:
         yield CounterMetricFamily(
             "classifier_event_write_errors", "JSONL trail writes that failed", value=self.event_write_errors()
+        )
+        yield GaugeMetricFamily(
+            "classifier_litellm_hook_errors",
+            "Exceptions the TorchRouter hooks inside LiteLLM caught since LiteLLM started (as last reported)",
+            value=self.hook_errors(),
         )
         lanes = self.lanes()
         families = {

@@ -289,6 +289,7 @@ class RouterHooks(CustomLogger):
                 headers["x-torchrouter-score-ms"] = f"{ctx['score_ms']:.3f}"
             if ctx.get("deployment"):
                 headers["x-torchrouter-deployment"] = str(ctx["deployment"])
+            headers["x-torchrouter-hook-errors"] = str(self.errors)  # exported by the classifier
             if self._state is not None:
                 headers["x-torchrouter-auth-lockouts"] = ",".join(sorted(self._state.auth))
                 # Every answer's cost, streamed ones included, totalled here: the classifier's budget.

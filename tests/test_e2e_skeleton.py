@@ -221,3 +221,20 @@ async def test_client_keys_when_configured(make_classifier: ClassifierFactory) -
             assert resp.status == 200
         async with http.get(url + "/health") as resp:
             assert resp.status == 200  # health stays open for probes
+
+
+async def test_metrics_expose_queue_state_and_hook_health(classifier_url: str) -> None:
+    async with client(classifier_url, "inbox-triage") as oa:
+        await oa.chat.completions.create(model="auto", messages=SPEC_MESSAGES)
+    async with aiohttp.ClientSession() as http, http.get(classifier_url + "/metrics") as resp:
+        text = await resp.text()
+    values = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("classifier_") and " " in line
+    }
+    assert values["classifier_litellm_hook_errors"] == 0.0, "the hooks inside LiteLLM reported errors"
+    assert values['classifier_queue_limit{group="fast-chat"}'] > 0
+    assert values['classifier_queue_active{group="fast-chat"}'] == 0
+    assert values['classifier_requests_total{group="fast-chat",outcome="ok",tier="R"}'] >= 1
+    assert values["classifier_event_write_errors_total"] == 0.0
