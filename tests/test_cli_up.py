@@ -125,3 +125,27 @@ def test_up_fails_cleanly_when_a_port_is_taken(tmp_path: Path) -> None:
     for port in (DEV_LITELLM, *SIM_PORTS):
         assert not _listening(port), f"port {port} left listening after a failed start"
     assert not _litellm_children(DEV_LITELLM)
+
+
+def test_ctrl_c_while_litellm_starts_stops_at_once(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TORCHROUTER_", "LITELLM_"))}
+    proc = subprocess.Popen(
+        _up_dev(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith("simulated cloud"):  # the fleet is up; LiteLLM is starting now
+                break
+        started = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=30)
+        assert time.monotonic() - started < 15, "Ctrl-C waited for LiteLLM's start-up"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert proc.returncode == 0 and "stopped before the stack was up." in rest, rest
+    for port in (DEV_CLASSIFIER, DEV_LITELLM, *SIM_PORTS):
+        assert not _listening(port), f"port {port} still listening"
+    assert not _litellm_children(DEV_LITELLM)
