@@ -115,7 +115,8 @@ async def client_auth(
 
 def setup_middlewares(app: web.Application) -> None:
     app.middlewares.append(openai_errors)
-    app.middlewares.append(client_auth)
+    if app[SETTINGS_KEY].client_keys:  # no keys configured: no hop on every request
+        app.middlewares.append(client_auth)
 
 
 # --- resources ----------------------------------------------------------------------------------------
@@ -405,12 +406,12 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         ladder=list(decision.ladder_groups),
         stream=bool(body.get("stream")),
     )
-    metrics.tier_decisions.labels(trace.tier, decision.tier_source).inc()
+    metrics.child(metrics.tier_decisions, trace.tier, decision.tier_source).inc()
     if decision.canary:
         metrics.canary.inc()
 
     def on_divert(from_group: str, to_group: str, reason: str, est_ms: float) -> None:
-        metrics.diverts.labels(from_group, reason).inc()
+        metrics.child(metrics.diverts, from_group, reason).inc()
         events.emit(
             "degradation_ladder_step",
             **who,
@@ -429,7 +430,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         admission = await app[LANES_KEY].admit(decision, on_divert)
         trace.group = admission.group
         trace.queue_ms = admission.queue_ms
-        metrics.queue_wait.labels(admission.group).observe(admission.queue_ms / 1e3)
+        metrics.child(metrics.queue_wait, admission.group).observe(admission.queue_ms / 1e3)
         if admission.diverts:
             trace.fallback = "ladder:" + "->".join([*(g for g, _ in admission.diverts), admission.group])
         response, status, ttft_s = await _forward(request, body, decision, admission.group, trace, started)
@@ -460,10 +461,10 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             app[LANES_KEY].release(admission, ok=outcome == "ok")
         total_s = time.perf_counter() - started
         labels = (trace.tier, trace.group)
-        metrics.requests.labels(*labels, outcome).inc()
-        metrics.request_duration.labels(*labels).observe(total_s)
+        metrics.child(metrics.requests, *labels, outcome).inc()
+        metrics.child(metrics.request_duration, *labels).observe(total_s)
         if ttft_s is not None:
-            metrics.ttft.labels(*labels).observe(ttft_s)
+            metrics.child(metrics.ttft, *labels).observe(ttft_s)
         events.emit(
             "request_completed",
             **who,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -75,6 +76,7 @@ class ScrapeReadings(Collector):
 class Metrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self.requests = Counter(
             "classifier_requests_total",
             "Chat requests by tier, first group and outcome",
@@ -138,3 +140,12 @@ class Metrics:
         )
         self.readings = ScrapeReadings()
         registry.register(self.readings)
+
+    def child(self, family: Counter | Histogram, *labels: str) -> Any:
+        """``family.labels(*labels)``, remembered: label values come from closed sets, so this stays small,
+        and the request path skips prometheus_client's per-call label validation."""
+        key = (id(family), labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = family.labels(*labels)
+        return found
