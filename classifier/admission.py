@@ -142,11 +142,13 @@ class Lanes:
             status=503 if all_without_capacity else 429,
         )
 
-    def release(self, admission: Admission, *, ok: bool) -> None:
+    def release(self, admission: Admission, *, ok: bool, learn: bool = True) -> None:
+        """Give the slot back; an ``ok`` request's service time teaches the estimator unless ``learn`` is
+        off (a cold load). Failures are often fast: they would teach it the lane is quicker than it is."""
         if admission.ticket is None:
             return
         self.queues[admission.group].release(admission.ticket)
-        if ok:  # failures are often fast; they would teach the estimator that the lane is quicker than it is
+        if ok and learn:
             service_ms = (time.perf_counter() - admission.admitted_at) * 1e3
             self.estimator.observe(admission.group, service_ms, admission.size)
 

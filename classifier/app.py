@@ -458,7 +458,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         raise
     finally:
         if admission is not None:
-            app[LANES_KEY].release(admission, ok=outcome == "ok")
+            # Only a model that was resident (warm or hot) measures the lane: a cold load would teach
+            # the estimator seconds of load as if every request took that long.
+            app[LANES_KEY].release(admission, ok=outcome == "ok", learn=trace.warm_state in ("warm", "hot"))
         total_s = time.perf_counter() - started
         labels = (trace.tier, trace.group)
         metrics.child(metrics.requests, *labels, outcome).inc()
@@ -476,6 +478,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             total_ms=round(total_s * 1e3, 1),
             ttft_ms=None if ttft_s is None else round(ttft_s * 1e3, 1),
             queue_ms=round(trace.queue_ms, 1),
+            warm_state=trace.warm_state,
             estimated_wait_ms=None if admission is None else round(admission.estimated_ms, 1),
             service_estimate_ms=None if admission is None else round(admission.service_ms, 1),
         )
@@ -575,6 +578,7 @@ def _annotate(trace: RouteTrace, upstream: UpstreamResponse, matrix: MatrixStore
     )
     if deployment:
         trace.model = deployment
+    trace.warm_state = upstream.headers.get("x-torchrouter-warm-state", trace.warm_state)
     score = upstream.headers.get("x-torchrouter-score-ms")
     if score:
         with contextlib.suppress(ValueError):

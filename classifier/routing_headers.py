@@ -40,6 +40,7 @@ class RouteTrace:
     litellm_ttft_ms: float | None = None
     total_ms: float | None = None
     canary: bool = False
+    warm_state: str = "unknown"  # of the deployment when the hooks picked it
 
     def headers(self) -> dict[str, str]:
         out = {

@@ -211,6 +211,7 @@ class RouterHooks(CustomLogger):
             score_ms = sum(ranking.timings_ms.values())
             ctx["score_ms"] = round(score_ms, 3)
             ctx["deployment"] = chosen.key
+            ctx["warm_state"] = chosen.warm_state.value
             if ctx.get("request_id"):
                 state.in_flight.start(chosen.key, str(ctx["request_id"]), now)
             state.events.emit(
@@ -289,6 +290,7 @@ class RouterHooks(CustomLogger):
                 headers["x-torchrouter-score-ms"] = f"{ctx['score_ms']:.3f}"
             if ctx.get("deployment"):
                 headers["x-torchrouter-deployment"] = str(ctx["deployment"])
+                headers["x-torchrouter-warm-state"] = str(ctx.get("warm_state", "unknown"))
             headers["x-torchrouter-hook-errors"] = str(self.errors)  # exported by the classifier
             if self._state is not None:
                 headers["x-torchrouter-auth-lockouts"] = ",".join(sorted(self._state.auth))
