@@ -391,3 +391,21 @@ def test_nvml_reader_on_this_machine_reports_cleanly() -> None:
             assert reader.read() == reading  # the failure is remembered, not retried every poll
     finally:
         reader.close()
+
+
+def test_an_answer_newer_than_the_last_poll_makes_the_model_hot() -> None:
+    from capability_matrix import (
+        DEFAULT_MATRIX_PATH,
+        HostObservation,
+        WarmState,
+        derive_warm_states,
+        load_matrix,
+    )
+
+    matrix = load_matrix(DEFAULT_MATRIX_PATH)
+    key = "matthew-100.86.174.11/ollama/qwen3:8b"
+    nothing_loaded = {
+        "matthew-100.86.174.11": HostObservation("matthew-100.86.174.11", True, (), observed_at=100.0)
+    }
+    assert derive_warm_states(matrix, nothing_loaded, {key: 99.0}, now=101.0)[key] is WarmState.COLD
+    assert derive_warm_states(matrix, nothing_loaded, {key: 100.5}, now=101.0)[key] is WarmState.HOT

@@ -108,7 +108,12 @@ async def test_burst_queues_diverts_and_sheds_with_retry_after(
         assert after["groups"][lane]["active"] == 0 and after["groups"][lane]["depth"] == 0, after["groups"][
             lane
         ]
-    assert after["groups"]["fast-chat"]["service_observations"] >= 1
+    # The estimator learned from exactly the answers whose model was resident when picked (not cold loads).
+    completed = [e for e in trail if e["event"] == "request_completed" and e["outcome"] == "ok"]
+    for lane in ("fast-chat", "balanced"):
+        learned = [e for e in completed if e["group"] == lane and e["warm_state"] in ("warm", "hot")]
+        assert after["groups"][lane]["service_observations"] == len(learned), lane
+    assert any(e["group"] == "fast-chat" and e["warm_state"] == "hot" for e in completed), "nothing learned"
 
 
 async def test_burst_overflows_to_cloud_in_local_first(make_classifier: ClassifierFactory) -> None:
