@@ -525,9 +525,13 @@ async def _forward(
                     if ttft is None:
                         ttft = time.perf_counter() - started
                     await response.write(chunk)
-            except (ApiError, aiohttp.ClientError, TimeoutError) as exc:
+            except ConnectionResetError:
+                raise  # the client went away: nothing to tell it (the request is recorded as cancelled)
+            except Exception as exc:
                 # The 200 and part of the body are already out: end the stream with an error event the
                 # client's SDK understands, and close; a second status line would corrupt the response.
+                if not isinstance(exc, ApiError | aiohttp.ClientError | TimeoutError):
+                    log.exception("unexpected error while relaying a stream")
                 await _end_stream_with_error(response, exc)
                 return response, 502, ttft
             await response.write_eof()
@@ -544,7 +548,12 @@ async def _forward(
 
 
 async def _end_stream_with_error(response: web.StreamResponse, exc: BaseException) -> None:
-    message = exc.message if isinstance(exc, ApiError) else f"upstream stream broke: {type(exc).__name__}"
+    if isinstance(exc, ApiError):
+        message = exc.message
+    elif isinstance(exc, aiohttp.ClientError | TimeoutError):
+        message = f"upstream stream broke: {type(exc).__name__}"
+    else:
+        message = "internal error in the classifier while relaying the stream; see its log"
     log.warning("stream from LiteLLM broke after the response started: %s", message)
     error = {
         "error": {"message": message, "type": "api_error", "param": None, "code": "upstream_stream_broken"}
