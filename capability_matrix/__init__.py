@@ -47,7 +47,7 @@ from capability_matrix.model import (
     profile_key,
 )
 from capability_matrix.probe import FleetProbe, GpuReader, NvmlGpuReader, parse_ollama_ps
-from capability_matrix.store import MatrixStore, ReloadOutcome, watch
+from capability_matrix.store import MatrixStore, ReloadingFile, ReloadOutcome, watch
 
 __all__ = [
     "BYTES_PER_GB",
@@ -74,6 +74,7 @@ __all__ = [
     "Profile",
     "Provider",
     "ReloadOutcome",
+    "ReloadingFile",
     "WarmState",
     "auth_lockout",
     "budget_lockout",

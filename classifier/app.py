@@ -23,8 +23,15 @@ import yaml
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from capability_matrix import FleetProbe, HostObservation, Matrix, MatrixError, MatrixStore, NvmlGpuReader
-from capability_matrix import watch as watch_matrix
+from capability_matrix import (
+    FleetProbe,
+    HostObservation,
+    Matrix,
+    MatrixError,
+    MatrixStore,
+    NvmlGpuReader,
+)
+from capability_matrix import watch as watch_file
 from classifier.admission import Admission, Lanes
 from classifier.capacity import lane_limits
 from classifier.chat_body import parse_chat_body
@@ -133,9 +140,10 @@ def _forwarder_ctx(forwarder: Forwarder | None) -> Callable[[web.Application], A
 
 
 async def _watchers_ctx(app: web.Application) -> AsyncIterator[None]:
+    matrix, agents = app[MATRIX_KEY], app[AGENTS_KEY]
     tasks = [
-        asyncio.create_task(watch_matrix(app[MATRIX_KEY], 1.0), name="matrix-watch"),
-        asyncio.create_task(app[AGENTS_KEY].watch(1.0), name="agents-watch"),
+        asyncio.create_task(watch_file(matrix, 1.0), name="watch-matrix"),
+        asyncio.create_task(watch_file(agents, 1.0), name="watch-agents"),
     ]
     yield
     for task in tasks:
@@ -252,8 +260,8 @@ def create_app(
     metrics.readings.hook_errors = lambda: app[FLEET_KEY].hook_errors
     app[AGENTS_KEY] = AgentsStore(
         settings.agents_path,
-        on_reload=lambda: metrics.config_reloads.labels("reloaded").inc(),
-        on_reject=lambda: metrics.config_reloads.labels("rejected").inc(),
+        on_reload=lambda _: metrics.config_reloads.labels("reloaded").inc(),
+        on_reject=lambda _: metrics.config_reloads.labels("rejected").inc(),
     )
     setup_middlewares(app)
     app.cleanup_ctx.append(_forwarder_ctx(forwarder))

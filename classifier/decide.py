@@ -7,16 +7,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from capability_matrix import Matrix
+from capability_matrix import Matrix, ReloadingFile
 from classifier.errors import ApiError, BadRequest
 from classifier.identity import Identity, IdentityError, identify
 from classifier.routing import FAST_CHAT_MAX_PROMPT_TOKENS, LadderStep, RoutingMode, plan_route
@@ -148,50 +146,25 @@ def decide(
     )
 
 
-class AgentsStore:
-    """The agent directory file, re-read when it changes; an invalid edit keeps the last good version."""
+class AgentsStore(ReloadingFile[AgentDirectory, ValueError]):
+    """The agent directory file (``agents.yaml``), hot-reloaded like the matrix: an invalid edit (a bad
+    entry, YAML, or encoding) is logged and counted, and the last good directory stays in force."""
 
     def __init__(
         self,
         path: str | os.PathLike[str],
         *,
-        on_reload: Callable[[], None] | None = None,
-        on_reject: Callable[[], None] | None = None,
+        on_reload: Callable[[AgentDirectory], None] | None = None,
+        on_reject: Callable[[ValueError], None] | None = None,
     ) -> None:
-        self.path = Path(path)
-        self._on_reload = on_reload
-        self._on_reject = on_reject
-        self._stamp = self._file_stamp()
-        self.current = parse_agent_directory_yaml(self.path.read_text(encoding="utf-8"))
-
-    def _file_stamp(self) -> tuple[int, int, int] | None:
-        try:
-            st = self.path.stat()
-        except OSError:
-            return None
-        return (st.st_mtime_ns, st.st_size, st.st_ino)
-
-    def maybe_reload(self) -> bool:
-        stamp = self._file_stamp()
-        if stamp is None or stamp == self._stamp:
-            return False
-        self._stamp = stamp
-        try:
-            self.current = parse_agent_directory_yaml(self.path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, DirectoryError) as exc:
-            log.warning("agents file %s rejected, keeping the last good version: %s", self.path, exc)
-            if self._on_reject:
-                self._on_reject()
-            return False
-        log.info("agents file %s reloaded", self.path)
-        if self._on_reload:
-            self._on_reload()
-        return True
-
-    async def watch(self, interval_s: float) -> None:
-        while True:
-            await asyncio.sleep(interval_s)
-            try:
-                self.maybe_reload()
-            except Exception:  # the watcher must outlive any one bad edit
-                log.exception("agents file %s: reload failed; keeping the last good version", self.path)
+        shown = os.fspath(path)
+        super().__init__(
+            shown,
+            what="agent directory",
+            parse=lambda data: parse_agent_directory_yaml(data.decode("utf-8")),
+            rejects=(DirectoryError, UnicodeDecodeError),  # both ValueErrors
+            unreadable=lambda exc: DirectoryError(f"{shown}: cannot read it: {exc.strerror or exc}"),
+            describe=lambda directory: f"{len(directory.agents)} agents",
+            on_reload=on_reload,
+            on_reject=on_reject,
+        )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -203,3 +204,35 @@ async def test_routing_mode(make_classifier: ClassifierFactory, mode: str, group
         status, headers, body = await post(http, url, "webmaster", "Summarize the routing policy.")
     assert status == 200 and headers["X-Router-Group"] == group
     assert body["choices"][0]["message"]["content"].startswith("sim:cloud:" if "cloud" in group else "sim:")
+
+
+async def test_agent_directory_hot_reload_good_and_bad_edits(
+    make_classifier: ClassifierFactory, tmp_path: Path
+) -> None:
+    from classifier.settings import DEFAULT_AGENTS_PATH
+
+    agents = tmp_path / "agents.yaml"
+    original = DEFAULT_AGENTS_PATH.read_text()
+    agents.write_text(original)
+    url = await make_classifier(agents_path=agents)
+    async with aiohttp.ClientSession() as http:
+
+        async def tier_of_newbie() -> str:
+            _, headers, _ = await post(http, url, "newbie", "What time is it in Lisbon?", max_tokens=4)
+            return headers["X-Router-Tier"]
+
+        assert await tier_of_newbie() == "R"  # unknown agent, routine content
+        agents.write_text(original + "  newbie: C\n")
+        for _ in range(60):
+            if await tier_of_newbie() == "C":
+                break
+            await asyncio.sleep(0.1)
+        else:
+            pytest.fail("the agents edit did not take effect")
+        agents.write_bytes(b"agents:\n  caf\xe9: H\n")  # not UTF-8: rejected, the last good stays
+        await asyncio.sleep(1.5)
+        assert await tier_of_newbie() == "C"
+        async with http.get(url + "/metrics") as resp:
+            text = await resp.text()
+    assert 'classifier_agents_reloads_total{outcome="rejected"} 1.0' in text
+    assert 'classifier_agents_reloads_total{outcome="reloaded"} 1.0' in text
