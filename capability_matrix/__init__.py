@@ -3,7 +3,8 @@
 Profile data (`matrix.yaml`), its JSON Schema (`schema.json`), a loader that validates it and reports every
 problem (`loader`), a store that hot-reloads it and keeps the last good matrix on a bad edit (`store`), the
 pure live overlay of warm states, lockouts and GPU memory (`live`), the fleet probe that observes Ollama's
-`/api/ps` and NVML (`probe`, the only I/O), and the drift check against `litellm_config.yaml` (`consistency`).
+`/api/ps` and NVML (`probe`, the only I/O), a process's cached live view built from all of them (`view`), and
+the drift check against `litellm_config.yaml` (`consistency`).
 """
 
 from capability_matrix.consistency import check_consistency, litellm_model, validate_files
@@ -48,12 +49,14 @@ from capability_matrix.model import (
 )
 from capability_matrix.probe import FleetProbe, GpuReader, NvmlGpuReader, parse_ollama_ps
 from capability_matrix.store import MatrixStore, ReloadingFile, ReloadOutcome, watch
+from capability_matrix.view import FleetView
 
 __all__ = [
     "BYTES_PER_GB",
     "DEFAULT_MATRIX_PATH",
     "SCHEMA_PATH",
     "FleetProbe",
+    "FleetView",
     "GpuDevice",
     "GpuReader",
     "GpuReading",

@@ -25,6 +25,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from capability_matrix import (
     FleetProbe,
+    FleetView,
     HostObservation,
     Matrix,
     MatrixError,
@@ -44,7 +45,6 @@ from classifier.errors import (
     error_response,
     http_error_response,
 )
-from classifier.fleet_view import FleetView
 from classifier.forwarder import Forwarder, HttpForwarder, UpstreamResponse
 from classifier.identity import GROUPS, LOCAL_GROUPS
 from classifier.metrics import Metrics
@@ -153,8 +153,7 @@ async def _watchers_ctx(app: web.Application) -> AsyncIterator[None]:
 
 def refresh_lane_limits(app: web.Application) -> None:
     fleet = app[FLEET_KEY]
-    overlay = fleet.overlay()
-    live = fleet.store.current.with_live(overlay)
+    overlay, live = fleet.overlay(), fleet.matrix()
     app[LANES_KEY].set_limits(lane_limits(live, overlay, LOCAL_GROUPS, app[SETTINGS_KEY].lane_caps))
 
 
@@ -290,7 +289,7 @@ async def health(request: web.Request) -> web.Response:
 async def capability_matrix(request: web.Request) -> web.Response:
     fleet = request.app[FLEET_KEY]
     overlay = fleet.overlay()
-    body = fleet.store.current.with_live(overlay).to_json()
+    body = fleet.matrix().to_json()
     body["live"] = overlay.to_json()  # GPU memory and its source per host, live lockouts and why
     return _json(body)
 

@@ -30,10 +30,9 @@ from litellm.integrations.custom_logger import CustomLogger
 from capability_matrix import (
     DEFAULT_MATRIX_PATH,
     FleetProbe,
-    HostObservation,
+    FleetView,
     Matrix,
     MatrixStore,
-    build_overlay,
     sharing_credentials,
 )
 from classifier.spend import DailySpend
@@ -56,29 +55,28 @@ PROBE_INTERVAL_S = 2.0
 
 @dataclass
 class _State:
-    matrix: MatrixStore
+    fleet: FleetView  # the matrix store plus probe observations, answers and auth lockouts, cached
     events: EventSink
     # A lease as long as LiteLLM's own request timeout (litellm_config.yaml): a request LiteLLM never
     # reports back on (a client gone before the first chunk) stops counting as load after that.
     in_flight: InFlight = field(default_factory=lambda: InFlight(ttl_s=300.0))
     spend: DailySpend = field(default_factory=DailySpend)
-    observations: dict[str, HostObservation] = field(default_factory=dict)
-    last_served: dict[str, float] = field(default_factory=dict)
-    auth: dict[str, str] = field(default_factory=dict)
+    auth: dict[str, str] = field(default_factory=dict)  # profile key -> why; the hooks own this book
     probe_task: asyncio.Task[None] | None = None
     generation: int = 0
 
     def live_matrix(self, now: float) -> Matrix:
-        self.matrix.maybe_reload(time.monotonic())
-        if self.matrix.generation != self.generation:
+        store = self.fleet.store
+        store.maybe_reload(time.monotonic())
+        if store.generation != self.generation:
             # An operator's edit of the matrix is the "I fixed it" signal: auth lockouts start over.
-            self.generation = self.matrix.generation
-            self.auth.clear()
-        current = self.matrix.current
-        overlay = build_overlay(
-            current, self.observations, now=now, last_served=self.last_served, auth=self.auth
-        )
-        return current.with_live(overlay)
+            self.generation = store.generation
+            self.set_auth({})
+        return self.fleet.matrix(now)
+
+    def set_auth(self, auth: dict[str, str]) -> None:
+        self.auth = auth
+        self.fleet.set_auth_lockouts(dict(auth))
 
 
 def _ctx_of(kwargs: Mapping[str, Any]) -> dict[str, Any]:
@@ -110,9 +108,11 @@ class RouterHooks(CustomLogger):
     def _get_state(self) -> _State:
         if self._state is None:
             matrix_path = os.environ.get("TORCHROUTER_CAPABILITY_MATRIX_PATH") or str(DEFAULT_MATRIX_PATH)
+            spend = DailySpend()
             self._state = _State(
-                matrix=MatrixStore(matrix_path),
+                fleet=FleetView(MatrixStore(matrix_path), daily_budget_usd=None, spend_today=spend.today),
                 events=open_sink(os.environ.get("TORCHROUTER_ROUTING_CONTINUITY_EVENT_PATH")),
+                spend=spend,
             )
         state = self._state
         if state.probe_task is None:
@@ -121,12 +121,8 @@ class RouterHooks(CustomLogger):
 
     async def _probe(self, state: _State) -> None:
         async with aiohttp.ClientSession() as session:
-            probe = FleetProbe(lambda: state.matrix.current, session, timeout_s=PROBE_INTERVAL_S)
-
-            def update(observations: dict[str, HostObservation]) -> None:
-                state.observations = observations
-
-            await probe.run(PROBE_INTERVAL_S, update)
+            probe = FleetProbe(lambda: state.fleet.store.current, session, timeout_s=PROBE_INTERVAL_S)
+            await probe.run(PROBE_INTERVAL_S, state.fleet.on_observations)
 
     def _failed(self, where: str) -> None:
         self.errors += 1
@@ -242,18 +238,17 @@ class RouterHooks(CustomLogger):
         ctx = _ctx_of(kwargs)
         if ctx.get("request_id"):
             state.in_flight.finish(key, str(ctx["request_id"]))
-        matrix = state.matrix.current
+        matrix = state.fleet.store.current
         if key not in matrix.profiles:
             return
         if status is None:
-            state.last_served[key] = time.time()
+            state.fleet.served(key)
         if status in (401, 403):
             reason = f"provider answered {status}"
-            for shared in sharing_credentials(matrix, key):
-                state.auth.setdefault(shared, reason)
+            state.set_auth({**{k: reason for k in sharing_credentials(matrix, key)}, **state.auth})
         elif status is None and key in state.auth:
-            for shared in sharing_credentials(matrix, key):
-                state.auth.pop(shared, None)
+            shared = set(sharing_credentials(matrix, key))
+            state.set_auth({k: why for k, why in state.auth.items() if k not in shared})
 
     async def async_log_success_event(
         self, kwargs: dict[str, Any], response_obj: Any, start_time: Any, end_time: Any

@@ -1,9 +1,10 @@
-"""The classifier's live view of the fleet: the matrix store plus what the probe and responses told us.
+"""A process's live view of the fleet: the matrix store plus what the probe and the answers told it.
 
-Inputs: probe observations (Ollama ``/api/ps`` every ``interval``), the deployments that just answered
-(hot window), auth lockouts reported by the hooks on responses, and the day's cloud spend against the
-budget. Output: a :class:`LiveOverlay` (rebuilt on each probe round and on each input change) and the
-live matrix that ``/capability-matrix`` serves and lane limits are derived from.
+Both processes keep one (DESIGN: each may keep its own view refreshed from the fleet). Inputs: probe
+observations (Ollama ``/api/ps`` every interval), the deployments that just answered (hot window, and
+"answered after the last poll"), auth lockouts, and the day's cloud spend against a budget. Outputs: the
+:class:`LiveOverlay` and the live :class:`Matrix`, rebuilt only when an input that can change them
+changed, so a request pays a dictionary lookup, not a rebuild.
 """
 
 from __future__ import annotations
@@ -13,16 +14,18 @@ import time
 from collections.abc import Callable
 from datetime import date
 
-from capability_matrix import (
+from capability_matrix.live import (
+    HOT_WINDOW_S,
     HostObservation,
     LiveOverlay,
-    MatrixStore,
     budget_lockout,
     build_overlay,
     utc_day,
 )
+from capability_matrix.model import Matrix
+from capability_matrix.store import MatrixStore
 
-log = logging.getLogger("torchrouter.classifier")
+log = logging.getLogger(__name__)
 
 OnLockoutChange = Callable[[str, str, str], None]  # (profile key or "cloud", new state, reason)
 
@@ -47,6 +50,7 @@ class FleetView:
         self._auth: dict[str, str] = {}
         self._budget_locked_day: date | None = None
         self._overlay = LiveOverlay()
+        self._live = store.current
         self._matrix_generation = -1
         self._dirty = True
         self.hook_errors = 0  # exceptions the hooks inside LiteLLM caught (cumulative since LiteLLM started)
@@ -57,9 +61,18 @@ class FleetView:
         self._dirty = True
 
     def served(self, profile_key: str) -> None:
-        if self._last_served.get(profile_key) is None:
-            self._dirty = True  # a first serve may change warm -> hot; later ones only refresh the window
-        self._last_served[profile_key] = self._clock()
+        now = self._clock()
+        before = self._last_served.get(profile_key)
+        self._last_served[profile_key] = now
+        # Rebuild only if this answer can change a state: a first answer, one after the host's last poll
+        # (the model is resident whatever the poll said), or one after the hot window had lapsed.
+        if before is None or now - before > HOT_WINDOW_S:
+            self._dirty = True
+            return
+        profile = self.store.current.profiles.get(profile_key)
+        observed = self.observations.get(profile.host_id) if profile is not None else None
+        if observed is not None and before <= observed.observed_at:
+            self._dirty = True
 
     def set_auth_lockouts(self, keys: dict[str, str]) -> None:
         """The hooks' current auth lockouts (they see the provider's 401/403); replaces the previous set."""
@@ -102,8 +115,14 @@ class FleetView:
                 auth=self._auth,
                 budget_reason=budget,
             )
+            self._live = self.store.current.with_live(self._overlay)
             self._dirty = False
         return self._overlay
+
+    def matrix(self, now: float | None = None) -> Matrix:
+        """The matrix with live warm states and lockouts applied (rebuilt with the overlay)."""
+        self.overlay(now)
+        return self._live
 
     def _notify(self, key: str, state: str, reason: str) -> None:
         log.warning("lockout %s -> %s: %s", key, state, reason)

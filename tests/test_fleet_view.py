@@ -1,0 +1,73 @@
+"""FleetView: the live matrix is rebuilt only when an input that can change it changed."""
+
+from __future__ import annotations
+
+from capability_matrix import (
+    DEFAULT_MATRIX_PATH,
+    FleetView,
+    HostObservation,
+    LoadedModel,
+    LockoutState,
+    MatrixStore,
+    WarmState,
+)
+
+HOST = "matthew-100.86.174.11"
+KEY = f"{HOST}/ollama/qwen3:8b"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def view() -> tuple[FleetView, Clock]:
+    clock = Clock()
+    return FleetView(
+        MatrixStore(DEFAULT_MATRIX_PATH), daily_budget_usd=None, spend_today=lambda _: 0.0, clock=clock
+    ), clock
+
+
+def poll(fleet: FleetView, at: float, *models: str) -> None:
+    loaded = tuple(LoadedModel(m, 1, None) for m in models)
+    fleet.on_observations({HOST: HostObservation(HOST, True, loaded, observed_at=at)})
+
+
+def test_cached_until_an_input_changes() -> None:
+    fleet, clock = view()
+    poll(fleet, clock.now, "qwen3:8b")
+    first = fleet.matrix()
+    assert first.profiles[KEY].warm_state is WarmState.WARM
+    assert fleet.matrix() is first  # nothing changed: the same object, no rebuild
+    clock.now += 1
+    fleet.served(KEY)  # first answer: warm -> hot
+    hot = fleet.matrix()
+    assert hot is not first and hot.profiles[KEY].warm_state is WarmState.HOT
+    clock.now += 1
+    fleet.served(KEY)  # again, before any new poll and within the hot window: nothing can change
+    assert fleet.matrix() is hot
+
+
+def test_an_answer_after_a_poll_that_missed_the_model_makes_it_hot() -> None:
+    fleet, clock = view()
+    poll(fleet, clock.now, "qwen3:8b")
+    clock.now += 1
+    fleet.served(KEY)
+    clock.now += 1
+    poll(fleet, clock.now)  # this poll lists nothing on the host
+    assert fleet.matrix().profiles[KEY].warm_state is WarmState.COLD
+    clock.now += 1
+    fleet.served(KEY)  # but the model just answered: it is resident now
+    assert fleet.matrix().profiles[KEY].warm_state is WarmState.HOT
+
+
+def test_auth_lockouts_apply_and_clear() -> None:
+    fleet, _ = view()
+    cloud = "openai-api/openai/gpt-4o-mini"
+    fleet.set_auth_lockouts({cloud: "provider answered 401"})
+    assert fleet.matrix().profiles[cloud].lockout_state is LockoutState.AUTH
+    fleet.set_auth_lockouts({})
+    assert fleet.matrix().profiles[cloud].lockout_state is LockoutState.NONE
