@@ -118,7 +118,10 @@ def decide(
         features=features,
         canary_share=canary_share,
         request_id=request_id,
-        fast_chat_max_prompt_tokens=min(FAST_CHAT_MAX_PROMPT_TOKENS, fast_chat_context_tokens(matrix)),
+        # Only a canary looks at this; without one, skip walking the lane's profiles on every request.
+        fast_chat_max_prompt_tokens=(
+            min(FAST_CHAT_MAX_PROMPT_TOKENS, fast_chat_context_tokens(matrix)) if canary_share > 0.0 else 0
+        ),
     )
     # LiteLLM's own fallbacks (litellm_config.yaml) cross between local and cloud on failure; a mode
     # that forbids one side must switch them off for this request.
