@@ -80,6 +80,7 @@ class HostMemory:
     total_gb: float
     used_gb: float | None  # None when nothing measured it
     source: MemorySource
+    nvml_unavailable: str | None = None  # NVML was asked for this host and could not answer: why
 
     @property
     def free_gb(self) -> float:
@@ -91,6 +92,7 @@ class HostMemory:
             "used_gb": None if self.used_gb is None else round(self.used_gb, 3),
             "free_gb": round(self.free_gb, 3),
             "source": self.source.value,
+            **({"nvml_unavailable": self.nvml_unavailable} if self.nvml_unavailable else {}),
         }
 
 
@@ -192,11 +194,13 @@ def derive_host_memory(matrix: Matrix, observations: Mapping[str, HostObservatio
                 used_gb=sum(d.used_bytes for d in gpu.devices) / BYTES_PER_GB,
                 source=MemorySource.NVML,
             )
-        elif obs is not None and obs.reachable:
-            used = sum(m.size_vram_bytes for m in obs.loaded) / BYTES_PER_GB
-            memory[host_id] = HostMemory(host.gpu_memory_gb, used, MemorySource.OLLAMA_PS)
         else:
-            memory[host_id] = HostMemory(host.gpu_memory_gb, None, MemorySource.DECLARED)
+            why = (gpu.reason or "no GPU found") if gpu is not None else None
+            if obs is not None and obs.reachable:
+                used = sum(m.size_vram_bytes for m in obs.loaded) / BYTES_PER_GB
+                memory[host_id] = HostMemory(host.gpu_memory_gb, used, MemorySource.OLLAMA_PS, why)
+            else:
+                memory[host_id] = HostMemory(host.gpu_memory_gb, None, MemorySource.DECLARED, why)
     return memory
 
 

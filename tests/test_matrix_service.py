@@ -97,8 +97,12 @@ async def test_nvml_absent_falls_back_and_says_so(make_classifier: ClassifierFac
         body = await get_json(http, url + "/capability-matrix")
         status, _, _ = await chat(http, url, "inbox-triage")
     assert status == 200
-    sources = {h["source"] for h in body["live"]["hosts"].values()}
+    hosts = body["live"]["hosts"]
+    sources = {h["source"] for h in hosts.values()}
     assert "nvml" not in sources and sources <= {"ollama_ps", "declared"}
+    # NVML was asked for this host (and only this one), and the answer says why it could not help.
+    assert hosts["matthew-100.86.174.11"]["nvml_unavailable"]
+    assert not any("nvml_unavailable" in h for name, h in hosts.items() if name != "matthew-100.86.174.11")
 
 
 async def test_hot_reload_good_and_bad_edits_under_traffic(
