@@ -45,7 +45,8 @@ def _litellm_children(port: int) -> list[int]:
             cmdline = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"litellm.proxy.proxy_cli" in cmdline and str(port).encode() in cmdline:
+        port_args = [cmdline[i + 1] for i, arg in enumerate(cmdline[:-1]) if arg == b"--port"]
+        if b"litellm.proxy.proxy_cli" in cmdline and str(port).encode() in port_args:
             pids.append(int(entry.name))
     return pids
 
