@@ -14,6 +14,7 @@ import hmac
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -431,7 +432,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 
     outcome = "error"  # until a path below says otherwise: an unexpected exception is never a success
     status = 0
-    ttft_s: float | None = None
+    relay = Relay()
     admission: Admission | None = None
     try:
         admission = await app[LANES_KEY].admit(decision, on_divert)
@@ -440,7 +441,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         metrics.child(metrics.queue_wait, admission.group).observe(admission.queue_ms / 1e3)
         if admission.diverts:
             trace.fallback = "ladder:" + "->".join([*(g for g, _ in admission.diverts), admission.group])
-        response, status, ttft_s = await _forward(request, body, decision, admission.group, trace, started)
+        response = await _forward(request, body, decision, admission.group, trace, started, relay)
+        status = relay.status
         outcome = "upstream_error" if status >= 400 else "ok"
         return response
     except QueueFull as exc:
@@ -461,7 +463,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         trace.total_ms = (time.perf_counter() - started) * 1e3
         return error_response(exc, trace.headers())
     except (asyncio.CancelledError, ConnectionResetError):
-        outcome = "cancelled"
+        # A client that closes once it has read the stream's last event (the OpenAI SDK does, without
+        # waiting for the chunked terminator) was answered in full: that is a success, not a cancel.
+        outcome, status = ("ok", relay.status) if relay.complete else ("cancelled", status)
         raise
     finally:
         if admission is not None:
@@ -472,8 +476,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         labels = (trace.tier, trace.group)
         metrics.child(metrics.requests, *labels, outcome).inc()
         metrics.child(metrics.request_duration, *labels).observe(total_s)
-        if ttft_s is not None:
-            metrics.child(metrics.ttft, *labels).observe(ttft_s)
+        if relay.ttft_s is not None:
+            metrics.child(metrics.ttft, *labels).observe(relay.ttft_s)
         events.emit(
             "request_completed",
             **who,
@@ -483,12 +487,30 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             deployment=trace.model,
             fallback=trace.fallback,
             total_ms=round(total_s * 1e3, 1),
-            ttft_ms=None if ttft_s is None else round(ttft_s * 1e3, 1),
+            ttft_ms=None if relay.ttft_s is None else round(relay.ttft_s * 1e3, 1),
             queue_ms=round(trace.queue_ms, 1),
             warm_state=trace.warm_state,
             estimated_wait_ms=None if admission is None else round(admission.estimated_ms, 1),
             service_estimate_ms=None if admission is None else round(admission.service_ms, 1),
         )
+
+
+_SSE_DONE = b"data: [DONE]"
+
+
+@dataclass
+class Relay:
+    """How far the answer got to the client: status, time to its first byte, and whether it was whole."""
+
+    status: int = 0
+    ttft_s: float | None = None
+    complete: bool = False  # the upstream stream ended, or its ``data: [DONE]`` sentinel was relayed
+    _tail: bytes = b""
+
+    def saw(self, chunk: bytes) -> None:
+        """Note a relayed stream chunk; the sentinel may arrive split across chunks."""
+        self._tail = (self._tail + chunk)[-32:]
+        self.complete = self._tail.rstrip().endswith(_SSE_DONE)
 
 
 async def _forward(
@@ -498,8 +520,10 @@ async def _forward(
     group: str,
     trace: RouteTrace,
     started: float,
-) -> tuple[web.StreamResponse, int, float | None]:
-    """Forward to LiteLLM with model=group; relay the answer. Returns (response, status, ttft seconds)."""
+    relay: Relay,
+) -> web.StreamResponse:
+    """Forward to LiteLLM with model=group and relay the answer, recording its progress in ``relay`` (which
+    the caller still reads when the client goes away part-way)."""
     app = request.app
     settings = app[SETTINGS_KEY]
     upstream_body = orjson.dumps({**body, "model": group, **decision.upstream_extras})
@@ -525,13 +549,14 @@ async def _forward(
         if upstream.status == 200 and content_type.startswith(_STREAM_TYPES):
             # Stream: headers go now, before the first byte; TTFT and total go to events and metrics.
             response = web.StreamResponse(status=200, headers={**out_headers, **trace.headers()})
+            relay.status = 200
             await response.prepare(request)
-            ttft: float | None = None
             try:
                 async for chunk in upstream.iter_chunks():
-                    if ttft is None:
-                        ttft = time.perf_counter() - started
+                    if relay.ttft_s is None:
+                        relay.ttft_s = time.perf_counter() - started
                     await response.write(chunk)
+                    relay.saw(chunk)
             except ConnectionResetError:
                 raise  # the client went away: nothing to tell it (the request is recorded as cancelled)
             except Exception as exc:
@@ -539,19 +564,18 @@ async def _forward(
                 # client's SDK understands, and close; a second status line would corrupt the response.
                 if not isinstance(exc, ApiError | aiohttp.ClientError | TimeoutError):
                     log.exception("unexpected error while relaying a stream")
+                relay.status = 502
                 await _end_stream_with_error(response, exc)
-                return response, 502, ttft
+                return response
+            relay.complete = True
             await response.write_eof()
-            return response, 200, ttft
+            return response
         payload = await upstream.read()
         done = time.perf_counter()
         trace.litellm_ttft_ms = (done - sent) * 1e3
         trace.total_ms = (done - started) * 1e3
-        return (
-            web.Response(status=upstream.status, body=payload, headers={**out_headers, **trace.headers()}),
-            upstream.status,
-            done - started,
-        )
+        relay.status, relay.ttft_s = upstream.status, done - started
+        return web.Response(status=upstream.status, body=payload, headers={**out_headers, **trace.headers()})
 
 
 async def _end_stream_with_error(response: web.StreamResponse, exc: BaseException) -> None:

@@ -104,3 +104,65 @@ async def test_upstream_dying_mid_stream_ends_the_stream_cleanly(
     assert all(g["active"] == 0 for g in lanes.values() if g["limit"] is not None)
     completed = await wait_for_event(stack.events_path, request_id, "request_completed")
     assert (completed["outcome"], completed["status"]) == ("upstream_error", 502)
+
+
+async def _close_after(url: str, stop_after: bytes) -> str:
+    """Read a stream until ``stop_after`` has arrived, then drop the connection (as the OpenAI SDK does after
+    ``[DONE]``, without waiting for the chunked terminator). Returns the router's request id."""
+    async with aiohttp.ClientSession() as http:
+        body = {"messages": [{"role": "user", "content": "hi"}], "stream": True}
+        async with http.post(url + "/v1/chat/completions", json=body) as resp:
+            assert resp.status == 200
+            received = b""
+            while stop_after not in received:
+                received += await asyncio.wait_for(resp.content.readany(), 10)
+            resp.close()  # drop the connection, not release it to the pool
+            return resp.headers["X-Router-Request-Id"]
+
+
+async def test_client_closing_after_done_is_a_whole_answer(
+    stack: Stack, make_classifier: ClassifierFactory
+) -> None:
+    """The upstream holds its end-of-stream back after ``[DONE]``; the client leaves then. That request was
+    answered in full: the trail says ok with a TTFT, not cancelled."""
+    hold_eof = asyncio.Event()
+
+    async def upstream_chat(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        for chunk in CHUNKS:
+            await resp.write(chunk)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(hold_eof.wait(), 10)
+        await resp.write_eof()
+        return resp
+
+    async with scripted_upstream(upstream_chat) as upstream_url:
+        url = await make_classifier(litellm_url=upstream_url)
+        request_id = await _close_after(url, b"[DONE]")
+        completed = await wait_for_event(stack.events_path, request_id, "request_completed")
+        hold_eof.set()
+    assert (completed["outcome"], completed["status"]) == ("ok", 200)
+    assert completed["ttft_ms"] is not None
+
+
+async def test_client_closing_mid_stream_is_cancelled(
+    stack: Stack, make_classifier: ClassifierFactory
+) -> None:
+    hold = asyncio.Event()
+
+    async def upstream_chat(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await resp.write(CHUNKS[0])
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(hold.wait(), 10)
+        return resp
+
+    async with scripted_upstream(upstream_chat) as upstream_url:
+        url = await make_classifier(litellm_url=upstream_url)
+        request_id = await _close_after(url, b"sim:first")
+        completed = await wait_for_event(stack.events_path, request_id, "request_completed")
+        hold.set()
+    assert completed["outcome"] == "cancelled"
+    assert completed["ttft_ms"] is not None
