@@ -94,19 +94,22 @@ class LaneQueue:
     ) -> GroupSnapshot:
         """The line as the policy sees it; ``service_of`` prices one request by its size (else the mean)."""
         now = time.monotonic()
-        elapsed = tuple((now - start) * 1e3 for start, _ in self._held.values())
+        held = list(self._held.values())
+        elapsed = tuple([(now - start) * 1e3 for start, _ in held])
+        live = [w for w in self._waiters if not w.done()]
         busy: tuple[float, ...] = ()
         line: tuple[float, ...] = ()
-        if service_of is not None and len(self._held) + len(self._waiters) >= self._limit:
+        if service_of is not None and len(held) + len(live) >= self._limit:
             # Only a full lane needs its line priced (the estimate is 0 while a slot is free).
-            busy = tuple(service_of(size) for _, size in self._held.values())
-            line = tuple(service_of(self._sizes.get(w)) for w in self._waiters if not w.done())
+            busy = tuple([service_of(size) for _, size in held])
+            sizes = self._sizes
+            line = tuple([service_of(sizes.get(w)) for w in live])
         return GroupSnapshot(
             self.group,
-            self.limit,
-            self.active,
-            self.depth,
-            self.max_depth,
+            self._limit,
+            len(held),
+            len(live),
+            self._max_depth,
             est_service_ms,
             elapsed,
             busy,
@@ -129,28 +132,41 @@ class LaneQueue:
         """Wait for a slot, first come first served. Raises LaneFullError or TimeoutError.
 
         ``size`` (the request's output-token budget, when known) only feeds the wait estimate."""
-        if self.active < self._limit and self.depth == 0:
+        depth = self.depth
+        if depth == 0 and self.active < self._limit:
             return self._grant(size)
-        if (depth := self.depth) >= self._max_depth:
+        if depth >= self._max_depth:
             raise LaneFullError(f"{self.group}: {depth} requests already waiting (max {self._max_depth})")
-        waiter: asyncio.Future[Ticket] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[Ticket] = loop.create_future()
         self._waiters.append(waiter)
         self._sizes[waiter] = size
+        # A plain timer rather than asyncio.timeout(): on expiry it takes the waiter out of the line and
+        # fails its future with TimeoutError, which costs the waiting task nothing extra per wake-up.
+        timer = None if timeout_s is None else loop.call_later(timeout_s, self._expire, waiter, timeout_s)
         try:
-            async with asyncio.timeout(timeout_s):
-                try:
-                    return await waiter
-                except BaseException:
-                    # Cancelled or timed out. If the grant landed in the same loop step, pass the slot on.
-                    if waiter.done() and not waiter.cancelled():
-                        self.release(waiter.result())
-                    else:
-                        waiter.cancel()
-                        with suppress(ValueError):  # already popped by a grant that found it cancelled
-                            self._waiters.remove(waiter)
-                    raise
+            return await waiter
+        except asyncio.CancelledError:
+            # Cancelled (client disconnect). If the grant landed in the same loop step, pass the slot on.
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                self.release(waiter.result())
+            else:
+                waiter.cancel()
+                with suppress(ValueError):  # already popped by a grant or an expiry
+                    self._waiters.remove(waiter)
+            raise
         finally:
+            if timer is not None:
+                timer.cancel()
             self._sizes.pop(waiter, None)
+
+    def _expire(self, waiter: asyncio.Future[Ticket], timeout_s: float) -> None:
+        if waiter.done():
+            return
+        with suppress(ValueError):
+            self._waiters.remove(waiter)
+        self._sizes.pop(waiter, None)
+        waiter.set_exception(TimeoutError(f"{self.group}: no slot within {timeout_s:.3f} s"))
 
     def release(self, ticket: Ticket) -> None:
         """Give a slot back; the head of the line gets it. Releasing twice is a bug and raises ValueError."""

@@ -102,6 +102,36 @@ async def test_timeout_leaves_the_line() -> None:
     lane.release(await lane.acquire(timeout_s=0.0))  # a free slot needs no time
 
 
+async def test_expired_then_cancelled_in_the_same_step_leaks_nothing() -> None:
+    """The timer fails the waiter and the client goes away before its task runs again."""
+    lane = LaneQueue("balanced", limit=1, max_depth=5)
+    holder = await lane.acquire()
+    waiter = asyncio.create_task(lane.acquire(timeout_s=0.01))
+    await tick()
+    await asyncio.sleep(0.03)  # the timer has fired: the waiter is out of the line, its future failed
+    assert lane.depth == 0
+    waiter.cancel()
+    with pytest.raises((asyncio.CancelledError, TimeoutError)):
+        await settle(waiter)
+    lane.release(holder)
+    assert (lane.active, lane.depth) == (0, 0)
+    lane.release(await lane.acquire(timeout_s=0.0))
+
+
+async def test_a_grant_that_beats_the_timer_is_kept() -> None:
+    """A grant before the timer's moment is the waiter's to keep: the timer must not fail it later."""
+    lane = LaneQueue("balanced", limit=1, max_depth=5)
+    holder = await lane.acquire()
+    waiter = asyncio.create_task(lane.acquire(timeout_s=0.02))
+    await tick()
+    lane.release(holder)  # grants the slot to the waiter, whose task has not run yet
+    await asyncio.sleep(0.05)  # the timer's moment passes too
+    ticket = await settle(waiter)
+    assert (lane.active, lane.depth) == (1, 0)
+    lane.release(ticket)
+    assert lane.active == 0
+
+
 async def test_a_cancelled_waiter_leaves_the_line_at_once() -> None:
     lane = LaneQueue("balanced", limit=1, max_depth=5)
     holder = await lane.acquire()
