@@ -39,6 +39,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final, Literal
 
+from multidict import CIMultiDict, CIMultiDictProxy
+
 LOCAL_GROUPS: Final = ("balanced", "fast-chat", "code")
 CLOUD_GROUPS: Final = ("cloud-balanced", "cloud-fast", "cloud-code")
 GROUPS: Final = frozenset(LOCAL_GROUPS + CLOUD_GROUPS)
@@ -78,6 +80,8 @@ def sanitize_agent_id(raw: str, *, where: str = "agent id") -> str:
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:
+    if isinstance(headers, CIMultiDictProxy | CIMultiDict):  # aiohttp's request headers: case-insensitive
+        return headers.get(name)
     for key, value in headers.items():
         if key.lower() == name:
             return value

@@ -40,6 +40,7 @@ be replayed) and share 0.1 canaries about 10 % of eligible requests. A canaried 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 from enum import StrEnum
@@ -160,17 +161,7 @@ def plan_route(
     if requested_group is not None and requested_group not in GROUPS:
         raise ValueError(f"unknown group {requested_group!r}")
 
-    ladder = LADDERS[tier]
-    first = directory.first_lane(tier)
-    local = [first, *(lane for lane in ladder.local if lane != first)]
-    groups = {
-        RoutingMode.LOCAL_FIRST: [*local, ladder.cloud],
-        RoutingMode.LOCAL_ONLY: local,
-        RoutingMode.CLOUD_ONLY: [ladder.cloud],
-    }[mode]
-    if requested_group is not None:
-        groups = [_allowed(requested_group, mode), *groups]
-
+    base = _ladder(tier, mode, directory.first_lane(tier), requested_group)
     canary = (
         canary_share > 0.0
         and canary_ineligibility(
@@ -183,11 +174,27 @@ def plan_route(
         is None
         and canary_draw(request_id) < canary_share
     )
+    if not canary:
+        return RoutePlan(tier, False, base)
+    rest = [step.group for step in base if step.group != CANARY_LANE]
+    steps = (LadderStep(CANARY_LANE, "canary"), *(LadderStep(g, _kind(i, g)) for i, g in enumerate(rest)))
+    return RoutePlan(tier, True, steps)
 
-    ordered = [group for group in dict.fromkeys(groups) if not (canary and group == CANARY_LANE)]
-    steps = [LadderStep(CANARY_LANE, "canary")] if canary else []
-    steps += [LadderStep(group, _kind(index, group)) for index, group in enumerate(ordered)]
-    return RoutePlan(tier, canary, tuple(steps))
+
+@functools.lru_cache(maxsize=512)
+def _ladder(tier: Tier, mode: RoutingMode, first: str, requested_group: str | None) -> tuple[LadderStep, ...]:
+    """The ladder without a canary: a function of these four alone, so it is built once per combination
+    (4 tiers x 3 modes x the directory's first lanes x 7 requested groups at most)."""
+    ladder = LADDERS[tier]
+    local = [first, *(lane for lane in ladder.local if lane != first)]
+    groups = {
+        RoutingMode.LOCAL_FIRST: [*local, ladder.cloud],
+        RoutingMode.LOCAL_ONLY: local,
+        RoutingMode.CLOUD_ONLY: [ladder.cloud],
+    }[mode]
+    if requested_group is not None:
+        groups = [_allowed(requested_group, mode), *groups]
+    return tuple(LadderStep(group, _kind(index, group)) for index, group in enumerate(dict.fromkeys(groups)))
 
 
 def _kind(index: int, group: str) -> Literal["primary", "local", "cloud"]:

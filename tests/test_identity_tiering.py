@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from classifier.identity import Identity, IdentityError, identify, sanitize_agent_id
 from classifier.tiering import (
@@ -60,6 +61,8 @@ def chat(text: str, **extra: Any) -> dict[str, Any]:
 )
 def test_identify(headers: dict[str, str], model: object, expected: Identity) -> None:
     assert identify(headers, model) == expected
+    # The same through aiohttp's header type (the classifier's real input), whatever the case of the name.
+    assert identify(CIMultiDictProxy(CIMultiDict(headers)), model) == expected
 
 
 @pytest.mark.parametrize(
