@@ -465,7 +465,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     except (asyncio.CancelledError, ConnectionResetError):
         # A client that closes once it has read the stream's last event (the OpenAI SDK does, without
         # waiting for the chunked terminator) was answered in full: that is a success, not a cancel.
-        outcome, status = ("ok", relay.status) if relay.complete else ("cancelled", status)
+        # ``status`` is what went out before the client left (0: nothing had).
+        outcome, status = ("ok" if relay.complete else "cancelled"), relay.status
         raise
     finally:
         if admission is not None:

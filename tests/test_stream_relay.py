@@ -11,6 +11,7 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
@@ -120,49 +121,33 @@ async def _close_after(url: str, stop_after: bytes) -> str:
             return resp.headers["X-Router-Request-Id"]
 
 
-async def test_client_closing_after_done_is_a_whole_answer(
-    stack: Stack, make_classifier: ClassifierFactory
+@pytest.mark.parametrize(
+    ("sent", "leave_after", "outcome"),
+    [
+        (CHUNKS, b"[DONE]", "ok"),  # the whole answer arrived: the client's close is not a cancel
+        (CHUNKS[:1], b"sim:first", "cancelled"),  # the client left part-way
+    ],
+)
+async def test_a_client_closing_a_stream_is_ok_only_after_done(
+    stack: Stack, make_classifier: ClassifierFactory, sent: list[bytes], leave_after: bytes, outcome: str
 ) -> None:
-    """The upstream holds its end-of-stream back after ``[DONE]``; the client leaves then. That request was
-    answered in full: the trail says ok with a TTFT, not cancelled."""
+    """The upstream sends ``sent`` and then holds its end-of-stream back; the client reads up to
+    ``leave_after`` and drops the connection. The trail records the outcome, with the TTFT either way."""
     hold_eof = asyncio.Event()
 
     async def upstream_chat(request: web.Request) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
-        for chunk in CHUNKS:
+        for chunk in sent:
             await resp.write(chunk)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(hold_eof.wait(), 10)
-        await resp.write_eof()
         return resp
 
     async with scripted_upstream(upstream_chat) as upstream_url:
         url = await make_classifier(litellm_url=upstream_url)
-        request_id = await _close_after(url, b"[DONE]")
+        request_id = await _close_after(url, leave_after)
         completed = await wait_for_event(stack.events_path, request_id, "request_completed")
         hold_eof.set()
-    assert (completed["outcome"], completed["status"]) == ("ok", 200)
-    assert completed["ttft_ms"] is not None
-
-
-async def test_client_closing_mid_stream_is_cancelled(
-    stack: Stack, make_classifier: ClassifierFactory
-) -> None:
-    hold = asyncio.Event()
-
-    async def upstream_chat(request: web.Request) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await resp.prepare(request)
-        await resp.write(CHUNKS[0])
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(hold.wait(), 10)
-        return resp
-
-    async with scripted_upstream(upstream_chat) as upstream_url:
-        url = await make_classifier(litellm_url=upstream_url)
-        request_id = await _close_after(url, b"sim:first")
-        completed = await wait_for_event(stack.events_path, request_id, "request_completed")
-        hold.set()
-    assert completed["outcome"] == "cancelled"
+    assert (completed["outcome"], completed["status"]) == (outcome, 200)
     assert completed["ttft_ms"] is not None
