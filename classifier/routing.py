@@ -184,7 +184,7 @@ def plan_route(
 @functools.lru_cache(maxsize=512)
 def _ladder(tier: Tier, mode: RoutingMode, first: str, requested_group: str | None) -> tuple[LadderStep, ...]:
     """The ladder without a canary: a function of these four alone, so it is built once per combination
-    (3 tiers x 3 modes x 3 first lanes x 7 requested groups or none: at most 216)."""
+    (3 tiers x 3 modes x 3 local first lanes x 7 requests: 6 groups or none; at most 189)."""
     ladder = LADDERS[tier]
     local = [first, *(lane for lane in ladder.local if lane != first)]
     groups = {
