@@ -247,6 +247,25 @@ def sharing_credentials(matrix: Matrix, key: str) -> tuple[str, ...]:
     )
 
 
+def next_auth_lockouts(
+    matrix: Matrix, current: Mapping[str, str], key: str, status: int | None
+) -> dict[str, str]:
+    """The auth lockouts (profile key -> why) after profile `key`'s provider answered `status`.
+
+    A 401/403 locks every profile behind the same credentials (:func:`sharing_credentials`), keeping the
+    reason of any already locked; a success from a locked profile clears them all; anything else
+    (:func:`auth_lockout` says what counts) leaves the book as it was.
+    """
+    was_locked = key in current
+    locked = auth_lockout(was_locked, status)
+    if status in (401, 403):
+        return {**dict.fromkeys(sharing_credentials(matrix, key), f"provider answered {status}"), **current}
+    if was_locked and not locked:
+        shared = set(sharing_credentials(matrix, key))
+        return {k: why for k, why in current.items() if k not in shared}
+    return dict(current)
+
+
 def resolve_lockouts(
     matrix: Matrix, *, auth: Mapping[str, str] = MappingProxyType({}), budget_reason: str | None = None
 ) -> dict[str, Lockout]:

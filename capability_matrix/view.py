@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import date
+from types import MappingProxyType
 
 from capability_matrix.live import (
     HOT_WINDOW_S,
@@ -86,6 +87,11 @@ class FleetView:
         self._dirty = True
 
     # --- outputs --------------------------------------------------------------------------------------
+    @property
+    def auth_lockouts(self) -> Mapping[str, str]:
+        """The auth lockouts in force (profile key -> why), read-only: change them with set_auth_lockouts."""
+        return MappingProxyType(self._auth)
+
     def budget_reason(self, now: float) -> str | None:
         if self._budget is None:
             return None

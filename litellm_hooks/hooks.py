@@ -33,7 +33,7 @@ from capability_matrix import (
     FleetView,
     Matrix,
     MatrixStore,
-    sharing_credentials,
+    next_auth_lockouts,
 )
 from classifier.spend import DailySpend
 from classifier.tiering import approx_prompt_tokens
@@ -61,7 +61,6 @@ class _State:
     # reports back on (a client gone before the first chunk) stops counting as load after that.
     in_flight: InFlight = field(default_factory=lambda: InFlight(ttl_s=300.0))
     spend: DailySpend = field(default_factory=DailySpend)
-    auth: dict[str, str] = field(default_factory=dict)  # profile key -> why; the hooks own this book
     probe_task: asyncio.Task[None] | None = None
     generation: int = 0
 
@@ -71,12 +70,8 @@ class _State:
         if store.generation != self.generation:
             # An operator's edit of the matrix is the "I fixed it" signal: auth lockouts start over.
             self.generation = store.generation
-            self.set_auth({})
+            self.fleet.set_auth_lockouts({})
         return self.fleet.matrix(now)
-
-    def set_auth(self, auth: dict[str, str]) -> None:
-        self.auth = auth
-        self.fleet.set_auth_lockouts(dict(auth))
 
 
 def _ctx_of(kwargs: Mapping[str, Any]) -> dict[str, Any]:
@@ -184,11 +179,8 @@ class RouterHooks(CustomLogger):
                 state.events.emit(
                     "fallback_selected", **who, group=first_group, from_group=first_group, to_group=model
                 )
-            slots = {
-                k: matrix.hosts[p.host_id].num_parallel if p.host_id in matrix.hosts else 0
-                for k, p in matrix.profiles.items()
-                if k in by_key
-            }
+            hosts = {k: matrix.hosts.get(matrix.profiles[k].host_id) for k in by_key}  # the candidates only
+            slots = {k: host.num_parallel if host is not None else 0 for k, host in hosts.items()}
             load = FleetLoad(in_flight=state.in_flight.counts(now), slots=slots)
             try:
                 ranking = rank(model, [matrix.profiles[k] for k in by_key], needs, load=load)
@@ -243,12 +235,11 @@ class RouterHooks(CustomLogger):
             return
         if status is None:
             state.fleet.served(key)
-        if status in (401, 403):
-            reason = f"provider answered {status}"
-            state.set_auth({**{k: reason for k in sharing_credentials(matrix, key)}, **state.auth})
-        elif status is None and key in state.auth:
-            shared = set(sharing_credentials(matrix, key))
-            state.set_auth({k: why for k, why in state.auth.items() if k not in shared})
+        # The hooks see the provider's answer (None: a success); the fleet view keeps the one book.
+        fleet = state.fleet
+        fleet.set_auth_lockouts(
+            next_auth_lockouts(matrix, fleet.auth_lockouts, key, 200 if status is None else status)
+        )
 
     async def async_log_success_event(
         self, kwargs: dict[str, Any], response_obj: Any, start_time: Any, end_time: Any
@@ -288,7 +279,7 @@ class RouterHooks(CustomLogger):
                 headers["x-torchrouter-warm-state"] = str(ctx.get("warm_state", "unknown"))
             headers["x-torchrouter-hook-errors"] = str(self.errors)  # exported by the classifier
             if self._state is not None:
-                headers["x-torchrouter-auth-lockouts"] = ",".join(sorted(self._state.auth))
+                headers["x-torchrouter-auth-lockouts"] = ",".join(sorted(self._state.fleet.auth_lockouts))
                 # Every answer's cost, streamed ones included, totalled here: the classifier's budget.
                 headers["x-torchrouter-daily-spend-usd"] = f"{self._state.spend.today(time.time()):.8f}"
             return headers

@@ -35,6 +35,7 @@ from capability_matrix import (
     derive_host_memory,
     derive_warm_states,
     load_matrix,
+    next_auth_lockouts,
     parse_matrix,
     parse_ollama_ps,
     resolve_lockouts,
@@ -180,6 +181,21 @@ def test_utc_day_is_utc() -> None:
 )  # fmt: skip
 def test_auth_lockout(locked: bool, status: int | None, expected: bool) -> None:
     assert auth_lockout(locked, status) is expected
+
+
+def test_next_auth_lockouts_locks_and_clears_the_whole_credential_group() -> None:
+    group = sharing_credentials(SHIPPED, CLOUD)
+    locked = next_auth_lockouts(SHIPPED, {}, CLOUD, 401)
+    assert locked == dict.fromkeys(group, "provider answered 401")
+    # A second rejection keeps the first reason; a 429 or 5xx says nothing about the key.
+    assert next_auth_lockouts(SHIPPED, {CLOUD: "first"}, group[1], 403)[CLOUD] == "first"
+    assert next_auth_lockouts(SHIPPED, locked, CLOUD, 429) == locked
+    assert next_auth_lockouts(SHIPPED, locked, CLOUD, 500) == locked
+    # A success from a locked profile clears the group, and leaves other books alone.
+    other = {K: "kept"}
+    assert next_auth_lockouts(SHIPPED, {**locked, **other}, group[2], 200) == other
+    # A success from a profile that was not locked changes nothing.
+    assert next_auth_lockouts(SHIPPED, other, CLOUD, 200) == other
 
 
 def test_resolve_lockouts_and_apply_them() -> None:
