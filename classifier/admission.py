@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from classifier.decide import RouteDecision
 from classifier.errors import QueueFull
-from classifier.identity import LOCAL_GROUPS
+from classifier.identity import CLOUD_GROUPS, LOCAL_GROUPS
 from classifier.lane_queue import LaneFullError, LaneQueue, Ticket
 from classifier.metrics import LaneReading
 from classifier.queue_policy import (
@@ -24,6 +24,7 @@ from classifier.queue_policy import (
     Wait,
     WaitEstimator,
     estimate_wait_ms,
+    finite_ms,
     plan_ladder,
     policy_label,
     retry_after_s,
@@ -51,11 +52,6 @@ class Admission:
     @property
     def group(self) -> str:
         return self.step.group
-
-
-def _finite_ms(value: float) -> float | None:
-    """A wait for JSON: None when it is unbounded (the lane has no capacity at all)."""
-    return None if math.isinf(value) else round(value, 1)
 
 
 class Lanes:
@@ -167,7 +163,7 @@ class Lanes:
         self, budget_ms_of: Callable[[str], float], fallback_of: Callable[[str], dict[str, object]]
     ) -> dict[str, object]:
         groups: dict[str, object] = {}
-        for group in (*LOCAL_GROUPS, "cloud-balanced", "cloud-fast", "cloud-code"):
+        for group in (*LOCAL_GROUPS, *CLOUD_GROUPS):
             snap = self.snapshot(group)
             local = group in self.queues
             groups[group] = {
@@ -175,7 +171,7 @@ class Lanes:
                 "active": snap.active,
                 "limit": snap.limit if local else None,
                 "max_depth": snap.max_depth if local else None,
-                "wait_ms": _finite_ms(estimate_wait_ms(snap)) if local else 0.0,
+                "wait_ms": finite_ms(estimate_wait_ms(snap)) if local else 0.0,
                 "service_ms": round(snap.est_service_ms, 1),
                 "service_observations": self.estimator.observations(group),
                 "policy": policy_label(snap, budget_ms_of(group)) if self.enabled else "bypassed",

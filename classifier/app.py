@@ -49,12 +49,13 @@ from classifier.errors import (
 from classifier.forwarder import Forwarder, HttpForwarder, UpstreamResponse
 from classifier.identity import GROUPS, LOCAL_GROUPS
 from classifier.metrics import Metrics
+from classifier.queue_policy import finite_ms
 from classifier.routing import RoutingMode, plan_route
 from classifier.routing_headers import RequestIds, RouteTrace, request_id_from
 from classifier.settings import Settings
 from classifier.spend import DailySpend, parse_cost
 from classifier.tiering import Tier
-from torchrouter.events import EventSink, JsonlEventSink, open_sink
+from torchrouter.events import EventSink, open_sink
 
 log = logging.getLogger("torchrouter.classifier")
 
@@ -189,9 +190,7 @@ async def _probe_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _events_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
-    sink = app[EVENTS_KEY]
-    if isinstance(sink, JsonlEventSink):
-        sink.close()
+    app[EVENTS_KEY].close()
 
 
 def create_app(
@@ -255,7 +254,7 @@ def create_app(
     app[REQUEST_IDS_KEY] = RequestIds()
     app[LITELLM_FALLBACKS_KEY] = load_litellm_fallbacks(settings.litellm_config_path)
     sink = app[EVENTS_KEY]
-    metrics.readings.event_write_errors = lambda: getattr(sink, "write_errors", 0)
+    metrics.readings.event_write_errors = lambda: sink.write_errors
     metrics.readings.lanes = app[LANES_KEY].readings
     metrics.readings.hook_errors = lambda: app[FLEET_KEY].hook_errors
     app[AGENTS_KEY] = AgentsStore(
@@ -427,7 +426,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             from_group=from_group,
             to_group=to_group or None,
             reason=reason,
-            estimated_wait_ms=None if est_ms == float("inf") else round(est_ms, 1),
+            estimated_wait_ms=finite_ms(est_ms),
         )
 
     outcome = "error"  # until a path below says otherwise: an unexpected exception is never a success

@@ -25,9 +25,8 @@ class UpstreamResponse:
     async def read(self) -> bytes:
         return await self._response.read()
 
-    async def iter_chunks(self) -> AsyncIterator[bytes]:
-        async for chunk in self._response.content.iter_any():
-            yield chunk
+    def iter_chunks(self) -> AsyncIterator[bytes]:
+        return self._response.content.iter_any()
 
 
 class Forwarder(Protocol):

@@ -150,6 +150,11 @@ class WaitEstimator:
         return self._count.get(group, 0)
 
 
+def finite_ms(value: float) -> float | None:
+    """A wait for JSON and the trail: rounded, or None when it is unbounded (no capacity at all)."""
+    return None if math.isinf(value) else round(value, 1)
+
+
 def estimate_wait_ms(snapshot: GroupSnapshot) -> float:
     """Expected queueing wait for a new arrival (see the module docstring)."""
     ahead = snapshot.active + snapshot.depth + 1 - snapshot.limit

@@ -11,11 +11,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from capability_matrix import DEFAULT_MATRIX_PATH
 from classifier.capacity import parse_lane_caps
 from classifier.routing import parse_routing_mode
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_MATRIX_PATH = PACKAGE_ROOT / "capability_matrix" / "matrix.yaml"
 DEFAULT_AGENTS_PATH = PACKAGE_ROOT / "classifier" / "agents.yaml"
 
 ENV_DOCS: dict[str, tuple[str, str]] = {

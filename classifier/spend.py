@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 from dataclasses import dataclass
 
-
-def utc_day(now: float) -> dt.date:
-    return dt.datetime.fromtimestamp(now, tz=dt.UTC).date()
+from capability_matrix import utc_day
 
 
 @dataclass
@@ -17,14 +16,15 @@ class DailySpend:
     _day_ends: float = float("-inf")  # the current day's end as a timestamp: one float compare per call
 
     def add(self, cost_usd: float, now: float) -> None:
+        """One answer's cost; only a finite, positive amount counts (a garbage cost is no spend)."""
         self._roll(now)
-        if cost_usd > 0:
+        if _spend(cost_usd):
             self.total_usd += cost_usd
 
     def at_least(self, total_usd: float, now: float) -> None:
         """Another counter's total for today (the hooks see every answer's cost): keep the larger."""
         self._roll(now)
-        if total_usd > self.total_usd:
+        if _spend(total_usd) and total_usd > self.total_usd:
             self.total_usd = total_usd
 
     def today(self, now: float) -> float:
@@ -41,6 +41,16 @@ class DailySpend:
         self._day_ends = (midnight + dt.timedelta(days=1)).timestamp()
 
 
+def _spend(amount: object) -> bool:
+    """A real amount of money: a finite, positive number (not a bool, NaN or infinity)."""
+    return (
+        isinstance(amount, int | float)
+        and not isinstance(amount, bool)
+        and math.isfinite(amount)
+        and amount > 0
+    )
+
+
 def parse_cost(header_value: str | None) -> float:
     """LiteLLM's ``x-litellm-response-cost``; absent, empty or garbage counts as zero."""
     if not header_value:
@@ -49,4 +59,4 @@ def parse_cost(header_value: str | None) -> float:
         cost = float(header_value)
     except ValueError:
         return 0.0
-    return cost if cost > 0 and cost == cost and cost != float("inf") else 0.0
+    return cost if _spend(cost) else 0.0

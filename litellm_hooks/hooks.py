@@ -248,7 +248,7 @@ class RouterHooks(CustomLogger):
             self._finished(kwargs, None)
             cost = kwargs.get("response_cost")
             if self._state is not None and isinstance(cost, int | float):
-                self._state.spend.add(float(cost), time.time())
+                self._state.spend.add(cost, time.time())  # DailySpend counts only a real amount
         except Exception:
             self._failed("log_success")
 

@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry
 
 from classifier.metrics import Metrics
 from classifier.settings import ENV_DOCS
+from torchrouter.sim.spec import SIM_CLOUD_KEY
 
 ROOT = Path(__file__).resolve().parent.parent
 PROD = ROOT / "docker-compose.yml"
@@ -45,7 +46,6 @@ DESIGN_ENV = {
 }
 SECRET_NAME = re.compile(r"KEY|PASSWORD|SECRET|TOKEN", re.IGNORECASE)
 # The only literal a secret may default to: the simulated cloud's placeholder, valid nowhere else.
-SIM_CLOUD_KEY = "sim-cloud-key"
 DUMMY_SECRETS = {"LITELLM_MASTER_KEY": "sk-dummy-for-config-check", "GRAFANA_ADMIN_PASSWORD": "dummy"}
 
 

@@ -11,7 +11,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from capability_matrix import DEFAULT_MATRIX_PATH
 from classifier.settings import PACKAGE_ROOT, Settings, SettingsError
+from torchrouter.sim.spec import SIM_CLOUD_KEY
 
 
 def _run_until_signal(main: object) -> int:
@@ -102,7 +104,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="torchrouter", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    default_matrix = PACKAGE_ROOT / "capability_matrix" / "matrix.yaml"
+    default_matrix = DEFAULT_MATRIX_PATH
     default_config = PACKAGE_ROOT / "litellm_config.yaml"
 
     up = sub.add_parser(
@@ -126,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--matrix", type=Path, default=default_matrix)
     sim.add_argument("--time-scale", type=float, default=1.0)
     sim.add_argument("--seed", type=int, default=0)
-    sim.add_argument("--cloud-key", default="sim-cloud-key")
+    sim.add_argument("--cloud-key", default=SIM_CLOUD_KEY)
     sim.set_defaults(func=cmd_sim)
 
     validate = sub.add_parser("validate", help="check the matrix against its schema and litellm_config.yaml")

@@ -54,6 +54,16 @@ class EventSink(Protocol):
         **fields: Any,
     ) -> None: ...
 
+    @property
+    def write_errors(self) -> int: ...
+
+    def close(self) -> None: ...
+
+
+def check_kind(kind: str) -> None:
+    if kind not in EVENT_KINDS:
+        raise ValueError(f"unknown event kind {kind!r}")
+
 
 def build_event(
     kind: str,
@@ -66,8 +76,7 @@ def build_event(
     fields: Mapping[str, Any],
 ) -> bytes:
     """Serialise one event as a complete line (pure)."""
-    if kind not in EVENT_KINDS:
-        raise ValueError(f"unknown event kind {kind!r}")
+    check_kind(kind)
     record: dict[str, Any] = {
         "event": kind,
         "ts": round(ts, 6),
@@ -95,7 +104,14 @@ class NullEventSink:
         group: str | None,
         **fields: Any,
     ) -> None:
-        build_event(kind, request_id=request_id, agent_id=agent_id, tier=tier, group=group, ts=0.0, fields={})
+        check_kind(kind)  # a misspelt kind fails with the trail off as it would with it on
+
+    @property
+    def write_errors(self) -> int:
+        return 0
+
+    def close(self) -> None:
+        pass
 
 
 class JsonlEventSink:

@@ -18,19 +18,19 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import yaml
 from aiohttp import web
 
+from capability_matrix import DEFAULT_MATRIX_PATH
 from classifier.app import create_app
 from classifier.settings import PACKAGE_ROOT, Settings
 from torchrouter.litellm_process import LiteLLMProcess
 from torchrouter.sim import SimFleet, fleet_spec_from_matrix
+from torchrouter.sim.spec import SIM_CLOUD_KEY
 
 PROD_PORTS = (4001, 4000)  # classifier, LiteLLM
 DEV_PORTS = (4002, 4003)
-SIM_CLOUD_KEY = "sim-cloud-key"  # only ever valid against the simulated provider
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ class StackOptions:
     time_scale: float = 1.0
     seed: int = 0
     config_path: Path = PACKAGE_ROOT / "litellm_config.yaml"
-    matrix_path: Path = PACKAGE_ROOT / "capability_matrix" / "matrix.yaml"
+    matrix_path: Path = DEFAULT_MATRIX_PATH
     state_dir: Path = field(default_factory=lambda: Path("var"))
 
     @property
@@ -54,13 +54,6 @@ def _sim_already_serving(url: str) -> bool:
             return "host_id" in json.loads(resp.read())
     except (urllib.error.URLError, OSError, ValueError):
         return False
-
-
-def _port_of(url: str) -> int:
-    port = urlsplit(url).port
-    if port is None:
-        raise ValueError(f"api_base {url!r} has no port")
-    return port
 
 
 async def run_stack(opts: StackOptions, stop: asyncio.Event, say: Callable[[str], None] = print) -> None:

@@ -11,6 +11,9 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+# The simulated cloud's API key: valid against the simulated provider only, nowhere else.
+SIM_CLOUD_KEY = "sim-cloud-key"
+
 
 @dataclass(frozen=True)
 class ModelSpec:
