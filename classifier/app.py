@@ -368,6 +368,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     client_request_id = request_id_from(request.headers)
     try:
         body = parse_chat_body(await request.read())
+        now = time.time()
         decision = decide(
             request.headers,
             body,
@@ -376,7 +377,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             routing_mode=settings.routing_mode,
             canary_share=settings.canary_share,
             request_id=client_request_id or trace.request_id,
-            cloud_locked=app[FLEET_KEY].budget_reason(time.time()),
+            now=now,
+            cloud_locked=app[FLEET_KEY].budget_reason(now),
         )
     except CloudLocked as exc:
         # Policy, not a bad body: every step of this request's ladder is cloud and cloud is locked out.

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -94,9 +93,11 @@ def decide(
     routing_mode: str,
     canary_share: float,
     request_id: str,
+    now: float,
     cloud_locked: str | None = None,
 ) -> RouteDecision:
-    """``cloud_locked`` (a reason, e.g. the daily budget is spent) removes every cloud step."""
+    """``cloud_locked`` (a reason, e.g. the daily budget is spent) removes every cloud step; ``now`` (a
+    timestamp) prices the Retry-After of a request that then has nowhere to go."""
     try:
         identity = identify(headers, body.get("model"))
     except IdentityError as exc:
@@ -134,7 +135,7 @@ def decide(
         if not ladder:
             raise CloudLocked(
                 f"cloud routes are locked out ({cloud_locked}) and ROUTING_MODE={mode.value}",
-                retry_after_s=seconds_to_next_utc_day(time.time()),
+                retry_after_s=seconds_to_next_utc_day(now),
             )
     return RouteDecision(
         identity=identity,
