@@ -190,6 +190,7 @@ async def test_secrets_never_reach_the_trail_logs_metrics_or_answers(
     url = await make_classifier()
     dead = await make_classifier(litellm_url=f"http://127.0.0.1:{free_ports(1)[0]}")
     seen: list[str] = []
+    answered: list[tuple[int, str]] = []
     async with aiohttp.ClientSession() as http:
         for base, model in ((url, "auto"), (url, "cloud-balanced"), (dead, "auto")):
             body: dict[str, object] = {"model": model, "messages": SPEC_MESSAGES}
@@ -197,9 +198,13 @@ async def test_secrets_never_reach_the_trail_logs_metrics_or_answers(
                 base + "/v1/chat/completions", json=body, headers={"X-Agent-Id": "webmaster"}
             ) as r:
                 seen += [await r.text(), str(dict(r.headers))]
+                answered.append((r.status, r.headers["X-Router-Group"]))
         async with http.get(url + "/metrics") as r:
             seen.append(await r.text())
     seen += [caplog.text, stack.events_path.read_text(), stack.litellm.log_path.read_text(errors="replace")]
+    # The paths where a key could leak really ran: a local answer, a cloud answer (the cloud key was
+    # used), and the classifier's own error when LiteLLM is unreachable.
+    assert answered == [(200, "balanced"), (200, "cloud-balanced"), (502, "balanced")]
     for where, text in enumerate(seen):
         assert stack.master_key not in text, f"master key leaked in item {where}"
         assert CLOUD_KEY not in text, f"cloud key leaked in item {where}"

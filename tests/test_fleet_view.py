@@ -11,6 +11,7 @@ from capability_matrix import (
     MatrixStore,
     WarmState,
 )
+from classifier.spend import DailySpend
 
 HOST = "matthew-100.86.174.11"
 KEY = f"{HOST}/ollama/qwen3:8b"
@@ -24,10 +25,11 @@ class Clock:
         return self.now
 
 
-def view() -> tuple[FleetView, Clock]:
+def view(budget_usd: float | None = None, spend: DailySpend | None = None) -> tuple[FleetView, Clock]:
     clock = Clock()
+    spend = spend or DailySpend()
     return FleetView(
-        MatrixStore(DEFAULT_MATRIX_PATH), daily_budget_usd=None, spend_today=lambda _: 0.0, clock=clock
+        MatrixStore(DEFAULT_MATRIX_PATH), daily_budget_usd=budget_usd, spend_today=spend.today, clock=clock
     ), clock
 
 
@@ -71,3 +73,19 @@ def test_auth_lockouts_apply_and_clear() -> None:
     assert fleet.matrix().profiles[cloud].lockout_state is LockoutState.AUTH
     fleet.set_auth_lockouts({})
     assert fleet.matrix().profiles[cloud].lockout_state is LockoutState.NONE
+
+
+def test_spend_reaching_the_budget_locks_the_cloud_until_the_next_utc_day() -> None:
+    spend = DailySpend()
+    fleet, clock = view(budget_usd=1.0, spend=spend)
+    cloud = "openai-api/openai/gpt-4o-mini"
+    first = fleet.matrix(clock.now)
+    assert fleet.budget_reason(clock.now) is None
+    spend.add(2.0, clock.now)
+    assert fleet.budget_reason(clock.now) is not None
+    locked = fleet.matrix(clock.now)
+    assert locked is not first and locked.profiles[cloud].lockout_state is LockoutState.BUDGET
+    assert locked.profiles[KEY].lockout_state is LockoutState.NONE  # local profiles cost nothing
+    next_day = clock.now + 86400
+    assert fleet.budget_reason(next_day) is None
+    assert fleet.matrix(next_day).profiles[cloud].lockout_state is LockoutState.NONE

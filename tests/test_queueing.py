@@ -11,6 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from capability_matrix import load_matrix
 from tests.conftest import ClassifierFactory, Stack
 
 CHAT = "/v1/chat/completions"
@@ -44,10 +45,11 @@ async def test_unknown_agents_coding_request_lands_in_code(classifier_url: str) 
 
 async def test_unknown_agents_routine_and_reasoning_requests(classifier_url: str) -> None:
     async with aiohttp.ClientSession() as http:
-        _, routine, _ = await post(http, classifier_url, None, "What time zone is Lisbon in?")
-        _, heavy, _ = await post(
+        routine_status, routine, _ = await post(http, classifier_url, None, "What time zone is Lisbon in?")
+        heavy_status, heavy, _ = await post(
             http, classifier_url, None, "Think step by step and analyze the tradeoffs of two designs."
         )
+    assert (routine_status, heavy_status) == (200, 200)  # the tier headers come on errors too
     assert (routine["X-Router-Tier"], routine["X-Router-Group"]) == ("R", "fast-chat")
     assert (heavy["X-Router-Tier"], heavy["X-Router-Group"]) == ("H", "balanced")
 
@@ -198,12 +200,16 @@ async def test_canary_is_replayable_by_request_id(make_classifier: ClassifierFac
 
 
 @pytest.mark.parametrize(("mode", "group"), [("cloud-only", "cloud-balanced"), ("local-only", "balanced")])
-async def test_routing_mode(make_classifier: ClassifierFactory, mode: str, group: str) -> None:
+async def test_routing_mode(stack: Stack, make_classifier: ClassifierFactory, mode: str, group: str) -> None:
     url = await make_classifier(routing_mode=mode)
     async with aiohttp.ClientSession() as http:
         status, headers, body = await post(http, url, "webmaster", "Summarize the routing policy.")
     assert status == 200 and headers["X-Router-Group"] == group
-    assert body["choices"][0]["message"]["content"].startswith("sim:cloud:" if "cloud" in group else "sim:")
+    content = body["choices"][0]["message"]["content"]
+    served_by_cloud = content.startswith("sim:cloud:")  # a local host answers "sim:<host>:<model>"
+    assert served_by_cloud == ("cloud" in group), content
+    served = load_matrix(stack.matrix_path).profiles[headers["X-Router-Model"]]
+    assert served.is_local == ("cloud" not in group)
 
 
 async def test_agent_directory_hot_reload_good_and_bad_edits(

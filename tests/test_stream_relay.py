@@ -23,6 +23,7 @@ CHUNKS = [
     b'data: {"id":"c1","choices":[{"index":0,"delta":{"content":" \\u00e9\\u00e8 second"}}]}\n\n',
     b"data: [DONE]\n\n",
 ]
+STREAM_BODY = {"messages": [{"role": "user", "content": "hi"}], "stream": True}
 
 
 @contextlib.asynccontextmanager
@@ -40,7 +41,9 @@ async def scripted_upstream(
         await server.close()
 
 
-async def test_stream_is_relayed_unbuffered_and_exact(make_classifier: ClassifierFactory) -> None:
+async def test_stream_is_relayed_unbuffered_and_exact(
+    stack: Stack, make_classifier: ClassifierFactory
+) -> None:
     release = asyncio.Event()
     seen_auth: list[str] = []
 
@@ -59,19 +62,20 @@ async def test_stream_is_relayed_unbuffered_and_exact(make_classifier: Classifie
 
     async with scripted_upstream(upstream_chat) as upstream_url:
         url = await make_classifier(litellm_url=upstream_url)
-        async with aiohttp.ClientSession() as http:
-            body = {"messages": [{"role": "user", "content": "hi"}], "stream": True}
-            async with http.post(url + "/v1/chat/completions", json=body) as resp:
-                assert resp.status == 200
-                assert resp.headers["X-Router-Model"] == "m/x/y"
-                received = b""
-                while not received.endswith(b"\n\n"):
-                    received += await asyncio.wait_for(resp.content.readany(), 10)
-                assert received == CHUNKS[0]
-                release.set()
-                received += await resp.content.read()
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(url + "/v1/chat/completions", json=STREAM_BODY) as resp,
+        ):
+            assert resp.status == 200
+            assert resp.headers["X-Router-Model"] == "m/x/y"
+            received = b""
+            while not received.endswith(b"\n\n"):
+                received += await asyncio.wait_for(resp.content.readany(), 10)
+            assert received == CHUNKS[0]
+            release.set()
+            received += await resp.content.read()
         assert received == b"".join(CHUNKS)
-        assert seen_auth and seen_auth[0].startswith("Bearer ")
+        assert seen_auth == [f"Bearer {stack.master_key}"]  # the classifier authenticates to LiteLLM
 
 
 async def test_upstream_dying_mid_stream_ends_the_stream_cleanly(
@@ -91,18 +95,17 @@ async def test_upstream_dying_mid_stream_ends_the_stream_cleanly(
     async with scripted_upstream(upstream_chat) as upstream_url:
         url = await make_classifier(litellm_url=upstream_url)
         async with aiohttp.ClientSession() as http:
-            body = {"messages": [{"role": "user", "content": "hi"}], "stream": True}
-            async with http.post(url + "/v1/chat/completions", json=body) as resp:
+            async with http.post(url + "/v1/chat/completions", json=STREAM_BODY) as resp:
                 assert resp.status == 200
                 received = await asyncio.wait_for(resp.content.read(), 10)
-                request_id = resp.headers["X-Router-Request-Id"]
+                request_id, group = resp.headers["X-Router-Request-Id"], resp.headers["X-Router-Group"]
             async with http.get(url + "/queue/status") as status:
                 lanes = (await status.json())["groups"]
     assert received.startswith(CHUNKS[0])
     tail = received[len(CHUNKS[0]) :]
     assert b"HTTP/1.1" not in tail, "a second status line inside the body"
     assert tail.startswith(b"data: ") and b'"upstream_stream_broken"' in tail
-    assert all(g["active"] == 0 for g in lanes.values() if g["limit"] is not None)
+    assert group == "fast-chat" and lanes[group]["active"] == 0  # a local lane: its slot came back
     completed = await wait_for_event(stack.events_path, request_id, "request_completed")
     assert (completed["outcome"], completed["status"]) == ("upstream_error", 502)
 
@@ -110,15 +113,16 @@ async def test_upstream_dying_mid_stream_ends_the_stream_cleanly(
 async def _close_after(url: str, stop_after: bytes) -> str:
     """Read a stream until ``stop_after`` has arrived, then drop the connection (as the OpenAI SDK does after
     ``[DONE]``, without waiting for the chunked terminator). Returns the router's request id."""
-    async with aiohttp.ClientSession() as http:
-        body = {"messages": [{"role": "user", "content": "hi"}], "stream": True}
-        async with http.post(url + "/v1/chat/completions", json=body) as resp:
-            assert resp.status == 200
-            received = b""
-            while stop_after not in received:
-                received += await asyncio.wait_for(resp.content.readany(), 10)
-            resp.close()  # drop the connection, not release it to the pool
-            return resp.headers["X-Router-Request-Id"]
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(url + "/v1/chat/completions", json=STREAM_BODY) as resp,
+    ):
+        assert resp.status == 200
+        received = b""
+        while stop_after not in received:
+            received += await asyncio.wait_for(resp.content.readany(), 10)
+        resp.close()  # drop the connection, not release it to the pool
+        return resp.headers["X-Router-Request-Id"]
 
 
 @pytest.mark.parametrize(
