@@ -12,6 +12,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from capability_matrix import DEFAULT_MATRIX_PATH
+
 DEV_CLASSIFIER, DEV_LITELLM = 4002, 4003
 SIM_PORTS = (11501, 11502, 11503, 11504, 11505, 11510)
 
@@ -125,6 +127,24 @@ def test_up_fails_cleanly_when_a_port_is_taken(tmp_path: Path) -> None:
     assert "Traceback" not in done.stderr
     for port in (DEV_LITELLM, *SIM_PORTS):
         assert not _listening(port), f"port {port} left listening after a failed start"
+    assert not _litellm_children(DEV_LITELLM)
+
+
+def test_up_refuses_a_bad_matrix_before_starting_anything(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TORCHROUTER_", "LITELLM_"))}
+    matrix = tmp_path / "matrix.yaml"
+    matrix.write_text(
+        DEFAULT_MATRIX_PATH.read_text().replace("quality_score: 0.55", "quality_score: 1.55", 1)
+    )
+    done = subprocess.run(
+        [*_up_dev(tmp_path), "--matrix", str(matrix)], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "torchrouter up: capability matrix" in done.stderr and "quality_score" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "simulated host" not in done.stdout  # nothing was started
+    for port in (DEV_CLASSIFIER, DEV_LITELLM, *SIM_PORTS):
+        assert not _listening(port), f"port {port} listening after a refused start"
     assert not _litellm_children(DEV_LITELLM)
 
 

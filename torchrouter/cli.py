@@ -40,12 +40,13 @@ def cmd_up(args: argparse.Namespace) -> int:
         matrix_path=args.matrix,
         state_dir=args.state_dir,
     )
+    from capability_matrix import MatrixError
     from torchrouter.litellm_process import LiteLLMStartError
     from torchrouter.sim import SimFleetError
 
     try:
         return _run_until_signal(lambda stop: run_stack(opts, stop, lambda line: print(line, flush=True)))
-    except (SimFleetError, LiteLLMStartError, OSError) as exc:
+    except (SimFleetError, LiteLLMStartError, MatrixError, OSError) as exc:
         # Everything started so far has been stopped by the stack's exit stack; say why in one place.
         print(f"torchrouter up: {exc}", file=sys.stderr)
         return 1

@@ -22,7 +22,7 @@ from pathlib import Path
 import yaml
 from aiohttp import web
 
-from capability_matrix import DEFAULT_MATRIX_PATH
+from capability_matrix import DEFAULT_MATRIX_PATH, load_matrix
 from classifier.app import create_app
 from classifier.settings import PACKAGE_ROOT, Settings
 from torchrouter.litellm_process import LiteLLMProcess
@@ -67,6 +67,8 @@ async def run_stack(opts: StackOptions, stop: asyncio.Event, say: Callable[[str]
     classifier_port, litellm_port = opts.ports
     name = "dev" if opts.dev else "prod"
 
+    # A matrix the classifier would reject fails here, before anything starts (MatrixError lists why).
+    load_matrix(opts.matrix_path)
     async with contextlib.AsyncExitStack() as stack:
         if opts.sim:
             doc = yaml.safe_load(opts.matrix_path.read_text(encoding="utf-8"))
