@@ -37,7 +37,7 @@ from capability_matrix import watch as watch_file
 from classifier.admission import Admission, Lanes
 from classifier.capacity import lane_limits
 from classifier.chat_body import parse_chat_body
-from classifier.decide import UNREAD_FEATURES, AgentsStore, CloudLocked, RouteDecision, decide
+from classifier.decide import AgentsStore, CloudLocked, RouteDecision, decide
 from classifier.errors import (
     ApiError,
     PayloadTooLarge,
@@ -50,7 +50,7 @@ from classifier.forwarder import Forwarder, HttpForwarder, UpstreamResponse
 from classifier.identity import GROUPS, LOCAL_GROUPS
 from classifier.metrics import Metrics
 from classifier.queue_policy import finite_ms
-from classifier.routing import RoutingMode, plan_route
+from classifier.routing import RoutingMode, overflow
 from classifier.routing_headers import RequestIds, RouteTrace, request_id_from
 from classifier.settings import Settings
 from classifier.spend import DailySpend, parse_cost
@@ -305,25 +305,12 @@ async def queue_status(request: web.Request) -> web.Response:
     settings = app[SETTINGS_KEY]
     cloud_locked = app[FLEET_KEY].budget_reason(time.time())
 
+    mode = RoutingMode(settings.routing_mode)
+
     def fallback(group: str) -> dict[str, object]:
-        # Overflow: where arrivals for this lane go next, on the ladder (as the routing mode and any budget
-        # lockout shape it now) of the tier that starts here.
-        tier = next((t for t in Tier if agents.first_lane(t) == group), None)
-        overflow = None
-        if tier is not None:
-            ladder = plan_route(
-                tier,
-                mode=RoutingMode(settings.routing_mode),
-                directory=agents,
-                requested_group=None,
-                features=UNREAD_FEATURES,
-                canary_share=0.0,
-                request_id="",
-            ).steps
-            later = [s.group for s in ladder if s.group != group and not (cloud_locked and s.is_cloud)]
-            overflow = later[0] if later else None
+        tier, next_group = overflow(group, directory=agents, mode=mode, cloud_locked=cloud_locked is not None)
         return {
-            "overflow": overflow,
+            "overflow": next_group,
             "tier": tier.value if tier else None,
             "on_failure": app[LITELLM_FALLBACKS_KEY].get(group, []),
         }

@@ -123,6 +123,7 @@ def decide(
         fast_chat_max_prompt_tokens=(
             min(FAST_CHAT_MAX_PROMPT_TOKENS, fast_chat_context_tokens(matrix)) if canary_share > 0.0 else 0
         ),
+        cloud_locked=cloud_locked is not None,
     )
     # LiteLLM's own fallbacks (litellm_config.yaml) cross between local and cloud on failure; a mode
     # that forbids one side must switch them off for this request.
@@ -130,13 +131,11 @@ def decide(
     ladder = plan.steps
     if mode is not RoutingMode.LOCAL_FIRST or cloud_locked:
         extras["disable_fallbacks"] = True
-    if cloud_locked:
-        ladder = tuple(step for step in ladder if not step.is_cloud)
-        if not ladder:
-            raise CloudLocked(
-                f"cloud routes are locked out ({cloud_locked}) and ROUTING_MODE={mode.value}",
-                retry_after_s=seconds_to_next_utc_day(now),
-            )
+    if not ladder:  # only a cloud lockout empties a ladder
+        raise CloudLocked(
+            f"cloud routes are locked out ({cloud_locked}) and ROUTING_MODE={mode.value}",
+            retry_after_s=seconds_to_next_utc_day(now),
+        )
     return RouteDecision(
         identity=identity,
         tier=tiering.tier,

@@ -154,14 +154,16 @@ def plan_route(
     canary_share: float,
     request_id: str,
     fast_chat_max_prompt_tokens: int = FAST_CHAT_MAX_PROMPT_TOKENS,
+    cloud_locked: bool = False,
 ) -> RoutePlan:
-    """Build the degradation ladder for one request (see the module docstring)."""
+    """Build the degradation ladder for one request (see the module docstring). ``cloud_locked`` (the
+    daily budget is spent) removes every cloud step; the plan may then have no steps at all."""
     if not 0.0 <= canary_share <= 1.0:  # also rejects NaN
         raise ValueError(f"canary_share must be in [0, 1], got {canary_share!r}")
     if requested_group is not None and requested_group not in GROUPS:
         raise ValueError(f"unknown group {requested_group!r}")
 
-    base = _ladder(tier, mode, directory.first_lane(tier), requested_group)
+    base = _ladder(tier, mode, directory.first_lane(tier), requested_group, cloud_locked)
     canary = (
         canary_share > 0.0
         and canary_ineligibility(
@@ -182,9 +184,11 @@ def plan_route(
 
 
 @functools.lru_cache(maxsize=512)
-def _ladder(tier: Tier, mode: RoutingMode, first: str, requested_group: str | None) -> tuple[LadderStep, ...]:
-    """The ladder without a canary: a function of these four alone, so it is built once per combination
-    (3 tiers x 3 modes x 3 local first lanes x 7 requests: 6 groups or none; at most 189)."""
+def _ladder(
+    tier: Tier, mode: RoutingMode, first: str, requested_group: str | None, cloud_locked: bool
+) -> tuple[LadderStep, ...]:
+    """The ladder without a canary: a function of these five alone, so it is built once per combination
+    (3 tiers x 3 modes x 3 local first lanes x 7 requests: 6 groups or none x 2; at most 378)."""
     ladder = LADDERS[tier]
     local = [first, *(lane for lane in ladder.local if lane != first)]
     groups = {
@@ -194,7 +198,21 @@ def _ladder(tier: Tier, mode: RoutingMode, first: str, requested_group: str | No
     }[mode]
     if requested_group is not None:
         groups = [_allowed(requested_group, mode), *groups]
-    return tuple(LadderStep(group, _kind(index, group)) for index, group in enumerate(dict.fromkeys(groups)))
+    steps = (LadderStep(group, _kind(index, group)) for index, group in enumerate(dict.fromkeys(groups)))
+    return tuple(step for step in steps if not (cloud_locked and step.is_cloud))
+
+
+def overflow(
+    group: str, *, directory: AgentDirectory, mode: RoutingMode, cloud_locked: bool
+) -> tuple[Tier | None, str | None]:
+    """Where arrivals for a lane go when it is over budget: the next step on the ladder of the tier that
+    starts there (as the mode and any cloud lockout shape it now). (None, None) for a lane no tier starts
+    at; (tier, None) when that ladder has nowhere left to go."""
+    tier = next((t for t in Tier if directory.first_lane(t) == group), None)
+    if tier is None:
+        return None, None
+    later = [s.group for s in _ladder(tier, mode, group, None, cloud_locked) if s.group != group]
+    return tier, (later[0] if later else None)
 
 
 def _kind(index: int, group: str) -> Literal["primary", "local", "cloud"]:

@@ -15,6 +15,7 @@ from classifier.routing import (
     RoutingMode,
     canary_draw,
     canary_ineligibility,
+    overflow,
     parse_routing_mode,
     plan_route,
 )
@@ -112,6 +113,37 @@ def test_requested_group_comes_first_and_the_mode_wins(
     tier: Tier, mode: RoutingMode, requested: str, expected: str
 ) -> None:
     assert steps(plan(tier, mode, requested_group=requested)) == expected
+
+
+@pytest.mark.parametrize(
+    ("tier", "mode", "requested", "expected"),
+    [
+        (Tier.H, LOCAL_FIRST, None, "primary:balanced local:code"),
+        (Tier.R, LOCAL_FIRST, "cloud-code", "local:fast-chat local:balanced"),  # kinds as before the cut
+        (Tier.C, CLOUD_ONLY, None, ""),  # nothing left: the caller answers 503 until the next UTC day
+    ],
+)
+def test_a_cloud_lockout_removes_the_cloud_steps(
+    tier: Tier, mode: RoutingMode, requested: str | None, expected: str
+) -> None:
+    assert steps(plan(tier, mode, requested_group=requested, cloud_locked=True)) == expected
+
+
+@pytest.mark.parametrize(
+    ("group", "mode", "cloud_locked", "expected"),
+    [
+        ("balanced", LOCAL_FIRST, False, (Tier.H, "code")),
+        ("fast-chat", LOCAL_FIRST, False, (Tier.R, "balanced")),
+        ("code", LOCAL_ONLY, False, (Tier.C, "balanced")),
+        ("code", CLOUD_ONLY, False, (Tier.C, "cloud-code")),
+        ("code", CLOUD_ONLY, True, (Tier.C, None)),
+        ("cloud-fast", LOCAL_FIRST, False, (None, None)),  # no tier starts there
+    ],
+)
+def test_overflow_is_the_next_step_of_the_ladder_that_starts_at_the_lane(
+    group: str, mode: RoutingMode, cloud_locked: bool, expected: tuple[Tier | None, str | None]
+) -> None:
+    assert overflow(group, directory=DIRECTORY, mode=mode, cloud_locked=cloud_locked) == expected
 
 
 def test_first_lane_comes_from_the_directory() -> None:
