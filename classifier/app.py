@@ -207,42 +207,22 @@ def create_app(
     app[EVENTS_KEY] = events or open_sink(settings.event_path)
     app[SPEND_KEY] = DailySpend()
 
+    def process_event(kind: str, **fields: Any) -> None:
+        """An event about the process, not a request: no request, agent, tier or group."""
+        app[EVENTS_KEY].emit(kind, request_id=None, agent_id=None, tier=None, group=None, **fields)
+
     def matrix_reloaded(matrix: Matrix) -> None:
         metrics.matrix_reloads.labels("reloaded").inc()
-        app[EVENTS_KEY].emit(
-            "matrix_reloaded",
-            request_id=None,
-            agent_id=None,
-            tier=None,
-            group=None,
-            profiles=len(matrix.profiles),
-            schema_version=matrix.schema_version,
-        )
+        process_event("matrix_reloaded", profiles=len(matrix.profiles), schema_version=matrix.schema_version)
 
     def matrix_rejected(exc: MatrixError) -> None:
         metrics.matrix_reloads.labels("rejected").inc()
-        app[EVENTS_KEY].emit(
-            "matrix_rejected",
-            request_id=None,
-            agent_id=None,
-            tier=None,
-            group=None,
-            problems=[str(p) for p in exc.problems][:50],
-        )
+        process_event("matrix_rejected", problems=[str(p) for p in exc.problems][:50])
 
     app[MATRIX_KEY] = MatrixStore(settings.matrix_path, on_reload=matrix_reloaded, on_reject=matrix_rejected)
 
     def lockout_changed(key: str, state: str, reason: str) -> None:
-        app[EVENTS_KEY].emit(
-            "lockout_changed",
-            request_id=None,
-            agent_id=None,
-            tier=None,
-            group=None,
-            profile=key,
-            state=state,
-            reason=reason,
-        )
+        process_event("lockout_changed", profile=key, state=state, reason=reason)
 
     app[FLEET_KEY] = FleetView(
         app[MATRIX_KEY],
