@@ -31,12 +31,12 @@ from aiohttp.test_utils import TestServer
 from capability_matrix import (
     BYTES_PER_GB,
     DEFAULT_MATRIX_PATH,
-    FleetProbe,
     Matrix,
     build_overlay,
     load_matrix,
     parse_matrix,
 )
+from capability_matrix.probe import FleetProbe
 
 MODELS = ["qwen3:8b", "qwen2.5-coder:7b", "qwen3:30b-a3b", "qwen2.5:32b", "qwen2.5-coder:32b"]
 

@@ -24,8 +24,8 @@ from pathlib import Path
 import aiohttp
 
 from benchmarks import procs
-from classifier.queue_policy import DEFAULT_PRIOR_MS
 from tests.harness import read_events
+from torchrouter_core.queue_policy import DEFAULT_PRIOR_MS
 
 AGENTS = """
 tiers:

@@ -48,7 +48,6 @@ from capability_matrix.model import (
     WarmState,
     profile_key,
 )
-from capability_matrix.probe import FleetProbe, GpuReader, NvmlGpuReader, parse_ollama_ps
 from capability_matrix.store import MatrixStore, ReloadingFile, ReloadOutcome, watch
 from capability_matrix.view import FleetView
 
@@ -56,10 +55,8 @@ __all__ = [
     "BYTES_PER_GB",
     "DEFAULT_MATRIX_PATH",
     "SCHEMA_PATH",
-    "FleetProbe",
     "FleetView",
     "GpuDevice",
-    "GpuReader",
     "GpuReading",
     "HardwareClass",
     "Host",
@@ -73,7 +70,6 @@ __all__ = [
     "MatrixError",
     "MatrixStore",
     "MemorySource",
-    "NvmlGpuReader",
     "Problem",
     "Profile",
     "Provider",
@@ -92,7 +88,6 @@ __all__ = [
     "next_auth_lockouts",
     "parse_matrix",
     "parse_matrix_text",
-    "parse_ollama_ps",
     "profile_key",
     "resolve_lockouts",
     "sharing_credentials",

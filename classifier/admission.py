@@ -13,12 +13,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from classifier.decide import RouteDecision
-from classifier.errors import QueueFull
-from classifier.identity import CLOUD_GROUPS, LOCAL_GROUPS
 from classifier.lane_queue import LaneFullError, LaneQueue, Ticket
 from classifier.metrics import LaneReading
-from classifier.queue_policy import (
+from torchrouter_core.decide import RouteDecision
+from torchrouter_core.errors import QueueFull
+from torchrouter_core.identity import CLOUD_GROUPS, LOCAL_GROUPS
+from torchrouter_core.queue_policy import (
     Divert,
     GroupSnapshot,
     Wait,
@@ -29,7 +29,7 @@ from classifier.queue_policy import (
     policy_label,
     retry_after_s,
 )
-from classifier.routing import LadderStep
+from torchrouter_core.routing import LadderStep
 
 # A lane's waiting line holds this many requests per slot; beyond it arrivals divert at once.
 DEPTH_PER_SLOT = 4

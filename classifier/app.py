@@ -25,20 +25,23 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from capability_matrix import (
-    FleetProbe,
     FleetView,
     HostObservation,
     Matrix,
     MatrixError,
     MatrixStore,
-    NvmlGpuReader,
 )
 from capability_matrix import watch as watch_file
+from capability_matrix.probe import FleetProbe, NvmlGpuReader
 from classifier.admission import Admission, Lanes
-from classifier.capacity import lane_limits
 from classifier.chat_body import parse_chat_body
-from classifier.decide import AgentsStore, CloudLocked, RouteDecision, decide
-from classifier.errors import (
+from classifier.forwarder import Forwarder, HttpForwarder, UpstreamResponse
+from classifier.metrics import Metrics
+from classifier.routing_headers import RequestIds, RouteTrace, request_id_from
+from classifier.settings import Settings
+from torchrouter_core.capacity import lane_limits
+from torchrouter_core.decide import AgentsStore, CloudLocked, RouteDecision, decide
+from torchrouter_core.errors import (
     ApiError,
     PayloadTooLarge,
     QueueFull,
@@ -46,16 +49,12 @@ from classifier.errors import (
     error_response,
     http_error_response,
 )
-from classifier.forwarder import Forwarder, HttpForwarder, UpstreamResponse
-from classifier.identity import GROUPS, LOCAL_GROUPS
-from classifier.metrics import Metrics
-from classifier.queue_policy import finite_ms
-from classifier.routing import RoutingMode, overflow
-from classifier.routing_headers import RequestIds, RouteTrace, request_id_from
-from classifier.settings import Settings
-from classifier.spend import DailySpend, parse_cost
-from classifier.tiering import Tier
-from torchrouter.events import EventSink, open_sink
+from torchrouter_core.events import EventSink, open_sink
+from torchrouter_core.identity import GROUPS, LOCAL_GROUPS
+from torchrouter_core.queue_policy import finite_ms
+from torchrouter_core.routing import RoutingMode, overflow
+from torchrouter_core.spend import DailySpend, parse_cost
+from torchrouter_core.tiering import Tier
 
 log = logging.getLogger("torchrouter.classifier")
 

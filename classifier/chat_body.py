@@ -13,7 +13,7 @@ import orjson
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
-from classifier.errors import BadRequest
+from torchrouter_core.errors import BadRequest
 
 _MESSAGE = {
     "type": "object",

@@ -13,7 +13,7 @@ from typing import Protocol
 
 import aiohttp
 
-from classifier.errors import UpstreamTimeout, UpstreamUnavailable
+from torchrouter_core.errors import UpstreamTimeout, UpstreamUnavailable
 
 
 @dataclass

@@ -32,7 +32,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 
-from classifier.queue_policy import GroupSnapshot
+from torchrouter_core.queue_policy import GroupSnapshot
 
 
 class LaneFullError(Exception):

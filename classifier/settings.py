@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from capability_matrix import DEFAULT_MATRIX_PATH
-from classifier.capacity import parse_lane_caps
-from classifier.routing import parse_routing_mode
+from torchrouter_core.capacity import parse_lane_caps
+from torchrouter_core.routing import parse_routing_mode
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_AGENTS_PATH = PACKAGE_ROOT / "classifier" / "agents.yaml"

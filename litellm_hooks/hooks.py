@@ -29,17 +29,17 @@ from litellm.integrations.custom_logger import CustomLogger
 
 from capability_matrix import (
     DEFAULT_MATRIX_PATH,
-    FleetProbe,
     FleetView,
     Matrix,
     MatrixStore,
     next_auth_lockouts,
 )
-from classifier.spend import DailySpend
-from classifier.tiering import approx_prompt_tokens
-from litellm_hooks.inflight import InFlight
-from litellm_hooks.ranker import FleetLoad, NoCandidate, RequestNeeds, rank
-from torchrouter.events import EventSink, open_sink
+from capability_matrix.probe import FleetProbe
+from torchrouter_core.events import EventSink, open_sink
+from torchrouter_core.inflight import InFlight
+from torchrouter_core.ranker import FleetLoad, NoCandidate, RequestNeeds, rank
+from torchrouter_core.spend import DailySpend
+from torchrouter_core.tiering import approx_prompt_tokens
 
 log = logging.getLogger("torchrouter.hooks")
 

@@ -14,7 +14,7 @@ from capability_matrix import (
     WarmState,
     parse_matrix,
 )
-from classifier.capacity import lane_limits, parse_lane_caps
+from torchrouter_core.capacity import lane_limits, parse_lane_caps
 
 HOST = "box-10.0.0.1"
 LANES = ("fast-chat", "balanced", "code")

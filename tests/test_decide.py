@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from capability_matrix import DEFAULT_MATRIX_PATH, load_matrix
-from classifier.decide import CloudLocked, decide
-from classifier.tiering import parse_agent_directory_yaml
+from torchrouter_core.decide import CloudLocked, decide
+from torchrouter_core.tiering import parse_agent_directory_yaml
 
 AGENTS = parse_agent_directory_yaml((Path(__file__).parent.parent / "classifier" / "agents.yaml").read_text())
 MATRIX = load_matrix(DEFAULT_MATRIX_PATH)

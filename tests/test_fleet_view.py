@@ -11,7 +11,7 @@ from capability_matrix import (
     MatrixStore,
     WarmState,
 )
-from classifier.spend import DailySpend
+from torchrouter_core.spend import DailySpend
 
 HOST = "matthew-100.86.174.11"
 KEY = f"{HOST}/ollama/qwen3:8b"

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from classifier.identity import Identity, IdentityError, identify, sanitize_agent_id
-from classifier.tiering import (
+from torchrouter_core.identity import Identity, IdentityError, identify, sanitize_agent_id
+from torchrouter_core.tiering import (
     CONTENT_SIGNALS,
     AgentDirectory,
     DirectoryError,

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import pytest
 
 from classifier.lane_queue import LaneFullError, LaneQueue, Ticket
-from classifier.queue_policy import GroupSnapshot
+from torchrouter_core.queue_policy import GroupSnapshot
 
 T = TypeVar("T")
 

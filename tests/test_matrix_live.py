@@ -19,7 +19,6 @@ from aiohttp.test_utils import TestServer
 from capability_matrix import (
     BYTES_PER_GB,
     DEFAULT_MATRIX_PATH,
-    FleetProbe,
     GpuDevice,
     GpuReading,
     HostObservation,
@@ -27,7 +26,6 @@ from capability_matrix import (
     LockoutState,
     Matrix,
     MemorySource,
-    NvmlGpuReader,
     WarmState,
     auth_lockout,
     budget_lockout,
@@ -37,11 +35,11 @@ from capability_matrix import (
     load_matrix,
     next_auth_lockouts,
     parse_matrix,
-    parse_ollama_ps,
     resolve_lockouts,
     sharing_credentials,
     utc_day,
 )
+from capability_matrix.probe import FleetProbe, NvmlGpuReader, parse_ollama_ps
 
 MATTHEW, FRODO, GANDALF, SAMWISE, ARAGORN = (
     "matthew-100.86.174.11",

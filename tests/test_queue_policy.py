@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from classifier.queue_policy import (
+from torchrouter_core.queue_policy import (
     DEFAULT_RETRY_AFTER_S,
     Admit,
     Divert,
@@ -20,7 +20,7 @@ from classifier.queue_policy import (
     policy_label,
     retry_after_s,
 )
-from classifier.routing import LadderStep
+from torchrouter_core.routing import LadderStep
 
 PRIMARY = LadderStep("balanced", "primary")
 LOCAL = LadderStep("code", "local")

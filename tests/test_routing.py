@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from classifier.routing import (
+from torchrouter_core.routing import (
     LADDERS,
     LadderStep,
     RoutePlan,
@@ -19,7 +19,7 @@ from classifier.routing import (
     parse_routing_mode,
     plan_route,
 )
-from classifier.tiering import AgentDirectory, RequestFeatures, Tier, parse_agent_directory
+from torchrouter_core.tiering import AgentDirectory, RequestFeatures, Tier, parse_agent_directory
 
 TIERS = {
     "H": {"first_lane": "balanced", "wait_budget_ms": 20000},

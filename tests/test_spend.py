@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from classifier.spend import DailySpend, parse_cost
+from torchrouter_core.spend import DailySpend, parse_cost
 
 NOON = 1_772_366_400.0  # 2026-03-01 12:00 UTC
 MIDNIGHT = 1_772_409_600.0  # 2026-03-02 00:00 UTC

@@ -7,8 +7,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from capability_matrix import Profile
-from litellm_hooks.ranker import filters, pickers, scorers
-from litellm_hooks.ranker.scorers import FleetLoad
+from torchrouter_core.ranker import filters, pickers, scorers
+from torchrouter_core.ranker.scorers import FleetLoad
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from capability_matrix import LockoutState, Profile
 
 if TYPE_CHECKING:
-    from litellm_hooks.ranker.cycle import RequestNeeds
+    from torchrouter_core.ranker.cycle import RequestNeeds
 
 Filter = Callable[[Profile, "RequestNeeds"], str | None]
 

@@ -47,8 +47,8 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Final, Literal
 
-from classifier.identity import CLOUD_GROUPS, GROUPS, LOCAL_GROUPS
-from classifier.tiering import AgentDirectory, RequestFeatures, Tier
+from torchrouter_core.identity import CLOUD_GROUPS, GROUPS, LOCAL_GROUPS
+from torchrouter_core.tiering import AgentDirectory, RequestFeatures, Tier
 
 CANARY_LANE: Final = "fast-chat"
 FAST_CHAT_MAX_PROMPT_TOKENS: Final = 4_096

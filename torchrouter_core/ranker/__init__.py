@@ -5,7 +5,7 @@ one. It takes profiles and a :class:`RequestNeeds`, returns a :class:`Ranking`; 
 LiteLLM, aiohttp or prometheus_client.
 """
 
-from litellm_hooks.ranker.cycle import NoCandidate, Ranking, RequestNeeds, rank
-from litellm_hooks.ranker.scorers import FleetLoad
+from torchrouter_core.ranker.cycle import NoCandidate, Ranking, RequestNeeds, rank
+from torchrouter_core.ranker.scorers import FleetLoad
 
 __all__ = ["FleetLoad", "NoCandidate", "Ranking", "RequestNeeds", "rank"]

@@ -36,7 +36,7 @@ from typing import Any, Final, Generic, Literal, TypeVar
 
 import yaml
 
-from classifier.identity import LOCAL_GROUPS, Identity, IdentityError, sanitize_agent_id
+from torchrouter_core.identity import LOCAL_GROUPS, Identity, IdentityError, sanitize_agent_id
 
 SCAN_HEAD_CHARS: Final = 6_000
 SCAN_TAIL_CHARS: Final = 2_000

@@ -37,7 +37,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from classifier.routing import LadderStep
+from torchrouter_core.routing import LadderStep
 
 UNLIMITED: Final = 1 << 30
 DEFAULT_PRIOR_MS: Final = 4_000.0

@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from capability_matrix import Matrix, ReloadingFile
-from classifier.errors import ApiError, BadRequest
-from classifier.identity import Identity, IdentityError, identify
-from classifier.routing import FAST_CHAT_MAX_PROMPT_TOKENS, LadderStep, RoutingMode, plan_route
-from classifier.tiering import (
+from torchrouter_core.errors import ApiError, BadRequest
+from torchrouter_core.identity import Identity, IdentityError, identify
+from torchrouter_core.routing import FAST_CHAT_MAX_PROMPT_TOKENS, LadderStep, RoutingMode, plan_route
+from torchrouter_core.tiering import (
     AgentDirectory,
     DirectoryError,
     RequestFeatures,
