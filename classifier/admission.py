@@ -1,6 +1,6 @@
 """Admission: walk a request's ladder against the lanes' live queues and hold a slot while it runs.
 
-The decisions are :func:`classifier.queue_policy.plan_ladder`'s (pure); this module owns the
+The decisions are :func:`torchrouter_core.queue_policy.plan_ladder`'s (pure); this module owns the
 :class:`LaneQueue` per local group, applies the lane limits the fleet view derives, and records
 every divert. A step chosen to *wait* gets the tier's remaining budget as its timeout; if the
 wait runs past it (the estimate was wrong) the request moves on down the ladder instead of failing.

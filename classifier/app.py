@@ -2,8 +2,8 @@
 
 ``create_app(settings)`` builds everything from values passed in; nothing happens at import. Each
 long-lived resource (the forwarder's client session, the config watchers, the event sink) has its
-own ``cleanup_ctx``. Decisions are made by the pure modules (:mod:`classifier.decide`,
-:mod:`classifier.queue_policy`); handlers read the request, call them, forward, and record.
+own ``cleanup_ctx``. Decisions are made by the pure modules (:mod:`torchrouter_core.decide`,
+:mod:`torchrouter_core.queue_policy`); handlers read the request, call them, forward, and record.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from capability_matrix.probe import FleetProbe, NvmlGpuReader
 from classifier.admission import Admission, Lanes
 from classifier.chat_body import parse_chat_body
 from classifier.forwarder import Forwarder, HttpForwarder, UpstreamResponse
+from classifier.http_errors import error_response, http_error_response
 from classifier.metrics import Metrics
 from classifier.routing_headers import RequestIds, RouteTrace, request_id_from
 from classifier.settings import Settings
@@ -46,8 +47,6 @@ from torchrouter_core.errors import (
     PayloadTooLarge,
     QueueFull,
     Unauthorized,
-    error_response,
-    http_error_response,
 )
 from torchrouter_core.events import EventSink, open_sink
 from torchrouter_core.identity import GROUPS, LOCAL_GROUPS

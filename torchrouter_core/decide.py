@@ -1,8 +1,8 @@
 """From request to route decision: identity -> tier -> ladder of groups (pure), plus the agents file store.
 
-``decide()`` composes :mod:`classifier.identity`, :mod:`classifier.tiering` and
-:mod:`classifier.routing`; it takes values and returns a :class:`RouteDecision`. The queue step
-(:mod:`classifier.queue_policy`) then walks ``decision.ladder`` against live capacity.
+``decide()`` composes :mod:`torchrouter_core.identity`, :mod:`torchrouter_core.tiering` and
+:mod:`torchrouter_core.routing`; it takes values and returns a :class:`RouteDecision`. The queue step
+(:mod:`torchrouter_core.queue_policy`) then walks ``decision.ladder`` against live capacity.
 """
 
 from __future__ import annotations

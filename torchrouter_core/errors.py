@@ -1,4 +1,7 @@
-"""OpenAI-shaped errors the classifier answers with itself.
+"""Domain errors: what went wrong, with the HTTP status and OpenAI error body it maps to (no HTTP library).
+
+The edge (``classifier.http_errors``) turns one into an aiohttp response; the hooks and the pure
+decision code raise and inspect them without importing aiohttp.
 
 Exception tree::
 
@@ -16,9 +19,6 @@ Messages never include request headers or keys.
 from __future__ import annotations
 
 from collections.abc import Mapping
-
-import orjson
-from aiohttp import web
 
 
 class ApiError(Exception):
@@ -88,17 +88,3 @@ class UpstreamUnavailable(ApiError):
 class UpstreamTimeout(ApiError):
     status = 504
     code = "upstream_timeout"
-
-
-def error_response(error: ApiError, headers: Mapping[str, str] | None = None) -> web.Response:
-    merged = {**error.headers, **(headers or {})}
-    return web.Response(
-        status=error.status, body=orjson.dumps(error.body()), content_type="application/json", headers=merged
-    )
-
-
-def http_error_response(status: int, reason: str) -> web.Response:
-    """For aiohttp's own HTTP errors (404 unknown route, 405 wrong method...)."""
-    error_type = "invalid_request_error" if status < 500 else "api_error"
-    body = {"error": {"message": reason, "type": error_type, "param": None, "code": str(status)}}
-    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
