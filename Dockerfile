@@ -11,7 +11,8 @@
 # Build:   docker build -t torchrouter .
 # Run:     see docker-compose.yml (prod) and docker-compose.dev.yml (dev overlay).
 #
-# What is in the image: the installed package (capability_matrix, classifier, litellm_hooks, torchrouter, with
+# What is in the image: the installed package (capability_matrix, classifier, litellm_hooks, torchrouter,
+# torchrouter_core, with
 # the shipped matrix.yaml, schema.json and agents.yaml as package data) and /app/litellm_config.yaml. No source
 # tree sits in the working directory, so every process imports the same installed copy. Operators replace the
 # matrix, agents and LiteLLM config by mounting files and pointing TORCHROUTER_CAPABILITY_MATRIX_PATH,
@@ -33,7 +34,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     LITELLM_LOCAL_MODEL_COST_MAP=True \
+    LITELLM_WORKER_STARTUP_HOOKS=litellm_hooks.lifecycle:start \
     TORCHROUTER_LITELLM_CONFIG_PATH=/app/litellm_config.yaml
+# (LITELLM_WORKER_STARTUP_HOOKS: LiteLLM starts our hooks' fleet probe when the proxy starts; other roles
+#  of the image ignore it.)
 # (TORCHROUTER_LITELLM_CONFIG_PATH: where the classifier reads LiteLLM's fallbacks for /queue/status; the
 #  config is not package data, so the image's copy is named here. Compose points it at the mounted one.)
 

@@ -91,6 +91,16 @@ class NvmlGpuReader:
                 log.warning("NVML shutdown failed: %s", exc)
 
 
+class Probe(Protocol):
+    """What a process needs of a fleet probe (FleetProbe; tests pass their own to create_app)."""
+
+    async def poll_once(self, now: float) -> dict[str, HostObservation]: ...
+
+    async def run(
+        self, interval_s: float, on_update: Callable[[dict[str, HostObservation]], None]
+    ) -> None: ...
+
+
 class FleetProbe:
     """Polls every host the current matrix declares; `matrix_source` is called per poll, so reloads apply."""
 

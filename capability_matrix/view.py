@@ -54,7 +54,6 @@ class FleetView:
         self._live = store.current
         self._matrix_generation = -1
         self._dirty = True
-        self.hook_errors = 0  # exceptions the hooks inside LiteLLM caught (cumulative since LiteLLM started)
 
     # --- inputs ---------------------------------------------------------------------------------------
     def on_observations(self, observations: dict[str, HostObservation]) -> None:

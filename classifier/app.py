@@ -32,15 +32,16 @@ from capability_matrix import (
     MatrixStore,
 )
 from capability_matrix import watch as watch_file
-from capability_matrix.probe import FleetProbe, NvmlGpuReader
+from capability_matrix.probe import FleetProbe, NvmlGpuReader, Probe
 from classifier.admission import Admission, Lanes
 from classifier.chat_body import parse_chat_body
-from classifier.forwarder import Forwarder, HttpForwarder, UpstreamResponse
+from classifier.forwarder import Forwarder, HttpForwarder
 from classifier.http_errors import error_response, http_error_response
 from classifier.metrics import Metrics
 from classifier.routing_headers import RequestIds, RouteTrace, request_id_from
 from classifier.settings import Settings
 from torchrouter_core.capacity import lane_limits
+from torchrouter_core.contract import RouteReport, RouteRequest
 from torchrouter_core.decide import AgentsStore, CloudLocked, RouteDecision, decide
 from torchrouter_core.errors import (
     ApiError,
@@ -52,7 +53,7 @@ from torchrouter_core.events import EventSink, open_sink
 from torchrouter_core.identity import GROUPS, LOCAL_GROUPS
 from torchrouter_core.queue_policy import finite_ms
 from torchrouter_core.routing import RoutingMode, overflow
-from torchrouter_core.spend import DailySpend, parse_cost
+from torchrouter_core.spend import DailySpend
 from torchrouter_core.tiering import Tier
 
 log = logging.getLogger("torchrouter.classifier")
@@ -68,6 +69,17 @@ FLEET_KEY = web.AppKey("fleet", FleetView)
 LANES_KEY = web.AppKey("lanes", Lanes)
 REQUEST_IDS_KEY = web.AppKey("request_ids", RequestIds)
 LITELLM_FALLBACKS_KEY = web.AppKey("litellm_fallbacks", dict[str, list[str]])
+
+
+@dataclass
+class HooksSeen:
+    """What the last response said about the hooks inside LiteLLM (cumulative since LiteLLM started)."""
+
+    errors: int = 0
+
+
+HOOKS_SEEN_KEY = web.AppKey("hooks_seen", HooksSeen)
+PROBE_KEY = web.AppKey("probe", Probe)
 
 # Upstream response headers relayed to the client as they are.
 _RELAYED = (
@@ -157,19 +169,39 @@ def refresh_lane_limits(app: web.Application) -> None:
     app[LANES_KEY].set_limits(lane_limits(live, overlay, LOCAL_GROUPS, app[SETTINGS_KEY].lane_caps))
 
 
-async def _probe_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Poll every host's /api/ps; warm states and lane limits follow the fleet without a restart."""
+def _probe_ctx(given: Probe | None) -> Callable[[web.Application], AsyncIterator[None]]:
+    """Poll every host's /api/ps; warm states and lane limits follow the fleet without a restart. A probe
+    passed to create_app (tests) is used as it is; otherwise a FleetProbe with its own session."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        if given is not None:
+            app[PROBE_KEY] = given
+            async with _running(app, given):
+                yield
+            return
+        settings, fleet = app[SETTINGS_KEY], app[FLEET_KEY]
+        # NVML only describes this machine: it is read only for the host the operator says we are.
+        gpu = NvmlGpuReader() if settings.local_host_id else None
+        async with aiohttp.ClientSession() as session:
+            probe = FleetProbe(
+                lambda: fleet.store.current,
+                session,
+                timeout_s=min(2.0, settings.probe_interval_s),
+                gpu_reader=gpu,
+                local_host_id=settings.local_host_id,
+            )
+            app[PROBE_KEY] = probe
+            async with _running(app, probe):
+                yield
+        if gpu is not None:
+            gpu.close()
+
+    return ctx
+
+
+@contextlib.asynccontextmanager
+async def _running(app: web.Application, probe: Probe) -> AsyncIterator[None]:
     settings, fleet = app[SETTINGS_KEY], app[FLEET_KEY]
-    session = aiohttp.ClientSession()
-    # NVML only describes this machine: it is read only for the host the operator says we are.
-    gpu = NvmlGpuReader() if settings.local_host_id else None
-    probe = FleetProbe(
-        lambda: fleet.store.current,
-        session,
-        timeout_s=min(2.0, settings.probe_interval_s),
-        gpu_reader=gpu,
-        local_host_id=settings.local_host_id,
-    )
 
     def on_update(observations: dict[str, HostObservation]) -> None:
         fleet.on_observations(observations)
@@ -178,12 +210,11 @@ async def _probe_ctx(app: web.Application) -> AsyncIterator[None]:
     # One round before serving, so the first requests see real lane limits rather than zero.
     on_update(await probe.poll_once(time.time()))
     task = asyncio.create_task(probe.run(settings.probe_interval_s, on_update), name="fleet-probe")
-    yield
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
-    await session.close()
-    if gpu is not None:
-        gpu.close()
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
 
 async def _events_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -195,9 +226,13 @@ def create_app(
     settings: Settings,
     *,
     forwarder: Forwarder | None = None,
+    probe: Probe | None = None,
     registry: CollectorRegistry | None = None,
     events: EventSink | None = None,
 ) -> web.Application:
+    """The classifier, built from values: ``forwarder`` (how to reach LiteLLM) and ``probe`` (how to
+    observe the fleet) default to the real HTTP ones; ``registry`` to a fresh one; ``events`` to the sink
+    ``settings.event_path`` names."""
     app = web.Application(client_max_size=settings.max_body_bytes)
     app[SETTINGS_KEY] = settings
     metrics = Metrics(registry or CollectorRegistry())
@@ -211,6 +246,8 @@ def create_app(
 
     def matrix_reloaded(matrix: Matrix) -> None:
         metrics.matrix_reloads.labels("reloaded").inc()
+        if FLEET_KEY in app:  # the hooks clear theirs on the same edit; no request needed to see it here
+            app[FLEET_KEY].set_auth_lockouts({})
         process_event("matrix_reloaded", profiles=len(matrix.profiles), schema_version=matrix.schema_version)
 
     def matrix_rejected(exc: MatrixError) -> None:
@@ -234,7 +271,8 @@ def create_app(
     sink = app[EVENTS_KEY]
     metrics.readings.event_write_errors = lambda: sink.write_errors
     metrics.readings.lanes = app[LANES_KEY].readings
-    metrics.readings.hook_errors = lambda: app[FLEET_KEY].hook_errors
+    app[HOOKS_SEEN_KEY] = HooksSeen()
+    metrics.readings.hook_errors = lambda: app[HOOKS_SEEN_KEY].errors
     app[AGENTS_KEY] = AgentsStore(
         settings.agents_path,
         on_reload=lambda _: metrics.config_reloads.labels("reloaded").inc(),
@@ -243,7 +281,7 @@ def create_app(
     setup_middlewares(app)
     app.cleanup_ctx.append(_forwarder_ctx(forwarder))
     app.cleanup_ctx.append(_watchers_ctx)
-    app.cleanup_ctx.append(_probe_ctx)
+    app.cleanup_ctx.append(_probe_ctx(probe))
     app.cleanup_ctx.append(_events_ctx)
     app.router.add_get("/health", health)
     app.router.add_get("/capability-matrix", capability_matrix)
@@ -494,21 +532,23 @@ async def _forward(
     app = request.app
     settings = app[SETTINGS_KEY]
     upstream_body = orjson.dumps({**body, "model": group, **decision.upstream_extras})
-    headers = {
-        "Content-Type": "application/json",
-        "x-torchrouter-request-id": trace.request_id,
-        "x-torchrouter-tier": trace.tier,
-        "x-torchrouter-group": group,
-    }
-    if decision.agent_label:
-        headers["x-torchrouter-agent-id"] = decision.agent_label
+    route = RouteRequest(
+        request_id=trace.request_id,
+        group=group,
+        tier=trace.tier,
+        agent_id=decision.agent_label,
+        needs=decision.needs,
+        route=decision.ladder_groups,
+    )
+    headers = {"Content-Type": "application/json", **route.to_headers()}
     if settings.master_key:
         headers["Authorization"] = "Bearer " + settings.master_key.reveal()
     sent = time.perf_counter()
     async with app[FORWARDER_KEY].open("POST", "/v1/chat/completions", upstream_body, headers) as upstream:
         headers_at = time.perf_counter()
-        _annotate(trace, upstream, app[MATRIX_KEY], group)
-        _learn(app[FLEET_KEY], app[SPEND_KEY], trace, upstream)
+        report = RouteReport.from_headers(upstream.headers)
+        _annotate(trace, report, app[MATRIX_KEY], group)
+        _learn(app, trace, report, upstream.status)
         trace.litellm_ttft_ms = (headers_at - sent) * 1e3
         trace.total_ms = (headers_at - started) * 1e3
         out_headers = {h: upstream.headers[h] for h in _RELAYED if h in upstream.headers}
@@ -562,35 +602,30 @@ async def _end_stream_with_error(response: web.StreamResponse, exc: BaseExceptio
         await response.write_eof()
 
 
-def _learn(fleet: FleetView, spend: DailySpend, trace: RouteTrace, upstream: UpstreamResponse) -> None:
-    """What a response tells the classifier: who served (warm -> hot), which keys the hooks locked out,
-    and the day's spend as the hooks total it (they see every answer's cost, streamed ones included)."""
-    if trace.model != "none" and upstream.status < 400:
+def _learn(app: web.Application, trace: RouteTrace, report: RouteReport, status: int) -> None:
+    """What a response tells the classifier: who served (warm -> hot), which keys the hooks hold locked
+    out (the whole set, on every response), the day's spend from the one book (the hooks'), and how many
+    errors the hooks caught."""
+    fleet = app[FLEET_KEY]
+    if trace.model != "none" and status < 400:
         fleet.served(trace.model)
-    now = time.time()
-    spend.add(parse_cost(upstream.headers.get("x-litellm-response-cost")), now)
-    spend.at_least(parse_cost(upstream.headers.get("x-torchrouter-daily-spend-usd")), now)
-    hook_errors = upstream.headers.get("x-torchrouter-hook-errors")
-    if hook_errors is not None and hook_errors.isdigit():
-        fleet.hook_errors = int(hook_errors)
-    locked = upstream.headers.get("x-torchrouter-auth-lockouts")
-    if locked is not None:
-        fleet.set_auth_lockouts({key: "provider answered 401/403" for key in locked.split(",") if key})
+    if report.daily_spend_usd is not None:
+        app[SPEND_KEY].mirror(report.daily_spend_usd, time.time())
+    if report.hook_errors is not None:
+        app[HOOKS_SEEN_KEY].errors = report.hook_errors
+    if report.auth_lockouts is not None:
+        fleet.set_auth_lockouts(dict.fromkeys(report.auth_lockouts, "provider answered 401/403"))
 
 
-def _annotate(trace: RouteTrace, upstream: UpstreamResponse, matrix: MatrixStore, group: str) -> None:
+def _annotate(trace: RouteTrace, report: RouteReport, matrix: MatrixStore, group: str) -> None:
     """Fill the trace from what LiteLLM and our hooks reported."""
-    deployment = upstream.headers.get("x-torchrouter-deployment") or upstream.headers.get(
-        "x-litellm-model-id"
-    )
-    if deployment:
-        trace.model = deployment
-    trace.warm_state = upstream.headers.get("x-torchrouter-warm-state", trace.warm_state)
-    score = upstream.headers.get("x-torchrouter-score-ms")
-    if score:
-        with contextlib.suppress(ValueError):
-            trace.score_ms = float(score)
-    profile = matrix.current.profiles.get(trace.model)
-    if profile is not None and profile.lane != group:
-        step = f"fallback:{group}->{profile.lane}"  # LiteLLM's failure fallback, after any ladder step
+    if report.deployment:
+        trace.model = report.deployment
+    if report.warm_state is not None:
+        trace.warm_state = report.warm_state.value
+    if report.score_ms is not None:
+        trace.score_ms = report.score_ms
+    if report.fallbacks > 0:  # LiteLLM's own count of failure fallbacks; the deployment names the group
+        profile = matrix.current.profiles.get(trace.model)
+        step = f"fallback:{group}->{profile.lane if profile is not None else 'unknown'}"
         trace.fallback = step if trace.fallback == "none" else f"{trace.fallback};{step}"

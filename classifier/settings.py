@@ -1,7 +1,8 @@
 """The one place that reads the classifier's environment.
 
 Everything else receives a :class:`Settings`. Each variable, its default and its meaning is listed in
-``ENV_DOCS`` (the README's table is written from it).
+``ENV_DOCS`` (the README's table is written from it), including the ones the hooks inside LiteLLM read
+in ``litellm_hooks.settings``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ from pathlib import Path
 
 from capability_matrix import DEFAULT_MATRIX_PATH
 from torchrouter_core.capacity import parse_lane_caps
+from torchrouter_core.env import SettingsError
+from torchrouter_core.env import parse_bool as _bool
+from torchrouter_core.env import parse_float as _float
 from torchrouter_core.routing import parse_routing_mode
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
@@ -71,29 +75,6 @@ class Secret:
 
     def __hash__(self) -> int:
         return hash(self._value)
-
-
-class SettingsError(ValueError):
-    """An environment variable holds a value the classifier cannot use."""
-
-
-def _bool(name: str, raw: str) -> bool:
-    lowered = raw.strip().lower()
-    if lowered in {"1", "true", "yes", "on"}:
-        return True
-    if lowered in {"0", "false", "no", "off"}:
-        return False
-    raise SettingsError(f"{name}={raw!r}: expected true or false")
-
-
-def _float(name: str, raw: str, lo: float | None = None, hi: float | None = None) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        raise SettingsError(f"{name}={raw!r}: expected a number") from None
-    if (lo is not None and value < lo) or (hi is not None and value > hi):
-        raise SettingsError(f"{name}={raw!r}: expected a number in [{lo}, {hi}]")
-    return value
 
 
 @dataclass(frozen=True)
@@ -173,3 +154,6 @@ class Settings:
             )
         values.update(overrides)
         return cls(**values)  # type: ignore[arg-type]
+
+
+__all__ = ["DEFAULT_AGENTS_PATH", "ENV_DOCS", "PACKAGE_ROOT", "Secret", "Settings", "SettingsError"]

@@ -1,68 +1,75 @@
-"""Thin adapters that LiteLLM calls; the decisions live in :mod:`litellm_hooks.ranker`.
+"""Thin adapters that LiteLLM calls; the decisions live in the ground floor (:mod:`torchrouter_core`).
 
-LiteLLM loads ``litellm_hooks.router_hooks`` (see litellm_config.yaml). Nothing happens at import:
-state is built on the first call from the environment, and the fleet probe (warm state from each
-host's ``/api/ps``) starts then, on LiteLLM's own event loop.
+LiteLLM loads ``litellm_hooks.router_hooks`` (see litellm_config.yaml). Nothing happens at import.
+:meth:`RouterHooks.start` reads :class:`HooksSettings` once and starts the fleet probe on LiteLLM's own
+event loop; LiteLLM runs it at proxy start-up through ``LITELLM_WORKER_STARTUP_HOOKS=
+litellm_hooks.lifecycle:start`` (set by ``torchrouter up`` and the image). Without that variable the
+first hook call of any kind starts it instead. The probe task ends with LiteLLM's loop: at shutdown
+uvicorn's ``asyncio.run`` cancels it, which closes its HTTP session (LiteLLM 1.102.4 has no shutdown
+callback for custom loggers).
 
-What the hooks keep: the matrix store (hot-reloaded), probe observations, requests in flight per
-deployment (the ranker's ``idle`` scorer) and auth lockouts (a provider's 401/403 locks every profile
-behind the same credentials until one of them succeeds). Each response carries
-``x-torchrouter-auth-lockouts`` so the classifier can show them in ``/capability-matrix``.
+What the hooks keep (:class:`HooksRuntime`): the live fleet view (matrix store, probe observations,
+answers, auth and budget lockouts), requests in flight per deployment (the ranker's ``idle`` scorer),
+and the one book of cloud spend. What they exchange with the classifier is
+:mod:`torchrouter_core.contract`: a :class:`RouteRequest` in, a :class:`RouteReport` out.
 
-Every exception inside a hook is logged and counted; a hook never breaks a request because of its
-own bug. The one deliberate failure is an empty candidate list after filtering, which LiteLLM turns
-into a "no deployments" error and then its configured fallback group.
+Every exception inside a hook is logged and counted; a hook never breaks a request because of its own
+bug. The one deliberate failure is an empty candidate list after filtering, which LiteLLM turns into a
+"no deployments" error and then its configured fallback group.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 from litellm.integrations.custom_logger import CustomLogger
 
-from capability_matrix import (
-    DEFAULT_MATRIX_PATH,
-    FleetView,
-    Matrix,
-    MatrixStore,
-    next_auth_lockouts,
-)
+from capability_matrix import FleetView, Matrix, MatrixStore, WarmState, next_auth_lockouts
 from capability_matrix.probe import FleetProbe
+from litellm_hooks.settings import HooksSettings
+from torchrouter_core.contract import RouteReport, RouteRequest, decode_needs, encode_needs
 from torchrouter_core.events import EventSink, open_sink
 from torchrouter_core.inflight import InFlight
-from torchrouter_core.ranker import FleetLoad, NoCandidate, RequestNeeds, rank
-from torchrouter_core.spend import DailySpend
-from torchrouter_core.tiering import approx_prompt_tokens
+from torchrouter_core.needs import request_needs
+from torchrouter_core.ranker.interfaces import RequestNeeds
+from torchrouter_core.ranker.select import select
+from torchrouter_core.spend import SpendBook
 
 log = logging.getLogger("torchrouter.hooks")
 
-# Headers the classifier sets on the request it forwards (lower-cased by LiteLLM).
-REQUEST_ID_HEADER = "x-torchrouter-request-id"
-AGENT_HEADER = "x-torchrouter-agent-id"
-TIER_HEADER = "x-torchrouter-tier"
-GROUP_HEADER = "x-torchrouter-group"
-
-_CTX = "torchrouter"  # key inside LiteLLM's request metadata
-PROBE_INTERVAL_S = 2.0
+_CTX = "torchrouter"  # key inside LiteLLM's request metadata: plain values only (LiteLLM copies it)
+FIRST_ROUND_WAIT_S = 2.0  # the first ranking waits at most this long for the probe's first round
 
 
 @dataclass
-class _State:
-    fleet: FleetView  # the matrix store plus probe observations, answers and auth lockouts, cached
+class HooksRuntime:
+    settings: HooksSettings
+    fleet: FleetView  # the matrix store plus probe observations, answers and lockouts, cached
     events: EventSink
+    spend: SpendBook
     # A lease as long as LiteLLM's own request timeout (litellm_config.yaml): a request LiteLLM never
     # reports back on (a client gone before the first chunk) stops counting as load after that.
     in_flight: InFlight = field(default_factory=lambda: InFlight(ttl_s=300.0))
-    spend: DailySpend = field(default_factory=DailySpend)
+    first_round: asyncio.Event = field(default_factory=asyncio.Event)
     probe_task: asyncio.Task[None] | None = None
     generation: int = 0
+
+    @classmethod
+    def build(cls, settings: HooksSettings) -> HooksRuntime:
+        spend = SpendBook()
+        fleet = FleetView(
+            MatrixStore(settings.matrix_path),
+            daily_budget_usd=settings.daily_budget_usd,
+            spend_today=spend.today,
+        )
+        return cls(settings, fleet, open_sink(settings.event_path), spend)
 
     def live_matrix(self, now: float) -> Matrix:
         store = self.fleet.store
@@ -72,6 +79,18 @@ class _State:
             self.generation = store.generation
             self.fleet.set_auth_lockouts({})
         return self.fleet.matrix(now)
+
+    async def probe(self) -> None:
+        interval = self.settings.probe_interval_s
+        async with aiohttp.ClientSession() as session:
+            probe = FleetProbe(lambda: self.fleet.store.current, session, timeout_s=min(2.0, interval))
+
+            def on_update(observations: dict[str, Any]) -> None:
+                self.fleet.on_observations(observations)
+                self.first_round.set()
+
+            on_update(await probe.poll_once(time.time()))
+            await probe.run(interval, on_update)
 
 
 def _ctx_of(kwargs: Mapping[str, Any]) -> dict[str, Any]:
@@ -94,53 +113,77 @@ def _status_of(exc: object) -> int | None:
     return status if isinstance(status, int) else None
 
 
+def _needs_of(ctx: Mapping[str, Any], kwargs: Mapping[str, Any], messages: object) -> RequestNeeds:
+    """The classifier's needs (carried in our context); else worked out by the same rule from the body."""
+    carried = ctx.get("needs")
+    return (
+        decode_needs(carried) if isinstance(carried, str) else request_needs({**kwargs, "messages": messages})
+    )
+
+
+def _response_cost(response: object) -> object:
+    hidden = getattr(response, "_hidden_params", None)
+    return hidden.get("response_cost") if isinstance(hidden, Mapping) else None
+
+
 class RouterHooks(CustomLogger):
-    def __init__(self) -> None:
+    def __init__(self, load_settings: Callable[[], HooksSettings] = HooksSettings.from_env) -> None:
         super().__init__()
-        self._state: _State | None = None
+        self._load_settings = load_settings
+        self._runtime: HooksRuntime | None = None
         self.errors = 0
 
-    def _get_state(self) -> _State:
-        if self._state is None:
-            matrix_path = os.environ.get("TORCHROUTER_CAPABILITY_MATRIX_PATH") or str(DEFAULT_MATRIX_PATH)
-            spend = DailySpend()
-            self._state = _State(
-                fleet=FleetView(MatrixStore(matrix_path), daily_budget_usd=None, spend_today=spend.today),
-                events=open_sink(os.environ.get("TORCHROUTER_ROUTING_CONTINUITY_EVENT_PATH")),
-                spend=spend,
-            )
-        state = self._state
-        if state.probe_task is None:
-            state.probe_task = asyncio.get_running_loop().create_task(self._probe(state), name="hooks-probe")
-        return state
+    # --- lifecycle --------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Read the settings and start the probe on the running loop (idempotent)."""
+        self._ensure()
 
-    async def _probe(self, state: _State) -> None:
-        async with aiohttp.ClientSession() as session:
-            probe = FleetProbe(lambda: state.fleet.store.current, session, timeout_s=PROBE_INTERVAL_S)
-            await probe.run(PROBE_INTERVAL_S, state.fleet.on_observations)
+    async def stop(self) -> None:
+        runtime = self._runtime
+        if runtime is not None and runtime.probe_task is not None:
+            runtime.probe_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await runtime.probe_task
+            runtime.probe_task = None
+
+    def _ensure(self) -> HooksRuntime:
+        if self._runtime is None:
+            self._runtime = HooksRuntime.build(self._load_settings())
+        runtime = self._runtime
+        if runtime.probe_task is None:
+            runtime.probe_task = asyncio.get_running_loop().create_task(runtime.probe(), name="hooks-probe")
+        return runtime
 
     def _failed(self, where: str) -> None:
         self.errors += 1
         log.exception("torchrouter hook %s failed; request continues without it", where)
 
-    # --- request entry: copy the classifier's routing context into LiteLLM's metadata ---------------
+    # --- request entry: the classifier's RouteRequest into LiteLLM's metadata ----------------------------
     async def async_pre_call_hook(
         self, user_api_key_dict: Any, cache: Any, data: dict[str, Any], call_type: Any
     ) -> dict[str, Any]:
         try:
+            self._ensure()
             headers = (data.get("proxy_server_request") or {}).get("headers") or {}
-            metadata = data.setdefault("metadata", {})
-            metadata[_CTX] = {
-                "request_id": headers.get(REQUEST_ID_HEADER) or data.get("litellm_call_id"),
-                "agent_id": headers.get(AGENT_HEADER),
-                "tier": headers.get(TIER_HEADER),
-                "group": headers.get(GROUP_HEADER) or data.get("model"),
+            request = RouteRequest.from_headers(
+                headers,
+                default_request_id=str(data.get("litellm_call_id") or ""),
+                default_group=str(data.get("model") or ""),
+            )
+            needs = request.needs or request_needs(data)  # a request that bypassed the classifier
+            data.setdefault("metadata", {})[_CTX] = {
+                "request_id": request.request_id or None,
+                "agent_id": request.agent_id,
+                "tier": request.tier,
+                "group": request.group,
+                "route": list(request.route),
+                "needs": encode_needs(needs),
             }
         except Exception:
             self._failed("pre_call")
         return data
 
-    # --- per attempt (fallbacks included): filter, rank, pick one deployment -------------------------
+    # --- per attempt (fallbacks included): filter, rank, pick one deployment -----------------------------
     async def async_filter_deployments(
         self,
         model: str,
@@ -150,93 +193,65 @@ class RouterHooks(CustomLogger):
         parent_otel_span: Any = None,
     ) -> list[dict[str, Any]]:
         try:
-            state = self._get_state()
-            now = time.time()
-            matrix = state.live_matrix(now)
+            runtime = self._ensure()
+            if not runtime.first_round.is_set():  # right after start: rank on observed state, not "unknown"
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(runtime.first_round.wait(), FIRST_ROUND_WAIT_S)
             kwargs = request_kwargs or {}
             ctx = _ctx_of(kwargs)
+            now = time.time()
+            selection = select(
+                model,
+                [(d.get("model_info") or {}).get("id") for d in healthy_deployments],
+                decode_needs(ctx["needs"])
+                if ctx.get("needs")
+                else request_needs({**kwargs, "messages": messages}),
+                matrix=runtime.live_matrix(now),
+                overlay=runtime.fleet.overlay(now),
+                in_flight=runtime.in_flight.counts(now),
+            )
             who = {
                 "request_id": ctx.get("request_id"),
                 "agent_id": ctx.get("agent_id"),
                 "tier": ctx.get("tier"),
             }
-            by_key: dict[str, dict[str, Any]] = {}
-            unknown = []
-            for deployment in healthy_deployments:
-                key = (deployment.get("model_info") or {}).get("id")
-                if isinstance(key, str) and key in matrix.profiles:
-                    by_key[key] = deployment
-                else:
-                    unknown.append(key)
-            needs = RequestNeeds(
-                # The classifier's estimator: message text and tool schemas, chars / 4.
-                prompt_tokens=approx_prompt_tokens(messages, kwargs.get("tools")),
-                max_output_tokens=int(kwargs.get("max_tokens") or kwargs.get("max_completion_tokens") or 0),
-                needs_tools=bool(kwargs.get("tools")),
-            )
             first_group = ctx.get("group")
             if first_group and first_group != model:
-                state.events.emit(
-                    "fallback_selected", **who, group=first_group, from_group=first_group, to_group=model
-                )
-            hosts = {k: matrix.hosts.get(matrix.profiles[k].host_id) for k in by_key}  # the candidates only
-            slots = {k: host.num_parallel if host is not None else 0 for k, host in hosts.items()}
-            load = FleetLoad(in_flight=state.in_flight.counts(now), slots=slots)
-            try:
-                ranking = rank(model, [matrix.profiles[k] for k in by_key], needs, load=load)
-            except NoCandidate as exc:
-                state.events.emit(
-                    "route_selected",
+                runtime.events.emit(
+                    "fallback_selected",
                     **who,
-                    group=model,
-                    deployment=None,
-                    rejected=exc.rejected,
-                    unknown_deployments=unknown,
-                    reason=str(exc),
+                    group=first_group,
+                    from_group=first_group,
+                    to_group=model,
+                    planned=model in (ctx.get("route") or ()),
                 )
+            runtime.events.emit("route_selected", **who, **selection.event_fields())
+            chosen = selection.chosen
+            if chosen is None:
                 return []
-            chosen = ranking.chosen
-            score_ms = sum(ranking.timings_ms.values())
-            ctx["score_ms"] = round(score_ms, 3)
-            ctx["deployment"] = chosen.key
-            ctx["warm_state"] = chosen.warm_state.value
+            ctx.update(deployment=chosen.key, warm_state=chosen.warm_state.value, score_ms=selection.score_ms)
             if ctx.get("request_id"):
-                state.in_flight.start(chosen.key, str(ctx["request_id"]), now)
-            state.events.emit(
-                "route_selected",
-                **who,
-                group=model,
-                deployment=chosen.key,
-                host_id=chosen.host_id,
-                model=chosen.model,
-                warm_state=chosen.warm_state.value,
-                candidates=len(by_key),
-                scores=ranking.scores,
-                rejected=ranking.rejected,
-                unknown_deployments=unknown,
-                score_ms=round(score_ms, 3),
-            )
-            return [by_key[chosen.key]]
+                runtime.in_flight.start(chosen.key, str(ctx["request_id"]), now)
+            return [d for d in healthy_deployments if (d.get("model_info") or {}).get("id") == chosen.key][:1]
         except Exception:
             self._failed("filter_deployments")
             return healthy_deployments
 
-    # --- outcomes: free the in-flight slot, learn warm and auth state --------------------------------
+    # --- outcomes: free the in-flight slot, learn warm and auth state, book the spend --------------------
     def _finished(self, kwargs: dict[str, Any], status: int | None) -> None:
-        state = self._state
+        runtime = self._runtime
         key = _deployment_key(kwargs)
-        if state is None or key is None:
+        if runtime is None or key is None:
             return
         ctx = _ctx_of(kwargs)
         if ctx.get("request_id"):
-            state.in_flight.finish(key, str(ctx["request_id"]))
-        matrix = state.fleet.store.current
+            runtime.in_flight.finish(key, str(ctx["request_id"]))
+        matrix = runtime.fleet.store.current
         if key not in matrix.profiles:
             return
         if status is None:
-            state.fleet.served(key)
-        # The hooks see the provider's answer (None: a success); the fleet view keeps the one book.
-        fleet = state.fleet
+            runtime.fleet.served(key)
+        fleet = runtime.fleet
         fleet.set_auth_lockouts(
             next_auth_lockouts(matrix, fleet.auth_lockouts, key, 200 if status is None else status)
         )
@@ -246,9 +261,10 @@ class RouterHooks(CustomLogger):
     ) -> None:
         try:
             self._finished(kwargs, None)
-            cost = kwargs.get("response_cost")
-            if self._state is not None and isinstance(cost, int | float):
-                self._state.spend.add(cost, time.time())  # DailySpend counts only a real amount
+            if self._runtime is not None:  # streamed answers' cost is known only here
+                self._runtime.spend.record(
+                    kwargs.get("litellm_call_id"), kwargs.get("response_cost"), time.time()
+                )
         except Exception:
             self._failed("log_success")
 
@@ -260,7 +276,7 @@ class RouterHooks(CustomLogger):
         except Exception:
             self._failed("log_failure")
 
-    # --- response headers (errors too) ---------------------------------------------------------------
+    # --- response headers (errors too): the RouteReport ---------------------------------------------------
     async def async_post_call_response_headers_hook(
         self,
         data: dict[str, Any],
@@ -270,19 +286,21 @@ class RouterHooks(CustomLogger):
         litellm_call_info: dict[str, Any] | None = None,
     ) -> dict[str, str] | None:
         try:
+            runtime = self._runtime
             ctx = _ctx_of(data)
-            headers = {}
-            if "score_ms" in ctx:
-                headers["x-torchrouter-score-ms"] = f"{ctx['score_ms']:.3f}"
-            if ctx.get("deployment"):
-                headers["x-torchrouter-deployment"] = str(ctx["deployment"])
-                headers["x-torchrouter-warm-state"] = str(ctx.get("warm_state", "unknown"))
-            headers["x-torchrouter-hook-errors"] = str(self.errors)  # exported by the classifier
-            if self._state is not None:
-                headers["x-torchrouter-auth-lockouts"] = ",".join(sorted(self._state.fleet.auth_lockouts))
-                # Every answer's cost, streamed ones included, totalled here: the classifier's budget.
-                headers["x-torchrouter-daily-spend-usd"] = f"{self._state.spend.today(time.time()):.8f}"
-            return headers
+            now = time.time()
+            if runtime is not None:  # a non-streamed answer's cost is known now: book it before reporting
+                runtime.spend.record(data.get("litellm_call_id"), _response_cost(response), now)
+            warm = ctx.get("warm_state")
+            report = RouteReport(
+                deployment=ctx.get("deployment"),
+                warm_state=WarmState(warm) if isinstance(warm, str) else None,
+                score_ms=ctx.get("score_ms"),
+                auth_lockouts=frozenset(runtime.fleet.auth_lockouts) if runtime is not None else None,
+                daily_spend_usd=runtime.spend.today(now) if runtime is not None else None,
+                hook_errors=self.errors,
+            )
+            return report.to_headers()
         except Exception:
             self._failed("response_headers")
             return None

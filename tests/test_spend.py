@@ -1,4 +1,4 @@
-"""DailySpend: today's cloud spend, per UTC day, counting only real amounts."""
+"""DailySpend and SpendBook: today's cloud spend, per UTC day, counting only real amounts, once per call."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from torchrouter_core.spend import DailySpend, parse_cost
+from torchrouter_core.spend import DailySpend, SpendBook
 
 NOON = 1_772_366_400.0  # 2026-03-01 12:00 UTC
 MIDNIGHT = 1_772_409_600.0  # 2026-03-02 00:00 UTC
@@ -27,22 +27,37 @@ def test_only_a_finite_positive_amount_is_spend(garbage: float) -> None:
     spend = DailySpend()
     spend.add(0.5, NOON)
     spend.add(garbage, NOON)
-    spend.at_least(garbage, NOON)
     assert spend.today(NOON) == 0.5
 
 
-def test_at_least_keeps_the_larger_total() -> None:
+@pytest.mark.parametrize("garbage", [-1.0, math.nan, math.inf, -math.inf, True])
+def test_mirror_takes_the_books_total_and_ignores_garbage(garbage: float) -> None:
     spend = DailySpend()
-    spend.add(0.5, NOON)
-    spend.at_least(0.2, NOON)
+    spend.mirror(2.0, NOON)
+    spend.mirror(0.5, NOON)  # the book's total, not the larger of two: a LiteLLM restart starts it over
     assert spend.today(NOON) == 0.5
-    spend.at_least(2.0, NOON)
-    assert spend.today(NOON) == 2.0
+    spend.mirror(garbage, NOON)
+    assert spend.today(NOON) == 0.5
+    spend.mirror(0, NOON)
+    assert spend.today(NOON) == 0.0
 
 
-@pytest.mark.parametrize(
-    ("header", "cost"),
-    [(None, 0.0), ("", 0.0), ("abc", 0.0), ("nan", 0.0), ("inf", 0.0), ("-0.5", 0.0), ("0.0125", 0.0125)],
-)
-def test_parse_cost(header: str | None, cost: float) -> None:
-    assert parse_cost(header) == cost
+def test_the_book_counts_each_call_once_whichever_callback_reports_it() -> None:
+    book = SpendBook()
+    book.record("call-1", 0.25, NOON)  # response headers (non-streamed: cost known)
+    book.record("call-1", 0.25, NOON)  # the success log of the same call
+    book.record("call-2", None, NOON)  # a stream: no cost at header time ...
+    book.record("call-2", 0.5, NOON)  # ... counted when LiteLLM logs it
+    book.record("call-3", math.nan, NOON)
+    book.record(None, 0.125, NOON)  # no call id: counted (never dropped)
+    assert book.today(NOON) == pytest.approx(0.875)
+    assert book.today(MIDNIGHT) == 0.0
+
+
+def test_the_book_forgets_old_call_ids_so_memory_stays_bounded() -> None:
+    book = SpendBook(max_calls=2)
+    for call in ("a", "b", "c"):
+        book.record(call, 1.0, NOON)
+    book.record("a", 1.0, NOON)  # forgotten: counted again (the bound is far above a day's calls)
+    book.record("c", 1.0, NOON)  # remembered: not counted
+    assert book.today(NOON) == 4.0

@@ -19,6 +19,8 @@ import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 
+STARTUP_HOOK = "litellm_hooks.lifecycle:start"  # the name only: this process never imports LiteLLM
+
 _PR_SET_PDEATHSIG = 1
 
 
@@ -50,6 +52,8 @@ class LiteLLMProcess:
         child_env = {
             **env,
             "LITELLM_LOCAL_MODEL_COST_MAP": "True",  # else importing litellm fetches a cost map online
+            # Our hooks' fleet probe starts with the proxy (litellm_hooks/lifecycle.py), not on a request.
+            "LITELLM_WORKER_STARTUP_HOOKS": STARTUP_HOOK,
             "LITELLM_LOG": env.get("LITELLM_LOG", "ERROR"),
             "PYTHONUNBUFFERED": "1",
         }

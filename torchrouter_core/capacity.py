@@ -14,36 +14,33 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Mapping
 
-from capability_matrix import LiveOverlay, LockoutState, Matrix, Profile, WarmState
-
-_RESIDENT = (WarmState.WARM, WarmState.HOT)
+from capability_matrix.live import LiveOverlay
+from capability_matrix.model import Matrix, Profile, WarmState
+from torchrouter_core.usability import RESIDENT, HostRoom, cannot_load, host_rooms, locked_out, unreachable
 
 
 def usable_profiles(matrix: Matrix, overlay: LiveOverlay) -> frozenset[str]:
+    """Keys of the local profiles that can take work now (the rules of :mod:`torchrouter_core.usability`),
+    cold ones packed per host so two of them never count against the same free memory."""
+    rooms = host_rooms(matrix, overlay)
     by_host: dict[str, list[Profile]] = defaultdict(list)
     for profile in matrix.profiles.values():
         if (
             profile.is_local
-            and profile.lockout_state is LockoutState.NONE
-            and profile.host_id in matrix.hosts
+            and profile.host_id in rooms
+            and not (locked_out(profile) or unreachable(profile))
         ):
             by_host[profile.host_id].append(profile)
     usable: set[str] = set()
     for host_id, profiles in by_host.items():
-        host = matrix.hosts[host_id]
-        resident = [p for p in profiles if p.warm_state in _RESIDENT]
-        usable.update(p.key for p in resident)
-        memory = overlay.memory.get(host_id)
-        free_gb = memory.free_gb if memory is not None else host.gpu_memory_gb
-        room = host.max_loaded_models - len({p.model for p in resident})
+        room = rooms[host_id]
+        usable.update(p.key for p in profiles if p.warm_state in RESIDENT)
         for profile in sorted(
             (p for p in profiles if p.warm_state is WarmState.COLD), key=lambda p: p.vram_gb
         ):
-            if room <= 0 or profile.vram_gb > free_gb:
-                continue
-            usable.add(profile.key)
-            free_gb -= profile.vram_gb
-            room -= 1
+            if cannot_load(profile, room) is None:
+                usable.add(profile.key)
+                room = HostRoom(room.free_gb - profile.vram_gb, room.model_slots - 1)
     return frozenset(usable)
 
 

@@ -16,6 +16,8 @@ from typing import Any
 from capability_matrix import Matrix, ReloadingFile
 from torchrouter_core.errors import ApiError, BadRequest
 from torchrouter_core.identity import Identity, IdentityError, identify
+from torchrouter_core.needs import output_tokens, request_needs
+from torchrouter_core.ranker.interfaces import RequestNeeds
 from torchrouter_core.routing import FAST_CHAT_MAX_PROMPT_TOKENS, LadderStep, RoutingMode, plan_route
 from torchrouter_core.tiering import (
     AgentDirectory,
@@ -52,6 +54,9 @@ class RouteDecision:
     wait_budget_ms: int
     upstream_extras: Mapping[str, Any] = field(default_factory=dict)
     output_tokens: int | None = None  # max_tokens / max_completion_tokens: prices the request in the queue
+    needs: RequestNeeds = field(
+        default_factory=RequestNeeds
+    )  # what a deployment must offer; sent to the hooks (contract)
 
     @property
     def first_group(self) -> str:
@@ -68,14 +73,6 @@ class RouteDecision:
 
 def seconds_to_next_utc_day(now: float) -> int:
     return max(1, 86400 - int(now) % 86400)
-
-
-def _output_tokens(body: Mapping[str, Any]) -> int | None:
-    for name in ("max_completion_tokens", "max_tokens"):
-        value = body.get(name)
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            return value
-    return None
 
 
 def fast_chat_context_tokens(matrix: Matrix) -> int:
@@ -145,7 +142,8 @@ def decide(
         ladder=ladder,
         wait_budget_ms=agents.wait_budget_ms(tiering.tier),
         upstream_extras=extras,
-        output_tokens=_output_tokens(body),
+        output_tokens=output_tokens(body),
+        needs=request_needs(body, None if features is UNREAD_FEATURES else features),
     )
 
 

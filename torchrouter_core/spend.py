@@ -1,9 +1,15 @@
-"""Daily cloud spend: a pure accumulator keyed by UTC day (yesterday's total never leaks into today)."""
+"""Daily cloud spend: a pure accumulator keyed by UTC day (yesterday's total never leaks into today).
+
+One book: the hooks inside LiteLLM keep the :class:`SpendBook` (every answer's cost, counted once per
+LiteLLM call whichever callback reports it first) and report its total on each response; the classifier's
+:class:`DailySpend` mirrors that total.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import math
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from capability_matrix import utc_day
@@ -21,11 +27,12 @@ class DailySpend:
         if _spend(cost_usd):
             self.total_usd += cost_usd
 
-    def at_least(self, total_usd: float, now: float) -> None:
-        """Another counter's total for today (the hooks see every answer's cost): keep the larger."""
+    def mirror(self, total_usd: float, now: float) -> None:
+        """Take the one book's total for today as ours (the classifier mirrors what the hooks report: they
+        see every answer's cost, streamed ones included). A garbage total is ignored; zero is a total."""
         self._roll(now)
-        if _spend(total_usd) and total_usd > self.total_usd:
-            self.total_usd = total_usd
+        if total_usd == 0 or _spend(total_usd):
+            self.total_usd = float(total_usd)
 
     def today(self, now: float) -> float:
         self._roll(now)
@@ -41,6 +48,35 @@ class DailySpend:
         self._day_ends = (midnight + dt.timedelta(days=1)).timestamp()
 
 
+class SpendBook:
+    """Today's cloud spend, each LiteLLM call counted once (by its call id).
+
+    A non-streamed answer's cost is known when its response headers are built (so the response that
+    crosses the budget already reports it); a streamed one's only when LiteLLM logs the success. Both
+    places record; the second record of the same call is ignored. At most ``max_calls`` call ids are
+    remembered (oldest forgotten first), so memory stays bounded."""
+
+    def __init__(self, max_calls: int = 100_000) -> None:
+        self.daily = DailySpend()
+        self._counted: OrderedDict[str, None] = OrderedDict()
+        self._max_calls = max_calls
+
+    def record(self, call_id: str | None, cost_usd: object, now: float) -> None:
+        """``cost_usd`` that is not a finite, positive number is no spend (and does not mark the call)."""
+        if not _spend(cost_usd):
+            return
+        if call_id is not None:
+            if call_id in self._counted:
+                return
+            self._counted[call_id] = None
+            if len(self._counted) > self._max_calls:
+                self._counted.popitem(last=False)
+        self.daily.add(cost_usd, now)  # type: ignore[arg-type]  # _spend checked it is a number
+
+    def today(self, now: float) -> float:
+        return self.daily.today(now)
+
+
 def _spend(amount: object) -> bool:
     """A real amount of money: a finite, positive number (not a bool, NaN or infinity)."""
     return (
@@ -49,14 +85,3 @@ def _spend(amount: object) -> bool:
         and math.isfinite(amount)
         and amount > 0
     )
-
-
-def parse_cost(header_value: str | None) -> float:
-    """LiteLLM's ``x-litellm-response-cost``; absent, empty or garbage counts as zero."""
-    if not header_value:
-        return 0.0
-    try:
-        cost = float(header_value)
-    except ValueError:
-        return 0.0
-    return cost if _spend(cost) else 0.0

@@ -1,11 +1,30 @@
 """The ranking cycle: filter -> weighted score -> pick, pure and synchronous.
 
-``rank()`` composes the stages in :mod:`filters`, :mod:`scorers` and :mod:`pickers` and times each
-one. It takes profiles and a :class:`RequestNeeds`, returns a :class:`Ranking`; nothing here imports
-LiteLLM, aiohttp or prometheus_client.
+``rank()`` (:mod:`.cycle`) composes the stages in :mod:`.filters`, :mod:`.scorers` and :mod:`.pickers`
+and times each one; the types they share are in :mod:`.interfaces`. Nothing here imports LiteLLM,
+aiohttp or prometheus_client.
 """
 
-from torchrouter_core.ranker.cycle import NoCandidate, Ranking, RequestNeeds, rank
-from torchrouter_core.ranker.scorers import FleetLoad
+from torchrouter_core.ranker.cycle import rank
+from torchrouter_core.ranker.interfaces import (
+    Filter,
+    FleetSnapshot,
+    NoCandidate,
+    Picker,
+    Ranking,
+    RankOutcome,
+    RequestNeeds,
+    Scorer,
+)
 
-__all__ = ["FleetLoad", "NoCandidate", "Ranking", "RequestNeeds", "rank"]
+__all__ = [
+    "Filter",
+    "FleetSnapshot",
+    "NoCandidate",
+    "Picker",
+    "RankOutcome",
+    "Ranking",
+    "RequestNeeds",
+    "Scorer",
+    "rank",
+]

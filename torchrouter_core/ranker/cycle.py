@@ -1,39 +1,25 @@
-"""One ranking cycle over a group's candidates."""
+"""One ranking cycle over a group's candidates: filter -> weighted score -> pick, each stage timed.
+
+``rank()`` raises :class:`NoCandidate` when every candidate is filtered out; otherwise it returns a
+:class:`Ranking` with every candidate's score and every rejection's reason. Scores are clamped to [0, 1]
+and weighted here, not in the scorers.
+"""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 
-from capability_matrix import Profile
+from capability_matrix.model import Profile
 from torchrouter_core.ranker import filters, pickers, scorers
-from torchrouter_core.ranker.scorers import FleetLoad
-
-
-@dataclass(frozen=True)
-class RequestNeeds:
-    prompt_tokens: int = 0
-    max_output_tokens: int = 0
-    needs_tools: bool = False
-
-
-@dataclass(frozen=True)
-class Ranking:
-    chosen: Profile
-    scores: Mapping[str, float]
-    rejected: Mapping[str, str]
-    timings_ms: Mapping[str, float] = field(default_factory=dict)
-
-
-class NoCandidate(Exception):
-    """Every candidate was filtered out; ``rejected`` says why for each."""
-
-    def __init__(self, group: str, rejected: Mapping[str, str]) -> None:
-        reasons = ", ".join(f"{key}: {why}" for key, why in sorted(rejected.items())) or "no deployments"
-        super().__init__(f"no deployment in group {group!r} can take this request ({reasons})")
-        self.group = group
-        self.rejected = dict(rejected)
+from torchrouter_core.ranker.interfaces import (
+    Filter,
+    FleetSnapshot,
+    NoCandidate,
+    Picker,
+    Ranking,
+    RequestNeeds,
+)
 
 
 def _clamp(value: float) -> float:
@@ -45,15 +31,17 @@ def rank(
     candidates: Sequence[Profile],
     needs: RequestNeeds,
     *,
-    load: FleetLoad | None = None,
+    fleet: FleetSnapshot | None = None,
     weights: Mapping[str, float] = scorers.DEFAULT_WEIGHTS,
-    active_filters: Sequence[filters.Filter] = filters.DEFAULT_FILTERS,
+    active_filters: Sequence[Filter] = filters.DEFAULT_FILTERS,
+    picker: Picker = pickers.highest_score,
 ) -> Ranking:
     t0 = time.perf_counter()
     rejected: dict[str, str] = {}
     kept: list[Profile] = []
+    fleet = fleet or FleetSnapshot()
     for profile in candidates:
-        reason = next((r for f in active_filters if (r := f(profile, needs)) is not None), None)
+        reason = next((r for f in active_filters if (r := f(profile, needs, fleet)) is not None), None)
         if reason is None:
             kept.append(profile)
         else:
@@ -61,14 +49,13 @@ def rank(
     t1 = time.perf_counter()
     if not kept:
         raise NoCandidate(group, rejected)
-    load = load or FleetLoad()
     total_weight = sum(weights.values()) or 1.0
     scored = [
-        (p, sum(w * _clamp(scorers.SCORERS[name](p, load)) for name, w in weights.items()) / total_weight)
+        (p, sum(w * _clamp(scorers.SCORERS[name](p, fleet)) for name, w in weights.items()) / total_weight)
         for p in kept
     ]
     t2 = time.perf_counter()
-    chosen = pickers.highest_score(scored)
+    chosen = picker(scored)
     t3 = time.perf_counter()
     return Ranking(
         chosen=chosen,

@@ -1,34 +1,40 @@
 """Filters: each drops the candidates that cannot carry this request, and says why.
 
-A filter is ``(profile, needs) -> reason | None``; the reason is a short stable string (it becomes
-an event field and may become a metric label).
+A filter is a :class:`~torchrouter_core.ranker.interfaces.Filter`: ``(profile, needs, fleet) -> reason |
+None``; the reason is a short stable string (it becomes an event field and may become a metric label).
+The usability rules (lockout, reachable host, room to load) are :mod:`torchrouter_core.usability`'s, the
+same ones lane capacity counts with.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING
-
-from capability_matrix import LockoutState, Profile
-
-if TYPE_CHECKING:
-    from torchrouter_core.ranker.cycle import RequestNeeds
-
-Filter = Callable[[Profile, "RequestNeeds"], str | None]
+from capability_matrix.model import Profile
+from torchrouter_core import usability
+from torchrouter_core.ranker.interfaces import Filter, FleetSnapshot, RequestNeeds
 
 
-def lockout(profile: Profile, needs: RequestNeeds) -> str | None:
-    return None if profile.lockout_state is LockoutState.NONE else f"lockout:{profile.lockout_state.value}"
+def lockout(profile: Profile, needs: RequestNeeds, fleet: FleetSnapshot) -> str | None:
+    return usability.locked_out(profile)
 
 
-def context_window(profile: Profile, needs: RequestNeeds) -> str | None:
+def reachable(profile: Profile, needs: RequestNeeds, fleet: FleetSnapshot) -> str | None:
+    return usability.unreachable(profile)
+
+
+def room(profile: Profile, needs: RequestNeeds, fleet: FleetSnapshot) -> str | None:
+    if fleet.rooms is None:  # no room known for the fleet: not checked
+        return None
+    return usability.cannot_load(profile, fleet.rooms.get(profile.host_id))
+
+
+def context_window(profile: Profile, needs: RequestNeeds, fleet: FleetSnapshot) -> str | None:
     return (
         "context_window" if needs.prompt_tokens + needs.max_output_tokens > profile.context_window else None
     )
 
 
-def tools(profile: Profile, needs: RequestNeeds) -> str | None:
+def tools(profile: Profile, needs: RequestNeeds, fleet: FleetSnapshot) -> str | None:
     return "no_tools" if needs.needs_tools and not profile.supports_tools else None
 
 
-DEFAULT_FILTERS: tuple[Filter, ...] = (lockout, context_window, tools)
+DEFAULT_FILTERS: tuple[Filter, ...] = (lockout, reachable, room, context_window, tools)

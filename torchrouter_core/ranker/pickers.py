@@ -1,10 +1,10 @@
-"""Pickers: choose one candidate from the scored list."""
+"""Pickers: choose one candidate from the scored list (see ``interfaces.Picker``)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from capability_matrix import Profile
+from capability_matrix.model import Profile
 
 
 def highest_score(scored: Sequence[tuple[Profile, float]]) -> Profile:

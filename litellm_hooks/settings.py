@@ -1,0 +1,42 @@
+"""The one place that reads the hooks' environment (inside the LiteLLM process), once, at start.
+
+The variables are the classifier's own names (``classifier.settings.ENV_DOCS`` documents them all):
+``TORCHROUTER_CAPABILITY_MATRIX_PATH``, ``TORCHROUTER_ROUTING_CONTINUITY_EVENT_PATH``,
+``TORCHROUTER_DAILY_BUDGET_USD`` and ``TORCHROUTER_PROBE_INTERVAL_S``. A bad value raises
+:class:`~torchrouter_core.env.SettingsError` naming the variable, which stops LiteLLM at start.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from capability_matrix.loader import DEFAULT_MATRIX_PATH
+from torchrouter_core.env import parse_float
+
+
+@dataclass(frozen=True)
+class HooksSettings:
+    matrix_path: Path = DEFAULT_MATRIX_PATH
+    event_path: str | None = None
+    daily_budget_usd: float | None = None  # cloud profiles are locked out past it (as in the classifier)
+    probe_interval_s: float = 2.0  # seconds between polls of every host's /api/ps
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> HooksSettings:
+        env = os.environ if env is None else env
+        defaults = cls()
+        budget = env.get("TORCHROUTER_DAILY_BUDGET_USD")
+        interval = env.get("TORCHROUTER_PROBE_INTERVAL_S")
+        return cls(
+            matrix_path=Path(env.get("TORCHROUTER_CAPABILITY_MATRIX_PATH") or defaults.matrix_path),
+            event_path=env.get("TORCHROUTER_ROUTING_CONTINUITY_EVENT_PATH") or None,
+            daily_budget_usd=parse_float("TORCHROUTER_DAILY_BUDGET_USD", budget, 0) if budget else None,
+            probe_interval_s=(
+                parse_float("TORCHROUTER_PROBE_INTERVAL_S", interval, 0.1)
+                if interval
+                else defaults.probe_interval_s
+            ),
+        )

@@ -1,0 +1,265 @@
+"""The ranker, stage by stage (table-driven): usability rules, every filter, every scorer, the picker,
+one cycle, and the hooks' selection step. Pure: no LiteLLM, no HTTP."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import pytest
+
+from capability_matrix import (
+    HardwareClass,
+    Host,
+    HostMemory,
+    LiveOverlay,
+    LockoutState,
+    Matrix,
+    MemorySource,
+    Profile,
+    Provider,
+    WarmState,
+)
+from torchrouter_core import usability
+from torchrouter_core.ranker import (
+    Filter,
+    FleetSnapshot,
+    NoCandidate,
+    RankOutcome,
+    RequestNeeds,
+    Scorer,
+    filters,
+    pickers,
+    rank,
+    scorers,
+)
+from torchrouter_core.ranker.select import select
+from torchrouter_core.usability import HostRoom
+
+HOST = "box-10.0.0.1"
+
+BASE = Profile(
+    key=f"{HOST}/ollama/base",
+    lane="balanced",
+    host_id=HOST,
+    provider=Provider.OLLAMA,
+    model="base",
+    api_base="http://127.0.0.1:1",
+    context_window=8192,
+    supports_tools=True,
+    reasoning=False,
+    requires_think_false=False,
+    hardware_class=HardwareClass.LOCAL_GPU,
+    preemptible=False,
+    lockout_state=LockoutState.NONE,
+    warm_state=WarmState.WARM,
+    vram_gb=10.0,
+    speed_score=0.5,
+    quality_score=0.5,
+)
+CLOUD = dataclasses.replace(
+    BASE,
+    key="cloud/openai/gpt",
+    host_id="cloud",
+    provider=Provider.OPENAI,
+    model="gpt",
+    hardware_class=HardwareClass.CLOUD_GPU,
+    warm_state=WarmState.UNKNOWN,
+    vram_gb=0.0,
+)
+ROOMY = {HOST: HostRoom(free_gb=24.0, model_slots=2)}
+
+
+def local(**changes: Any) -> Profile:
+    return dataclasses.replace(BASE, **changes)
+
+
+# --- usability rules (shared with lane capacity) ---------------------------------------------------------
+@pytest.mark.parametrize(
+    ("profile", "room", "reason"),
+    [
+        (local(), ROOMY[HOST], None),
+        (local(lockout_state=LockoutState.AUTH), ROOMY[HOST], "lockout:auth"),
+        (local(lockout_state=LockoutState.CODEX), ROOMY[HOST], "lockout:codex"),
+        (dataclasses.replace(CLOUD, lockout_state=LockoutState.BUDGET), None, "lockout:budget"),
+        (local(warm_state=WarmState.UNKNOWN), ROOMY[HOST], "host_unreachable"),
+        (CLOUD, None, None),  # cloud: never "unreachable" by the fleet probe, never short of room
+        (local(warm_state=WarmState.COLD), ROOMY[HOST], None),
+        (local(warm_state=WarmState.COLD, vram_gb=30.0), ROOMY[HOST], "no_room"),
+        (local(warm_state=WarmState.COLD), HostRoom(24.0, 0), "no_room"),  # max_loaded_models reached
+        (local(warm_state=WarmState.COLD), None, "no_room"),  # host not declared
+        (local(warm_state=WarmState.HOT, vram_gb=30.0), HostRoom(0.0, 0), None),  # resident: no load needed
+    ],
+)
+def test_usability_rules(profile: Profile, room: HostRoom | None, reason: str | None) -> None:
+    assert usability.unusable(profile, {HOST: room} if room is not None else {}) == reason
+
+
+def test_host_rooms_count_resident_models_once_and_use_measured_memory() -> None:
+    matrix = Matrix(
+        "1.0",
+        {HOST: Host(HOST, "http://127.0.0.1:1", 24.0, 2, 3)},
+        {
+            "a": local(key="a", model="m1", warm_state=WarmState.WARM),
+            "b": local(key="b", model="m1", warm_state=WarmState.HOT, lane="code"),  # same model, 2 lanes
+            "c": local(key="c", model="m2", warm_state=WarmState.COLD),
+        },
+    )
+    measured = LiveOverlay(memory={HOST: HostMemory(24.0, 20.0, MemorySource.OLLAMA_PS)})
+    assert usability.host_rooms(matrix, measured) == {HOST: HostRoom(4.0, 2)}
+    assert usability.host_rooms(matrix, LiveOverlay()) == {HOST: HostRoom(24.0, 2)}  # declared capacity
+
+
+# --- filters ----------------------------------------------------------------------------------------------
+FLEET = FleetSnapshot(rooms=ROOMY)
+
+
+@pytest.mark.parametrize(
+    ("flt", "profile", "needs", "fleet", "reason"),
+    [
+        (filters.lockout, local(), RequestNeeds(), FLEET, None),
+        (filters.lockout, local(lockout_state=LockoutState.AUTH), RequestNeeds(), FLEET, "lockout:auth"),
+        (filters.reachable, local(), RequestNeeds(), FLEET, None),
+        (filters.reachable, local(warm_state=WarmState.UNKNOWN), RequestNeeds(), FLEET, "host_unreachable"),
+        (filters.reachable, CLOUD, RequestNeeds(), FLEET, None),
+        (filters.room, local(warm_state=WarmState.COLD), RequestNeeds(), FLEET, None),
+        (filters.room, local(warm_state=WarmState.COLD, vram_gb=25.0), RequestNeeds(), FLEET, "no_room"),
+        (filters.room, local(warm_state=WarmState.COLD, vram_gb=25.0), RequestNeeds(), FleetSnapshot(), None),
+        (
+            filters.context_window,
+            local(),
+            RequestNeeds(prompt_tokens=8000, max_output_tokens=192),
+            FLEET,
+            None,
+        ),
+        (
+            filters.context_window,
+            local(),
+            RequestNeeds(8000, max_output_tokens=193),
+            FLEET,
+            "context_window",
+        ),
+        (filters.tools, local(supports_tools=False), RequestNeeds(), FLEET, None),
+        (filters.tools, local(supports_tools=False), RequestNeeds(needs_tools=True), FLEET, "no_tools"),
+        (filters.tools, local(), RequestNeeds(needs_tools=True), FLEET, None),
+    ],
+)
+def test_filters(
+    flt: Filter, profile: Profile, needs: RequestNeeds, fleet: FleetSnapshot, reason: str | None
+) -> None:
+    assert flt(profile, needs, fleet) == reason
+
+
+def test_default_filters_are_every_filter() -> None:
+    assert set(filters.DEFAULT_FILTERS) == {
+        filters.lockout,
+        filters.reachable,
+        filters.room,
+        filters.context_window,
+        filters.tools,
+    }
+
+
+# --- scorers ----------------------------------------------------------------------------------------------
+BUSY = FleetSnapshot(in_flight={BASE.key: 1}, slots={BASE.key: 4})
+
+
+@pytest.mark.parametrize(
+    ("scorer", "profile", "fleet", "score"),
+    [
+        (scorers.warm, local(warm_state=WarmState.HOT), FleetSnapshot(), 1.0),
+        (scorers.warm, local(warm_state=WarmState.WARM), FleetSnapshot(), 0.8),
+        (scorers.warm, local(warm_state=WarmState.UNKNOWN), FleetSnapshot(), 0.3),
+        (scorers.warm, local(warm_state=WarmState.COLD), FleetSnapshot(), 0.0),
+        (scorers.warm, CLOUD, FleetSnapshot(), 1.0),  # cloud is always "loaded"
+        (scorers.quality, local(quality_score=0.9), FleetSnapshot(), 0.9),
+        (scorers.speed, local(speed_score=0.2), FleetSnapshot(), 0.2),
+        (scorers.idle, local(), FleetSnapshot(), 1.0),
+        (scorers.idle, local(), BUSY, 0.75),
+        (scorers.idle, local(), FleetSnapshot(in_flight={BASE.key: 1}), 0.0),  # no known slots, busy: full
+    ],
+)
+def test_scorers(scorer: Scorer, profile: Profile, fleet: FleetSnapshot, score: float) -> None:
+    assert scorer(profile, fleet) == pytest.approx(score)
+
+
+def test_every_weight_has_a_scorer() -> None:
+    assert set(scorers.DEFAULT_WEIGHTS) == set(scorers.SCORERS)
+
+
+# --- picker -----------------------------------------------------------------------------------------------
+A, B, C = local(key="a"), local(key="b"), local(key="c")
+
+
+@pytest.mark.parametrize(
+    ("scored", "chosen"),
+    [
+        ([(A, 0.2), (B, 0.9), (C, 0.5)], B),
+        ([(C, 0.5), (B, 0.5), (A, 0.1)], B),  # a tie breaks on the key: the same state, the same pick
+        ([(A, 0.0)], A),
+    ],
+)
+def test_highest_score(scored: list[tuple[Profile, float]], chosen: Profile) -> None:
+    assert pickers.highest_score(scored) is chosen
+
+
+# --- one cycle --------------------------------------------------------------------------------------------
+def test_rank_filters_scores_and_picks() -> None:
+    hot = local(key="hot", warm_state=WarmState.HOT, quality_score=0.4)
+    cold = local(key="cold", warm_state=WarmState.COLD, quality_score=0.9)
+    locked = local(key="locked", lockout_state=LockoutState.CODEX, quality_score=1.0)
+    ranking = rank("balanced", [cold, hot, locked], RequestNeeds(), fleet=FLEET)
+    assert ranking.chosen is hot and ranking.outcome is RankOutcome.ROUTED
+    assert ranking.rejected == {"locked": "lockout:codex"}
+    assert set(ranking.scores) == {"hot", "cold"} and all(0.0 <= s <= 1.0 for s in ranking.scores.values())
+    assert set(ranking.timings_ms) == {"filter", "score", "pick"}
+
+
+def test_rank_clamps_scores_and_applies_weights() -> None:
+    # A scorer out of range is clamped; only the weighted scorers count.
+    wild = local(key="wild", quality_score=7.0)
+    ranking = rank("balanced", [wild], RequestNeeds(), weights={"quality": 1.0})
+    assert ranking.scores == {"wild": 1.0}
+
+
+def test_rank_with_nothing_left_is_a_typed_error_that_says_why() -> None:
+    with pytest.raises(NoCandidate) as info:
+        rank("code", [local(key="x", supports_tools=False)], RequestNeeds(needs_tools=True), fleet=FLEET)
+    assert info.value.rejected == {"x": "no_tools"} and info.value.outcome is RankOutcome.NO_CANDIDATE
+    assert "no_tools" in str(info.value)
+
+
+# --- the hooks' selection step ----------------------------------------------------------------------------
+def _matrix(*profiles: Profile) -> Matrix:
+    return Matrix("1.0", {HOST: Host(HOST, "http://127.0.0.1:1", 24.0, 2, 2)}, {p.key: p for p in profiles})
+
+
+def test_select_leaves_unknown_deployments_out_and_builds_the_event() -> None:
+    warm = local(key="w", warm_state=WarmState.WARM)
+    gone = local(key="u", warm_state=WarmState.UNKNOWN)  # its host stopped answering
+    selection = select(
+        "balanced",
+        ["w", "u", "not-in-matrix", None],
+        RequestNeeds(),
+        matrix=_matrix(warm, gone),
+        overlay=LiveOverlay(),
+        in_flight={"w": 1},
+    )
+    assert selection.chosen is warm and selection.outcome is RankOutcome.ROUTED
+    event = selection.event_fields()
+    assert event["deployment"] == "w" and event["rejected"] == {"u": "host_unreachable"}
+    assert event["unknown_deployments"] == ["not-in-matrix", None] and event["candidates"] == 2
+    assert event["outcome"] == "routed"
+
+
+def test_select_with_no_candidate_answers_the_reasons() -> None:
+    selection = select(
+        "balanced",
+        ["x"],
+        RequestNeeds(prompt_tokens=10_000),
+        matrix=_matrix(local(key="x")),
+        overlay=LiveOverlay(),
+        in_flight={},
+    )
+    assert selection.chosen is None and selection.outcome is RankOutcome.NO_CANDIDATE
+    assert selection.event_fields()["rejected"] == {"x": "context_window"}

@@ -1,0 +1,306 @@
+"""The one contract between the classifier and the hooks inside LiteLLM: typed, versioned, in headers.
+
+The classifier sends a :class:`RouteRequest` as request headers on what it forwards; the hooks answer
+with a :class:`RouteReport` as response headers (errors included). Each type encodes and decodes itself,
+and both sides use these functions, so a header name or format lives here only. The README's
+"Protocol" section is the written form of this module (every header, its format, MUST/CAN per side).
+
+Version history (``x-torchrouter-protocol``):
+
+- 1: request id, agent, tier, group, request needs, route plan; deployment, warm state, score time,
+  auth lockouts, daily spend, hook errors; LiteLLM's ``x-litellm-attempted-fallbacks`` read as the
+  fallback count.
+
+Decoding never raises: a missing value is ``None`` (or the stated default), a malformed one is logged in
+one line naming the header and treated as missing, and a peer speaking another version is logged (the
+fields this version knows are still read). Header names are lower-case: LiteLLM lower-cases request
+headers, and the classifier reads responses through a case-insensitive mapping.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
+
+from capability_matrix.model import WarmState
+from torchrouter_core.ranker.interfaces import RequestNeeds
+
+log = logging.getLogger("torchrouter.contract")
+
+PROTOCOL_VERSION = 1
+
+# Both directions.
+VERSION_HEADER = "x-torchrouter-protocol"
+# Classifier -> hooks (request headers).
+REQUEST_ID_HEADER = "x-torchrouter-request-id"
+AGENT_HEADER = "x-torchrouter-agent-id"
+TIER_HEADER = "x-torchrouter-tier"
+GROUP_HEADER = "x-torchrouter-group"
+NEEDS_HEADER = "x-torchrouter-needs"
+ROUTE_HEADER = "x-torchrouter-route"
+# Hooks -> classifier (response headers).
+DEPLOYMENT_HEADER = "x-torchrouter-deployment"
+WARM_STATE_HEADER = "x-torchrouter-warm-state"
+SCORE_MS_HEADER = "x-torchrouter-score-ms"
+AUTH_LOCKOUTS_HEADER = "x-torchrouter-auth-lockouts"
+DAILY_SPEND_HEADER = "x-torchrouter-daily-spend-usd"
+HOOK_ERRORS_HEADER = "x-torchrouter-hook-errors"
+# LiteLLM's own response headers, read by the classifier.
+LITELLM_MODEL_ID_HEADER = "x-litellm-model-id"
+LITELLM_FALLBACKS_HEADER = "x-litellm-attempted-fallbacks"
+
+TIERS = frozenset({"H", "R", "C"})
+# Profile keys, group names, agent ids and request ids: printable ASCII without separators we use.
+_TOKEN = re.compile(r"[A-Za-z0-9._:/@+-]{1,256}")
+_MAX_ROUTE_STEPS = 16
+_MAX_LOCKOUTS = 1024
+
+Problem = Callable[[str, str, str], None]  # (header, shown value, why)
+
+
+def log_problem(header: str, value: str, why: str) -> None:
+    """The default: one warning line naming the header (values are ids and numbers, never secrets)."""
+    log.warning("contract: header %s=%r %s; treated as missing", header, value[:80], why)
+
+
+@dataclass(frozen=True)
+class RouteRequest:
+    """What the classifier decided for one request, sent to the hooks with it.
+
+    ``tier``: ``H``, ``R`` or ``C``; ``group``: the LiteLLM group forwarded to (the first the hooks rank);
+    ``route``: the request's planned groups in order (its ladder), for the hooks' fallback trail;
+    ``needs``: what a deployment must offer (:mod:`torchrouter_core.needs` worked it out)."""
+
+    request_id: str
+    group: str
+    tier: str | None = None
+    agent_id: str | None = None
+    needs: RequestNeeds | None = None
+    route: tuple[str, ...] = ()
+
+    def to_headers(self) -> dict[str, str]:
+        headers = {
+            VERSION_HEADER: str(PROTOCOL_VERSION),
+            REQUEST_ID_HEADER: self.request_id,
+            GROUP_HEADER: self.group,
+        }
+        if self.tier is not None:
+            headers[TIER_HEADER] = self.tier
+        if self.agent_id is not None:
+            headers[AGENT_HEADER] = self.agent_id
+        if self.needs is not None:
+            headers[NEEDS_HEADER] = encode_needs(self.needs)
+        if self.route:
+            headers[ROUTE_HEADER] = ",".join(self.route)
+        return headers
+
+    @classmethod
+    def from_headers(
+        cls,
+        headers: Mapping[str, str],
+        *,
+        default_request_id: str,
+        default_group: str,
+        problem: Problem = log_problem,
+    ) -> RouteRequest:
+        """Never raises. Without a (valid) request id or group, the defaults stand in: LiteLLM's call id and
+        the group it was asked for, so a request that did not come through the classifier still routes."""
+        if any(h in headers for h in _OUR_REQUEST_HEADERS):
+            _check_version(headers, problem)  # a request that bypassed the classifier carries none of ours
+        return cls(
+            request_id=_token(headers, REQUEST_ID_HEADER, problem) or default_request_id,
+            group=_token(headers, GROUP_HEADER, problem) or default_group,
+            tier=_choice(headers, TIER_HEADER, TIERS, problem),
+            agent_id=_token(headers, AGENT_HEADER, problem),
+            needs=_needs(headers, problem),
+            route=_token_list(headers, ROUTE_HEADER, _MAX_ROUTE_STEPS, problem),
+        )
+
+
+@dataclass(frozen=True)
+class RouteReport:
+    """What the hooks report back on a response (``None``: not reported).
+
+    ``deployment``: the profile key that answered; ``warm_state``: its state when it was picked;
+    ``score_ms``: time spent ranking; ``fallbacks``: LiteLLM's count of failure fallbacks taken (its
+    ``x-litellm-attempted-fallbacks``; 0 when absent); ``auth_lockouts``: every profile key the hooks hold
+    locked out for a 401/403, the whole set each time; ``daily_spend_usd``: today's (UTC) cloud spend as
+    the hooks total it, the one book of spend; ``hook_errors``: exceptions the hooks caught since LiteLLM
+    started."""
+
+    deployment: str | None = None
+    warm_state: WarmState | None = None
+    score_ms: float | None = None
+    fallbacks: int = 0
+    auth_lockouts: frozenset[str] | None = None
+    daily_spend_usd: float | None = None
+    hook_errors: int | None = None
+
+    def to_headers(self) -> dict[str, str]:
+        """The hooks' headers (``fallbacks`` is LiteLLM's own header and is not written here)."""
+        headers = {VERSION_HEADER: str(PROTOCOL_VERSION)}
+        if self.deployment is not None:
+            headers[DEPLOYMENT_HEADER] = self.deployment
+        if self.warm_state is not None:
+            headers[WARM_STATE_HEADER] = self.warm_state.value
+        if self.score_ms is not None:
+            headers[SCORE_MS_HEADER] = f"{self.score_ms:.3f}"
+        if self.auth_lockouts is not None:
+            headers[AUTH_LOCKOUTS_HEADER] = ",".join(sorted(self.auth_lockouts))
+        if self.daily_spend_usd is not None:
+            headers[DAILY_SPEND_HEADER] = f"{self.daily_spend_usd:.8f}"
+        if self.hook_errors is not None:
+            headers[HOOK_ERRORS_HEADER] = str(self.hook_errors)
+        return headers
+
+    @classmethod
+    def from_headers(cls, headers: Mapping[str, str], *, problem: Problem = log_problem) -> RouteReport:
+        """Never raises. The deployment falls back to LiteLLM's ``x-litellm-model-id`` (our deployments'
+        ``model_info.id`` is the profile key) when the hooks did not name one."""
+        if any(h in headers for h in _OUR_REPORT_HEADERS):
+            _check_version(headers, problem)  # a response the hooks never saw carries none of ours
+        warm = _choice(headers, WARM_STATE_HEADER, _WARM_VALUES, problem)
+        return cls(
+            deployment=_token(headers, DEPLOYMENT_HEADER, problem)
+            or _token(headers, LITELLM_MODEL_ID_HEADER, problem),
+            warm_state=WarmState(warm) if warm is not None else None,
+            score_ms=_number(headers, SCORE_MS_HEADER, problem),
+            fallbacks=_count(headers, LITELLM_FALLBACKS_HEADER, problem) or 0,
+            auth_lockouts=_lockouts(headers, problem),
+            daily_spend_usd=_number(headers, DAILY_SPEND_HEADER, problem),
+            hook_errors=_count(headers, HOOK_ERRORS_HEADER, problem),
+        )
+
+
+_WARM_VALUES = frozenset(s.value for s in WarmState)
+_OUR_REQUEST_HEADERS = (
+    REQUEST_ID_HEADER,
+    GROUP_HEADER,
+    TIER_HEADER,
+    AGENT_HEADER,
+    NEEDS_HEADER,
+    ROUTE_HEADER,
+)
+_OUR_REPORT_HEADERS = (
+    DEPLOYMENT_HEADER,
+    WARM_STATE_HEADER,
+    SCORE_MS_HEADER,
+    AUTH_LOCKOUTS_HEADER,
+    DAILY_SPEND_HEADER,
+    HOOK_ERRORS_HEADER,
+)
+
+
+# --- request needs: "prompt_tokens=<int>;max_output_tokens=<int>;tools=<0|1>" ----------------------------
+def encode_needs(needs: RequestNeeds) -> str:
+    return (
+        f"prompt_tokens={needs.prompt_tokens};max_output_tokens={needs.max_output_tokens};"
+        f"tools={int(needs.needs_tools)}"
+    )
+
+
+def decode_needs(value: str) -> RequestNeeds:
+    """Raises ValueError naming what is wrong (the header decoder turns that into a log line)."""
+    fields: dict[str, str] = {}
+    for part in value.split(";"):
+        name, sep, raw = part.strip().partition("=")
+        if not sep:
+            raise ValueError(f"expected name=value, got {part!r}")
+        fields[name] = raw
+    missing = {"prompt_tokens", "max_output_tokens", "tools"} - fields.keys()
+    if missing:
+        raise ValueError(f"missing {', '.join(sorted(missing))}")
+    prompt, output, tools = fields["prompt_tokens"], fields["max_output_tokens"], fields["tools"]
+    if not (prompt.isdigit() and output.isdigit() and len(prompt) <= 12 and len(output) <= 12):
+        raise ValueError("token counts must be non-negative integers")
+    if tools not in ("0", "1"):
+        raise ValueError("tools must be 0 or 1")
+    return RequestNeeds(prompt_tokens=int(prompt), max_output_tokens=int(output), needs_tools=tools == "1")
+
+
+# --- tolerant field readers ------------------------------------------------------------------------------
+def _check_version(headers: Mapping[str, str], problem: Problem) -> None:
+    raw = headers.get(VERSION_HEADER)
+    if raw is None:
+        problem(VERSION_HEADER, "", f"is missing (this side speaks {PROTOCOL_VERSION}); reading as version 1")
+    elif raw.strip() != str(PROTOCOL_VERSION):
+        problem(VERSION_HEADER, raw, f"is not version {PROTOCOL_VERSION}; reading the fields version 1 knows")
+
+
+def _token(headers: Mapping[str, str], name: str, problem: Problem) -> str | None:
+    raw = headers.get(name)
+    if raw is None or raw == "":
+        return None
+    if _TOKEN.fullmatch(raw) is None:
+        problem(name, raw, "is not an id (letters, digits, . _ : / @ + -, at most 256)")
+        return None
+    return raw
+
+
+def _choice(headers: Mapping[str, str], name: str, allowed: Collection[str], problem: Problem) -> str | None:
+    raw = headers.get(name)
+    if raw is None or raw == "":
+        return None
+    if raw not in allowed:
+        problem(name, raw, f"is not one of {sorted(allowed)}")
+        return None
+    return raw
+
+
+def _token_list(headers: Mapping[str, str], name: str, limit: int, problem: Problem) -> tuple[str, ...]:
+    raw = headers.get(name)
+    if not raw:
+        return ()
+    items = raw.split(",")
+    if len(items) > limit or any(_TOKEN.fullmatch(item) is None for item in items):
+        problem(name, raw, f"is not a comma-separated list of at most {limit} ids")
+        return ()
+    return tuple(items)
+
+
+def _lockouts(headers: Mapping[str, str], problem: Problem) -> frozenset[str] | None:
+    raw = headers.get(AUTH_LOCKOUTS_HEADER)
+    if raw is None:
+        return None
+    if raw == "":
+        return frozenset()  # reported, and empty: nothing is locked out
+    keys = _token_list(headers, AUTH_LOCKOUTS_HEADER, _MAX_LOCKOUTS, problem)
+    return frozenset(keys) if keys else None
+
+
+def _number(headers: Mapping[str, str], name: str, problem: Problem) -> float | None:
+    raw = headers.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        problem(name, raw, "is not a finite non-negative number")
+        return None
+    return value
+
+
+def _count(headers: Mapping[str, str], name: str, problem: Problem) -> int | None:
+    raw = headers.get(name)
+    if raw is None or raw == "":
+        return None
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 12:
+        problem(name, raw, "is not a non-negative integer")
+        return None
+    return int(raw)
+
+
+def _needs(headers: Mapping[str, str], problem: Problem) -> RequestNeeds | None:
+    raw = headers.get(NEEDS_HEADER)
+    if not raw:
+        return None
+    try:
+        return decode_needs(raw)
+    except ValueError as exc:
+        problem(NEEDS_HEADER, raw, f"is malformed ({exc})")
+        return None

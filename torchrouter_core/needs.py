@@ -1,0 +1,45 @@
+"""What a chat request needs of a deployment, worked out once, in the classifier (pure).
+
+The hooks receive it through :mod:`torchrouter_core.contract` instead of working it out again from the
+body LiteLLM hands them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from torchrouter_core.ranker.interfaces import RequestNeeds
+from torchrouter_core.tiering import RequestFeatures, approx_prompt_tokens
+
+
+def output_tokens(body: Mapping[str, Any]) -> int | None:
+    """The output a request may ask for: ``max_completion_tokens`` (OpenAI's current name) wins over the
+    legacy ``max_tokens``; a missing, zero, negative or non-integer value counts as not given (``None``).
+    The one precedence rule: the queue's service-time price and the ranker's context-window filter use it."""
+    for name in ("max_completion_tokens", "max_tokens"):
+        value = body.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+def offered_tools(body: Mapping[str, Any]) -> list[Any] | None:
+    """``tools``, else the legacy ``functions`` (OpenAI's older name for the same thing); ``None`` if neither
+    is a non-empty list."""
+    tools = body.get("tools") or body.get("functions")
+    return tools if isinstance(tools, list) and tools else None
+
+
+def request_needs(body: Mapping[str, Any], features: RequestFeatures | None = None) -> RequestNeeds:
+    """``features`` (tiering's, when it read the body) saves a second walk over the messages."""
+    tools = offered_tools(body)
+    if features is not None:
+        prompt_tokens = features.approx_prompt_tokens
+    else:
+        prompt_tokens = approx_prompt_tokens(body.get("messages"), tools)
+    return RequestNeeds(
+        prompt_tokens=prompt_tokens,
+        max_output_tokens=output_tokens(body) or 0,
+        needs_tools=tools is not None,
+    )

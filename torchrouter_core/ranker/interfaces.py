@@ -1,0 +1,101 @@
+"""The ranker's interfaces in one place: what a cycle reads, what its plugins are, what it answers.
+
+- :class:`RequestNeeds` -- what the request needs of a deployment, computed once in the classifier and
+  carried to the hooks by :mod:`torchrouter_core.contract`.
+- :class:`FleetSnapshot` -- the fleet state one cycle reads: requests in flight per deployment, the
+  parallel slots behind each, and what each host can still load
+  (:class:`~torchrouter_core.usability.HostRoom`).
+- :class:`Filter`, :class:`Scorer`, :class:`Picker` -- the three plugin kinds (``filters.py``,
+  ``scorers.py``, ``pickers.py``).
+- :class:`RankOutcome` -- how a cycle ended, a closed set fit for a metric label.
+- :class:`Ranking` (a pick) and :class:`NoCandidate` (every candidate filtered out; carries why).
+
+The shape (filter -> weighted score in [0, 1] -> pick, a typed "nothing left" error, an outcome enum)
+follows kubernetes-sigs/gateway-api-inference-extension's endpoint-picker scheduler.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Protocol
+
+from capability_matrix.model import Profile
+from torchrouter_core.usability import HostRoom
+
+
+@dataclass(frozen=True, slots=True)
+class RequestNeeds:
+    """``prompt_tokens``: approximate tokens of the messages and tool schemas (chars / 4);
+    ``max_output_tokens``: the output the request may ask for (0: not given); ``needs_tools``: tools or
+    legacy ``functions`` were offered."""
+
+    prompt_tokens: int = 0
+    max_output_tokens: int = 0
+    needs_tools: bool = False
+
+
+@dataclass(frozen=True)
+class FleetSnapshot:
+    """Requests in flight per profile key, the parallel slots behind each (from its host), and each host's
+    room (host id -> :class:`HostRoom`; a host absent from ``rooms`` is not checked for room)."""
+
+    in_flight: Mapping[str, int] = field(default_factory=dict)
+    slots: Mapping[str, int] = field(default_factory=dict)
+    rooms: Mapping[str, HostRoom] | None = None
+
+    def utilization(self, key: str) -> float:
+        """In flight / slots, 0 when idle; a deployment with no known slots is full once anything runs."""
+        slots = self.slots.get(key, 0)
+        busy = self.in_flight.get(key, 0)
+        if slots <= 0:
+            return 0.0 if busy == 0 else 1.0
+        return busy / slots
+
+
+class Filter(Protocol):
+    """Drops a candidate that cannot carry the request: a short stable reason, or ``None`` to keep it."""
+
+    def __call__(self, profile: Profile, needs: RequestNeeds, fleet: FleetSnapshot, /) -> str | None: ...
+
+
+class Scorer(Protocol):
+    """How good a candidate is, in [0, 1] (higher is better); the cycle clamps and weights it."""
+
+    def __call__(self, profile: Profile, fleet: FleetSnapshot, /) -> float: ...
+
+
+class Picker(Protocol):
+    """Chooses one candidate from the scored ones (never empty)."""
+
+    def __call__(self, scored: Sequence[tuple[Profile, float]], /) -> Profile: ...
+
+
+class RankOutcome(StrEnum):
+    """How a ranking ended (a closed set: safe as a metric label and an event field)."""
+
+    ROUTED = "routed"  # a deployment was picked
+    NO_CANDIDATE = "no_candidate"  # every candidate was filtered out (LiteLLM then falls back)
+    HOOK_ERROR = "hook_error"  # the hooks failed and let LiteLLM choose among every deployment
+
+
+@dataclass(frozen=True)
+class Ranking:
+    chosen: Profile
+    scores: Mapping[str, float]
+    rejected: Mapping[str, str]
+    timings_ms: Mapping[str, float] = field(default_factory=dict)
+    outcome: RankOutcome = RankOutcome.ROUTED
+
+
+class NoCandidate(Exception):
+    """Every candidate was filtered out; ``rejected`` says why for each (profile key -> reason)."""
+
+    outcome = RankOutcome.NO_CANDIDATE
+
+    def __init__(self, group: str, rejected: Mapping[str, str]) -> None:
+        reasons = ", ".join(f"{key}: {why}" for key, why in sorted(rejected.items())) or "no deployments"
+        super().__init__(f"no deployment in group {group!r} can take this request ({reasons})")
+        self.group = group
+        self.rejected = dict(rejected)

@@ -1,0 +1,96 @@
+"""One routing step inside LiteLLM, as a pure function: from the group's deployments to one pick.
+
+The hooks hand over what LiteLLM gave them (the deployments' ids, i.e. profile keys) and what they keep
+(the live matrix and overlay, requests in flight); :func:`select` builds the :class:`FleetSnapshot`,
+runs :func:`rank`, and answers a :class:`Selection` whose :meth:`Selection.event_fields` is the
+``route_selected`` event. Deployments the matrix does not know are left out and listed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from capability_matrix.live import LiveOverlay
+from capability_matrix.model import Matrix, Profile
+from torchrouter_core.ranker.cycle import rank
+from torchrouter_core.ranker.interfaces import FleetSnapshot, NoCandidate, Ranking, RankOutcome, RequestNeeds
+from torchrouter_core.usability import host_rooms
+
+
+@dataclass(frozen=True)
+class Selection:
+    group: str
+    outcome: RankOutcome
+    ranking: Ranking | None = None
+    rejected: Mapping[str, str] = field(default_factory=dict)
+    unknown: tuple[str | None, ...] = ()
+    reason: str | None = None
+    candidates: int = 0
+
+    @property
+    def chosen(self) -> Profile | None:
+        return self.ranking.chosen if self.ranking is not None else None
+
+    @property
+    def score_ms(self) -> float:
+        return round(sum(self.ranking.timings_ms.values()), 3) if self.ranking is not None else 0.0
+
+    def event_fields(self) -> dict[str, Any]:
+        """The ``route_selected`` event's own fields (the caller adds who the request is)."""
+        chosen = self.chosen
+        if chosen is None or self.ranking is None:
+            return {
+                "group": self.group,
+                "outcome": self.outcome.value,
+                "deployment": None,
+                "rejected": dict(self.rejected),
+                "unknown_deployments": list(self.unknown),
+                "reason": self.reason,
+            }
+        return {
+            "group": self.group,
+            "outcome": self.outcome.value,
+            "deployment": chosen.key,
+            "host_id": chosen.host_id,
+            "model": chosen.model,
+            "warm_state": chosen.warm_state.value,
+            "candidates": self.candidates,
+            "scores": dict(self.ranking.scores),
+            "rejected": dict(self.ranking.rejected),
+            "unknown_deployments": list(self.unknown),
+            "score_ms": self.score_ms,
+        }
+
+
+def snapshot(
+    matrix: Matrix, overlay: LiveOverlay, keys: Sequence[str], in_flight: Mapping[str, int]
+) -> FleetSnapshot:
+    """The fleet as the ranker reads it, for the candidates ``keys`` (all in ``matrix``)."""
+    slots = {}
+    for key in keys:
+        host = matrix.hosts.get(matrix.profiles[key].host_id)
+        slots[key] = host.num_parallel if host is not None else 0
+    return FleetSnapshot(in_flight=in_flight, slots=slots, rooms=host_rooms(matrix, overlay))
+
+
+def select(
+    group: str,
+    deployment_keys: Sequence[str | None],
+    needs: RequestNeeds,
+    *,
+    matrix: Matrix,
+    overlay: LiveOverlay,
+    in_flight: Mapping[str, int],
+) -> Selection:
+    known = [k for k in deployment_keys if k is not None and k in matrix.profiles]
+    unknown = tuple(k for k in deployment_keys if k is None or k not in matrix.profiles)
+    fleet = snapshot(matrix, overlay, known, in_flight)
+    try:
+        ranking = rank(group, [matrix.profiles[k] for k in known], needs, fleet=fleet)
+    except NoCandidate as exc:
+        return Selection(
+            group, exc.outcome, rejected=exc.rejected, unknown=unknown, reason=str(exc), candidates=len(known)
+        )
+    return Selection(group, ranking.outcome, ranking=ranking, unknown=unknown, candidates=len(known))
