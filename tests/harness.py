@@ -10,8 +10,6 @@
 from __future__ import annotations
 
 import asyncio
-import re
-import socket
 import threading
 from collections.abc import Coroutine
 from concurrent.futures import Future
@@ -20,43 +18,23 @@ from typing import Any, TypeVar
 
 import orjson
 
+from torchrouter import ports
 from torchrouter.sim import FleetSpec, SimFleet
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED_MATRIX = REPO / "capability_matrix" / "matrix.yaml"
 SHIPPED_CONFIG = REPO / "litellm_config.yaml"
-_LOOPBACK_PORT = re.compile(r"127\.0\.0\.1:(\d{4,5})")
 
 T = TypeVar("T")
 
 
-def free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 def render_fleet_files(dst: Path) -> dict[int, int]:
-    """Copy the shipped matrix and LiteLLM config into ``dst``, every loopback port moved to a free one."""
-    matrix_text = SHIPPED_MATRIX.read_text()
-    config_text = SHIPPED_CONFIG.read_text()
-    shipped = sorted({int(p) for p in _LOOPBACK_PORT.findall(matrix_text + config_text)})
-    port_map = dict(zip(shipped, free_ports(len(shipped)), strict=True))
+    """Copy the shipped matrix and LiteLLM config into ``dst``, every loopback port moved to a free one
+    (the same code ``torchrouter up --free-ports`` runs)."""
+    return ports.render_fleet_files(SHIPPED_MATRIX, SHIPPED_CONFIG, dst)
 
-    def move(text: str) -> str:
-        return _LOOPBACK_PORT.sub(lambda m: f"127.0.0.1:{port_map[int(m.group(1))]}", text)
 
-    dst.mkdir(parents=True, exist_ok=True)
-    (dst / "matrix.yaml").write_text(move(matrix_text))
-    (dst / "litellm_config.yaml").write_text(move(config_text))
-    return port_map
+free_ports = ports.free_ports
 
 
 class SimThread:

@@ -1,24 +1,36 @@
-"""`torchrouter up --dev` brings the stack up, answers the spec example, and stops leaving nothing."""
+"""`torchrouter up` brings the stack up, answers the spec example, and stops leaving nothing; it checks every
+port before it starts anything.
+
+No port is hard-coded: each test runs `up --free-ports` (or squats a port it chose itself), so the suite
+passes while `torchrouter up` or `up --dev` runs on the same machine.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
+
 from capability_matrix import DEFAULT_MATRIX_PATH
+from classifier.settings import PACKAGE_ROOT
+from torchrouter.ports import free_ports, loopback_ports, render_fleet_files
 
-DEV_CLASSIFIER, DEV_LITELLM = 4002, 4003
-SIM_PORTS = (11501, 11502, 11503, 11504, 11505, 11510)
+SHIPPED_CONFIG = PACKAGE_ROOT / "litellm_config.yaml"
+_URL_PORT = re.compile(r"http://127\.0\.0\.1:(\d+)")
 
 
-def _up_dev(state_dir: Path) -> list[str]:
+def _up(state_dir: Path, *extra: str) -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -29,7 +41,12 @@ def _up_dev(state_dir: Path) -> list[str]:
         "0.05",
         "--state-dir",
         str(state_dir),
+        *extra,
     ]
+
+
+def _env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith(("TORCHROUTER_", "LITELLM_"))}
 
 
 def _listening(port: int) -> bool:
@@ -53,15 +70,25 @@ def _litellm_children(port: int) -> list[int]:
     return pids
 
 
-def test_up_dev_starts_answers_and_stops_cleanly(tmp_path: Path) -> None:
-    assert not _listening(DEV_CLASSIFIER) and not _listening(DEV_LITELLM), "dev ports busy before the test"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TORCHROUTER_", "LITELLM_"))}
+def _port_on(lines: list[str], prefix: str) -> int:
+    line = next(line for line in lines if line.startswith(prefix))
+    match = _URL_PORT.search(line)
+    assert match, line
+    return int(match.group(1))
+
+
+@contextmanager
+def _squatting(port: int) -> Iterator[None]:
+    with socket.socket() as squatter:
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # the port may be in TIME_WAIT
+        squatter.bind(("127.0.0.1", port))
+        squatter.listen()
+        yield
+
+
+def test_up_starts_answers_and_stops_cleanly(tmp_path: Path) -> None:
     proc = subprocess.Popen(
-        _up_dev(tmp_path),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env=env,
-        text=True,
+        _up(tmp_path, "--free-ports"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=_env(), text=True
     )
     lines: list[str] = []
     try:
@@ -76,13 +103,16 @@ def test_up_dev_starts_answers_and_stops_cleanly(tmp_path: Path) -> None:
                 break
         output = "".join(lines)
         assert "Ctrl-C stops everything" in output, output
+        classifier, litellm = _port_on(lines, "classifier"), _port_on(lines, "LiteLLM proxy")
+        sim_ports = [_port_on([line], "simulated") for line in lines if line.startswith("simulated")]
+        assert len(sim_ports) == 6 and {4002, 4003}.isdisjoint({classifier, litellm}), output
 
-        with urllib.request.urlopen(f"http://127.0.0.1:{DEV_CLASSIFIER}/health", timeout=5) as resp:
+        with urllib.request.urlopen(f"http://127.0.0.1:{classifier}/health", timeout=5) as resp:
             assert json.loads(resp.read())["status"] == "ok"
-        with urllib.request.urlopen(f"http://127.0.0.1:{DEV_LITELLM}/health/liveliness", timeout=5) as resp:
+        with urllib.request.urlopen(f"http://127.0.0.1:{litellm}/health/liveliness", timeout=5) as resp:
             assert resp.status == 200
         request = urllib.request.Request(
-            f"http://127.0.0.1:{DEV_CLASSIFIER}/v1/chat/completions",
+            f"http://127.0.0.1:{classifier}/v1/chat/completions",
             data=json.dumps(
                 {"model": "auto", "messages": [{"role": "user", "content": "Summarize the routing policy."}]}
             ).encode(),
@@ -91,8 +121,9 @@ def test_up_dev_starts_answers_and_stops_cleanly(tmp_path: Path) -> None:
         with urllib.request.urlopen(request, timeout=30) as resp:
             answer = json.loads(resp.read())
             assert resp.headers["X-Router-Group"] == "balanced"
-        assert answer["choices"][0]["message"]["content"].startswith("sim:")
-        assert _litellm_children(DEV_LITELLM), "LiteLLM child not found while running"
+        content = answer["choices"][0]["message"]["content"]
+        assert content.startswith("sim:"), content
+        assert _litellm_children(litellm), "LiteLLM child not found while running"
 
         proc.send_signal(signal.SIGINT)
         rest, _ = proc.communicate(timeout=60)
@@ -107,55 +138,63 @@ def test_up_dev_starts_answers_and_stops_cleanly(tmp_path: Path) -> None:
     answered = [e for e in trail if e["event"] == "request_completed" and e["agent_id"] == "webmaster"]
     assert answered and answered[-1]["outcome"] == "ok", "the trail lost the request on shutdown"
     assert any(e["event"] == "route_selected" for e in trail), "the hooks' lines are missing"
-    for port in (DEV_CLASSIFIER, DEV_LITELLM, *SIM_PORTS):
+    for port in (classifier, litellm, *sim_ports):
         assert not _listening(port), f"port {port} still listening after stop"
-    assert not _litellm_children(DEV_LITELLM), "LiteLLM child survived the stop"
+    assert not _litellm_children(litellm), "LiteLLM child survived the stop"
 
 
-def test_up_fails_cleanly_when_a_port_is_taken(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TORCHROUTER_", "LITELLM_"))}
-    with socket.socket() as squatter:
-        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # the port may be in TIME_WAIT
-        squatter.bind(("127.0.0.1", DEV_CLASSIFIER))
-        squatter.listen()
-        done = subprocess.run(
-            _up_dev(tmp_path),
-            capture_output=True, text=True, env=env, timeout=120,
-        )  # fmt: skip
+@pytest.mark.parametrize("role", ["classifier", "LiteLLM", "simulated host"])
+def test_up_refuses_a_taken_port_before_starting_anything(tmp_path: Path, role: str) -> None:
+    # A fleet of our own on free ports (so a running dev or prod stack is not "shared"), and two free ports.
+    fleet = tmp_path / "fleet"
+    render_fleet_files(DEFAULT_MATRIX_PATH, SHIPPED_CONFIG, fleet)
+    sim_ports = loopback_ports((fleet / "matrix.yaml").read_text())
+    classifier, litellm = free_ports(2)
+    taken = {"classifier": classifier, "LiteLLM": litellm, "simulated host": sim_ports[2]}[role]
+    args = _up(
+        tmp_path,
+        *("--classifier-port", str(classifier), "--litellm-port", str(litellm)),
+        *("--matrix", str(fleet / "matrix.yaml"), "--config", str(fleet / "litellm_config.yaml")),
+    )
+    with _squatting(taken):
+        done = subprocess.run(args, capture_output=True, text=True, env=_env(), timeout=120)
     assert done.returncode == 1, done.stdout + done.stderr
-    assert "torchrouter up:" in done.stderr and str(DEV_CLASSIFIER) in done.stderr, done.stderr
-    assert "Traceback" not in done.stderr
-    for port in (DEV_LITELLM, *SIM_PORTS):
-        assert not _listening(port), f"port {port} left listening after a failed start"
-    assert not _litellm_children(DEV_LITELLM)
+    errors = done.stderr.strip().splitlines()
+    assert errors == [errors[-1]] and errors[0].startswith(f"torchrouter up: port {taken} ({role}"), errors
+    assert done.stdout == "", "nothing may start (nor say it is ready) before the ports are checked"
+    for port in (classifier, litellm, *sim_ports):
+        assert port == taken or not _listening(port), f"port {port} left listening after a refused start"
+    assert not _litellm_children(litellm)
 
 
 def test_up_refuses_a_bad_matrix_before_starting_anything(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TORCHROUTER_", "LITELLM_"))}
     matrix = tmp_path / "matrix.yaml"
     matrix.write_text(
         DEFAULT_MATRIX_PATH.read_text().replace("quality_score: 0.55", "quality_score: 1.55", 1)
     )
+    classifier, litellm = free_ports(2)
+    args = _up(tmp_path, "--matrix", str(matrix), "--classifier-port", str(classifier))
     done = subprocess.run(
-        [*_up_dev(tmp_path), "--matrix", str(matrix)], capture_output=True, text=True, env=env, timeout=120
+        [*args, "--litellm-port", str(litellm)], capture_output=True, text=True, env=_env(), timeout=120
     )
     assert done.returncode == 1, done.stdout + done.stderr
     assert "torchrouter up: capability matrix" in done.stderr and "quality_score" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
-    assert "simulated host" not in done.stdout  # nothing was started
-    for port in (DEV_CLASSIFIER, DEV_LITELLM, *SIM_PORTS):
+    assert done.stdout == ""  # nothing was started
+    for port in (classifier, litellm):
         assert not _listening(port), f"port {port} listening after a refused start"
-    assert not _litellm_children(DEV_LITELLM)
+    assert not _litellm_children(litellm)
 
 
 def test_ctrl_c_while_litellm_starts_stops_at_once(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TORCHROUTER_", "LITELLM_"))}
     proc = subprocess.Popen(
-        _up_dev(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True
+        _up(tmp_path, "--free-ports"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=_env(), text=True
     )
+    lines: list[str] = []
     try:
         assert proc.stdout is not None
         for line in proc.stdout:
+            lines.append(line)
             if line.startswith("simulated cloud"):  # the fleet is up; LiteLLM is starting now
                 break
         started = time.monotonic()
@@ -167,6 +206,24 @@ def test_ctrl_c_while_litellm_starts_stops_at_once(tmp_path: Path) -> None:
             proc.kill()
             proc.wait(10)
     assert proc.returncode == 0 and "stopped before the stack was up." in rest, rest
-    for port in (DEV_CLASSIFIER, DEV_LITELLM, *SIM_PORTS):
+    sim_ports = [_port_on([line], "simulated") for line in lines if line.startswith("simulated")]
+    assert len(sim_ports) == 6, lines
+    for port in sim_ports:
         assert not _listening(port), f"port {port} still listening"
-    assert not _litellm_children(DEV_LITELLM)
+    # The LiteLLM it was starting is gone too (its port is printed only once it is ready: find it by its
+    # config, the copy this stack wrote).
+    config = str(tmp_path / "fleet-dev" / "litellm_config.yaml").encode()
+    assert not [cmd for cmd in _litellm_cmdlines() if config in cmd]
+
+
+def _litellm_cmdlines() -> list[bytes]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"litellm.proxy.proxy_cli" in cmdline:
+                found.append(cmdline)
+    return found

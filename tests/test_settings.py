@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+from typing import Any
+
 import pytest
 
 from classifier.settings import ENV_DOCS, Secret, Settings, SettingsError
+from litellm_hooks.settings import HooksSettings
 
 
 def test_defaults() -> None:
@@ -53,5 +58,48 @@ def test_secrets_never_show_themselves() -> None:
     assert str(Secret("x")) == "Secret('***')" and s.master_key.reveal() == "sk-very-secret"
 
 
-def test_every_setting_is_documented() -> None:
-    assert "LITELLM_MASTER_KEY" in ENV_DOCS and "TORCHROUTER_CLIENT_KEYS" in ENV_DOCS
+class RecordingEnv(dict[str, str]):
+    """An environment that remembers every variable name it was asked about (set to a harmless value, so
+    every branch that parses a value runs)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked: set[str] = set()
+
+    def __contains__(self, key: object) -> bool:
+        self.asked.add(str(key))
+        return False
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self.asked.add(key)
+        return default
+
+    def __getitem__(self, key: str) -> str:
+        self.asked.add(key)
+        raise KeyError(key)
+
+
+def _readme_env_table() -> set[str]:
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = text.split("## Environment", 1)[1].split("\n## ", 1)[0]
+    return set(re.findall(r"^\| `([A-Z_]+)` \|", section, flags=re.MULTILINE))
+
+
+def test_every_variable_either_process_reads_is_documented_in_env_docs_and_the_readme() -> None:
+    classifier_env, hooks_env = RecordingEnv(), RecordingEnv()
+    Settings.from_env(classifier_env)
+    HooksSettings.from_env(hooks_env)
+    read = classifier_env.asked | hooks_env.asked
+    assert len(classifier_env.asked) >= 15 and len(hooks_env.asked) == 4  # the recorder saw the reads
+    assert read - ENV_DOCS.keys() == set(), "read but not in ENV_DOCS"
+    assert ENV_DOCS.keys() - read == set(), "in ENV_DOCS but read by neither process"
+    assert ENV_DOCS.keys() - _readme_env_table() == set(), "in ENV_DOCS but not in the README's table"
+
+
+def test_hooks_settings_parse_and_name_a_bad_variable() -> None:
+    s = HooksSettings.from_env(
+        {"TORCHROUTER_PROBE_INTERVAL_S": "0.5", "TORCHROUTER_DAILY_BUDGET_USD": "3", "X": "ignored"}
+    )
+    assert (s.probe_interval_s, s.daily_budget_usd, s.event_path) == (0.5, 3.0, None)
+    with pytest.raises(SettingsError, match="TORCHROUTER_PROBE_INTERVAL_S"):
+        HooksSettings.from_env({"TORCHROUTER_PROBE_INTERVAL_S": "0"})

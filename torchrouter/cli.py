@@ -39,14 +39,18 @@ def cmd_up(args: argparse.Namespace) -> int:
         config_path=args.config,
         matrix_path=args.matrix,
         state_dir=args.state_dir,
+        classifier_port=args.classifier_port,
+        litellm_port=args.litellm_port,
+        free_ports=args.free_ports,
     )
     from capability_matrix import MatrixError
     from torchrouter.litellm_process import LiteLLMStartError
+    from torchrouter.ports import PortInUse
     from torchrouter.sim import SimFleetError
 
     try:
         return _run_until_signal(lambda stop: run_stack(opts, stop, lambda line: print(line, flush=True)))
-    except (SimFleetError, LiteLLMStartError, MatrixError, OSError) as exc:
+    except (SimFleetError, LiteLLMStartError, MatrixError, PortInUse, OSError) as exc:
         # Everything started so far has been stopped by the stack's exit stack; say why in one place.
         print(f"torchrouter up: {exc}", file=sys.stderr)
         return 1
@@ -112,6 +116,14 @@ def build_parser() -> argparse.ArgumentParser:
         "up", help="run the whole stack (simulated fleet, LiteLLM, classifier) in the foreground"
     )
     up.add_argument("--dev", action="store_true", help="dev ports: classifier 4002, LiteLLM 4003")
+    up.add_argument("--classifier-port", type=int, default=None, help="instead of 4001 (4002 with --dev)")
+    up.add_argument("--litellm-port", type=int, default=None, help="instead of 4000 (4003 with --dev)")
+    up.add_argument(
+        "--free-ports",
+        action="store_true",
+        help="every port not given is a free one, the simulated fleet's too (its matrix and LiteLLM config "
+        "copies go to the state dir): a second stack beside a running one",
+    )
     up.add_argument("--no-sim", action="store_true", help="do not start the simulated fleet (real hosts)")
     up.add_argument("--time-scale", type=float, default=1.0, help="simulated durations multiplier")
     up.add_argument("--seed", type=int, default=0)

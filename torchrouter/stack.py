@@ -1,14 +1,19 @@
 """``torchrouter up``: the whole stack in the foreground on one machine.
 
-Order: the simulated fleet (in this process, unless one is already serving the matrix's ports, as
-when a dev stack shares the fleet with a running prod stack), the LiteLLM proxy (child process),
-then the classifier (in this process). Stopping runs the same list backwards; nothing is left behind.
+Before anything starts: the matrix is checked, then every port the stack will bind (classifier, LiteLLM,
+and the simulated hosts unless an already-running simulated fleet is shared on purpose); a taken one is
+refused in one line naming it. Then, in order: the simulated fleet (in this process, unless one is already
+serving the matrix's ports, as when a dev stack shares the fleet with a running prod stack), the LiteLLM
+proxy (child process), then the classifier (in this process). Stopping runs the same list backwards;
+nothing is left behind. ``--free-ports`` puts all of it on free ports (copies of the matrix and LiteLLM
+config, with the simulated fleet's ports moved, are written to the state directory).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import secrets
@@ -26,6 +31,7 @@ from capability_matrix import DEFAULT_MATRIX_PATH, load_matrix
 from classifier.app import create_app
 from classifier.settings import PACKAGE_ROOT, Settings
 from torchrouter.litellm_process import LiteLLMProcess
+from torchrouter.ports import check_ports, free_ports, render_fleet_files
 from torchrouter.sim import SimFleet, fleet_spec_from_matrix
 from torchrouter.sim.spec import SIM_CLOUD_KEY
 
@@ -42,10 +48,34 @@ class StackOptions:
     config_path: Path = PACKAGE_ROOT / "litellm_config.yaml"
     matrix_path: Path = DEFAULT_MATRIX_PATH
     state_dir: Path = field(default_factory=lambda: Path("var"))
+    classifier_port: int | None = None  # None: 4001 (4002 with dev), or a free one with free_ports
+    litellm_port: int | None = None  # None: 4000 (4003 with dev), or a free one with free_ports
+    free_ports: bool = False  # every port not given explicitly is a free one, simulated fleet included
 
     @property
     def ports(self) -> tuple[int, int]:
-        return DEV_PORTS if self.dev else PROD_PORTS
+        """(classifier, LiteLLM) as asked; with ``free_ports``, unset ones are chosen at start."""
+        classifier, litellm = DEV_PORTS if self.dev else PROD_PORTS
+        return (self.classifier_port or classifier, self.litellm_port or litellm)
+
+
+def _resolve(opts: StackOptions) -> StackOptions:
+    """Choose the free ports (and write the fleet files with moved ports) that ``free_ports`` asks for."""
+    if not opts.free_ports:
+        return opts
+    classifier, litellm = free_ports(2)
+    matrix_path, config_path = opts.matrix_path, opts.config_path
+    if opts.sim:
+        fleet_dir = opts.state_dir / f"fleet-{'dev' if opts.dev else 'prod'}"
+        render_fleet_files(opts.matrix_path, opts.config_path, fleet_dir)
+        matrix_path, config_path = fleet_dir / "matrix.yaml", fleet_dir / "litellm_config.yaml"
+    return dataclasses.replace(
+        opts,
+        classifier_port=opts.classifier_port or classifier,
+        litellm_port=opts.litellm_port or litellm,
+        matrix_path=matrix_path,
+        config_path=config_path,
+    )
 
 
 def _sim_already_serving(url: str) -> bool:
@@ -58,29 +88,41 @@ def _sim_already_serving(url: str) -> bool:
 
 async def run_stack(opts: StackOptions, stop: asyncio.Event, say: Callable[[str], None] = print) -> None:
     t0 = time.monotonic()
+    # A matrix the classifier would reject fails here, before anything starts (MatrixError lists why).
+    load_matrix(opts.matrix_path)
+    opts = _resolve(opts)
     env = dict(os.environ)
     if not env.get("LITELLM_MASTER_KEY"):  # unset or empty: LiteLLM would run without a key
         env["LITELLM_MASTER_KEY"] = "sk-torchrouter-" + secrets.token_hex(16)
     env.setdefault("TORCHROUTER_CLOUD_API_KEY", SIM_CLOUD_KEY)
     env.setdefault("TORCHROUTER_CAPABILITY_MATRIX_PATH", str(opts.matrix_path))
+    if opts.free_ports and opts.sim:  # the hooks must read the copy whose ports the fleet listens on
+        env["TORCHROUTER_CAPABILITY_MATRIX_PATH"] = str(opts.matrix_path)
     env.setdefault("TORCHROUTER_ROUTING_CONTINUITY_EVENT_PATH", str(opts.state_dir / "routing-events.jsonl"))
     classifier_port, litellm_port = opts.ports
     name = "dev" if opts.dev else "prod"
 
-    # A matrix the classifier would reject fails here, before anything starts (MatrixError lists why).
-    load_matrix(opts.matrix_path)
+    spec = None
+    shared_sim = False
+    wanted = [(classifier_port, "classifier"), (litellm_port, "LiteLLM")]
+    if opts.sim:
+        doc = yaml.safe_load(opts.matrix_path.read_text(encoding="utf-8"))
+        spec = fleet_spec_from_matrix(
+            doc,
+            cloud_api_key=env["TORCHROUTER_CLOUD_API_KEY"],
+            seed=opts.seed,
+            time_scale=opts.time_scale,
+        )
+        first_url = f"http://{spec.host}:{spec.hosts[0].port}"
+        shared_sim = _sim_already_serving(first_url)
+        if not shared_sim:
+            wanted += [(h.port, f"simulated host {h.host_id}") for h in spec.hosts]
+            if spec.cloud is not None:
+                wanted.append((spec.cloud.port, "simulated cloud"))
+    check_ports(wanted)  # every port, before anything starts: PortInUse names the first taken one
     async with contextlib.AsyncExitStack() as stack:
-        if opts.sim:
-            doc = yaml.safe_load(opts.matrix_path.read_text(encoding="utf-8"))
-            spec = fleet_spec_from_matrix(
-                doc,
-                cloud_api_key=env["TORCHROUTER_CLOUD_API_KEY"],
-                seed=opts.seed,
-                time_scale=opts.time_scale,
-            )
-            first = spec.hosts[0]
-            first_url = f"http://{spec.host}:{first.port}"
-            if _sim_already_serving(first_url):
+        if spec is not None:
+            if shared_sim:
                 say(f"simulated fleet: already serving on {first_url} (shared; this stack will not stop it)")
             else:
                 fleet = SimFleet(spec)
