@@ -1,4 +1,7 @@
-"""The classifier's aiohttp application: wiring, middlewares and thin handlers.
+"""The classifier's aiohttp application: wiring, middlewares and the small handlers.
+
+The chat handler is :mod:`classifier.chat`, its stream relay :mod:`classifier.relay`, the typed state
+keys :mod:`classifier.keys`.
 
 ``create_app(settings)`` builds everything from values passed in; nothing happens at import. Each
 long-lived resource (the forwarder's client session, the config watchers, the event sink) has its
@@ -14,7 +17,6 @@ import hmac
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,63 +35,43 @@ from capability_matrix import (
 )
 from capability_matrix import watch as watch_file
 from capability_matrix.probe import FleetProbe, NvmlGpuReader, Probe
-from classifier.admission import Admission, Lanes
-from classifier.chat_body import parse_chat_body
+from classifier.admission import Lanes
+from classifier.chat import chat_completions, too_large_message
 from classifier.forwarder import Forwarder, HttpForwarder
 from classifier.http_errors import error_response, http_error_response
+from classifier.keys import (
+    AGENTS_KEY,
+    EVENTS_KEY,
+    FLEET_KEY,
+    FORWARDER_KEY,
+    HOOKS_SEEN_KEY,
+    LANES_KEY,
+    LITELLM_FALLBACKS_KEY,
+    MATRIX_KEY,
+    METRICS_KEY,
+    PROBE_KEY,
+    REQUEST_IDS_KEY,
+    SETTINGS_KEY,
+    SPEND_KEY,
+    HooksSeen,
+)
 from classifier.metrics import Metrics
-from classifier.routing_headers import RequestIds, RouteTrace, request_id_from
+from classifier.routing_headers import RequestIds
 from classifier.settings import Settings
 from torchrouter_core.capacity import lane_limits
-from torchrouter_core.contract import RouteReport, RouteRequest
-from torchrouter_core.decide import AgentsStore, CloudLocked, RouteDecision, decide
+from torchrouter_core.decide import AgentsStore
 from torchrouter_core.errors import (
     ApiError,
     PayloadTooLarge,
-    QueueFull,
     Unauthorized,
 )
 from torchrouter_core.events import EventSink, open_sink
 from torchrouter_core.identity import GROUPS, LOCAL_GROUPS
-from torchrouter_core.queue_policy import finite_ms
 from torchrouter_core.routing import RoutingMode, overflow
 from torchrouter_core.spend import DailySpend
 from torchrouter_core.tiering import Tier
 
 log = logging.getLogger("torchrouter.classifier")
-
-SETTINGS_KEY = web.AppKey("settings", Settings)
-FORWARDER_KEY = web.AppKey("forwarder", Forwarder)
-METRICS_KEY = web.AppKey("metrics", Metrics)
-EVENTS_KEY = web.AppKey("events", EventSink)
-MATRIX_KEY = web.AppKey("matrix", MatrixStore)
-AGENTS_KEY = web.AppKey("agents", AgentsStore)
-SPEND_KEY = web.AppKey("spend", DailySpend)
-FLEET_KEY = web.AppKey("fleet", FleetView)
-LANES_KEY = web.AppKey("lanes", Lanes)
-REQUEST_IDS_KEY = web.AppKey("request_ids", RequestIds)
-LITELLM_FALLBACKS_KEY = web.AppKey("litellm_fallbacks", dict[str, list[str]])
-
-
-@dataclass
-class HooksSeen:
-    """What the last response said about the hooks inside LiteLLM (cumulative since LiteLLM started)."""
-
-    errors: int = 0
-
-
-HOOKS_SEEN_KEY = web.AppKey("hooks_seen", HooksSeen)
-PROBE_KEY = web.AppKey("probe", Probe)
-
-# Upstream response headers relayed to the client as they are.
-_RELAYED = (
-    "Content-Type",
-    "Cache-Control",
-    "Retry-After",
-    "x-litellm-response-cost",
-    "x-litellm-attempted-fallbacks",
-)
-_STREAM_TYPES = ("text/event-stream", "application/x-ndjson")
 
 
 # --- middlewares --------------------------------------------------------------------------------------
@@ -103,7 +85,7 @@ async def openai_errors(
     except ApiError as exc:
         return error_response(exc)
     except web.HTTPRequestEntityTooLarge:
-        return error_response(PayloadTooLarge(_too_large_message(request)))
+        return error_response(PayloadTooLarge(too_large_message(request)))
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -113,10 +95,6 @@ async def openai_errors(
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
         return http_error_response(500, "internal error in the classifier; see its log")
-
-
-def _too_large_message(request: web.Request) -> str:
-    return f"request body exceeds the limit of {request.app[SETTINGS_KEY].max_body_bytes} bytes"
 
 
 @web.middleware
@@ -360,272 +338,3 @@ async def models(request: web.Request) -> web.Response:
         for g in ("auto", *sorted(GROUPS))
     ]
     return _json({"object": "list", "data": data})
-
-
-# --- the request path ---------------------------------------------------------------------------------
-async def chat_completions(request: web.Request) -> web.StreamResponse:
-    started = time.perf_counter()
-    app = request.app
-    settings, metrics, events = app[SETTINGS_KEY], app[METRICS_KEY], app[EVENTS_KEY]
-    trace = RouteTrace(request_id=app[REQUEST_IDS_KEY].new())
-    client_request_id = request_id_from(request.headers)
-    try:
-        body = parse_chat_body(await request.read())
-        now = time.time()
-        decision = decide(
-            request.headers,
-            body,
-            agents=app[AGENTS_KEY].current,
-            matrix=app[MATRIX_KEY].current,
-            routing_mode=settings.routing_mode,
-            canary_share=settings.canary_share,
-            request_id=client_request_id or trace.request_id,
-            now=now,
-            cloud_locked=app[FLEET_KEY].budget_reason(now),
-        )
-    except CloudLocked as exc:
-        # Policy, not a bad body: every step of this request's ladder is cloud and cloud is locked out.
-        metrics.requests.labels("none", "none", "locked_out").inc()
-        events.emit(
-            "queue_rejected",
-            request_id=trace.request_id,
-            agent_id=None,
-            tier=None,
-            group=None,
-            status=exc.status,
-            retry_after_s=exc.retry_after_s,
-            message=exc.message,
-        )
-        return error_response(exc, trace.headers())
-    except ApiError as exc:
-        metrics.requests.labels("none", "none", "bad_request").inc()
-        return error_response(exc, trace.headers())
-    except web.HTTPRequestEntityTooLarge:
-        metrics.requests.labels("none", "none", "bad_request").inc()
-        return error_response(PayloadTooLarge(_too_large_message(request)), trace.headers())
-
-    trace.tier, trace.group, trace.canary = decision.tier.value, decision.first_group, decision.canary
-    who = {"request_id": trace.request_id, "agent_id": decision.agent_label, "tier": trace.tier}
-    events.emit(
-        "request_classified",
-        **who,
-        group=decision.first_group,
-        client_request_id=client_request_id,
-        identity_source=decision.identity.source,
-        tier_source=decision.tier_source,
-        signals=list(decision.signals),
-        canary=decision.canary,
-        ladder=list(decision.ladder_groups),
-        stream=bool(body.get("stream")),
-    )
-    metrics.child(metrics.tier_decisions, trace.tier, decision.tier_source).inc()
-    if decision.canary:
-        metrics.canary.inc()
-
-    def on_divert(from_group: str, to_group: str, reason: str, est_ms: float) -> None:
-        metrics.child(metrics.diverts, from_group, reason).inc()
-        events.emit(
-            "degradation_ladder_step",
-            **who,
-            group=decision.first_group,
-            from_group=from_group,
-            to_group=to_group or None,
-            reason=reason,
-            estimated_wait_ms=finite_ms(est_ms),
-        )
-
-    outcome = "error"  # until a path below says otherwise: an unexpected exception is never a success
-    status = 0
-    relay = Relay()
-    admission: Admission | None = None
-    try:
-        admission = await app[LANES_KEY].admit(decision, on_divert)
-        trace.group = admission.group
-        trace.queue_ms = admission.queue_ms
-        metrics.child(metrics.queue_wait, admission.group).observe(admission.queue_ms / 1e3)
-        if admission.diverts:
-            trace.fallback = "ladder:" + "->".join([*(g for g, _ in admission.diverts), admission.group])
-        response = await _forward(request, body, decision, admission.group, trace, started, relay)
-        status = relay.status
-        outcome = "upstream_error" if status >= 400 else "ok"
-        return response
-    except QueueFull as exc:
-        outcome, status = "shed", exc.status
-        trace.total_ms = (time.perf_counter() - started) * 1e3
-        events.emit(
-            "queue_rejected",
-            **who,
-            group=decision.first_group,
-            status=exc.status,
-            retry_after_s=exc.retry_after_s,
-            message=exc.message,
-        )
-        return error_response(exc, trace.headers())
-    except ApiError as exc:
-        outcome = "timeout" if exc.status == 504 else "upstream_unavailable"
-        status = exc.status
-        trace.total_ms = (time.perf_counter() - started) * 1e3
-        return error_response(exc, trace.headers())
-    except (asyncio.CancelledError, ConnectionResetError):
-        # A client that closes once it has read the stream's last event (the OpenAI SDK does, without
-        # waiting for the chunked terminator) was answered in full: that is a success, not a cancel.
-        # ``status`` is what went out before the client left (0: nothing had).
-        outcome, status = ("ok" if relay.complete else "cancelled"), relay.status
-        raise
-    finally:
-        if admission is not None:
-            # Only a model that was resident (warm or hot) measures the lane: a cold load would teach
-            # the estimator seconds of load as if every request took that long.
-            app[LANES_KEY].release(admission, ok=outcome == "ok", learn=trace.warm_state in ("warm", "hot"))
-        total_s = time.perf_counter() - started
-        labels = (trace.tier, trace.group)
-        metrics.child(metrics.requests, *labels, outcome).inc()
-        metrics.child(metrics.request_duration, *labels).observe(total_s)
-        if relay.ttft_s is not None:
-            metrics.child(metrics.ttft, *labels).observe(relay.ttft_s)
-        events.emit(
-            "request_completed",
-            **who,
-            group=trace.group,
-            outcome=outcome,
-            status=status,
-            deployment=trace.model,
-            fallback=trace.fallback,
-            total_ms=round(total_s * 1e3, 1),
-            ttft_ms=None if relay.ttft_s is None else round(relay.ttft_s * 1e3, 1),
-            queue_ms=round(trace.queue_ms, 1),
-            warm_state=trace.warm_state,
-            estimated_wait_ms=None if admission is None else round(admission.estimated_ms, 1),
-            service_estimate_ms=None if admission is None else round(admission.service_ms, 1),
-        )
-
-
-_SSE_DONE = b"data: [DONE]"
-
-
-@dataclass
-class Relay:
-    """How far the answer got to the client: status, time to its first byte, and whether it was whole."""
-
-    status: int = 0
-    ttft_s: float | None = None
-    complete: bool = False  # the upstream stream ended, or its ``data: [DONE]`` sentinel was relayed
-    _tail: bytes = b""
-
-    def saw(self, chunk: bytes) -> None:
-        """Note a relayed stream chunk; the sentinel may arrive split across chunks."""
-        self._tail = (self._tail + chunk)[-32:]
-        self.complete = self._tail.rstrip().endswith(_SSE_DONE)
-
-
-async def _forward(
-    request: web.Request,
-    body: dict[str, Any],
-    decision: RouteDecision,
-    group: str,
-    trace: RouteTrace,
-    started: float,
-    relay: Relay,
-) -> web.StreamResponse:
-    """Forward to LiteLLM with model=group and relay the answer, recording its progress in ``relay`` (which
-    the caller still reads when the client goes away part-way)."""
-    app = request.app
-    settings = app[SETTINGS_KEY]
-    upstream_body = orjson.dumps({**body, "model": group, **decision.upstream_extras})
-    route = RouteRequest(
-        request_id=trace.request_id,
-        group=group,
-        tier=trace.tier,
-        agent_id=decision.agent_label,
-        needs=decision.needs,
-        route=decision.ladder_groups,
-    )
-    headers = {"Content-Type": "application/json", **route.to_headers()}
-    if settings.master_key:
-        headers["Authorization"] = "Bearer " + settings.master_key.reveal()
-    sent = time.perf_counter()
-    async with app[FORWARDER_KEY].open("POST", "/v1/chat/completions", upstream_body, headers) as upstream:
-        headers_at = time.perf_counter()
-        report = RouteReport.from_headers(upstream.headers)
-        _annotate(trace, report, app[MATRIX_KEY], group)
-        _learn(app, trace, report, upstream.status)
-        trace.litellm_ttft_ms = (headers_at - sent) * 1e3
-        trace.total_ms = (headers_at - started) * 1e3
-        out_headers = {h: upstream.headers[h] for h in _RELAYED if h in upstream.headers}
-        content_type = upstream.headers.get("Content-Type", "")
-        if upstream.status == 200 and content_type.startswith(_STREAM_TYPES):
-            # Stream: headers go now, before the first byte; TTFT and total go to events and metrics.
-            response = web.StreamResponse(status=200, headers={**out_headers, **trace.headers()})
-            relay.status = 200
-            await response.prepare(request)
-            try:
-                async for chunk in upstream.iter_chunks():
-                    if relay.ttft_s is None:
-                        relay.ttft_s = time.perf_counter() - started
-                    await response.write(chunk)
-                    relay.saw(chunk)
-            except ConnectionResetError:
-                raise  # the client went away: nothing to tell it (the request is recorded as cancelled)
-            except Exception as exc:
-                # The 200 and part of the body are already out: end the stream with an error event the
-                # client's SDK understands, and close; a second status line would corrupt the response.
-                if not isinstance(exc, ApiError | aiohttp.ClientError | TimeoutError):
-                    log.exception("unexpected error while relaying a stream")
-                relay.status = 502
-                await _end_stream_with_error(response, exc)
-                return response
-            relay.complete = True
-            await response.write_eof()
-            return response
-        payload = await upstream.read()
-        done = time.perf_counter()
-        trace.litellm_ttft_ms = (done - sent) * 1e3
-        trace.total_ms = (done - started) * 1e3
-        relay.status, relay.ttft_s = upstream.status, done - started
-        return web.Response(status=upstream.status, body=payload, headers={**out_headers, **trace.headers()})
-
-
-async def _end_stream_with_error(response: web.StreamResponse, exc: BaseException) -> None:
-    if isinstance(exc, ApiError):
-        message = exc.message
-    elif isinstance(exc, aiohttp.ClientError | TimeoutError):
-        message = f"upstream stream broke: {type(exc).__name__}"
-    else:
-        message = "internal error in the classifier while relaying the stream; see its log"
-    log.warning("stream from LiteLLM broke after the response started: %s", message)
-    error = {
-        "error": {"message": message, "type": "api_error", "param": None, "code": "upstream_stream_broken"}
-    }
-    response.force_close()
-    with contextlib.suppress(ConnectionError, RuntimeError):
-        await response.write(b"data: " + orjson.dumps(error) + b"\n\n")
-        await response.write_eof()
-
-
-def _learn(app: web.Application, trace: RouteTrace, report: RouteReport, status: int) -> None:
-    """What a response tells the classifier: who served (warm -> hot), which keys the hooks hold locked
-    out (the whole set, on every response), the day's spend from the one book (the hooks'), and how many
-    errors the hooks caught."""
-    fleet = app[FLEET_KEY]
-    if trace.model != "none" and status < 400:
-        fleet.served(trace.model)
-    if report.daily_spend_usd is not None:
-        app[SPEND_KEY].mirror(report.daily_spend_usd, time.time())
-    if report.hook_errors is not None:
-        app[HOOKS_SEEN_KEY].errors = report.hook_errors
-    if report.auth_lockouts is not None:
-        fleet.set_auth_lockouts(dict.fromkeys(report.auth_lockouts, "provider answered 401/403"))
-
-
-def _annotate(trace: RouteTrace, report: RouteReport, matrix: MatrixStore, group: str) -> None:
-    """Fill the trace from what LiteLLM and our hooks reported."""
-    if report.deployment:
-        trace.model = report.deployment
-    if report.warm_state is not None:
-        trace.warm_state = report.warm_state.value
-    if report.score_ms is not None:
-        trace.score_ms = report.score_ms
-    if report.fallbacks > 0:  # LiteLLM's own count of failure fallbacks; the deployment names the group
-        profile = matrix.current.profiles.get(trace.model)
-        step = f"fallback:{group}->{profile.lane if profile is not None else 'unknown'}"
-        trace.fallback = step if trace.fallback == "none" else f"{trace.fallback};{step}"

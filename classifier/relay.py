@@ -1,0 +1,101 @@
+"""The stream relay: LiteLLM's streamed answer to the client, unbuffered, and how far it got.
+
+:class:`Relay` records the status sent, the time to the first byte and whether the answer was whole
+(the chat handler reads it to record the outcome, even when the client left part-way).
+:func:`relay_stream` copies the chunks; a stream that breaks after the 200 went out ends with an
+OpenAI-style ``data: {"error": ...}`` event (code ``upstream_stream_broken``) and a closed connection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from classifier.forwarder import UpstreamResponse
+from torchrouter_core.errors import ApiError
+
+log = logging.getLogger("torchrouter.classifier")
+
+# Upstream response headers relayed to the client as they are.
+RELAYED_HEADERS = (
+    "Content-Type",
+    "Cache-Control",
+    "Retry-After",
+    "x-litellm-response-cost",
+    "x-litellm-attempted-fallbacks",
+)
+STREAM_TYPES = ("text/event-stream", "application/x-ndjson")
+
+_SSE_DONE = b"data: [DONE]"
+
+
+@dataclass
+class Relay:
+    """How far the answer got to the client: status, time to its first byte, and whether it was whole."""
+
+    status: int = 0
+    ttft_s: float | None = None
+    complete: bool = False  # the upstream stream ended, or its ``data: [DONE]`` sentinel was relayed
+    _tail: bytes = b""
+
+    def saw(self, chunk: bytes) -> None:
+        """Note a relayed stream chunk; the sentinel may arrive split across chunks."""
+        self._tail = (self._tail + chunk)[-32:]
+        self.complete = self._tail.rstrip().endswith(_SSE_DONE)
+
+
+async def relay_stream(
+    request: web.Request,
+    upstream: UpstreamResponse,
+    headers: Mapping[str, str],
+    relay: Relay,
+    started: float,
+) -> web.StreamResponse:
+    """Relay an upstream SSE stream as it comes. Headers go now, before the first byte (so TTFT and total
+    go to events and metrics); ``relay`` records how far the answer got."""
+    response = web.StreamResponse(status=200, headers=headers)
+    relay.status = 200
+    await response.prepare(request)
+    try:
+        async for chunk in upstream.iter_chunks():
+            if relay.ttft_s is None:
+                relay.ttft_s = time.perf_counter() - started
+            await response.write(chunk)
+            relay.saw(chunk)
+    except ConnectionResetError:
+        raise  # the client went away: nothing to tell it (the request is recorded as cancelled)
+    except Exception as exc:
+        # The 200 and part of the body are already out: end the stream with an error event the
+        # client's SDK understands, and close; a second status line would corrupt the response.
+        if not isinstance(exc, ApiError | aiohttp.ClientError | TimeoutError):
+            log.exception("unexpected error while relaying a stream")
+        relay.status = 502
+        await _end_stream_with_error(response, exc)
+        return response
+    relay.complete = True
+    await response.write_eof()
+    return response
+
+
+async def _end_stream_with_error(response: web.StreamResponse, exc: BaseException) -> None:
+    if isinstance(exc, ApiError):
+        message = exc.message
+    elif isinstance(exc, aiohttp.ClientError | TimeoutError):
+        message = f"upstream stream broke: {type(exc).__name__}"
+    else:
+        message = "internal error in the classifier while relaying the stream; see its log"
+    log.warning("stream from LiteLLM broke after the response started: %s", message)
+    error = {
+        "error": {"message": message, "type": "api_error", "param": None, "code": "upstream_stream_broken"}
+    }
+    response.force_close()
+    with contextlib.suppress(ConnectionError, RuntimeError):
+        await response.write(b"data: " + orjson.dumps(error) + b"\n\n")
+        await response.write_eof()
