@@ -65,7 +65,9 @@ class HooksRuntime:
     def build(cls, settings: HooksSettings) -> HooksRuntime:
         spend = SpendBook()
         fleet = FleetView(
-            MatrixStore(settings.matrix_path),
+            # Checked on every routing call (a stat, about a microsecond against LiteLLM's milliseconds per
+            # request): an operator's edit is in force for the very next request, with no timing window.
+            MatrixStore(settings.matrix_path, min_interval_s=0.0),
             daily_budget_usd=settings.daily_budget_usd,
             spend_today=spend.today,
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -12,12 +13,11 @@ from typing import Any
 import pytest
 import yaml
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 from prometheus_client import CollectorRegistry
 
 from classifier.app import create_app
 from classifier.settings import Secret, Settings
-from tests.harness import SimThread, read_events, render_fleet_files
+from tests.harness import SimThread, free_ports, read_events, render_fleet_files, served
 from torchrouter.litellm_process import LiteLLMProcess
 from torchrouter.sim import fleet_spec_from_matrix
 
@@ -59,8 +59,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "TORCHROUTER_CAPABILITY_MATRIX_PATH": str(matrix_path),
         "TORCHROUTER_ROUTING_CONTINUITY_EVENT_PATH": str(events_path),
     }
-    from tests.harness import free_ports
-
     litellm = LiteLLMProcess.start(config_path, port=free_ports(1)[0], env=env, log_path=root / "litellm.log")
     try:
         startup_s = litellm.wait_ready()
@@ -76,24 +74,19 @@ ClassifierFactory = Callable[..., Awaitable[str]]
 @pytest.fixture
 async def make_classifier(stack: Stack) -> AsyncIterator[ClassifierFactory]:
     """Start a classifier (real aiohttp server on a free port) against the session's LiteLLM."""
-    servers: list[TestServer] = []
+    async with contextlib.AsyncExitStack() as servers:
 
-    async def factory(**overrides: Any) -> str:
-        base: dict[str, Any] = {
-            "litellm_url": stack.litellm.url,
-            "master_key": Secret(stack.master_key),
-            "matrix_path": stack.matrix_path,
-            "event_path": str(stack.events_path),
-        }
-        app: web.Application = create_app(Settings(**{**base, **overrides}), registry=CollectorRegistry())
-        server = TestServer(app, host="127.0.0.1", handler_cancellation=True)
-        await server.start_server()
-        servers.append(server)
-        return str(server.make_url("")).rstrip("/")
+        async def factory(**overrides: Any) -> str:
+            base: dict[str, Any] = {
+                "litellm_url": stack.litellm.url,
+                "master_key": Secret(stack.master_key),
+                "matrix_path": stack.matrix_path,
+                "event_path": str(stack.events_path),
+            }
+            app: web.Application = create_app(Settings(**{**base, **overrides}), registry=CollectorRegistry())
+            return await servers.enter_async_context(served(app, handler_cancellation=True))
 
-    yield factory
-    for server in servers:
-        await server.close()
+        yield factory
 
 
 @pytest.fixture

@@ -4,19 +4,24 @@
   with its own event loop so tests can flip its faults from any loop;
 - copies of the shipped matrix and litellm_config.yaml rewritten to those ports;
 - a real LiteLLM proxy child process (:class:`LiteLLMProcess`, the same launcher ``torchrouter up``
-  uses) with our hooks loaded.
+  uses) with our hooks loaded;
+- :func:`served` (any aiohttp app on a free port) and :func:`eventually` (wait for a condition).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
-from collections.abc import Coroutine
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, TypeVar
 
 import orjson
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from torchrouter import ports
 from torchrouter.sim import FleetSpec, SimFleet
@@ -91,17 +96,42 @@ def read_events(path: Path) -> list[dict[str, Any]]:
     return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
 
 
-async def wait_for_event(path: Path, request_id: str, kind: str, timeout_s: float = 5.0) -> dict[str, Any]:
-    """The first ``kind`` event of a request; a stream's trail is written just after its last byte.
+async def eventually(check: Callable[[], Any], timeout_s: float = 8.0, what: str = "condition") -> Any:
+    """Poll ``check`` (sync or async) until it returns something truthy, which is returned; fail naming
+    ``what`` after ``timeout_s``. The one way tests wait: for a condition, never for a fixed time.
 
-    Async on purpose: the classifier under test runs on the test's own loop and must keep running."""
-    import time
-
+    Async on purpose: a classifier under test runs on the test's own loop and must keep running."""
     deadline = time.monotonic() + timeout_s
     while True:
-        for event in read_events(path):
-            if event["request_id"] == request_id and event["event"] == kind:
-                return event
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return result
         if time.monotonic() > deadline:
-            raise AssertionError(f"no {kind} event for {request_id} within {timeout_s} s")
+            raise AssertionError(f"{what} did not hold within {timeout_s} s")
         await asyncio.sleep(0.02)
+
+
+async def wait_for_event(path: Path, request_id: str, kind: str, timeout_s: float = 5.0) -> dict[str, Any]:
+    """The first ``kind`` event of a request; a stream's trail is written just after its last byte."""
+
+    def found() -> dict[str, Any] | None:
+        return next(
+            (e for e in read_events(path) if e["request_id"] == request_id and e["event"] == kind), None
+        )
+
+    event: dict[str, Any] = await eventually(found, timeout_s, what=f"a {kind} event for {request_id}")
+    return event
+
+
+@contextlib.asynccontextmanager
+async def served(app: web.Application, **server_kwargs: Any) -> AsyncIterator[str]:
+    """Serve ``app`` on a free loopback port for the duration; yields its base URL (no trailing slash).
+    The one test-server helper: classifiers under test and scripted upstreams alike."""
+    server = TestServer(app, host="127.0.0.1", port=0, **server_kwargs)
+    await server.start_server()
+    try:
+        yield str(server.make_url("")).rstrip("/")
+    finally:
+        await server.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -14,7 +15,6 @@ import orjson
 import pytest
 import yaml
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 
 from capability_matrix import (
     BYTES_PER_GB,
@@ -40,6 +40,7 @@ from capability_matrix import (
     utc_day,
 )
 from capability_matrix.probe import FleetProbe, NvmlGpuReader, parse_ollama_ps
+from tests.harness import served
 
 MATTHEW, FRODO, GANDALF, SAMWISE, ARAGORN = (
     "matthew-100.86.174.11",
@@ -280,19 +281,14 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 @pytest.fixture
 async def serve() -> AsyncIterator[Callable[[Handler], Awaitable[str]]]:
-    servers: list[TestServer] = []
+    async with contextlib.AsyncExitStack() as servers:
 
-    async def start(handler: Handler) -> str:
-        app = web.Application()
-        app.router.add_get("/api/ps", handler)
-        server = TestServer(app, host="127.0.0.1", port=0)
-        await server.start_server()
-        servers.append(server)
-        return str(server.make_url("")).rstrip("/")
+        async def start(handler: Handler) -> str:
+            app = web.Application()
+            app.router.add_get("/api/ps", handler)
+            return await servers.enter_async_context(served(app))
 
-    yield start
-    for server in servers:
-        await server.close()
+        yield start
 
 
 @pytest.fixture

@@ -11,8 +11,7 @@ import contextlib
 import os
 import subprocess
 import sys
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ import aiohttp
 import yaml
 
 from tests.conftest import ClassifierFactory, Stack
-from tests.harness import REPO, wait_for_event
+from tests.harness import REPO, eventually, wait_for_event
 
 SPEC_KEY = "matthew-100.86.174.11/ollama/qwen3:8b"
 PROFILE_FIELDS = {
@@ -44,19 +43,6 @@ async def chat(
         return resp.status, dict(resp.headers), await resp.json()
 
 
-async def eventually(check: Callable[[], Any], timeout_s: float = 8.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not hold within {timeout_s} s")
-        await asyncio.sleep(0.1)
-
-
 def write_atomically(path: Path, text: str) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(text)
@@ -69,8 +55,9 @@ async def edited_matrix(stack: Stack) -> AsyncIterator[str]:
     try:
         yield original
     finally:
+        # The hooks look at the file on every routing call: the next request anywhere sees the original.
+        # (A classifier reads it within a second, but each test starts its own.)
         write_atomically(stack.matrix_path, original)
-        await asyncio.sleep(1.3)  # both stores check at most once a second
 
 
 async def test_capability_matrix_endpoint_serves_the_spec_example(classifier_url: str) -> None:
@@ -141,8 +128,13 @@ async def test_hot_reload_good_and_bad_edits_under_traffic(
         broken = original.replace("speed_score: 0.9", "speed_score: 7", 1)
         assert broken != original
         write_atomically(stack.matrix_path, broken)
-        mark = len(models)
-        await asyncio.sleep(2.5)
+
+        async def classifier_rejected_it() -> bool:
+            async with http.get(url + "/metrics") as resp:
+                return 'classifier_matrix_reloads_total{outcome="rejected"} 1.0' in await resp.text()
+
+        await eventually(classifier_rejected_it, what="the classifier's rejection of the bad edit")
+        mark = len(models)  # every request from here on was routed after both processes saw the bad edit
         await eventually(lambda: len(models) > mark + 10, what="traffic after the bad edit")
         assert set(models[-5:]) == {SPEC_KEY}, "the hooks must keep the last good matrix"
         assert await classifier_sees_codex(), "the classifier must keep the last good matrix"
@@ -188,16 +180,32 @@ async def _is(value: Any, expected: str) -> bool:
     return bool(await value == expected)
 
 
+async def _book_total(http: aiohttp.ClientSession, url: str) -> float:
+    """The day's spend as the classifier last heard it from the one book (the hooks'), unrounded."""
+    async with http.get(url + "/metrics") as resp:
+        text = await resp.text()
+    return float(
+        next(line for line in text.splitlines() if line.startswith("classifier_daily_spend_usd "))[27:]
+    )
+
+
 async def test_budget_lockout_removes_cloud_and_is_visible(
     stack: Stack, make_classifier: ClassifierFactory
 ) -> None:
-    url = await make_classifier(daily_budget_usd=1e-9, routing_mode="cloud-only")
+    # The budget counts against the one book: the hooks' total for the day, shared by every classifier in
+    # front of this LiteLLM (the session's earlier tests spent too). So the budget is set just above what
+    # the book holds now: only this test's own cloud answer can cross it.
+    reader = await make_classifier()
     seen_before = len(stack.events())  # the trail is the session's: look only at what this test adds
     async with aiohttp.ClientSession() as http:
+        status, _, _ = await chat(http, reader, "webmaster", model="fast-chat")  # local: costs nothing
+        assert status == 200
+        before = await _book_total(http, reader)
+        url = await make_classifier(daily_budget_usd=before + 1e-12, routing_mode="cloud-only")
         status, headers, _ = await chat(http, url, "webmaster")
         assert status == 200 and headers["X-Router-Group"] == "cloud-balanced"
-        health = await get_json(http, url + "/health")
-        assert health["daily_spend_usd"] > 1e-9
+        # This answer's own response carried the book's new total (its cost booked before the headers).
+        assert await _book_total(http, url) > before
         status, _, body = await chat(http, url, "webmaster")
         assert status == 503 and body["error"]["code"] == "cloud_locked_out"
         matrix = await get_json(http, url + "/capability-matrix")
@@ -209,10 +217,16 @@ async def test_budget_lockout_removes_cloud_and_is_visible(
         e["event"] == "lockout_changed" and e["state"] == "budget" for e in stack.events()[seen_before:]
     )
 
-    local_first = await make_classifier(daily_budget_usd=1e-9)
     async with aiohttp.ClientSession() as http:
-        # A fresh classifier starts the day at zero: one cloud answer puts it over the budget.
-        await chat(http, local_first, "webmaster", model="cloud-balanced")
+        before = await _book_total(http, url)
+        local_first = await make_classifier(daily_budget_usd=before + 1e-12)
+        status, headers, _ = await chat(http, local_first, "webmaster", model="fast-chat")
+        classified = await wait_for_event(
+            stack.events_path, headers["X-Router-Request-Id"], "request_classified"
+        )
+        assert any(g.startswith("cloud-") for g in classified["ladder"]), "under budget: cloud is a step"
+        status, headers, _ = await chat(http, local_first, "webmaster", model="cloud-balanced")
+        assert status == 200 and headers["X-Router-Group"] == "cloud-balanced"
         status, headers, _ = await chat(http, local_first, "webmaster")
     assert status == 200 and headers["X-Router-Group"] == "balanced"
     classified = await wait_for_event(stack.events_path, headers["X-Router-Request-Id"], "request_classified")
@@ -248,11 +262,15 @@ async def test_auth_lockout_from_provider_401(stack: Stack, make_classifier: Cla
             stack.sim.set_fault("cloud", "none")
         # The operator fixes the key and saves the matrix: lockouts start over.
         write_atomically(stack.matrix_path, original + "\n# key rotated\n")
-        await asyncio.sleep(1.3)
-        status, headers, _ = await chat(http, url, "webmaster")
+
+        async def lockouts_cleared_without_traffic() -> bool:  # the classifier's own reload clears them
+            matrix = await get_json(http, url + "/capability-matrix")
+            return {p["lockout_state"] for p in matrix["profiles"].values()} == {"none"}
+
+        await eventually(lockouts_cleared_without_traffic, what="auth lockouts cleared by the matrix edit")
+        status, headers, _ = await chat(http, url, "webmaster")  # the hooks saw the edit on this call
         assert status == 200 and headers["X-Router-Group"] == "cloud-balanced"
-        matrix = await get_json(http, url + "/capability-matrix")
-        assert {p["lockout_state"] for p in matrix["profiles"].values()} == {"none"}
+        assert await lockouts_cleared_without_traffic()
 
 
 def _validate(*args: str) -> subprocess.CompletedProcess[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections import Counter
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import pytest
 
 from capability_matrix import load_matrix
 from tests.conftest import ClassifierFactory, Stack
+from tests.harness import eventually
 
 CHAT = "/v1/chat/completions"
 
@@ -133,25 +135,19 @@ async def test_burst_overflows_to_cloud_in_local_first(make_classifier: Classifi
 async def test_disconnected_waiter_leaves_the_line(make_classifier: ClassifierFactory) -> None:
     url = await make_classifier(lane_caps={"fast-chat": 1})
     async with aiohttp.ClientSession() as http:
+
+        async def fast_chat() -> dict[str, Any]:
+            lane: dict[str, Any] = (await queue_status(http, url))["groups"]["fast-chat"]
+            return lane
+
         holder = asyncio.create_task(post(http, url, "inbox-triage", "long", max_tokens=4000))
-        for _ in range(100):
-            if (await queue_status(http, url))["groups"]["fast-chat"]["active"] == 1:
-                break
-            await asyncio.sleep(0.01)
+        await eventually(lambda: _has(fast_chat(), active=1), what="the first request holding the slot")
         waiter = asyncio.create_task(post(http, url, "inbox-triage", "waiting"))
-        for _ in range(100):
-            if (await queue_status(http, url))["groups"]["fast-chat"]["depth"] == 1:
-                break
-            await asyncio.sleep(0.01)
-        else:
-            pytest.fail("the second request never queued")
+        await eventually(lambda: _has(fast_chat(), depth=1), what="the second request queued")
         waiter.cancel()  # closes its connection: the client went away
         await asyncio.gather(waiter, return_exceptions=True)
-        for _ in range(100):
-            status = (await queue_status(http, url))["groups"]["fast-chat"]
-            if status["depth"] == 0:
-                break
-            await asyncio.sleep(0.01)
+        await eventually(lambda: _has(fast_chat(), depth=0), what="the waiter leaving the line")
+        status = await fast_chat()
         assert status["depth"] == 0 and status["active"] == 1, status
         code, _, _ = await holder
     assert code == 200
@@ -229,16 +225,29 @@ async def test_agent_directory_hot_reload_good_and_bad_edits(
 
         assert await tier_of_newbie() == "R"  # unknown agent, routine content
         agents.write_text(original + "  newbie: C\n")
-        for _ in range(60):
-            if await tier_of_newbie() == "C":
-                break
-            await asyncio.sleep(0.1)
-        else:
-            pytest.fail("the agents edit did not take effect")
+
+        async def newbie_is_c() -> bool:
+            return await tier_of_newbie() == "C"
+
+        await eventually(newbie_is_c, what="the agents edit taking effect")
         agents.write_bytes(b"agents:\n  caf\xe9: H\n")  # not UTF-8: rejected, the last good stays
-        await asyncio.sleep(1.5)
+
+        async def metrics_text() -> str:
+            async with http.get(url + "/metrics") as resp:
+                return await resp.text()
+
+        rejected = 'classifier_agents_reloads_total{outcome="rejected"} 1.0'
+        text = await eventually(lambda: _contains(metrics_text(), rejected), what="the bad edit rejected")
         assert await tier_of_newbie() == "C"
-        async with http.get(url + "/metrics") as resp:
-            text = await resp.text()
     assert 'classifier_agents_reloads_total{outcome="rejected"} 1.0' in text
     assert 'classifier_agents_reloads_total{outcome="reloaded"} 1.0' in text
+
+
+async def _has(lane: Awaitable[dict[str, Any]], **expected: int) -> bool:
+    got = await lane
+    return all(got[k] == v for k, v in expected.items())
+
+
+async def _contains(text: Awaitable[str], needle: str) -> str | None:
+    value = await text
+    return value if needle in value else None

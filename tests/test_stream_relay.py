@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import aiohttp
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 
 from tests.conftest import ClassifierFactory, Stack
-from tests.harness import wait_for_event
+from tests.harness import served, wait_for_event
 
 CHUNKS = [
     b'data: {"id":"c1","choices":[{"index":0,"delta":{"content":"sim:first"}}]}\n\n',
@@ -26,19 +25,13 @@ CHUNKS = [
 STREAM_BODY = {"messages": [{"role": "user", "content": "hi"}], "stream": True}
 
 
-@contextlib.asynccontextmanager
-async def scripted_upstream(
+def scripted_upstream(
     chat: Callable[[web.Request], Awaitable[web.StreamResponse]],
-) -> AsyncIterator[str]:
+) -> contextlib.AbstractAsyncContextManager[str]:
     """A real server on a free port whose /v1/chat/completions runs ``chat``; yields its base URL."""
     app = web.Application()
     app.router.add_post("/v1/chat/completions", chat)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    try:
-        yield str(server.make_url("")).rstrip("/")
-    finally:
-        await server.close()
+    return served(app)
 
 
 async def test_stream_is_relayed_unbuffered_and_exact(
@@ -83,11 +76,13 @@ async def test_upstream_dying_mid_stream_ends_the_stream_cleanly(
 ) -> None:
     """After the 200 is out, an upstream failure must end the stream with an error event, not corrupt it."""
 
+    client_has_first_chunk = asyncio.Event()
+
     async def upstream_chat(request: web.Request) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
         await resp.write(CHUNKS[0])
-        await asyncio.sleep(0.05)
+        await asyncio.wait_for(client_has_first_chunk.wait(), 10)
         assert request.transport is not None
         request.transport.abort()  # the upstream process dies mid-answer
         return resp
@@ -97,7 +92,11 @@ async def test_upstream_dying_mid_stream_ends_the_stream_cleanly(
         async with aiohttp.ClientSession() as http:
             async with http.post(url + "/v1/chat/completions", json=STREAM_BODY) as resp:
                 assert resp.status == 200
-                received = await asyncio.wait_for(resp.content.read(), 10)
+                received = b""
+                while not received.endswith(b"\n\n"):
+                    received += await asyncio.wait_for(resp.content.readany(), 10)
+                client_has_first_chunk.set()
+                received += await asyncio.wait_for(resp.content.read(), 10)
                 request_id, group = resp.headers["X-Router-Request-Id"], resp.headers["X-Router-Group"]
             async with http.get(url + "/queue/status") as status:
                 lanes = (await status.json())["groups"]
