@@ -35,7 +35,7 @@ from capability_matrix import FleetView, Matrix, MatrixStore, WarmState, next_au
 from capability_matrix.probe import FleetProbe
 from litellm_hooks.settings import HooksSettings
 from torchrouter_core.contract import RouteReport, RouteRequest, decode_needs, encode_needs
-from torchrouter_core.events import EventSink, open_sink
+from torchrouter_core.events import EventKind, EventSink, open_sink
 from torchrouter_core.inflight import InFlight
 from torchrouter_core.needs import request_needs
 from torchrouter_core.ranker.interfaces import RequestNeeds
@@ -137,8 +137,9 @@ class RouterHooks(CustomLogger):
 
     # --- lifecycle --------------------------------------------------------------------------------------
     async def start(self) -> None:
-        """Read the settings and start the probe on the running loop (idempotent)."""
-        self._ensure()
+        """Read the settings and start the probe on the running loop (idempotent). LiteLLM's start-up hook
+        calls it (``litellm_hooks.lifecycle``)."""
+        self._ensure(started_by="litellm_startup")
 
     async def stop(self) -> None:
         runtime = self._runtime
@@ -148,12 +149,24 @@ class RouterHooks(CustomLogger):
                 await runtime.probe_task
             runtime.probe_task = None
 
-    def _ensure(self) -> HooksRuntime:
+    def _ensure(self, started_by: str = "first_hook_call") -> HooksRuntime:
         if self._runtime is None:
             self._runtime = HooksRuntime.build(self._load_settings())
         runtime = self._runtime
         if runtime.probe_task is None:
             runtime.probe_task = asyncio.get_running_loop().create_task(runtime.probe(), name="hooks-probe")
+            settings = runtime.settings
+            runtime.events.emit(
+                EventKind.HOOKS_STARTED,
+                request_id=None,
+                agent_id=None,
+                tier=None,
+                group=None,
+                matrix_path=str(settings.matrix_path),
+                probe_interval_s=settings.probe_interval_s,
+                daily_budget_usd=settings.daily_budget_usd,
+                started_by=started_by,
+            )
         return runtime
 
     def _failed(self, where: str) -> None:

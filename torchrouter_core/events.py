@@ -20,29 +20,35 @@ import os
 import threading
 import time
 from collections.abc import Mapping
+from enum import StrEnum
 from typing import Any, Protocol
 
 import orjson
 
 log = logging.getLogger(__name__)
 
-# The kinds a reader of the trail can rely on. New kinds are added here, never invented ad hoc.
-EVENT_KINDS = frozenset(
-    {
-        "request_classified",
-        "route_selected",
-        "request_completed",
-        "fallback_selected",
-        "degradation_ladder_step",
-        "queue_rejected",
-        "matrix_reloaded",
-        "matrix_rejected",
-        "lockout_changed",
-    }
-)
+class EventKind(StrEnum):
+    """The kinds a reader of the trail can rely on. New kinds are added here, never invented ad hoc.
+    A kind is a ``str``: ``emit(EventKind.ROUTE_SELECTED, ...)`` and ``emit("route_selected", ...)`` agree."""
+
+    REQUEST_CLASSIFIED = "request_classified"
+    ROUTE_SELECTED = "route_selected"
+    REQUEST_COMPLETED = "request_completed"
+    FALLBACK_SELECTED = "fallback_selected"
+    DEGRADATION_LADDER_STEP = "degradation_ladder_step"
+    QUEUE_REJECTED = "queue_rejected"
+    MATRIX_RELOADED = "matrix_reloaded"
+    MATRIX_REJECTED = "matrix_rejected"
+    LOCKOUT_CHANGED = "lockout_changed"
+    HOOKS_STARTED = "hooks_started"  # the hooks inside LiteLLM started (their settings, not secrets)
+
+
+EVENT_KINDS = frozenset(k.value for k in EventKind)
 
 
 class EventSink(Protocol):
+    """Where events go: the JSONL file (:class:`JsonlEventSink`) or nowhere (:class:`NullEventSink`)."""
+
     def emit(
         self,
         kind: str,

@@ -1,0 +1,120 @@
+"""The hooks inside LiteLLM: started with the proxy, and their adapters read and write the contract.
+
+The first test reads the trail of the session's real LiteLLM proxy. The others drive a real
+:class:`RouterHooks` in this process against the session's simulated fleet, calling the hook methods the
+way LiteLLM 1.102.4 does (the data shapes of ``DESIGN.md``); nothing of ours is mocked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from litellm_hooks.hooks import RouterHooks
+from litellm_hooks.settings import HooksSettings
+from tests.conftest import Stack
+from tests.harness import read_events
+from torchrouter_core.contract import RouteReport, RouteRequest
+from torchrouter_core.ranker import RequestNeeds
+
+
+def test_litellm_starts_the_hooks_before_the_first_route(stack: Stack) -> None:
+    trail = read_events(stack.events_path)
+    kinds = [e["event"] for e in trail]
+    assert "hooks_started" in kinds, "LiteLLM's start-up hook did not run ours"
+    started = trail[kinds.index("hooks_started")]
+    assert started["started_by"] == "litellm_startup", started
+    assert started["matrix_path"] == str(stack.matrix_path)
+    assert kinds.count("hooks_started") == 1
+    if "route_selected" in kinds:
+        assert kinds.index("hooks_started") < kinds.index("route_selected")
+
+
+@pytest.fixture
+async def hooks(stack: Stack, tmp_path: Path) -> AsyncIterator[tuple[RouterHooks, Path]]:
+    events = tmp_path / "events.jsonl"
+    settings = HooksSettings(matrix_path=stack.matrix_path, event_path=str(events), probe_interval_s=0.2)
+    instance = RouterHooks(load_settings=lambda: settings)
+    await instance.start()
+    yield instance, events
+    await instance.stop()
+
+
+def _deployments(stack: Stack, group: str) -> list[dict[str, Any]]:
+    config = yaml.safe_load(stack.config_path.read_text())
+    return [d for d in config["model_list"] if d["model_name"] == group]
+
+
+async def test_start_polls_the_fleet_and_stop_ends_the_probe(hooks: tuple[RouterHooks, Path]) -> None:
+    instance, events = hooks
+    runtime = instance._runtime
+    assert runtime is not None and runtime.probe_task is not None
+    await asyncio.wait_for(runtime.first_round.wait(), 10)
+    assert len(runtime.fleet.observations) == 5 and all(
+        o.reachable for o in runtime.fleet.observations.values()
+    )
+    task = runtime.probe_task
+    await instance.stop()
+    assert task.done() and runtime.probe_task is None
+    assert [e["started_by"] for e in read_events(events) if e["event"] == "hooks_started"] == [
+        "litellm_startup"
+    ]
+
+
+async def test_the_adapters_carry_the_contract(stack: Stack, hooks: tuple[RouterHooks, Path]) -> None:
+    instance, events = hooks
+    request = RouteRequest(
+        request_id="hooks-test-1",
+        group="code",
+        tier="C",
+        agent_id="codex-runner",
+        # A prompt only the 32k-context code deployments can hold: the filter must use these needs.
+        needs=RequestNeeds(prompt_tokens=20_000, max_output_tokens=1000, needs_tools=True),
+        route=("code", "balanced"),
+    )
+    data: dict[str, Any] = {
+        "model": "code",
+        "litellm_call_id": "call-1",
+        "messages": [{"role": "user", "content": "hi"}],  # short: the carried needs, not the body, decide
+        "proxy_server_request": {"headers": {**request.to_headers(), "authorization": "Bearer x"}},
+    }
+    data = await instance.async_pre_call_hook(None, None, data, "completion")
+    deployments = _deployments(stack, "code")
+    picked = await instance.async_filter_deployments("code", deployments, data["messages"], data)
+    assert len(picked) == 1
+    key = picked[0]["model_info"]["id"]
+    selected = [e for e in read_events(events) if e["event"] == "route_selected"][-1]
+    assert selected["request_id"] == "hooks-test-1" and selected["deployment"] == key
+    assert selected["outcome"] == "routed"
+    assert "context_window" in selected["rejected"].values(), selected  # the 8k-context deployments
+    headers = await instance.async_post_call_response_headers_hook(data, None, None)
+    assert headers is not None
+    report = RouteReport.from_headers(headers)
+    assert report.deployment == key and report.warm_state is not None
+    assert report.hook_errors == 0 and report.auth_lockouts == frozenset() and report.daily_spend_usd == 0.0
+
+
+async def test_a_request_that_bypassed_the_classifier_is_ranked_from_its_body(
+    stack: Stack, hooks: tuple[RouterHooks, Path]
+) -> None:
+    instance, events = hooks
+    data: dict[str, Any] = {
+        "model": "fast-chat",
+        "litellm_call_id": "call-2",
+        "messages": [{"role": "user", "content": "x" * 200_000}],  # 50k tokens: no fast-chat model holds it
+        "proxy_server_request": {"headers": {}},
+    }
+    data = await instance.async_pre_call_hook(None, None, data, "completion")
+    picked = await instance.async_filter_deployments(
+        "fast-chat", _deployments(stack, "fast-chat"), None, data
+    )
+    assert picked == []  # LiteLLM answers "no deployments" and falls back
+    selected = [e for e in read_events(events) if e["event"] == "route_selected"][-1]
+    assert selected["request_id"] == "call-2" and selected["outcome"] == "no_candidate"
+    assert set(selected["rejected"].values()) <= {"context_window", "host_unreachable"}
+    assert instance.errors == 0
