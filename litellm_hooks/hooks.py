@@ -118,9 +118,9 @@ def _status_of(exc: object) -> int | None:
 def _needs_of(ctx: Mapping[str, Any], kwargs: Mapping[str, Any], messages: object) -> RequestNeeds:
     """The classifier's needs (carried in our context); else worked out by the same rule from the body."""
     carried = ctx.get("needs")
-    return (
-        decode_needs(carried) if isinstance(carried, str) else request_needs({**kwargs, "messages": messages})
-    )
+    if isinstance(carried, str):
+        return decode_needs(carried)
+    return request_needs({**kwargs, "messages": messages if messages is not None else kwargs.get("messages")})
 
 
 def _response_cost(response: object) -> object:
@@ -218,18 +218,12 @@ class RouterHooks(CustomLogger):
             selection = select(
                 model,
                 [(d.get("model_info") or {}).get("id") for d in healthy_deployments],
-                decode_needs(ctx["needs"])
-                if ctx.get("needs")
-                else request_needs({**kwargs, "messages": messages}),
+                _needs_of(ctx, kwargs, messages),
                 matrix=runtime.live_matrix(now),
                 overlay=runtime.fleet.overlay(now),
                 in_flight=runtime.in_flight.counts(now),
             )
-            who = {
-                "request_id": ctx.get("request_id"),
-                "agent_id": ctx.get("agent_id"),
-                "tier": ctx.get("tier"),
-            }
+            who = {k: ctx.get(k) for k in ("request_id", "agent_id", "tier")}
             first_group = ctx.get("group")
             if first_group and first_group != model:
                 runtime.events.emit(

@@ -18,7 +18,7 @@ import yaml
 from litellm_hooks.hooks import RouterHooks
 from litellm_hooks.settings import HooksSettings
 from tests.conftest import Stack
-from tests.harness import read_events
+from tests.harness import eventually, read_events
 from torchrouter_core.contract import RouteReport, RouteRequest
 from torchrouter_core.ranker import RequestNeeds
 
@@ -43,6 +43,16 @@ async def hooks(stack: Stack, tmp_path: Path) -> AsyncIterator[tuple[RouterHooks
     await instance.start()
     yield instance, events
     await instance.stop()
+
+
+async def _last(path: Path, kind: str) -> dict[str, Any]:
+    """The last ``kind`` event (the sink writes a loop iteration's lines at the end of it)."""
+
+    def found() -> dict[str, Any] | None:
+        return next((e for e in reversed(read_events(path)) if e["event"] == kind), None)
+
+    event: dict[str, Any] = await eventually(found, what=f"a {kind} event")
+    return event
 
 
 def _deployments(stack: Stack, group: str) -> list[dict[str, Any]]:
@@ -70,28 +80,31 @@ async def test_the_adapters_carry_the_contract(stack: Stack, hooks: tuple[Router
     instance, events = hooks
     request = RouteRequest(
         request_id="hooks-test-1",
-        group="code",
-        tier="C",
-        agent_id="codex-runner",
-        # A prompt only the 32k-context code deployments can hold: the filter must use these needs.
-        needs=RequestNeeds(prompt_tokens=20_000, max_output_tokens=1000, needs_tools=True),
-        route=("code", "balanced"),
+        group="balanced",
+        tier="H",
+        agent_id="webmaster",
+        # Only the 40k-context deployments of the lane hold this: the filter must use these needs.
+        needs=RequestNeeds(prompt_tokens=35_000, max_output_tokens=1000, needs_tools=True),
+        route=("balanced", "code"),
     )
     data: dict[str, Any] = {
-        "model": "code",
+        "model": "balanced",
         "litellm_call_id": "call-1",
         "messages": [{"role": "user", "content": "hi"}],  # short: the carried needs, not the body, decide
         "proxy_server_request": {"headers": {**request.to_headers(), "authorization": "Bearer x"}},
     }
     data = await instance.async_pre_call_hook(None, None, data, "completion")
-    deployments = _deployments(stack, "code")
-    picked = await instance.async_filter_deployments("code", deployments, data["messages"], data)
+    deployments = _deployments(stack, "balanced")
+    picked = await instance.async_filter_deployments("balanced", deployments, data["messages"], data)
     assert len(picked) == 1
     key = picked[0]["model_info"]["id"]
-    selected = [e for e in read_events(events) if e["event"] == "route_selected"][-1]
+    selected = await _last(events, "route_selected")
     assert selected["request_id"] == "hooks-test-1" and selected["deployment"] == key
     assert selected["outcome"] == "routed"
-    assert "context_window" in selected["rejected"].values(), selected  # the 8k-context deployments
+    assert key.endswith("/qwen3:30b-a3b"), key
+    assert {k for k, why in selected["rejected"].items() if why == "context_window"} == {
+        d["model_info"]["id"] for d in deployments if d["model_info"]["id"].endswith("/qwen2.5:32b")
+    }
     headers = await instance.async_post_call_response_headers_hook(data, None, None)
     assert headers is not None
     report = RouteReport.from_headers(headers)
@@ -114,7 +127,7 @@ async def test_a_request_that_bypassed_the_classifier_is_ranked_from_its_body(
         "fast-chat", _deployments(stack, "fast-chat"), None, data
     )
     assert picked == []  # LiteLLM answers "no deployments" and falls back
-    selected = [e for e in read_events(events) if e["event"] == "route_selected"][-1]
+    selected = await _last(events, "route_selected")
     assert selected["request_id"] == "call-2" and selected["outcome"] == "no_candidate"
     assert set(selected["rejected"].values()) <= {"context_window", "host_unreachable"}
     assert instance.errors == 0

@@ -27,6 +27,7 @@ import orjson
 
 log = logging.getLogger(__name__)
 
+
 class EventKind(StrEnum):
     """The kinds a reader of the trail can rely on. New kinds are added here, never invented ad hoc.
     A kind is a ``str``: ``emit(EventKind.ROUTE_SELECTED, ...)`` and ``emit("route_selected", ...)`` agree."""
