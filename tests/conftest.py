@@ -15,6 +15,7 @@ import yaml
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from capability_matrix.probe import Probe
 from classifier.app import create_app
 from classifier.settings import Secret, Settings
 from tests.harness import SimThread, free_ports, read_events, render_fleet_files, served
@@ -73,17 +74,19 @@ ClassifierFactory = Callable[..., Awaitable[str]]
 
 @pytest.fixture
 async def make_classifier(stack: Stack) -> AsyncIterator[ClassifierFactory]:
-    """Start a classifier (real aiohttp server on a free port) against the session's LiteLLM."""
+    """Start a classifier (real aiohttp server on a free port) against the session's LiteLLM; ``probe``
+    replaces its fleet probe (the real one polls the session's simulated fleet), overrides its settings."""
     async with contextlib.AsyncExitStack() as servers:
 
-        async def factory(**overrides: Any) -> str:
+        async def factory(*, probe: Probe | None = None, **overrides: Any) -> str:
             base: dict[str, Any] = {
                 "litellm_url": stack.litellm.url,
                 "master_key": Secret(stack.master_key),
                 "matrix_path": stack.matrix_path,
                 "event_path": str(stack.events_path),
             }
-            app: web.Application = create_app(Settings(**{**base, **overrides}), registry=CollectorRegistry())
+            settings = Settings(**{**base, **overrides})
+            app: web.Application = create_app(settings, probe=probe, registry=CollectorRegistry())
             return await servers.enter_async_context(served(app, handler_cancellation=True))
 
         yield factory

@@ -11,13 +11,14 @@ import contextlib
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import yaml
 
+from capability_matrix import HostObservation, load_matrix
 from tests.conftest import ClassifierFactory, Stack
 from tests.harness import REPO, eventually, wait_for_event
 
@@ -303,3 +304,36 @@ def test_validate_cli_on_shipped_and_broken_files(tmp_path: Path) -> None:
     assert any("cloud-nowhere" in line for line in bad.stdout.splitlines()), bad.stdout
     dropped = yaml.safe_load((REPO / "litellm_config.yaml").read_text())["model_list"][0]["model_info"]["id"]
     assert f"profile {dropped!r}: no deployment" in bad.stdout, bad.stdout
+
+
+class UnreachableFleet:
+    """A fleet probe (capability_matrix.probe.Probe) that finds every declared host silent."""
+
+    def __init__(self, matrix_path: Path) -> None:
+        self.hosts = list(load_matrix(matrix_path).hosts)
+
+    async def poll_once(self, now: float) -> dict[str, HostObservation]:
+        return {
+            h: HostObservation(h, reachable=False, loaded=(), observed_at=now, error="test")
+            for h in self.hosts
+        }
+
+    async def run(self, interval_s: float, on_update: Callable[[dict[str, HostObservation]], None]) -> None:
+        await asyncio.Event().wait()  # the first round (poll_once, before serving) is all this test needs
+
+
+async def test_create_app_takes_its_probe_and_lane_capacity_follows_it(
+    stack: Stack, make_classifier: ClassifierFactory
+) -> None:
+    silent = await make_classifier(probe=UnreachableFleet(stack.matrix_path))
+    polled = await make_classifier()  # the real probe: the session's simulated hosts answer
+    async with aiohttp.ClientSession() as http:
+        limits = (await get_json(http, silent + "/queue/status"))["groups"]
+        assert {g: limits[g]["limit"] for g in ("fast-chat", "balanced", "code")} == {
+            "fast-chat": 0,
+            "balanced": 0,
+            "code": 0,
+        }
+        status, headers, _ = await chat(http, silent, "webmaster")  # no local capacity: the cloud step
+        assert status == 200 and headers["X-Router-Group"] == "cloud-balanced"
+        assert (await get_json(http, polled + "/queue/status"))["groups"]["balanced"]["limit"] > 0
