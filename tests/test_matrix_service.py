@@ -337,3 +337,26 @@ async def test_create_app_takes_its_probe_and_lane_capacity_follows_it(
         status, headers, _ = await chat(http, silent, "webmaster")  # no local capacity: the cloud step
         assert status == 200 and headers["X-Router-Group"] == "cloud-balanced"
         assert (await get_json(http, polled + "/queue/status"))["groups"]["balanced"]["limit"] > 0
+
+
+async def test_a_litellm_fallback_is_read_from_litellms_own_header(
+    stack: Stack, make_classifier: ClassifierFactory
+) -> None:
+    url = await make_classifier()
+    balanced = {k for k, p in load_matrix(stack.matrix_path).profiles.items() if p.lane == "balanced"}
+    stack.sim.set_fault("cloud", "error_500", count=1)  # the first cloud call fails, LiteLLM falls back
+    try:
+        async with aiohttp.ClientSession() as http:
+            status, headers, body = await chat(http, url, "webmaster", model="cloud-balanced")
+    finally:
+        stack.sim.set_fault("cloud", "none")
+    assert status == 200, body
+    assert headers["x-litellm-attempted-fallbacks"] == "1"
+    assert headers["X-Router-Fallback"] == "fallback:cloud-balanced->balanced"
+    assert headers["X-Router-Model"] in balanced
+    fallback = await wait_for_event(stack.events_path, headers["X-Router-Request-Id"], "fallback_selected")
+    assert (fallback["from_group"], fallback["to_group"], fallback["planned"]) == (
+        "cloud-balanced",
+        "balanced",
+        True,  # the classifier's route for this request had balanced after cloud-balanced
+    )
