@@ -20,12 +20,13 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 from litellm.integrations.custom_logger import CustomLogger
+from litellm.types.utils import ModelResponseStream
 
 from capability_matrix import (
     DEFAULT_MATRIX_PATH,
@@ -39,6 +40,7 @@ from classifier.spend import DailySpend
 from classifier.tiering import approx_prompt_tokens
 from litellm_hooks.inflight import InFlight
 from litellm_hooks.ranker import FleetLoad, NoCandidate, RequestNeeds, rank
+from litellm_hooks.stream_shape import shaper_for, sse_event
 from torchrouter.events import EventSink, open_sink
 
 log = logging.getLogger("torchrouter.hooks")
@@ -286,3 +288,23 @@ class RouterHooks(CustomLogger):
         except Exception:
             self._failed("response_headers")
             return None
+
+    # --- streams: OpenAI's chunk shape on every lane (litellm_hooks/stream_shape.py) -----------------
+    async def async_post_call_streaming_iterator_hook(
+        self, user_api_key_dict: Any, response: Any, request_data: dict[str, Any]
+    ) -> AsyncGenerator[Any, None]:
+        """Each chat chunk leaves as SSE bytes in OpenAI's shape (LiteLLM passes ``data:`` bytes through);
+        anything else, or a chunk the shaper fails on (logged, counted), goes on as LiteLLM made it."""
+        shaper = shaper_for(request_data)
+        async for chunk in response:
+            if shaper is None or not isinstance(chunk, ModelResponseStream):
+                yield chunk
+                continue
+            try:
+                events = [sse_event(c) for c in shaper.shape(chunk.model_dump(exclude_none=True))]  # type: ignore[no-untyped-call]
+            except Exception:
+                self._failed("stream_shape")
+                yield chunk
+                continue
+            for event in events:
+                yield event
