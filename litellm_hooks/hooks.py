@@ -17,6 +17,7 @@ into a "no deployments" error and then its configured fallback group.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -38,6 +39,7 @@ from capability_matrix import (
 )
 from classifier.spend import DailySpend
 from classifier.tiering import approx_prompt_tokens
+from litellm_hooks.client_watch import ClientWatches, watch_current_client
 from litellm_hooks.inflight import InFlight
 from litellm_hooks.ranker import FleetLoad, NoCandidate, RequestNeeds, rank
 from litellm_hooks.stream_shape import shaper_for, sse_event
@@ -101,6 +103,7 @@ class RouterHooks(CustomLogger):
         super().__init__()
         self._state: _State | None = None
         self.errors = 0
+        self.client_watches = ClientWatches()  # is the client still there? (litellm_hooks/client_watch.py)
 
     def _get_state(self) -> _State:
         if self._state is None:
@@ -138,6 +141,8 @@ class RouterHooks(CustomLogger):
                 "tier": headers.get(TIER_HEADER),
                 "group": headers.get(GROUP_HEADER) or data.get("model"),
             }
+            if data.get("stream") is True:
+                self.client_watches.add(data.get("litellm_call_id"), watch_current_client())
         except Exception:
             self._failed("pre_call")
         return data
@@ -258,6 +263,7 @@ class RouterHooks(CustomLogger):
         self, kwargs: dict[str, Any], response_obj: Any, start_time: Any, end_time: Any
     ) -> None:
         try:
+            self.client_watches.take(kwargs.get("litellm_call_id"))  # a stream that never started
             self._finished(kwargs, _status_of(kwargs.get("exception")) or 0)
         except Exception:
             self._failed("log_failure")
@@ -294,9 +300,14 @@ class RouterHooks(CustomLogger):
         self, user_api_key_dict: Any, response: Any, request_data: dict[str, Any]
     ) -> AsyncGenerator[Any, None]:
         """Each chat chunk leaves as SSE bytes in OpenAI's shape (LiteLLM passes ``data:`` bytes through);
-        anything else, or a chunk the shaper fails on (logged, counted), goes on as LiteLLM made it."""
+        anything else, or a chunk the shaper fails on (logged, counted), goes on as LiteLLM made it.
+        Once the client has gone, the provider stream is closed: the model stops (client_watch.py)."""
         shaper = shaper_for(request_data)
+        client_gone = self.client_watches.take(request_data.get("litellm_call_id"))
         async for chunk in response:
+            if client_gone is not None and client_gone():
+                await _close_stream(response)
+                return
             if shaper is None or not isinstance(chunk, ModelResponseStream):
                 yield chunk
                 continue
@@ -308,3 +319,11 @@ class RouterHooks(CustomLogger):
                 continue
             for event in events:
                 yield event
+
+
+async def _close_stream(response: Any) -> None:
+    """Close LiteLLM's stream wrapper, which closes the provider's HTTP response (and so the model's work)."""
+    close = getattr(response, "aclose", None)
+    if close is not None:
+        with contextlib.suppress(Exception):
+            await close()
