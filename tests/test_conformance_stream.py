@@ -334,7 +334,7 @@ async def leave_midway(stack: Stack, url: str, *, stream: bool, group: str = "fa
 
 @pytest.mark.parametrize("stream", [False, True])
 @pytest.mark.parametrize("group", ["fast-chat", "cloud-fast"])
-async def test_client_that_leaves_midway_stops_the_model_and_frees_the_slot_after_it(
+async def test_client_that_leaves_midway_stops_the_model_and_gives_its_slot_back(
     stack: Stack, classifier_url: str, stream: bool, group: str
 ) -> None:
     where = "cloud" if group.startswith("cloud") else "hosts"
@@ -387,8 +387,10 @@ async def test_client_that_leaves_while_queued_never_reaches_a_model(
             await resp.read()
             return resp.status
 
-    holder = asyncio.create_task(post(holder_rid, 3000))
-    await wait_until(lambda: _active_is(url, "fast-chat", 1), "the holder runs")
+    before = counters(stack, "requests")
+    holder = asyncio.create_task(post(holder_rid, LONG))
+    await wait_until(lambda: _active_is(url, "fast-chat", 1), "the holder has the lane's one slot")
+    await wait_until(lambda: _async(counters(stack, "requests") > before), "the holder reaches a host")
     requests = counters(stack, "requests")
     waiter = asyncio.create_task(post(waiter_rid, 5))
 
