@@ -27,7 +27,7 @@ from typing import Any
 
 import aiohttp
 from litellm.integrations.custom_logger import CustomLogger
-from litellm.types.utils import ModelResponseStream
+from litellm.types.utils import ModelResponse, ModelResponseStream
 
 from capability_matrix import (
     DEFAULT_MATRIX_PATH,
@@ -42,7 +42,7 @@ from classifier.tiering import approx_prompt_tokens
 from litellm_hooks.client_watch import ClientWatches, watch_current_client
 from litellm_hooks.inflight import InFlight
 from litellm_hooks.ranker import FleetLoad, NoCandidate, RequestNeeds, rank
-from litellm_hooks.stream_shape import shaper_for, sse_event
+from litellm_hooks.stream_shape import shaper_for, sse_event, stream_id
 from torchrouter.events import EventSink, open_sink
 
 log = logging.getLogger("torchrouter.hooks")
@@ -294,6 +294,21 @@ class RouterHooks(CustomLogger):
         except Exception:
             self._failed("response_headers")
             return None
+
+    # --- answers: ``model`` is the group on every lane, stream or not (litellm_hooks/stream_shape.py) --
+    async def async_post_call_success_hook(
+        self, data: dict[str, Any], user_api_key_dict: Any, response: Any
+    ) -> Any:
+        """A non-streamed answer names the group the classifier asked for in ``model``, as its stream would
+        (after a fallback LiteLLM names the fallback's model), with a ``chatcmpl-`` id."""
+        try:
+            group = data.get("model")
+            if isinstance(response, ModelResponse) and isinstance(group, str) and group:
+                response.model = group
+                response.id = stream_id(response.id)
+        except Exception:
+            self._failed("post_call_success")
+        return None
 
     # --- streams: OpenAI's chunk shape on every lane (litellm_hooks/stream_shape.py) -----------------
     async def async_post_call_streaming_iterator_hook(

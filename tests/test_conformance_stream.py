@@ -486,3 +486,24 @@ async def test_client_that_leaves_during_a_fallback_stops_the_fallback_call(
     await wait_until(lambda: _async(outcome_of(stack, rid) is not None), "the trail records the request")
     assert outcome_of(stack, rid) == "cancelled"
     assert in_flight(stack, where="cloud") == 0
+
+
+async def test_model_is_the_group_after_a_litellm_fallback_too(
+    classifier_url: str, stack: Stack, faults: Callable[[str, str], None]
+) -> None:
+    for host in (n for n in stack.sim.state() if n != "cloud"):
+        faults(host, "error_500")  # every local attempt fails: LiteLLM falls back to cloud-fast
+    body: dict[str, Any] = {
+        "model": "fast-chat",
+        "max_tokens": 4,
+        "messages": [{"role": "user", "content": "hi"}],
+    }
+    async with aiohttp.ClientSession() as http, http.post(classifier_url + CHAT, json=body) as resp:
+        doc = await resp.json()
+        fallback = resp.headers["X-Router-Fallback"]
+    assert resp.status == 200 and fallback == "fallback:fast-chat->cloud-fast", fallback
+    assert doc["choices"][0]["message"]["content"].startswith("sim:cloud:")
+    assert shape_errors(COMPLETION, doc) == [] and doc["model"] == "fast-chat"
+    headers, chunks, events = await raw_stream(classifier_url, body)
+    assert headers["X-Router-Fallback"] == "fallback:fast-chat->cloud-fast"
+    assert_one_well_formed_stream(chunks, events, "fast-chat")
