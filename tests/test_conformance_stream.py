@@ -30,6 +30,7 @@ from jsonschema import Draft202012Validator
 from openai import AsyncOpenAI
 from openai.types.chat import ChatCompletionMessageParam, ChatCompletionToolParam
 
+from classifier.identity import GROUPS
 from tests.conftest import ClassifierFactory, Stack
 from tests.harness import read_events
 
@@ -38,6 +39,7 @@ CHUNK = Draft202012Validator(json.loads((SCHEMAS / "chat_completion_chunk.json")
 COMPLETION = Draft202012Validator(json.loads((SCHEMAS / "chat_completion.json").read_text()))
 CHAT = "/v1/chat/completions"
 LANES = [("fast-chat", "local"), ("cloud-fast", "cloud")]
+ALL_LANES = [(g, "cloud" if g.startswith("cloud-") else "local") for g in sorted(GROUPS)]
 WEATHER: ChatCompletionToolParam = {
     "type": "function",
     "function": {
@@ -88,7 +90,7 @@ def assert_one_well_formed_stream(chunks: list[dict[str, Any]], events: list[str
 
 
 # -- kind 2: stream shape ---------------------------------------------------------------------------------
-@pytest.mark.parametrize(("group", "lane"), LANES)
+@pytest.mark.parametrize(("group", "lane"), ALL_LANES)
 @pytest.mark.parametrize("include_usage", [False, True])
 async def test_every_chunk_has_openais_shape(
     classifier_url: str, group: str, lane: str, include_usage: bool
