@@ -507,3 +507,29 @@ async def test_model_is_the_group_after_a_litellm_fallback_too(
     headers, chunks, events = await raw_stream(classifier_url, body)
     assert headers["X-Router-Fallback"] == "fallback:fast-chat->cloud-fast"
     assert_one_well_formed_stream(chunks, events, "fast-chat")
+
+
+async def test_logprobs_on_the_cloud_lane_keep_openais_shape(classifier_url: str) -> None:
+    # The cloud answers logprobs; LiteLLM's ollama_chat/ provider drops the parameter (local lanes get none).
+    body: dict[str, Any] = {
+        "model": "cloud-fast",
+        "max_tokens": 3,
+        "logprobs": True,
+        "top_logprobs": 2,
+        "messages": [{"role": "user", "content": "hi"}],
+    }
+    _, chunks, events = await raw_stream(classifier_url, body)
+    assert_one_well_formed_stream(chunks, events, "cloud-fast")
+    tokens = [
+        e["token"]
+        for c in chunks
+        for ch in c["choices"]
+        for e in (ch.get("logprobs") or {}).get("content") or []
+    ]
+    assert tokens[:2] == ["sim:cloud:gpt-4o-mini", " reply"]
+    async with aiohttp.ClientSession() as http, http.post(classifier_url + CHAT, json=body) as resp:
+        doc = await resp.json()
+    assert shape_errors(COMPLETION, doc) == []
+    content = doc["choices"][0]["logprobs"]["content"]
+    assert [e["token"] for e in content][:2] == ["sim:cloud:gpt-4o-mini", " reply"]
+    assert all(len(e["top_logprobs"]) == 2 for e in content)
