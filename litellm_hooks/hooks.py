@@ -295,6 +295,28 @@ class RouterHooks(CustomLogger):
             self._failed("response_headers")
             return None
 
+    def _abandoned(self, request_data: dict[str, Any]) -> None:
+        """A stream closed because its client left: LiteLLM reports neither success nor failure for it, so
+        the deployment's in-flight count is ended here, and the trail says so (``upstream_cancelled``)."""
+        try:
+            state, ctx = self._state, _ctx_of(request_data)
+            key, request_id = ctx.get("deployment"), ctx.get("request_id")
+            if state is None:
+                return
+            if key and request_id:
+                state.in_flight.finish(str(key), str(request_id))
+            state.events.emit(
+                "upstream_cancelled",
+                request_id=request_id,
+                agent_id=ctx.get("agent_id"),
+                tier=ctx.get("tier"),
+                group=ctx.get("group"),
+                deployment=key,
+                reason="client_disconnected",
+            )
+        except Exception:
+            self._failed("stream_abandoned")
+
     # --- answers: ``model`` is the group on every lane, stream or not (litellm_hooks/stream_shape.py) --
     async def async_post_call_success_hook(
         self, data: dict[str, Any], user_api_key_dict: Any, response: Any
@@ -322,6 +344,7 @@ class RouterHooks(CustomLogger):
         async for chunk in response:
             if client_gone is not None and client_gone():
                 await _close_stream(response)
+                self._abandoned(request_data)
                 return
             if shaper is None or not isinstance(chunk, ModelResponseStream):
                 yield chunk

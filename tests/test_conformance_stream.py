@@ -349,6 +349,24 @@ async def test_client_that_leaves_midway_stops_the_model_and_gives_its_slot_back
         await wait_until(lambda: _active_is(classifier_url, group, 0), "the lane slot is given back")
     await wait_until(lambda: _async(outcome_of(stack, rid) is not None), "the trail records the request")
     assert outcome_of(stack, rid) == "cancelled"
+    if stream:  # the hooks closed the provider stream, and ended the deployment's in-flight count
+
+        def closed_events() -> list[dict[str, Any]]:
+            return [e for e in trail_of(stack, rid) if e["event"] == "upstream_cancelled"]
+
+        await wait_until(lambda: _async(bool(closed_events())), "the hooks record the closed provider stream")
+        (closed,) = closed_events()
+        assert closed["deployment"] and closed["reason"] == "client_disconnected"
+
+
+def trail_of(stack: Stack, client_request_id: str) -> list[dict[str, Any]]:
+    events = read_events(stack.events_path)
+    ours = {
+        e["request_id"]
+        for e in events
+        if e["event"] == "request_classified" and e.get("client_request_id") == client_request_id
+    }
+    return [e for e in events if e["request_id"] in ours]
 
 
 async def _active_is(url: str, group: str, n: int) -> bool:

@@ -38,6 +38,7 @@ EVENT_KINDS = frozenset(
         "matrix_reloaded",
         "matrix_rejected",
         "lockout_changed",
+        "upstream_cancelled",  # the hooks closed a provider stream whose client had gone (issue 8)
     }
 )
 
