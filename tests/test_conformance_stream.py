@@ -544,10 +544,10 @@ async def test_logprobs_on_the_cloud_lane_keep_openais_shape(classifier_url: str
         for ch in c["choices"]
         for e in (ch.get("logprobs") or {}).get("content") or []
     ]
-    assert tokens[:2] == ["sim:cloud:gpt-4o-mini", " reply"]
+    assert tokens[0].startswith("sim:cloud:") and tokens[1] == " reply"  # cloud-fast has two models
     async with aiohttp.ClientSession() as http, http.post(classifier_url + CHAT, json=body) as resp:
         doc = await resp.json()
     assert shape_errors(COMPLETION, doc) == []
     content = doc["choices"][0]["logprobs"]["content"]
-    assert [e["token"] for e in content][:2] == ["sim:cloud:gpt-4o-mini", " reply"]
+    assert content[0]["token"].startswith("sim:cloud:") and content[1]["token"] == " reply"
     assert all(len(e["top_logprobs"]) == 2 for e in content)
