@@ -35,3 +35,5 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.bench_ttft
 	$(BIN)/python -m benchmarks.bench_overhead
 	$(BIN)/python -m benchmarks.bench_wait_estimate
+	$(BIN)/python -m benchmarks.bench_stream_shape
+	$(BIN)/python -m benchmarks.bench_cancel_on_disconnect

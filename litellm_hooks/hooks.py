@@ -24,16 +24,19 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 from litellm.integrations.custom_logger import CustomLogger
+from litellm.types.utils import ModelResponse, ModelResponseStream
 
 from capability_matrix import FleetView, Matrix, MatrixStore, WarmState, next_auth_lockouts
 from capability_matrix.probe import FleetProbe
+from litellm_hooks.client_watch import ClientWatches, watch_current_client
 from litellm_hooks.settings import HooksSettings
+from litellm_hooks.stream_shape import shaper_for, sse_event, stream_id
 from torchrouter_core.contract import RouteReport, RouteRequest, decode_needs, encode_needs
 from torchrouter_core.events import EventKind, EventSink, open_sink
 from torchrouter_core.inflight import InFlight
@@ -134,6 +137,7 @@ class RouterHooks(CustomLogger):
         self._load_settings = load_settings
         self._runtime: HooksRuntime | None = None
         self.errors = 0
+        self.client_watches = ClientWatches()  # is the client still there? (litellm_hooks/client_watch.py)
 
     # --- lifecycle --------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -194,6 +198,8 @@ class RouterHooks(CustomLogger):
                 "route": list(request.route),
                 "needs": encode_needs(needs),
             }
+            if data.get("stream") is True:
+                self.client_watches.add(data.get("litellm_call_id"), watch_current_client())
         except Exception:
             self._failed("pre_call")
         return data
@@ -281,6 +287,7 @@ class RouterHooks(CustomLogger):
         self, kwargs: dict[str, Any], response_obj: Any, start_time: Any, end_time: Any
     ) -> None:
         try:
+            self.client_watches.take(kwargs.get("litellm_call_id"))  # a stream that never started
             self._finished(kwargs, _status_of(kwargs.get("exception")) or 0)
         except Exception:
             self._failed("log_failure")
@@ -313,3 +320,74 @@ class RouterHooks(CustomLogger):
         except Exception:
             self._failed("response_headers")
             return None
+
+    def _abandoned(self, request_data: dict[str, Any]) -> None:
+        """A stream closed because its client left: LiteLLM reports neither success nor failure for it, so
+        the deployment's in-flight count is ended here, and the trail says so (``upstream_cancelled``)."""
+        try:
+            runtime, ctx = self._runtime, _ctx_of(request_data)
+            key, request_id = ctx.get("deployment"), ctx.get("request_id")
+            if runtime is None:
+                return
+            if key and request_id:
+                runtime.in_flight.finish(str(key), str(request_id))
+            runtime.events.emit(
+                EventKind.UPSTREAM_CANCELLED,
+                request_id=request_id,
+                agent_id=ctx.get("agent_id"),
+                tier=ctx.get("tier"),
+                group=ctx.get("group"),
+                deployment=key,
+                reason="client_disconnected",
+            )
+        except Exception:
+            self._failed("stream_abandoned")
+
+    # --- answers: ``model`` is the group on every lane, stream or not (litellm_hooks/stream_shape.py) --
+    async def async_post_call_success_hook(
+        self, data: dict[str, Any], user_api_key_dict: Any, response: Any
+    ) -> Any:
+        """A non-streamed answer names the group the classifier asked for in ``model``, as its stream would
+        (after a fallback LiteLLM names the fallback's model), with a ``chatcmpl-`` id."""
+        try:
+            group = data.get("model")
+            if isinstance(response, ModelResponse) and isinstance(group, str) and group:
+                response.model = group
+                response.id = stream_id(response.id)
+        except Exception:
+            self._failed("post_call_success")
+        return None
+
+    # --- streams: OpenAI's chunk shape on every lane (litellm_hooks/stream_shape.py) -----------------
+    async def async_post_call_streaming_iterator_hook(
+        self, user_api_key_dict: Any, response: Any, request_data: dict[str, Any]
+    ) -> AsyncGenerator[Any, None]:
+        """Each chat chunk leaves as SSE bytes in OpenAI's shape (LiteLLM passes ``data:`` bytes through);
+        anything else, or a chunk the shaper fails on (logged, counted), goes on as LiteLLM made it.
+        Once the client has gone, the provider stream is closed: the model stops (client_watch.py)."""
+        shaper = shaper_for(request_data)
+        client_gone = self.client_watches.take(request_data.get("litellm_call_id"))
+        async for chunk in response:
+            if client_gone is not None and client_gone():
+                await _close_stream(response)
+                self._abandoned(request_data)
+                return
+            if shaper is None or not isinstance(chunk, ModelResponseStream):
+                yield chunk
+                continue
+            try:
+                events = [sse_event(c) for c in shaper.shape(chunk.model_dump(exclude_none=True))]  # type: ignore[no-untyped-call]
+            except Exception:
+                self._failed("stream_shape")
+                yield chunk
+                continue
+            for event in events:
+                yield event
+
+
+async def _close_stream(response: Any) -> None:
+    """Close LiteLLM's stream wrapper, which closes the provider's HTTP response (and so the model's work)."""
+    close = getattr(response, "aclose", None)
+    if close is not None:
+        with contextlib.suppress(Exception):
+            await close()

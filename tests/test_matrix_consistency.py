@@ -55,7 +55,11 @@ def test_shipped_config_shape() -> None:
         {"cloud-code": ["code"]},
     ]
     assert CONFIG["litellm_settings"] == {"callbacks": "litellm_hooks.router_hooks", "drop_params": True}
-    assert CONFIG["general_settings"] == {"master_key": "os.environ/LITELLM_MASTER_KEY"}
+    # cancel_on_disconnect: a client that hangs up stops the model's work (issue 8, kind 3)
+    assert CONFIG["general_settings"] == {
+        "master_key": "os.environ/LITELLM_MASTER_KEY",
+        "cancel_on_disconnect": True,
+    }
 
 
 def _index(config: Config, key: str) -> int:

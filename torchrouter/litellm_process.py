@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import logging
 import os
 import signal
 import subprocess
@@ -22,6 +23,7 @@ from pathlib import Path
 STARTUP_HOOK = "litellm_hooks.lifecycle:start"  # the name only: this process never imports LiteLLM
 
 _PR_SET_PDEATHSIG = 1
+log = logging.getLogger("torchrouter.litellm")
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
@@ -39,6 +41,7 @@ class LiteLLMProcess:
         self.port = port
         self.log_path = log_path
         self.url = f"http://127.0.0.1:{port}"
+        self.killed = False  # set when stop() had to SIGKILL it after the grace period
 
     @classmethod
     def start(
@@ -112,14 +115,30 @@ class LiteLLMProcess:
         except OSError:
             return "(no log)"
 
-    def stop(self, grace_s: float = 10.0) -> int | None:
+    def stop(self, grace_s: float = 10.0, *, patience_s: float = 1.0) -> int | None:
+        """SIGTERM the proxy's process group, wait, SIGKILL after ``grace_s`` s; returns the exit code.
+
+        Idle, LiteLLM (uvicorn) exits in well under a second. It waits for requests still running: with
+        ``cancel_on_disconnect`` (litellm_config.yaml) a request whose client (the classifier) has gone is
+        cancelled at once, so a long wait means a client is still connected. After ``patience_s`` the wait
+        is logged, and a kill after the grace period is logged too, so a slow Ctrl-C is never silent."""
         if self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGTERM)
             try:
-                self.proc.wait(grace_s)
+                self.proc.wait(min(patience_s, grace_s))
             except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
+                rest = max(0.0, grace_s - patience_s)
+                log.warning("LiteLLM is finishing requests still in flight; waiting up to %.0f s more", rest)
+                try:
+                    self.proc.wait(rest)
+                except subprocess.TimeoutExpired:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(self.proc.pid, signal.SIGKILL)
+                    self.proc.wait(5)
+                    self.killed = True
+                    log.warning(
+                        "LiteLLM did not stop within %.0f s of SIGTERM (requests still running); killed it",
+                        grace_s,
+                    )
         return self.proc.returncode

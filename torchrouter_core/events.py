@@ -42,6 +42,7 @@ class EventKind(StrEnum):
     MATRIX_REJECTED = "matrix_rejected"
     LOCKOUT_CHANGED = "lockout_changed"
     HOOKS_STARTED = "hooks_started"  # the hooks inside LiteLLM started (their settings, not secrets)
+    UPSTREAM_CANCELLED = "upstream_cancelled"  # the hooks closed a provider stream whose client had gone
 
 
 EVENT_KINDS = frozenset(k.value for k in EventKind)

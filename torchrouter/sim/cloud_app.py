@@ -23,8 +23,8 @@ from torchrouter.sim.ollama_app import (
     Job,
     Run,
     SimRuntime,
+    job_reply,
     json_response,
-    make_reply,
     openai_chat,
     openai_error,
     sim_app,
@@ -66,9 +66,7 @@ class CloudRuntime(SimRuntime):
         try:
             latency = FIRST_TOKEN_S * self.time_scale
             await asyncio.sleep(latency)
-            reply = make_reply(
-                self.seed, self.source, job.model, job.messages, budget=job.budget, thinking=False
-            )
+            reply = job_reply(self.seed, self.source, job, thinking=False)
             yield Run(reply, self.spec.tokens_per_s, self.time_scale, self.clock, arrived, latency)
         finally:
             self.in_flight -= 1

@@ -28,6 +28,14 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from torchrouter.sim.answer import (
+    ToolCall,
+    cut_at_stop,
+    logprobs_request,
+    pick_tool_call,
+    stop_strings,
+    token_logprob,
+)
 from torchrouter.sim.scheduler import (
     DEFAULT_KEEP_ALIVE_S,
     NEVER,
@@ -104,8 +112,10 @@ class FaultPlan:
 @dataclass(frozen=True)
 class Reply:
     thinking: tuple[str, ...]
-    content: tuple[str, ...]
+    content: tuple[str, ...]  # for a tool call: the arguments' JSON in pieces (timed, never sent as text)
     prompt_tokens: int
+    done_reason: str = "stop"  # "stop" or "length" (torchrouter.sim.answer)
+    tool_call: ToolCall | None = None
 
     @property
     def text(self) -> str:
@@ -148,7 +158,22 @@ def make_reply(
     content = (head + [" " + rng.choice(_LOREM) for _ in range(n_content)])[:n_content]
     think_toks = ["Considering"] + [" " + rng.choice(_LOREM) for _ in range(max(0, n_think - 1))]
     prompt = sum(4 + math.ceil(len(message_text(m)) / 4) for m in messages)
-    return Reply(tuple(think_toks[:n_think]), tuple(content), max(1, prompt))
+    # Given a budget, the simulated model always has more to say: it is cut, as Ollama says, by "length".
+    done_reason = "stop" if budget is None else "length"
+    return Reply(tuple(think_toks[:n_think]), tuple(content), max(1, prompt), done_reason)
+
+
+def job_reply(seed: int, source: str, job: Job, *, thinking: bool) -> Reply:
+    """The reply for a job: a tool call, or text cut at a stop string (rules in torchrouter.sim.answer)."""
+    reply = make_reply(seed, source, job.model, job.messages, budget=job.budget, thinking=thinking)
+    if job.tool_call is not None:
+        text = orjson.dumps(job.tool_call.arguments).decode()
+        pieces = tuple(text[i : i + 4] for i in range(0, len(text), 4))
+        return Reply((), pieces, reply.prompt_tokens, "stop", job.tool_call)
+    content, stopped = cut_at_stop(reply.content, job.stops)
+    if stopped:
+        return Reply(reply.thinking, content, reply.prompt_tokens, "stop")
+    return reply
 
 
 # -- one request's run, independent of the wire format -------------------------------------------------------
@@ -159,6 +184,9 @@ class Job:
     budget: int | None
     think: object  # the request's value as sent: True, False, None (absent) or a level string
     keep_alive_s: float = DEFAULT_KEEP_ALIVE_S
+    tool_call: ToolCall | None = None  # decided at arrival (torchrouter.sim.answer.pick_tool_call)
+    stops: tuple[str, ...] = ()
+    logprobs: int | None = None  # top log probabilities per token; None: not asked for
 
 
 def wants_thinking(think: object, reasoning: bool) -> bool:
@@ -283,13 +311,8 @@ class HostRuntime(SimRuntime):
                 await asyncio.sleep(ready_in)
             model = self.spec.model(job.model)
             assert model is not None
-            reply = make_reply(
-                self.seed,
-                self.source,
-                job.model,
-                job.messages,
-                budget=job.budget,
-                thinking=wants_thinking(job.think, model.reasoning),
+            reply = job_reply(
+                self.seed, self.source, job, thinking=wants_thinking(job.think, model.reasoning)
             )
             yield Run(
                 reply,
@@ -446,6 +469,10 @@ async def ollama_chat(request: web.Request) -> web.StreamResponse:
             _budget(options.get("num_predict"), spec.context_window),
             body.get("think"),
             parse_keep_alive_or_400(body.get("keep_alive")),
+            # Ollama's /api/chat has no tool_choice: the model calls a tool it is offered when it wants to.
+            tool_call=pick_tool_call(body.get("tools"), None, messages),
+            stops=stop_strings(options.get("stop")),
+            logprobs=logprobs_request(body.get("logprobs"), body.get("top_logprobs")),
         )
     except BadRequest as exc:
         return ollama_error(400, str(exc))
@@ -462,12 +489,13 @@ async def ollama_chat(request: web.Request) -> web.StreamResponse:
                 _cut(request)
                 return web.Response()  # never reaches the client
             await run.finish()
-            message: dict[str, Any] = {"role": "assistant", "content": run.reply.text}
+            message: dict[str, Any] = _ollama_message(run.reply)
             if run.reply.thinking:
                 message["thinking"] = run.reply.thinking_text
-            return json_response(
-                {"model": model, "created_at": _created_at(), "message": message, **_final_fields(run)}
-            )
+            answer = {"model": model, "created_at": _created_at(), "message": message, **_final_fields(run)}
+            if job.logprobs is not None and run.reply.tool_call is None:
+                answer["logprobs"] = [_logprob_entry(rt, t, job.logprobs) for t in run.reply.content]
+            return json_response(answer)
         resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await resp.prepare(request)
         sent = 0
@@ -476,15 +504,22 @@ async def ollama_chat(request: web.Request) -> web.StreamResponse:
                 rt.counters.errors += 1
                 _cut(request)
                 return resp
+            if run.reply.tool_call is not None:
+                continue  # Ollama sends a tool call whole, once the model has written it
             key = "thinking" if thinking else "content"
-            chunk = {
+            chunk: dict[str, Any] = {
                 "model": model,
                 "created_at": _created_at(),
                 "message": {"role": "assistant", "content": "", key: tok},
                 "done": False,
             }
+            if job.logprobs is not None and not thinking:
+                chunk["logprobs"] = [_logprob_entry(rt, tok, job.logprobs)]
             await resp.write(orjson.dumps(chunk) + b"\n")
             sent += 1
+        if run.reply.tool_call is not None:
+            call = {"model": model, "created_at": _created_at(), "message": _ollama_message(run.reply)}
+            await resp.write(orjson.dumps({**call, "done": False}) + b"\n")
         final = {
             "model": model,
             "created_at": _created_at(),
@@ -503,11 +538,23 @@ def parse_keep_alive_or_400(value: object) -> float:
         raise BadRequest(str(exc)) from exc
 
 
+def _ollama_message(reply: Reply) -> dict[str, Any]:
+    """The assistant message of Ollama's /api/chat: text, or a tool call with arguments as an object."""
+    if reply.tool_call is None:
+        return {"role": "assistant", "content": reply.text}
+    call = {"function": {"name": reply.tool_call.name, "arguments": reply.tool_call.arguments}}
+    return {"role": "assistant", "content": "", "tool_calls": [call]}
+
+
+def _logprob_entry(rt: SimRuntime, token: str, top: int) -> dict[str, Any]:
+    return token_logprob(rt.seed, token, top)
+
+
 def _final_fields(run: Run) -> dict[str, Any]:
     ns = 1_000_000_000
     return {
         "done": True,
-        "done_reason": "stop",
+        "done_reason": run.reply.done_reason,
         "total_duration": int((run.clock() - run.arrived) * ns),
         "load_duration": int(run.load_s * ns),
         "prompt_eval_count": run.reply.prompt_tokens,
@@ -615,7 +662,15 @@ async def openai_chat(request: web.Request) -> web.StreamResponse:
     if not rt.knows(model):
         return openai_error(404, rt.unknown_model_message(model))
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
-    job = Job(model, messages, _budget(max_tokens, 1 << 20), _openai_think(body))
+    job = Job(
+        model,
+        messages,
+        _budget(max_tokens, 1 << 20),
+        _openai_think(body),
+        tool_call=pick_tool_call(body.get("tools"), body.get("tool_choice"), messages),
+        stops=stop_strings(body.get("stop")),
+        logprobs=logprobs_request(body.get("logprobs"), body.get("top_logprobs")),
+    )
     rt.counters.note_request(model, job.think)
     fault = rt.faults.take()
     if (failed := await _apply_fault(fault, openai_error)) is not None:
@@ -628,6 +683,8 @@ async def openai_chat(request: web.Request) -> web.StreamResponse:
             "completion_tokens": run.reply.eval_count,
             "total_tokens": run.reply.prompt_tokens + run.reply.eval_count,
         }
+        call = _openai_tool_call(run.reply.tool_call)
+        finish = "tool_calls" if call is not None else run.reply.done_reason
         if not body.get("stream"):
             if fault.mode == "cut_stream":
                 rt.counters.errors += 1
@@ -637,24 +694,33 @@ async def openai_chat(request: web.Request) -> web.StreamResponse:
             message: dict[str, Any] = {"role": "assistant", "content": run.reply.text}
             if run.reply.thinking:
                 message["reasoning"] = run.reply.thinking_text
+            if call is not None:
+                message = {"role": "assistant", "content": None, "tool_calls": [call]}
+            logprobs = None
+            if job.logprobs is not None and call is None:
+                logprobs = {"content": [_logprob_entry(rt, t, job.logprobs) for t in run.reply.content]}
+            choice = {"index": 0, "message": message, "finish_reason": finish, "logprobs": logprobs}
             return json_response(
                 {
                     "id": cid,
                     "object": "chat.completion",
                     "created": created,
                     "model": model,
-                    "choices": [{"index": 0, "message": message, "finish_reason": "stop", "logprobs": None}],
+                    "choices": [choice],
                     "usage": usage,
                 }
             )
 
-        def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+        def chunk(delta: dict[str, Any], finish: str | None = None, token: str | None = None) -> bytes:
+            choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish}
+            if token is not None and job.logprobs is not None:
+                choice["logprobs"] = {"content": [_logprob_entry(rt, token, job.logprobs)]}
             data = {
                 "id": cid,
                 "object": "chat.completion.chunk",
                 "created": created,
                 "model": model,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+                "choices": [choice],
             }
             return b"data: " + orjson.dumps(data) + b"\n\n"
 
@@ -667,9 +733,13 @@ async def openai_chat(request: web.Request) -> web.StreamResponse:
                 rt.counters.errors += 1
                 _cut(request)
                 return resp
-            await resp.write(chunk({"reasoning": tok} if thinking else {"content": tok}))
+            if call is not None:
+                continue  # the call goes out whole once written, as one delta
+            await resp.write(chunk({"reasoning": tok} if thinking else {"content": tok}, None, tok))
             sent += 1
-        await resp.write(chunk({}, "stop"))
+        if call is not None:
+            await resp.write(chunk({"tool_calls": [{"index": 0, **call}]}))
+        await resp.write(chunk({}, finish))
         stream_options = body.get("stream_options")
         if isinstance(stream_options, dict) and stream_options.get("include_usage"):
             data = {
@@ -684,6 +754,15 @@ async def openai_chat(request: web.Request) -> web.StreamResponse:
         await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
         return resp
+
+
+def _openai_tool_call(call: ToolCall | None) -> dict[str, Any] | None:
+    """OpenAI's tool_calls entry: arguments as a JSON string, an id the client echoes in its tool message."""
+    if call is None:
+        return None
+    args = orjson.dumps(call.arguments).decode()
+    call_id = "call_" + hashlib.sha256(f"{call.name}:{args}".encode()).hexdigest()[:24]
+    return {"id": call_id, "type": "function", "function": {"name": call.name, "arguments": args}}
 
 
 # -- /sim/ admin API ----------------------------------------------------------------------------------------
