@@ -35,20 +35,24 @@ from capability_matrix import (
 )
 from capability_matrix import watch as watch_file
 from classifier.admission import Admission, Lanes
+from classifier.aliases import AliasesStore
 from classifier.capacity import lane_limits
 from classifier.chat_body import parse_chat_body
 from classifier.decide import AgentsStore, CloudLocked, RouteDecision, decide
 from classifier.errors import (
     ApiError,
+    NotFound,
     PayloadTooLarge,
     QueueFull,
     Unauthorized,
     error_response,
     http_error_response,
 )
+from classifier.feasibility import explain_no_deployment
 from classifier.forwarder import Forwarder, HttpForwarder, UpstreamResponse
-from classifier.identity import GROUPS, LOCAL_GROUPS
+from classifier.identity import LOCAL_GROUPS
 from classifier.metrics import Metrics
+from classifier.protocol_edge import HANDLER_ARGS, read_body
 from classifier.queue_policy import finite_ms
 from classifier.routing import RoutingMode, overflow
 from classifier.routing_headers import RequestIds, RouteTrace, request_id_from
@@ -65,6 +69,7 @@ METRICS_KEY = web.AppKey("metrics", Metrics)
 EVENTS_KEY = web.AppKey("events", EventSink)
 MATRIX_KEY = web.AppKey("matrix", MatrixStore)
 AGENTS_KEY = web.AppKey("agents", AgentsStore)
+ALIASES_KEY = web.AppKey("aliases", AliasesStore)
 SPEND_KEY = web.AppKey("spend", DailySpend)
 FLEET_KEY = web.AppKey("fleet", FleetView)
 LANES_KEY = web.AppKey("lanes", Lanes)
@@ -142,10 +147,11 @@ def _forwarder_ctx(forwarder: Forwarder | None) -> Callable[[web.Application], A
 
 
 async def _watchers_ctx(app: web.Application) -> AsyncIterator[None]:
-    matrix, agents = app[MATRIX_KEY], app[AGENTS_KEY]
+    matrix, agents, aliases = app[MATRIX_KEY], app[AGENTS_KEY], app[ALIASES_KEY]
     tasks = [
         asyncio.create_task(watch_file(matrix, 1.0), name="watch-matrix"),
         asyncio.create_task(watch_file(agents, 1.0), name="watch-agents"),
+        asyncio.create_task(watch_file(aliases, 1.0), name="watch-aliases"),
     ]
     yield
     for task in tasks:
@@ -200,7 +206,7 @@ def create_app(
     registry: CollectorRegistry | None = None,
     events: EventSink | None = None,
 ) -> web.Application:
-    app = web.Application(client_max_size=settings.max_body_bytes)
+    app = web.Application(client_max_size=settings.max_body_bytes, handler_args=HANDLER_ARGS)
     app[SETTINGS_KEY] = settings
     metrics = Metrics(registry or CollectorRegistry())
     app[METRICS_KEY] = metrics
@@ -242,6 +248,11 @@ def create_app(
         on_reload=lambda _: metrics.config_reloads.labels("reloaded").inc(),
         on_reject=lambda _: metrics.config_reloads.labels("rejected").inc(),
     )
+    app[ALIASES_KEY] = AliasesStore(
+        settings.aliases_path,
+        on_reload=lambda _: metrics.config_reloads.labels("reloaded").inc(),
+        on_reject=lambda _: metrics.config_reloads.labels("rejected").inc(),
+    )
     setup_middlewares(app)
     app.cleanup_ctx.append(_forwarder_ctx(forwarder))
     app.cleanup_ctx.append(_watchers_ctx)
@@ -252,6 +263,7 @@ def create_app(
     app.router.add_get("/queue/status", queue_status)
     app.router.add_get("/metrics", metrics_text)
     app.router.add_get("/v1/models", models)
+    app.router.add_get("/v1/models/{model_id:.+}", model_by_id)
     app.router.add_post("/v1/chat/completions", chat_completions)
     return app
 
@@ -318,12 +330,22 @@ async def metrics_text(request: web.Request) -> web.Response:
     return web.Response(body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
+def _model_object(model_id: str) -> dict[str, object]:
+    return {"id": model_id, "object": "model", "created": 0, "owned_by": "torchrouter"}
+
+
 async def models(request: web.Request) -> web.Response:
-    data = [
-        {"id": g, "object": "model", "created": 0, "owned_by": "torchrouter"}
-        for g in ("auto", *sorted(GROUPS))
-    ]
+    """``auto``, the groups, then the operator's aliases (classifier/aliases.yaml)."""
+    data = [_model_object(m) for m in request.app[ALIASES_KEY].current.model_ids()]
     return _json({"object": "list", "data": data})
+
+
+async def model_by_id(request: web.Request) -> web.Response:
+    """``GET /v1/models/{id}`` as OpenAI serves it: the model object, or 404 ``model_not_found``."""
+    model_id = request.match_info["model_id"]
+    if model_id.strip().lower() in request.app[ALIASES_KEY].current.model_ids():
+        return _json(_model_object(model_id.strip().lower()))
+    raise NotFound(f"The model {model_id[:80]!r} does not exist", param="model")
 
 
 # --- the request path ---------------------------------------------------------------------------------
@@ -333,8 +355,11 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     settings, metrics, events = app[SETTINGS_KEY], app[METRICS_KEY], app[EVENTS_KEY]
     trace = RouteTrace(request_id=app[REQUEST_IDS_KEY].new())
     client_request_id = request_id_from(request.headers)
+    body: dict[str, Any] = {}
     try:
-        body = parse_chat_body(await request.read())
+        body = parse_chat_body(
+            await read_body(request, settings.max_body_bytes), request.headers.get("Content-Type")
+        )
         now = time.time()
         decision = decide(
             request.headers,
@@ -346,6 +371,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             request_id=client_request_id or trace.request_id,
             now=now,
             cloud_locked=app[FLEET_KEY].budget_reason(now),
+            aliases=app[ALIASES_KEY].current,
         )
     except CloudLocked as exc:
         # Policy, not a bad body: every step of this request's ladder is cloud and cloud is locked out.
@@ -362,11 +388,11 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         )
         return error_response(exc, trace.headers())
     except ApiError as exc:
-        metrics.requests.labels("none", "none", "bad_request").inc()
-        return error_response(exc, trace.headers())
+        return _refused(request, exc, trace, client_request_id, started)
     except web.HTTPRequestEntityTooLarge:
-        metrics.requests.labels("none", "none", "bad_request").inc()
-        return error_response(PayloadTooLarge(_too_large_message(request)), trace.headers())
+        return _refused(
+            request, PayloadTooLarge(_too_large_message(request)), trace, client_request_id, started
+        )
 
     trace.tier, trace.group, trace.canary = decision.tier.value, decision.first_group, decision.canary
     who = {"request_id": trace.request_id, "agent_id": decision.agent_label, "tier": trace.tier}
@@ -380,6 +406,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         signals=list(decision.signals),
         canary=decision.canary,
         ladder=list(decision.ladder_groups),
+        infeasible=dict(decision.infeasible) or None,
         stream=bool(body.get("stream")),
     )
     metrics.child(metrics.tier_decisions, trace.tier, decision.tier_source).inc()
@@ -464,6 +491,30 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         )
 
 
+def _refused(
+    request: web.Request, exc: ApiError, trace: RouteTrace, client_request_id: str | None, started: float
+) -> web.Response:
+    """A request answered before it was routed (bad body, unknown model, impossible): counted, and one
+    ``request_completed`` line in the trail like every other request."""
+    app = request.app
+    app[METRICS_KEY].requests.labels("none", "none", "bad_request").inc()
+    trace.total_ms = (time.perf_counter() - started) * 1e3
+    app[EVENTS_KEY].emit(
+        "request_completed",
+        request_id=trace.request_id,
+        agent_id=None,
+        tier=None,
+        group=None,
+        client_request_id=client_request_id,
+        outcome="bad_request",
+        status=exc.status,
+        code=exc.code,
+        param=exc.param,
+        total_ms=round(trace.total_ms, 1),
+    )
+    return error_response(exc, trace.headers())
+
+
 _SSE_DONE = b"data: [DONE]"
 
 
@@ -544,6 +595,13 @@ async def _forward(
         trace.litellm_ttft_ms = (done - sent) * 1e3
         trace.total_ms = (done - started) * 1e3
         relay.status, relay.ttft_s = upstream.status, done - started
+        if upstream.status == 429 and b"No deployments available" in payload:
+            # LiteLLM's "no deployments" is not "busy": say what it really is (classifier.feasibility).
+            error = explain_no_deployment(
+                group, upstream.headers.get("x-torchrouter-no-candidate"), upstream.headers.get("Retry-After")
+            )
+            relay.status = error.status
+            return error_response(error, trace.headers())
         return web.Response(status=upstream.status, body=payload, headers={**out_headers, **trace.headers()})
 
 

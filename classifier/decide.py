@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from capability_matrix import Matrix, ReloadingFile
-from classifier.errors import ApiError, BadRequest
+from classifier.aliases import EMPTY_ALIASES, AliasMap, UnknownModel, resolve_model
+from classifier.errors import ApiError, BadRequest, NotFound
+from classifier.feasibility import feasible_steps, request_needs
 from classifier.identity import Identity, IdentityError, identify
 from classifier.routing import FAST_CHAT_MAX_PROMPT_TOKENS, LadderStep, RoutingMode, plan_route
 from classifier.tiering import (
@@ -52,6 +54,7 @@ class RouteDecision:
     wait_budget_ms: int
     upstream_extras: Mapping[str, Any] = field(default_factory=dict)
     output_tokens: int | None = None  # max_tokens / max_completion_tokens: prices the request in the queue
+    infeasible: Mapping[str, str] = field(default_factory=dict)  # ladder groups dropped, and why
 
     @property
     def first_group(self) -> str:
@@ -95,13 +98,20 @@ def decide(
     request_id: str,
     now: float,
     cloud_locked: str | None = None,
+    aliases: AliasMap = EMPTY_ALIASES,
 ) -> RouteDecision:
     """``cloud_locked`` (a reason, e.g. the daily budget is spent) removes every cloud step; ``now`` (a
-    timestamp) prices the Retry-After of a request that then has nowhere to go."""
+    timestamp) prices the Retry-After of a request that then has nowhere to go. ``aliases`` maps model
+    names (:mod:`classifier.aliases`); any other unknown name raises NotFound (404 model_not_found).
+    Ladder steps no deployment could ever carry are dropped (:mod:`classifier.feasibility`); when none is
+    left, Unprocessable (400, e.g. ``context_length_exceeded``)."""
     try:
-        identity = identify(headers, body.get("model"))
+        model = resolve_model(body.get("model"), aliases, agents.agents)
+        identity = identify(headers, model)
     except IdentityError as exc:
-        raise BadRequest(str(exc), param="model") from None
+        raise BadRequest(str(exc), param=exc.param) from None
+    except UnknownModel as exc:
+        raise NotFound(str(exc), param="model") from None
     # Content features cost ~10 us of regex scanning: read them only when something will look at them,
     # that is an agent the directory does not know, or an H request that may be canaried.
     known_tier = agents.tier_of(identity.agent_id)
@@ -136,6 +146,11 @@ def decide(
             f"cloud routes are locked out ({cloud_locked}) and ROUTING_MODE={mode.value}",
             retry_after_s=seconds_to_next_utc_day(now),
         )
+    feasible = feasible_steps(ladder, matrix, request_needs(body))  # raises Unprocessable (400)
+    ladder = feasible.steps
+    if feasible.dropped:
+        # LiteLLM's failure fallbacks lead to the counterpart group, which may be one just found unable.
+        extras["disable_fallbacks"] = True
     return RouteDecision(
         identity=identity,
         tier=tiering.tier,
@@ -146,6 +161,7 @@ def decide(
         wait_budget_ms=agents.wait_budget_ms(tiering.tier),
         upstream_extras=extras,
         output_tokens=_output_tokens(body),
+        infeasible=feasible.dropped,
     )
 
 

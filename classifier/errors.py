@@ -102,3 +102,46 @@ def http_error_response(status: int, reason: str) -> web.Response:
     error_type = "invalid_request_error" if status < 500 else "api_error"
     body = {"error": {"message": reason, "type": error_type, "param": None, "code": str(status)}}
     return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
+
+
+# --- the front door (issue #8): bodies and names the classifier refuses itself ---------------------------
+# Tree additions: ApiError +-- NotFound (404 model_not_found), +-- UnsupportedMediaType (415),
+# +-- HeaderFieldsTooLarge (431), +-- Unprocessable (400 for a request no deployment could ever carry).
+
+
+class NotFound(ApiError):
+    """404: an unknown model name (``code`` model_not_found, ``param`` model), as OpenAI answers."""
+
+    status = 404
+    error_type = "invalid_request_error"
+    code = "model_not_found"
+
+
+class UnsupportedMediaType(ApiError):
+    """415: a Content-Encoding we do not decode, or a non-JSON Content-Type on a non-JSON body."""
+
+    status = 415
+    error_type = "invalid_request_error"
+    code = "unsupported_media_type"
+
+
+class HeaderFieldsTooLarge(ApiError):
+    """431: a header line (or too many of them) over aiohttp's limits (RFC 6585 section 5)."""
+
+    status = 431
+    error_type = "invalid_request_error"
+    code = "header_fields_too_large"
+
+
+class Unprocessable(BadRequest):
+    """400: a well-formed request that no step of its route could ever carry (context window, modality,
+    tools); ``code`` is OpenAI's where one exists (``context_length_exceeded``). Not retryable as it is."""
+
+    code = "request_not_servable"
+
+
+class NoDeploymentNow(ApiError):
+    """503 with Retry-After: every deployment of the group is locked out or cooling down right now."""
+
+    status = 503
+    code = "no_deployment_available"

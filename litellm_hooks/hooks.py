@@ -35,6 +35,7 @@ from capability_matrix import (
     MatrixStore,
     next_auth_lockouts,
 )
+from classifier.feasibility import input_modalities
 from classifier.spend import DailySpend
 from classifier.tiering import approx_prompt_tokens
 from litellm_hooks.inflight import InFlight
@@ -173,6 +174,7 @@ class RouterHooks(CustomLogger):
                 prompt_tokens=approx_prompt_tokens(messages, kwargs.get("tools")),
                 max_output_tokens=int(kwargs.get("max_tokens") or kwargs.get("max_completion_tokens") or 0),
                 needs_tools=bool(kwargs.get("tools")),
+                modalities=input_modalities(messages)[0],
             )
             first_group = ctx.get("group")
             if first_group and first_group != model:
@@ -185,6 +187,8 @@ class RouterHooks(CustomLogger):
             try:
                 ranking = rank(model, [matrix.profiles[k] for k in by_key], needs, load=load)
             except NoCandidate as exc:
+                # Why, for the classifier: a static reason is a 400 there, a lockout a 503 (feasibility).
+                ctx["no_candidate"] = ",".join(sorted(set(exc.rejected.values())))
                 state.events.emit(
                     "route_selected",
                     **who,
@@ -277,6 +281,8 @@ class RouterHooks(CustomLogger):
             if ctx.get("deployment"):
                 headers["x-torchrouter-deployment"] = str(ctx["deployment"])
                 headers["x-torchrouter-warm-state"] = str(ctx.get("warm_state", "unknown"))
+            if ctx.get("no_candidate"):
+                headers["x-torchrouter-no-candidate"] = str(ctx["no_candidate"])
             headers["x-torchrouter-hook-errors"] = str(self.errors)  # exported by the classifier
             if self._state is not None:
                 headers["x-torchrouter-auth-lockouts"] = ",".join(sorted(self._state.fleet.auth_lockouts))

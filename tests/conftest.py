@@ -13,9 +13,11 @@ import pytest
 import yaml
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from aiohttp.web_runner import BaseRunner
 from prometheus_client import CollectorRegistry
 
 from classifier.app import create_app
+from classifier.protocol_edge import ClassifierRunner
 from classifier.settings import Secret, Settings
 from tests.harness import SimThread, read_events, render_fleet_files
 from torchrouter.litellm_process import LiteLLMProcess
@@ -73,6 +75,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 ClassifierFactory = Callable[..., Awaitable[str]]
 
 
+class ClassifierTestServer(TestServer):
+    """TestServer on the classifier's own runner (aiohttp's protocol errors as OpenAI JSON), as
+    ``torchrouter serve`` and ``up`` run it."""
+
+    async def _make_runner(self, **kwargs: Any) -> BaseRunner:
+        return ClassifierRunner(self.app, **kwargs)
+
+
 @pytest.fixture
 async def make_classifier(stack: Stack) -> AsyncIterator[ClassifierFactory]:
     """Start a classifier (real aiohttp server on a free port) against the session's LiteLLM."""
@@ -86,7 +96,7 @@ async def make_classifier(stack: Stack) -> AsyncIterator[ClassifierFactory]:
             "event_path": str(stack.events_path),
         }
         app: web.Application = create_app(Settings(**{**base, **overrides}), registry=CollectorRegistry())
-        server = TestServer(app, host="127.0.0.1", handler_cancellation=True)
+        server = ClassifierTestServer(app, host="127.0.0.1", handler_cancellation=True)
         await server.start_server()
         servers.append(server)
         return str(server.make_url("")).rstrip("/")

@@ -16,6 +16,7 @@ class RequestNeeds:
     prompt_tokens: int = 0
     max_output_tokens: int = 0
     needs_tools: bool = False
+    modalities: frozenset[str] = frozenset({"text"})  # what the model must read (classifier.feasibility)
 
 
 @dataclass(frozen=True)

@@ -31,4 +31,10 @@ def tools(profile: Profile, needs: RequestNeeds) -> str | None:
     return "no_tools" if needs.needs_tools and not profile.supports_tools else None
 
 
-DEFAULT_FILTERS: tuple[Filter, ...] = (lockout, context_window, tools)
+def modality(profile: Profile, needs: RequestNeeds) -> str | None:
+    # An image sent to a text-only model is not an error there: the model answers as if it saw it.
+    missing = sorted(needs.modalities - profile.input_modalities)
+    return f"modality:{missing[0]}" if missing else None
+
+
+DEFAULT_FILTERS: tuple[Filter, ...] = (lockout, modality, context_window, tools)

@@ -1,0 +1,230 @@
+"""Impossible is not busy: which steps of a route could ever carry a request, decided before forwarding.
+
+A request that no deployment of a ladder step could carry, whatever the load, is not worth queueing for
+that step: the step is dropped from the ladder (the request goes straight to one that can). When no step
+is left, the answer is a 400 that names the limit, never a 429/503 (those mean "busy now, retry"):
+
+=====================  =====================================================  ===========================
+what no deployment has  example                                                code
+=====================  =====================================================  ===========================
+the context window     prompt (chars / 4, the hooks' estimator) + max_tokens   ``context_length_exceeded``
+                       above every window (OpenAI's code for the same case)
+an input modality      an ``image_url`` part on a text-only route              ``unsupported_modality``
+tool support           ``tools`` on a route whose models cannot call tools     ``tools_not_supported``
+=====================  =====================================================  ===========================
+
+Only static capabilities count (``context_window``, ``input_modalities``, ``supports_tools`` from the
+matrix); lockouts, warm state and load are "now", which the queue and the hooks handle. A lane with no
+profiles in the matrix is kept as it is (nothing to judge it by).
+
+:func:`explain_no_deployment` does the same for the other direction: LiteLLM answers 429 "No deployments
+available" when our hooks filtered out every deployment of a group; the hooks say why in
+``x-torchrouter-no-candidate`` and the classifier turns it into the truthful status.
+
+Pure: values in, values out; imports no aiohttp, LiteLLM or prometheus_client.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from capability_matrix import Matrix, Profile
+from classifier.errors import ApiError, NoDeploymentNow, Unprocessable
+from classifier.routing import LadderStep
+from classifier.tiering import approx_prompt_tokens
+
+# OpenAI content-part type -> the modality a model must read for it.
+PART_MODALITIES: Final = {
+    "text": "text",
+    "refusal": "text",
+    "image_url": "image",
+    "input_audio": "audio",
+    "file": "file",
+}
+
+CONTEXT: Final = "context_window"
+TOOLS: Final = "no_tools"
+MODALITY_PREFIX: Final = "modality:"
+# Reasons the hooks' filters give that no amount of waiting changes (see litellm_hooks.ranker.filters).
+STATIC_REASONS: Final = (CONTEXT, TOOLS)
+
+
+@dataclass(frozen=True, slots=True)
+class Needs:
+    """What any deployment carrying the request must have. ``where`` maps a modality to the first
+    content part that needs it (``messages[0].content[1]``), for the error's ``param``."""
+
+    prompt_tokens: int = 0
+    output_tokens: int = 0
+    modalities: frozenset[str] = frozenset({"text"})
+    tools: bool = False
+    where: Mapping[str, str] | None = None
+
+
+def input_modalities(messages: object) -> tuple[frozenset[str], dict[str, str]]:
+    """The modalities a request's messages need, and where each first appears. Text is always needed.
+    Only each message's ``content`` list is looked at (one level): bounded by the body's size, never
+    its nesting. An unknown part type counts as text (the provider will say what it thinks)."""
+    found: dict[str, str] = {"text": "messages"}
+    if not isinstance(messages, list):
+        return frozenset(found), found
+    for i, message in enumerate(messages):
+        content = message.get("content") if isinstance(message, Mapping) else None
+        if not isinstance(content, list):
+            continue
+        for j, part in enumerate(content):
+            kind = part.get("type") if isinstance(part, Mapping) else None
+            modality = PART_MODALITIES.get(kind, "text") if isinstance(kind, str) else "text"
+            found.setdefault(modality, f"messages[{i}].content[{j}]")
+    return frozenset(found), found
+
+
+def output_tokens(body: Mapping[str, Any]) -> int:
+    for name in ("max_completion_tokens", "max_tokens"):
+        value = body.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return 0
+
+
+def request_needs(body: Mapping[str, Any]) -> Needs:
+    """:class:`Needs` of a validated chat body (nulls already dropped)."""
+    messages = body.get("messages")
+    tools = body.get("tools") or body.get("functions")
+    has_tools = isinstance(tools, list) and len(tools) > 0
+    modalities, where = input_modalities(messages)
+    return Needs(
+        prompt_tokens=approx_prompt_tokens(messages, tools if has_tools else None),
+        output_tokens=output_tokens(body),
+        modalities=modalities,
+        tools=has_tools,
+        where=where,
+    )
+
+
+def why_not(profile: Profile, needs: Needs) -> str | None:
+    """Why ``profile`` could never carry the request (a short stable reason), or ``None``."""
+    missing = sorted(needs.modalities - profile.input_modalities)
+    if missing:
+        return MODALITY_PREFIX + missing[0]
+    if needs.tools and not profile.supports_tools:
+        return TOOLS
+    if needs.prompt_tokens + needs.output_tokens > profile.context_window:
+        return CONTEXT
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Feasible:
+    """The ladder steps kept, in order, and why each dropped group was dropped."""
+
+    steps: tuple[LadderStep, ...]
+    dropped: Mapping[str, str]
+
+
+def feasible_steps(ladder: Sequence[LadderStep], matrix: Matrix, needs: Needs) -> Feasible:
+    """Keep the steps some deployment of whose lane could carry ``needs``; raise :class:`Unprocessable`
+    (400) when none is left, naming the limit (see the module docstring)."""
+    kept: list[LadderStep] = []
+    dropped: dict[str, str] = {}
+    for step in ladder:
+        profiles = matrix.in_lane(step.group)
+        if not profiles:
+            kept.append(step)
+            continue
+        reasons = [why_not(p, needs) for p in profiles]
+        if any(r is None for r in reasons):
+            kept.append(step)
+        else:
+            dropped[step.group] = _lane_reason([r for r in reasons if r is not None])
+    if not kept:
+        raise impossible(ladder, matrix, needs, dropped)
+    return Feasible(tuple(kept), dropped)
+
+
+def _lane_reason(reasons: Sequence[str]) -> str:
+    """One reason for a lane: a modality first (no amount of context fixes it), then tools, then size."""
+    for prefix in (MODALITY_PREFIX, TOOLS, CONTEXT):
+        for reason in reasons:
+            if reason.startswith(prefix):
+                return reason
+    return reasons[0]
+
+
+def _groups(ladder: Iterable[LadderStep]) -> str:
+    return ", ".join(dict.fromkeys(step.group for step in ladder))
+
+
+def impossible(
+    ladder: Sequence[LadderStep], matrix: Matrix, needs: Needs, dropped: Mapping[str, str]
+) -> Unprocessable:
+    route = _groups(ladder)
+    reasons = set(dropped.values())
+    modality = next((r for r in sorted(reasons) if r.startswith(MODALITY_PREFIX)), None)
+    if modality is not None and reasons == {modality}:
+        kind = modality.removeprefix(MODALITY_PREFIX)
+        readers = sorted({p.lane for p in matrix.profiles.values() if kind in p.input_modalities})
+        elsewhere = f"; groups that read {kind}: {', '.join(readers)}" if readers else ""
+        return Unprocessable(
+            f"no deployment on this request's route ({route}) accepts {kind} input{elsewhere}",
+            code="unsupported_modality",
+            param=(needs.where or {}).get(kind, "messages"),
+        )
+    if reasons == {TOOLS}:
+        return Unprocessable(
+            f"no deployment on this request's route ({route}) supports tools",
+            code="tools_not_supported",
+            param="tools",
+        )
+    if reasons == {CONTEXT}:
+        largest = max(p.context_window for step in ladder for p in matrix.in_lane(step.group))
+        asked = needs.prompt_tokens + needs.output_tokens
+        param = "max_tokens" if needs.output_tokens > largest - needs.prompt_tokens // 2 else "messages"
+        return Unprocessable(
+            f"This request needs about {asked:,} tokens (prompt about {needs.prompt_tokens:,} + "
+            f"max_tokens {needs.output_tokens:,}), but the largest context window on its route ({route}) is "
+            f"{largest:,} tokens. Shorten the messages or lower max_tokens.",
+            code="context_length_exceeded",
+            param=param,
+        )
+    detail = "; ".join(f"{group}: {why}" for group, why in dropped.items())
+    return Unprocessable(
+        f"no deployment on this request's route can ever carry it ({detail})", code="request_not_servable"
+    )
+
+
+def explain_no_deployment(group: str, reasons_header: str | None, retry_after: str | None) -> ApiError:
+    """The truthful error for LiteLLM's 429 "No deployments available" on ``group``.
+
+    ``reasons_header`` is the hooks' ``x-torchrouter-no-candidate`` (comma-separated filter reasons of
+    the rejected deployments; absent when LiteLLM itself found none, e.g. every one cooling down).
+    Static reasons only (context, tools, a modality) -> 400: retrying cannot help. Lockouts only (auth,
+    codex, budget) -> 503 without ``Retry-After``: unavailable until an operator or the next day changes
+    it, not busy. Anything else (LiteLLM's cooldowns, a mix) -> 503 with ``Retry-After``."""
+    reasons = {r.strip() for r in (reasons_header or "").split(",") if r.strip()}
+    if reasons and all(r in STATIC_REASONS or r.startswith(MODALITY_PREFIX) for r in reasons):
+        if reasons == {CONTEXT}:
+            return Unprocessable(
+                f"no deployment of {group!r} has a context window large enough for this request "
+                "(prompt + max_tokens); shorten the messages or lower max_tokens",
+                code="context_length_exceeded",
+                param="messages",
+            )
+        shown = ", ".join(sorted(reasons))
+        return Unprocessable(f"no deployment of {group!r} can carry this request ({shown})")
+    if reasons and all(r.startswith("lockout:") for r in reasons):
+        # Locked out (bad credentials, the operator's switch, the budget): not capacity, no retry time.
+        shown = ", ".join(sorted(reasons))
+        return NoDeploymentNow(
+            f"no deployment of {group!r} is available: every one is locked out ({shown})",
+            code="no_deployment_available",
+        )
+    seconds = retry_after if retry_after and retry_after.isdigit() else "5"
+    why = f" ({', '.join(sorted(reasons))})" if reasons else " (every deployment is cooling down)"
+    return NoDeploymentNow(
+        f"no deployment of {group!r} can take requests now{why}; retry later",
+        code="no_deployment_available",
+        headers={"Retry-After": seconds},
+    )
