@@ -73,7 +73,7 @@ def parse_chat_body(raw: bytes, content_type: str | None = None) -> dict[str, An
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        if "recursion" in str(exc).lower():  # orjson stops at 1024 levels
+        if "depth limit" in str(exc).lower() or "recursion" in str(exc).lower():  # orjson stops at 1024
             raise _deep("body") from None
         refused = judge_content_type(content_type)
         if refused is not None:
