@@ -21,12 +21,11 @@ How a request is identified:
                               ``agent:auto`` and ``agent:`` name the agent only. The colon form is
                               recognised only when the part after the last colon is a group or ``auto``,
                               so Ollama-style names such as ``qwen3:8b`` are not mistaken for agents
-  anything else (``gpt-4o``)  ``requested_model``: routed as ``auto`` and recorded
+  anything else (``gpt-4o``)  ``requested_model``: not a name this module knows. Before identity is asked,
+                              :func:`classifier.aliases.resolve_model` has replaced an operator's alias
+                              (``gpt-4o`` -> ``balanced``) and refused any other unknown name (404
+                              ``model_not_found`` in :func:`classifier.decide.decide`)
   ==========================  ===========================================================================
-
-Why ``gpt-4o`` is routed as ``auto``: OpenAI SDKs and agent frameworks send a hard-coded model name by
-default, and the callers of a control plane expect the operator's policy to place their work, not a name
-baked into a client. The name is kept in ``requested_model`` so events and logs show what was asked for.
 
 Agent ids are case-insensitive (stored lower-case), 1 to 128 characters of ``a-z 0-9 . _ -`` starting with
 a letter or digit: safe in a log line, a JSONL event and a file name, and free of the body form's ``:``.
