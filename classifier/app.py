@@ -355,7 +355,6 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     settings, metrics, events = app[SETTINGS_KEY], app[METRICS_KEY], app[EVENTS_KEY]
     trace = RouteTrace(request_id=app[REQUEST_IDS_KEY].new())
     client_request_id = request_id_from(request.headers)
-    body: dict[str, Any] = {}
     try:
         body = parse_chat_body(
             await read_body(request, settings.max_body_bytes), request.headers.get("Content-Type")

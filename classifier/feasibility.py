@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, Final
 
 from capability_matrix import Matrix, Profile
@@ -44,6 +45,8 @@ PART_MODALITIES: Final = {
     "file": "file",
 }
 
+TEXT_ONLY: Final = frozenset({"text"})
+_TEXT_WHERE: Final = MappingProxyType({"text": "messages"})
 CONTEXT: Final = "context_window"
 TOOLS: Final = "no_tools"
 MODALITY_PREFIX: Final = "modality:"
@@ -58,26 +61,30 @@ class Needs:
 
     prompt_tokens: int = 0
     output_tokens: int = 0
-    modalities: frozenset[str] = frozenset({"text"})
+    modalities: frozenset[str] = TEXT_ONLY
     tools: bool = False
     where: Mapping[str, str] | None = None
 
 
-def input_modalities(messages: object) -> tuple[frozenset[str], dict[str, str]]:
+def input_modalities(messages: object) -> tuple[frozenset[str], Mapping[str, str]]:
     """The modalities a request's messages need, and where each first appears. Text is always needed.
     Only each message's ``content`` list is looked at (one level): bounded by the body's size, never
     its nesting. An unknown part type counts as text (the provider will say what it thinks)."""
-    found: dict[str, str] = {"text": "messages"}
-    if not isinstance(messages, list):
-        return frozenset(found), found
-    for i, message in enumerate(messages):
-        content = message.get("content") if isinstance(message, Mapping) else None
-        if not isinstance(content, list):
-            continue
-        for j, part in enumerate(content):
-            kind = part.get("type") if isinstance(part, Mapping) else None
-            modality = PART_MODALITIES.get(kind, "text") if isinstance(kind, str) else "text"
-            found.setdefault(modality, f"messages[{i}].content[{j}]")
+    found: dict[str, str] | None = None
+    if isinstance(messages, list):
+        for i, message in enumerate(messages):
+            content = message.get("content") if isinstance(message, Mapping) else None
+            if not isinstance(content, list):
+                continue  # a string: text (most messages; no allocation for them)
+            if found is None:
+                found = {"text": "messages"}
+            for j, part in enumerate(content):
+                kind = part.get("type") if isinstance(part, Mapping) else None
+                modality = PART_MODALITIES.get(kind, "text") if isinstance(kind, str) else "text"
+                if modality not in found:
+                    found[modality] = f"messages[{i}].content[{j}]"
+    if found is None:
+        return TEXT_ONLY, _TEXT_WHERE
     return frozenset(found), found
 
 
@@ -124,9 +131,36 @@ class Feasible:
     dropped: Mapping[str, str]
 
 
+# The largest context window per lane, for the last matrix seen: a text-only request without tools (almost
+# all of them) is then judged by one lookup per step instead of a look at every profile. The matrix is
+# kept with its summary, so a reloaded matrix (a new object) is never mistaken for the old one.
+_windows: tuple[Matrix, dict[str, int]] | None = None
+
+
+def _largest_windows(matrix: Matrix) -> dict[str, int]:
+    global _windows
+    cached = _windows
+    if cached is not None and cached[0] is matrix:
+        return cached[1]
+    windows = {lane: max(p.context_window for p in matrix.in_lane(lane)) for lane in matrix.lanes()}
+    _windows = (matrix, windows)
+    return windows
+
+
+_NONE_DROPPED: Final[Mapping[str, str]] = MappingProxyType({})
+
+
 def feasible_steps(ladder: Sequence[LadderStep], matrix: Matrix, needs: Needs) -> Feasible:
     """Keep the steps some deployment of whose lane could carry ``needs``; raise :class:`Unprocessable`
     (400) when none is left, naming the limit (see the module docstring)."""
+    if needs.modalities is TEXT_ONLY and not needs.tools:
+        windows = _largest_windows(matrix)
+        size = needs.prompt_tokens + needs.output_tokens
+        for step in ladder:
+            if size > windows.get(step.group, size):
+                break
+        else:
+            return Feasible(tuple(ladder), _NONE_DROPPED)
     kept: list[LadderStep] = []
     dropped: dict[str, str] = {}
     for step in ladder:
