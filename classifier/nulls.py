@@ -53,12 +53,33 @@ def resolve(node: Mapping[str, Any], root: Mapping[str, Any]) -> Mapping[str, An
     return node
 
 
-def _matches(branch: Mapping[str, Any], value: Mapping[str, Any]) -> bool:
-    """Whether an object variant fits ``value``: every ``const`` property (role, type) agrees."""
-    for key, sub in (branch.get("properties") or {}).items():
-        if "const" in sub and value.get(key) != sub["const"]:
-            return False
-    return True
+# Per schema node (by identity; the schema is read once and never changes): its object variants with
+# their discriminators, and an array node's item schema. Resolving ``$ref`` and ``anyOf`` once per node
+# instead of once per message keeps the walk at about a microsecond per message.
+_VARIANTS: dict[int, tuple[tuple[Mapping[str, Any], tuple[tuple[str, Any], ...]], ...]] = {}
+_ITEMS: dict[int, Mapping[str, Any] | None] = {}
+
+
+def _variants(
+    node: Mapping[str, Any], root: Mapping[str, Any]
+) -> tuple[tuple[Mapping[str, Any], tuple[tuple[str, Any], ...]], ...]:
+    """Every object schema reachable from ``node`` through ``$ref``/``anyOf``, with its ``const``
+    properties (``role``, ``type``), in schema order."""
+    cached = _VARIANTS.get(id(node))
+    if cached is not None:
+        return cached
+    found: list[tuple[Mapping[str, Any], tuple[tuple[str, Any], ...]]] = []
+    resolved = resolve(node, root)
+    if "anyOf" in resolved:
+        for branch in resolved["anyOf"]:
+            found.extend(_variants(branch, root))
+    elif resolved.get("type") == "object":
+        props = resolved.get("properties") or {}
+        consts = tuple((k, sub["const"]) for k, sub in props.items() if "const" in sub)
+        found.append((resolved, consts))
+    result = tuple(found)
+    _VARIANTS[id(node)] = result
+    return result
 
 
 def object_variant(
@@ -66,28 +87,42 @@ def object_variant(
 ) -> Mapping[str, Any] | None:
     """The object schema that describes ``value`` at ``node``: the node itself, or the ``anyOf`` branch
     whose discriminators (``role``, ``type``) match. ``None`` when no object branch fits."""
-    node = resolve(node, root)
-    if "anyOf" in node:
-        for branch in node["anyOf"]:
-            found = object_variant(branch, value, root)
-            if found is not None:
-                return found
-        return None
-    if node.get("type") == "object" and _matches(node, value):
-        return node
+    for variant, consts in _variants(node, root):
+        for key, const in consts:
+            if value.get(key) != const:
+                break
+        else:
+            return variant
     return None
 
 
 def _array_items(node: Mapping[str, Any], root: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    node = resolve(node, root)
-    if node.get("type") == "array":
-        items = node.get("items")
-        return items if isinstance(items, Mapping) else None
-    for branch in node.get("anyOf", ()):
-        items = _array_items(branch, root)
-        if items is not None:
-            return items
-    return None
+    key = id(node)
+    if key in _ITEMS:
+        return _ITEMS[key]
+    resolved = resolve(node, root)
+    items: Mapping[str, Any] | None = None
+    if resolved.get("type") == "array":
+        candidate = resolved.get("items")
+        items = candidate if isinstance(candidate, Mapping) else None
+    else:
+        for branch in resolved.get("anyOf", ()):
+            items = _array_items(branch, root)
+            if items is not None:
+                break
+    _ITEMS[key] = items
+    return items
+
+
+_Path = tuple[Any, str | int] | None  # (parent path, key or index): built as a chain, formatted on a drop
+
+
+def _format(path: _Path) -> str:
+    parts: list[str] = []
+    while path is not None:
+        path, step = path
+        parts.append(f"[{step}]" if isinstance(step, int) else f".{step}")
+    return "".join(reversed(parts)).lstrip(".")
 
 
 def drop_optional_nulls(body: dict[str, Any], schema: Mapping[str, Any] | None = None) -> list[str]:
@@ -99,7 +134,8 @@ def drop_optional_nulls(body: dict[str, Any], schema: Mapping[str, Any] | None =
     root = schema if schema is not None else request_schema()
     dropped: list[str] = []
     # An explicit stack instead of recursion: the walk is as deep as the schema, but stays flat anyway.
-    stack: list[tuple[Any, Mapping[str, Any], str]] = [(body, root, "")]
+    # Only objects and arrays go on it; a path is a (parent, step) chain, formatted only for a drop.
+    stack: list[tuple[Any, Mapping[str, Any], _Path]] = [(body, root, None)]
     while stack:
         value, node, path = stack.pop()
         if isinstance(value, dict):
@@ -115,17 +151,18 @@ def drop_optional_nulls(body: dict[str, Any], schema: Mapping[str, Any] | None =
                 if sub is None:
                     continue
                 child = value[key]
-                where = f"{path}.{key}" if path else key
                 if child is None:
                     if key not in required and not sub.get(_KEEP, False):
                         del value[key]
-                        dropped.append(where)
-                else:
-                    stack.append((child, sub, where))
+                        dropped.append(_format((path, key)))
+                elif isinstance(child, dict | list):
+                    stack.append((child, sub, (path, key)))
         elif isinstance(value, list):
             items = _array_items(node, root)
             if items is None:
                 continue
             for index in range(len(value) - 1, -1, -1):  # reversed: pops come out in order
-                stack.append((value[index], items, f"{path}[{index}]"))
+                child = value[index]
+                if isinstance(child, dict | list):
+                    stack.append((child, items, (path, index)))
     return dropped
