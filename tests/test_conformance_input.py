@@ -368,9 +368,11 @@ async def test_compressed_bodies_are_decoded(stack: Stack, classifier_url: str, 
 @pytest.mark.parametrize("encoding", ["gzip", "deflate", "br", "zstd"])
 @pytest.mark.parametrize("body", [b"not-compressed", PLAIN], ids=["garbage", "plain-json"])
 async def test_a_body_that_is_not_its_encoding_is_a_400(
-    stack: Stack, classifier_url: str, encoding: str, body: bytes
+    stack: Stack, classifier_url: str, encoding: str, body: bytes, caplog: pytest.LogCaptureFixture
 ) -> None:
-    status, headers, payload = await post(classifier_url, body, headers={"Content-Encoding": encoding})
+    with caplog.at_level(logging.DEBUG):
+        status, headers, payload = await post(classifier_url, body, headers={"Content-Encoding": encoding})
+    assert not [r for r in caplog.records if r.exc_info], "a client's bad body logged a traceback"
     error = assert_openai_error(status, headers, payload, 400)
     assert error["code"] == "invalid_content_encoding" and encoding in error["message"]
     assert (await completed(stack, headers))["status"] == 400
