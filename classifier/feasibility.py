@@ -5,7 +5,7 @@ that step: the step is dropped from the ladder (the request goes straight to one
 is left, the answer is a 400 that names the limit, never a 429/503 (those mean "busy now, retry"):
 
 =====================  =====================================================  ===========================
-what no deployment has  example                                                code
+what no deployment    example                                                 code
 =====================  =====================================================  ===========================
 the context window     prompt (chars / 4, the hooks' estimator) + max_tokens   ``context_length_exceeded``
                        above every window (OpenAI's code for the same case)
