@@ -47,6 +47,7 @@ from classifier.errors import (
     Unauthorized,
     error_response,
     http_error_response,
+    verdict_error,
 )
 from classifier.feasibility import explain_no_deployment
 from classifier.forwarder import Forwarder, HttpForwarder, UpstreamResponse
@@ -596,8 +597,11 @@ async def _forward(
         relay.status, relay.ttft_s = upstream.status, done - started
         if upstream.status == 429 and b"No deployments available" in payload:
             # LiteLLM's "no deployments" is not "busy": say what it really is (classifier.feasibility).
-            error = explain_no_deployment(
+            verdict = explain_no_deployment(
                 group, upstream.headers.get("x-torchrouter-no-candidate"), upstream.headers.get("Retry-After")
+            )
+            error = verdict_error(
+                verdict.status, verdict.code, verdict.message, verdict.param, verdict.retry_after
             )
             relay.status = error.status
             return error_response(error, trace.headers())

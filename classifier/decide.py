@@ -15,8 +15,8 @@ from typing import Any
 
 from capability_matrix import Matrix, ReloadingFile
 from classifier.aliases import EMPTY_ALIASES, AliasMap, UnknownModel, resolve_model
-from classifier.errors import ApiError, BadRequest, NotFound
-from classifier.feasibility import feasible_steps, request_needs
+from classifier.errors import ApiError, BadRequest, NotFound, Unprocessable
+from classifier.feasibility import Impossible, feasible_steps, request_needs
 from classifier.identity import Identity, IdentityError, identify
 from classifier.routing import FAST_CHAT_MAX_PROMPT_TOKENS, LadderStep, RoutingMode, plan_route
 from classifier.tiering import (
@@ -146,7 +146,10 @@ def decide(
             f"cloud routes are locked out ({cloud_locked}) and ROUTING_MODE={mode.value}",
             retry_after_s=seconds_to_next_utc_day(now),
         )
-    feasible = feasible_steps(ladder, matrix, request_needs(body))  # raises Unprocessable (400)
+    try:
+        feasible = feasible_steps(ladder, matrix, request_needs(body))
+    except Impossible as exc:
+        raise Unprocessable(exc.message, code=exc.code, param=exc.param) from None
     ladder = feasible.steps
     if feasible.dropped:
         # LiteLLM's failure fallbacks lead to the counterpart group, which may be one just found unable.

@@ -145,3 +145,12 @@ class NoDeploymentNow(ApiError):
 
     status = 503
     code = "no_deployment_available"
+
+
+def verdict_error(
+    status: int, code: str, message: str, param: str | None, retry_after: str | None
+) -> ApiError:
+    """The error for a verdict of :func:`classifier.feasibility.explain_no_deployment`."""
+    if status == 400:
+        return Unprocessable(message, code=code, param=param)
+    return NoDeploymentNow(message, code=code, headers={"Retry-After": retry_after} if retry_after else None)

@@ -32,7 +32,6 @@ from types import MappingProxyType
 from typing import Any, Final
 
 from capability_matrix import Matrix, Profile
-from classifier.errors import ApiError, NoDeploymentNow, Unprocessable
 from classifier.routing import LadderStep
 from classifier.tiering import approx_prompt_tokens
 
@@ -52,6 +51,29 @@ TOOLS: Final = "no_tools"
 MODALITY_PREFIX: Final = "modality:"
 # Reasons the hooks' filters give that no amount of waiting changes (see litellm_hooks.ranker.filters).
 STATIC_REASONS: Final = (CONTEXT, TOOLS)
+
+
+class Impossible(ValueError):
+    """No step of the route could ever carry the request; the HTTP edge answers 400 with ``code`` (OpenAI's
+    where one exists) and ``param``."""
+
+    def __init__(self, message: str, *, code: str = "request_not_servable", param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.param = param
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What to answer for LiteLLM's "No deployments available": ``status`` 400 (never servable) or 503
+    (not now); ``retry_after`` in seconds, only when waiting can help."""
+
+    status: int
+    code: str
+    message: str
+    param: str | None = None
+    retry_after: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,8 +173,8 @@ _NONE_DROPPED: Final[Mapping[str, str]] = MappingProxyType({})
 
 
 def feasible_steps(ladder: Sequence[LadderStep], matrix: Matrix, needs: Needs) -> Feasible:
-    """Keep the steps some deployment of whose lane could carry ``needs``; raise :class:`Unprocessable`
-    (400) when none is left, naming the limit (see the module docstring)."""
+    """Keep the steps some deployment of whose lane could carry ``needs``; raise :class:`Impossible`
+    (a 400 at the HTTP edge) when none is left, naming the limit (see the module docstring)."""
     if needs.modalities is TEXT_ONLY and not needs.tools:
         windows = _largest_windows(matrix)
         size = needs.prompt_tokens + needs.output_tokens
@@ -193,7 +215,7 @@ def _groups(ladder: Iterable[LadderStep]) -> str:
 
 def impossible(
     ladder: Sequence[LadderStep], matrix: Matrix, needs: Needs, dropped: Mapping[str, str]
-) -> Unprocessable:
+) -> Impossible:
     route = _groups(ladder)
     reasons = set(dropped.values())
     modality = next((r for r in sorted(reasons) if r.startswith(MODALITY_PREFIX)), None)
@@ -201,13 +223,13 @@ def impossible(
         kind = modality.removeprefix(MODALITY_PREFIX)
         readers = sorted({p.lane for p in matrix.profiles.values() if kind in p.input_modalities})
         elsewhere = f"; groups that read {kind}: {', '.join(readers)}" if readers else ""
-        return Unprocessable(
+        return Impossible(
             f"no deployment on this request's route ({route}) accepts {kind} input{elsewhere}",
             code="unsupported_modality",
             param=(needs.where or {}).get(kind, "messages"),
         )
     if reasons == {TOOLS}:
-        return Unprocessable(
+        return Impossible(
             f"no deployment on this request's route ({route}) supports tools",
             code="tools_not_supported",
             param="tools",
@@ -216,7 +238,7 @@ def impossible(
         largest = max(p.context_window for step in ladder for p in matrix.in_lane(step.group))
         asked = needs.prompt_tokens + needs.output_tokens
         param = "max_tokens" if needs.output_tokens > largest - needs.prompt_tokens // 2 else "messages"
-        return Unprocessable(
+        return Impossible(
             f"This request needs about {asked:,} tokens (prompt about {needs.prompt_tokens:,} + "
             f"max_tokens {needs.output_tokens:,}), but the largest context window on its route ({route}) is "
             f"{largest:,} tokens. Shorten the messages or lower max_tokens.",
@@ -224,12 +246,12 @@ def impossible(
             param=param,
         )
     detail = "; ".join(f"{group}: {why}" for group, why in dropped.items())
-    return Unprocessable(
+    return Impossible(
         f"no deployment on this request's route can ever carry it ({detail})", code="request_not_servable"
     )
 
 
-def explain_no_deployment(group: str, reasons_header: str | None, retry_after: str | None) -> ApiError:
+def explain_no_deployment(group: str, reasons_header: str | None, retry_after: str | None) -> Verdict:
     """The truthful error for LiteLLM's 429 "No deployments available" on ``group``.
 
     ``reasons_header`` is the hooks' ``x-torchrouter-no-candidate`` (comma-separated filter reasons of
@@ -240,25 +262,30 @@ def explain_no_deployment(group: str, reasons_header: str | None, retry_after: s
     reasons = {r.strip() for r in (reasons_header or "").split(",") if r.strip()}
     if reasons and all(r in STATIC_REASONS or r.startswith(MODALITY_PREFIX) for r in reasons):
         if reasons == {CONTEXT}:
-            return Unprocessable(
+            return Verdict(
+                400,
+                "context_length_exceeded",
                 f"no deployment of {group!r} has a context window large enough for this request "
                 "(prompt + max_tokens); shorten the messages or lower max_tokens",
-                code="context_length_exceeded",
                 param="messages",
             )
         shown = ", ".join(sorted(reasons))
-        return Unprocessable(f"no deployment of {group!r} can carry this request ({shown})")
+        return Verdict(
+            400, "request_not_servable", f"no deployment of {group!r} can carry this request ({shown})"
+        )
     if reasons and all(r.startswith("lockout:") for r in reasons):
         # Locked out (bad credentials, the operator's switch, the budget): not capacity, no retry time.
         shown = ", ".join(sorted(reasons))
-        return NoDeploymentNow(
+        return Verdict(
+            503,
+            "no_deployment_available",
             f"no deployment of {group!r} is available: every one is locked out ({shown})",
-            code="no_deployment_available",
         )
     seconds = retry_after if retry_after and retry_after.isdigit() else "5"
     why = f" ({', '.join(sorted(reasons))})" if reasons else " (every deployment is cooling down)"
-    return NoDeploymentNow(
+    return Verdict(
+        503,
+        "no_deployment_available",
         f"no deployment of {group!r} can take requests now{why}; retry later",
-        code="no_deployment_available",
-        headers={"Retry-After": seconds},
+        retry_after=seconds,
     )

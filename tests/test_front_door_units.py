@@ -33,8 +33,8 @@ from classifier.body_decode import (
     judge_content_type,
     parse_content_encoding,
 )
-from classifier.errors import NoDeploymentNow, Unprocessable
 from classifier.feasibility import (
+    Impossible,
     Needs,
     explain_no_deployment,
     feasible_steps,
@@ -286,15 +286,15 @@ def test_steps_that_cannot_carry_are_dropped() -> None:
     ],
 )
 def test_no_step_left_is_a_400_naming_the_limit(needs: Needs, code: str, mentions: str) -> None:
-    with pytest.raises(Unprocessable) as caught:
+    with pytest.raises(Impossible) as caught:
         feasible_steps(H_LADDER, MATRIX, needs)
-    assert caught.value.status == 400 and caught.value.code == code and mentions in caught.value.message
+    assert caught.value.code == code and mentions in caught.value.message
 
 
 def test_tools_on_a_route_without_tool_support() -> None:
     no_tools = {k: dataclasses.replace(p, supports_tools=False) for k, p in MATRIX.profiles.items()}
     matrix = dataclasses.replace(MATRIX, profiles=no_tools)
-    with pytest.raises(Unprocessable) as caught:
+    with pytest.raises(Impossible) as caught:
         feasible_steps(H_LADDER, matrix, Needs(tools=True))
     assert caught.value.code == "tools_not_supported" and caught.value.param == "tools"
 
@@ -320,9 +320,8 @@ def test_request_needs_reads_the_body() -> None:
     ],
 )
 def test_litellm_no_deployments_explained(header: str | None, status: int, retry_after: str | None) -> None:
-    error = explain_no_deployment("balanced", header, "7" if header is None else None)
-    assert error.status == status and error.headers.get("Retry-After") == retry_after
-    assert isinstance(error, Unprocessable if status == 400 else NoDeploymentNow)
+    verdict = explain_no_deployment("balanced", header, "7" if header is None else None)
+    assert verdict.status == status and verdict.retry_after == retry_after
 
 
 def test_matrix_modalities_default_and_validation() -> None:
