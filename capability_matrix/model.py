@@ -80,6 +80,8 @@ class Profile:
     vram_gb: float
     speed_score: float
     quality_score: float
+    # What the model can read (MODALITIES); text only unless the matrix says more.
+    input_modalities: frozenset[str] = frozenset({"text"})
 
     @property
     def is_local(self) -> bool:
@@ -104,7 +106,12 @@ class Profile:
             "vram_gb": self.vram_gb,
             "speed_score": self.speed_score,
             "quality_score": self.quality_score,
+            "input_modalities": sorted(self.input_modalities),
         }
+
+
+# Input modalities a profile may declare: the kinds of OpenAI content part a model can read.
+MODALITIES = ("text", "image", "audio", "file")
 
 
 def profile_key(host_id: str, provider: str, model: str) -> str:

@@ -41,6 +41,7 @@ from classifier.forwarder import Forwarder, HttpForwarder
 from classifier.http_errors import error_response, http_error_response
 from classifier.keys import (
     AGENTS_KEY,
+    ALIASES_KEY,
     EVENTS_KEY,
     FLEET_KEY,
     FORWARDER_KEY,
@@ -56,17 +57,20 @@ from classifier.keys import (
     HooksSeen,
 )
 from classifier.metrics import Metrics
+from classifier.protocol_edge import HANDLER_ARGS
 from classifier.routing_headers import RequestIds
 from classifier.settings import Settings
+from torchrouter_core.aliases import AliasesStore
 from torchrouter_core.capacity import lane_limits
 from torchrouter_core.decide import AgentsStore
 from torchrouter_core.errors import (
     ApiError,
+    NotFound,
     PayloadTooLarge,
     Unauthorized,
 )
 from torchrouter_core.events import EventSink, open_sink
-from torchrouter_core.identity import GROUPS, LOCAL_GROUPS
+from torchrouter_core.identity import LOCAL_GROUPS
 from torchrouter_core.routing import RoutingMode, overflow
 from torchrouter_core.spend import DailySpend
 from torchrouter_core.tiering import Tier
@@ -130,10 +134,11 @@ def _forwarder_ctx(forwarder: Forwarder | None) -> Callable[[web.Application], A
 
 
 async def _watchers_ctx(app: web.Application) -> AsyncIterator[None]:
-    matrix, agents = app[MATRIX_KEY], app[AGENTS_KEY]
+    matrix, agents, aliases = app[MATRIX_KEY], app[AGENTS_KEY], app[ALIASES_KEY]
     tasks = [
         asyncio.create_task(watch_file(matrix, 1.0), name="watch-matrix"),
         asyncio.create_task(watch_file(agents, 1.0), name="watch-agents"),
+        asyncio.create_task(watch_file(aliases, 1.0), name="watch-aliases"),
     ]
     yield
     for task in tasks:
@@ -211,7 +216,7 @@ def create_app(
     """The classifier, built from values: ``forwarder`` (how to reach LiteLLM) and ``probe`` (how to
     observe the fleet) default to the real HTTP ones; ``registry`` to a fresh one; ``events`` to the sink
     ``settings.event_path`` names."""
-    app = web.Application(client_max_size=settings.max_body_bytes)
+    app = web.Application(client_max_size=settings.max_body_bytes, handler_args=HANDLER_ARGS)
     app[SETTINGS_KEY] = settings
     metrics = Metrics(registry or CollectorRegistry())
     app[METRICS_KEY] = metrics
@@ -256,6 +261,11 @@ def create_app(
         on_reload=lambda _: metrics.config_reloads.labels("reloaded").inc(),
         on_reject=lambda _: metrics.config_reloads.labels("rejected").inc(),
     )
+    app[ALIASES_KEY] = AliasesStore(
+        settings.aliases_path,
+        on_reload=lambda _: metrics.config_reloads.labels("reloaded").inc(),
+        on_reject=lambda _: metrics.config_reloads.labels("rejected").inc(),
+    )
     setup_middlewares(app)
     app.cleanup_ctx.append(_forwarder_ctx(forwarder))
     app.cleanup_ctx.append(_watchers_ctx)
@@ -266,6 +276,7 @@ def create_app(
     app.router.add_get("/queue/status", queue_status)
     app.router.add_get("/metrics", metrics_text)
     app.router.add_get("/v1/models", models)
+    app.router.add_get("/v1/models/{model_id:.+}", model_by_id)
     app.router.add_post("/v1/chat/completions", chat_completions)
     return app
 
@@ -332,9 +343,19 @@ async def metrics_text(request: web.Request) -> web.Response:
     return web.Response(body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
+def _model_object(model_id: str) -> dict[str, object]:
+    return {"id": model_id, "object": "model", "created": 0, "owned_by": "torchrouter"}
+
+
 async def models(request: web.Request) -> web.Response:
-    data = [
-        {"id": g, "object": "model", "created": 0, "owned_by": "torchrouter"}
-        for g in ("auto", *sorted(GROUPS))
-    ]
+    """``auto``, the groups, then the operator's aliases (classifier/aliases.yaml)."""
+    data = [_model_object(m) for m in request.app[ALIASES_KEY].current.model_ids()]
     return _json({"object": "list", "data": data})
+
+
+async def model_by_id(request: web.Request) -> web.Response:
+    """``GET /v1/models/{id}`` as OpenAI serves it: the model object, or 404 ``model_not_found``."""
+    model_id = request.match_info["model_id"]
+    if model_id.strip().lower() in request.app[ALIASES_KEY].current.model_ids():
+        return _json(_model_object(model_id.strip().lower()))
+    raise NotFound(f"The model {model_id[:80]!r} does not exist", param="model")

@@ -22,6 +22,7 @@ from classifier.chat_body import parse_chat_body
 from classifier.http_errors import error_response
 from classifier.keys import (
     AGENTS_KEY,
+    ALIASES_KEY,
     EVENTS_KEY,
     FLEET_KEY,
     FORWARDER_KEY,
@@ -33,11 +34,13 @@ from classifier.keys import (
     SETTINGS_KEY,
     SPEND_KEY,
 )
+from classifier.protocol_edge import read_body
 from classifier.relay import RELAYED_HEADERS, STREAM_TYPES, Relay, relay_stream
 from classifier.routing_headers import RouteTrace, request_id_from
 from torchrouter_core.contract import RouteReport, RouteRequest
 from torchrouter_core.decide import CloudLocked, RouteDecision, decide
-from torchrouter_core.errors import ApiError, PayloadTooLarge, QueueFull
+from torchrouter_core.errors import ApiError, PayloadTooLarge, QueueFull, verdict_error
+from torchrouter_core.feasibility import explain_no_deployment
 from torchrouter_core.queue_policy import finite_ms
 
 log = logging.getLogger("torchrouter.classifier")
@@ -54,7 +57,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     trace = RouteTrace(request_id=app[REQUEST_IDS_KEY].new())
     client_request_id = request_id_from(request.headers)
     try:
-        body = parse_chat_body(await request.read())
+        body = parse_chat_body(
+            await read_body(request, settings.max_body_bytes), request.headers.get("Content-Type")
+        )
         now = time.time()
         decision = decide(
             request.headers,
@@ -66,6 +71,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             request_id=client_request_id or trace.request_id,
             now=now,
             cloud_locked=app[FLEET_KEY].budget_reason(now),
+            aliases=app[ALIASES_KEY].current,
         )
     except CloudLocked as exc:
         # Policy, not a bad body: every step of this request's ladder is cloud and cloud is locked out.
@@ -82,11 +88,11 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         )
         return error_response(exc, trace.headers())
     except ApiError as exc:
-        metrics.requests.labels("none", "none", "bad_request").inc()
-        return error_response(exc, trace.headers())
+        return _refused(request, exc, trace, client_request_id, started)
     except web.HTTPRequestEntityTooLarge:
-        metrics.requests.labels("none", "none", "bad_request").inc()
-        return error_response(PayloadTooLarge(too_large_message(request)), trace.headers())
+        return _refused(
+            request, PayloadTooLarge(too_large_message(request)), trace, client_request_id, started
+        )
 
     trace.tier, trace.group, trace.canary = decision.tier.value, decision.first_group, decision.canary
     who = {"request_id": trace.request_id, "agent_id": decision.agent_label, "tier": trace.tier}
@@ -100,6 +106,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         signals=list(decision.signals),
         canary=decision.canary,
         ladder=list(decision.ladder_groups),
+        infeasible=dict(decision.infeasible) or None,
         stream=bool(body.get("stream")),
     )
     metrics.child(metrics.tier_decisions, trace.tier, decision.tier_source).inc()
@@ -226,7 +233,39 @@ async def _forward(
         trace.litellm_ttft_ms = (done - sent) * 1e3
         trace.total_ms = (done - started) * 1e3
         relay.status, relay.ttft_s = upstream.status, done - started
+        if upstream.status == 429 and b"No deployments available" in payload:
+            # LiteLLM's "no deployments" is not "busy": say what it really is (torchrouter_core.feasibility).
+            verdict = explain_no_deployment(group, report.no_candidate, upstream.headers.get("Retry-After"))
+            error = verdict_error(
+                verdict.status, verdict.code, verdict.message, verdict.param, verdict.retry_after
+            )
+            relay.status = error.status
+            return error_response(error, trace.headers())
         return web.Response(status=upstream.status, body=payload, headers={**out_headers, **trace.headers()})
+
+
+def _refused(
+    request: web.Request, exc: ApiError, trace: RouteTrace, client_request_id: str | None, started: float
+) -> web.Response:
+    """A request answered before it was routed (bad body, unknown model, impossible): counted, and one
+    ``request_completed`` line in the trail like every other request."""
+    app = request.app
+    app[METRICS_KEY].requests.labels("none", "none", "bad_request").inc()
+    trace.total_ms = (time.perf_counter() - started) * 1e3
+    app[EVENTS_KEY].emit(
+        "request_completed",
+        request_id=trace.request_id,
+        agent_id=None,
+        tier=None,
+        group=None,
+        client_request_id=client_request_id,
+        outcome="bad_request",
+        status=exc.status,
+        code=exc.code,
+        param=exc.param,
+        total_ms=round(trace.total_ms, 1),
+    )
+    return error_response(exc, trace.headers())
 
 
 def _learn(app: web.Application, trace: RouteTrace, report: RouteReport, status: int) -> None:

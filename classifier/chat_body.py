@@ -13,7 +13,10 @@ import orjson
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
-from torchrouter_core.errors import BadRequest
+from classifier.body_decode import judge_content_type
+from classifier.nesting import MAX_JSON_DEPTH, may_be_too_deep, too_deep
+from classifier.nulls import drop_optional_nulls
+from torchrouter_core.errors import BadRequest, UnsupportedMediaType
 
 _MESSAGE = {
     "type": "object",
@@ -55,15 +58,33 @@ def _where(error: ValidationError) -> str:
     return path.lstrip(".") or "body"
 
 
-def parse_chat_body(raw: bytes) -> dict[str, Any]:
+def _deep(where: str) -> BadRequest:
+    return BadRequest(
+        f"{where} nests deeper than {MAX_JSON_DEPTH} levels; flatten it", param=where, code="nesting_too_deep"
+    )
+
+
+def parse_chat_body(raw: bytes, content_type: str | None = None) -> dict[str, Any]:
+    """Parse and check a (decoded) chat body; optional fields sent as null are dropped
+    (:mod:`classifier.nulls`). Raises BadRequest (400), or UnsupportedMediaType (415) for a body that is
+    not JSON under a Content-Type that is not JSON either (:func:`body_decode.judge_content_type`)."""
     if not raw.strip():
         raise BadRequest("request body is empty; expected a JSON chat completion request")
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
+        if "depth limit" in str(exc).lower() or "recursion" in str(exc).lower():  # orjson stops at 1024
+            raise _deep("body") from None
+        refused = judge_content_type(content_type)
+        if refused is not None:
+            raise UnsupportedMediaType(refused.message, code=refused.code, param="Content-Type") from None
         raise BadRequest(f"request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise BadRequest(f"request body must be a JSON object, not {type(body).__name__}")
+    if may_be_too_deep(len(raw)) and (where := too_deep(body)) is not None:
+        raise _deep(where)
+    if b"null" in raw:  # most bodies have none: skip the walk
+        drop_optional_nulls(body)
     try:
         _FAST(body)
         return body

@@ -14,6 +14,7 @@ from classifier.forwarder import Forwarder
 from classifier.metrics import Metrics
 from classifier.routing_headers import RequestIds
 from classifier.settings import Settings
+from torchrouter_core.aliases import AliasesStore
 from torchrouter_core.decide import AgentsStore
 from torchrouter_core.events import EventSink
 from torchrouter_core.spend import DailySpend
@@ -24,6 +25,7 @@ METRICS_KEY = web.AppKey("metrics", Metrics)
 EVENTS_KEY = web.AppKey("events", EventSink)
 MATRIX_KEY = web.AppKey("matrix", MatrixStore)
 AGENTS_KEY = web.AppKey("agents", AgentsStore)
+ALIASES_KEY = web.AppKey("aliases", AliasesStore)
 SPEND_KEY = web.AppKey("spend", DailySpend)
 FLEET_KEY = web.AppKey("fleet", FleetView)
 LANES_KEY = web.AppKey("lanes", Lanes)

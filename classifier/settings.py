@@ -21,6 +21,7 @@ from torchrouter_core.routing import parse_routing_mode
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_AGENTS_PATH = PACKAGE_ROOT / "classifier" / "agents.yaml"
+DEFAULT_ALIASES_PATH = PACKAGE_ROOT / "classifier" / "aliases.yaml"
 
 ENV_DOCS: dict[str, tuple[str, str]] = {
     "LITELLM_URL": ("http://127.0.0.1:4000", "where the classifier forwards (the LiteLLM proxy)"),
@@ -34,6 +35,7 @@ ENV_DOCS: dict[str, tuple[str, str]] = {
     "TORCHROUTER_ROUTING_CONTINUITY_EVENT_PATH": ("(off)", "JSONL trail written by classifier and hooks"),
     "TORCHROUTER_CAPABILITY_MATRIX_PATH": ("capability_matrix/matrix.yaml", "the fleet contract"),
     "TORCHROUTER_AGENTS_PATH": ("classifier/agents.yaml", "agent -> tier directory (hot-reloaded)"),
+    "TORCHROUTER_ALIASES_PATH": ("classifier/aliases.yaml", "model name -> auto or a group (hot-reloaded)"),
     "TORCHROUTER_DAILY_BUDGET_USD": ("(none)", "cloud spend per UTC day after which cloud is locked out"),
     "TORCHROUTER_MAX_BODY_BYTES": ("8388608", "larger request bodies get 413"),
     "TORCHROUTER_UPSTREAM_TIMEOUT_S": ("600", "total time allowed for one upstream call"),
@@ -87,6 +89,7 @@ class Settings:
     event_path: str | None = None
     matrix_path: Path = DEFAULT_MATRIX_PATH
     agents_path: Path = DEFAULT_AGENTS_PATH
+    aliases_path: Path = DEFAULT_ALIASES_PATH
     daily_budget_usd: float | None = None
     max_body_bytes: int = 8 * 1024 * 1024
     upstream_timeout_s: float = 600.0
@@ -123,6 +126,8 @@ class Settings:
             values["matrix_path"] = Path(env["TORCHROUTER_CAPABILITY_MATRIX_PATH"])
         if env.get("TORCHROUTER_AGENTS_PATH"):
             values["agents_path"] = Path(env["TORCHROUTER_AGENTS_PATH"])
+        if env.get("TORCHROUTER_ALIASES_PATH"):
+            values["aliases_path"] = Path(env["TORCHROUTER_ALIASES_PATH"])
         if env.get("TORCHROUTER_DAILY_BUDGET_USD"):
             values["daily_budget_usd"] = _float(
                 "TORCHROUTER_DAILY_BUDGET_USD", env["TORCHROUTER_DAILY_BUDGET_USD"], 0

@@ -243,6 +243,8 @@ class RouterHooks(CustomLogger):
             runtime.events.emit("route_selected", **who, **selection.event_fields())
             chosen = selection.chosen
             if chosen is None:
+                # Why, for the classifier: a static reason is a 400 there, a lockout a 503 (feasibility).
+                ctx["no_candidate"] = ",".join(sorted(set(selection.rejected.values())))
                 return []
             ctx.update(deployment=chosen.key, warm_state=chosen.warm_state.value, score_ms=selection.score_ms)
             if ctx.get("request_id"):
@@ -315,6 +317,7 @@ class RouterHooks(CustomLogger):
                 auth_lockouts=frozenset(runtime.fleet.auth_lockouts) if runtime is not None else None,
                 daily_spend_usd=runtime.spend.today(now) if runtime is not None else None,
                 hook_errors=self.errors,
+                no_candidate=ctx.get("no_candidate") or None,
             )
             return report.to_headers()
         except Exception:

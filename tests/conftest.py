@@ -87,7 +87,7 @@ async def make_classifier(stack: Stack) -> AsyncIterator[ClassifierFactory]:
             }
             settings = Settings(**{**base, **overrides})
             app: web.Application = create_app(settings, probe=probe, registry=CollectorRegistry())
-            return await servers.enter_async_context(served(app, handler_cancellation=True))
+            return await servers.enter_async_context(served(app, classifier=True, handler_cancellation=True))
 
         yield factory
 

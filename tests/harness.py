@@ -22,7 +22,9 @@ from typing import Any, TypeVar
 import orjson
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from aiohttp.web_runner import BaseRunner
 
+from classifier.protocol_edge import ClassifierRunner
 from torchrouter import ports
 from torchrouter.sim import FleetSpec, SimFleet
 
@@ -125,11 +127,23 @@ async def wait_for_event(path: Path, request_id: str, kind: str, timeout_s: floa
     return event
 
 
+class ClassifierTestServer(TestServer):
+    """TestServer on the classifier's own runner (aiohttp's protocol errors as OpenAI JSON), as
+    ``torchrouter serve`` and ``up`` run it."""
+
+    async def _make_runner(self, **kwargs: Any) -> BaseRunner:
+        return ClassifierRunner(self.app, **kwargs)
+
+
 @contextlib.asynccontextmanager
-async def served(app: web.Application, **server_kwargs: Any) -> AsyncIterator[str]:
+async def served(
+    app: web.Application, *, classifier: bool = False, **server_kwargs: Any
+) -> AsyncIterator[str]:
     """Serve ``app`` on a free loopback port for the duration; yields its base URL (no trailing slash).
-    The one test-server helper: classifiers under test and scripted upstreams alike."""
-    server = TestServer(app, host="127.0.0.1", port=0, **server_kwargs)
+    The one test-server helper: classifiers under test (``classifier=True``: on the classifier's own
+    runner) and scripted upstreams alike."""
+    server_type = ClassifierTestServer if classifier else TestServer
+    server = server_type(app, host="127.0.0.1", port=0, **server_kwargs)
     await server.start_server()
     try:
         yield str(server.make_url("")).rstrip("/")

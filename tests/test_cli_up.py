@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from capability_matrix import DEFAULT_MATRIX_PATH
+from capability_matrix import DEFAULT_MATRIX_PATH, load_matrix
 from classifier.settings import PACKAGE_ROOT
 from torchrouter.ports import free_ports, loopback_ports, render_fleet_files
 
@@ -148,9 +148,12 @@ def test_up_refuses_a_taken_port_before_starting_anything(tmp_path: Path, role: 
     # A fleet of our own on free ports (so a running dev or prod stack is not "shared"), and two free ports.
     fleet = tmp_path / "fleet"
     render_fleet_files(DEFAULT_MATRIX_PATH, SHIPPED_CONFIG, fleet)
+    # A port a simulated Ollama host serves (not the simulated cloud's): a local profile's api_base.
     sim_ports = loopback_ports((fleet / "matrix.yaml").read_text())
+    local = next(p for p in load_matrix(fleet / "matrix.yaml").profiles.values() if p.is_local)
+    host_port = int(local.api_base.rsplit(":", 1)[1].split("/")[0])
     classifier, litellm = free_ports(2)
-    taken = {"classifier": classifier, "LiteLLM": litellm, "simulated host": sim_ports[2]}[role]
+    taken = {"classifier": classifier, "LiteLLM": litellm, "simulated host": host_port}[role]
     args = _up(
         tmp_path,
         *("--classifier-port", str(classifier), "--litellm-port", str(litellm)),

@@ -252,8 +252,10 @@ async def test_auth_lockout_from_provider_401(stack: Stack, make_classifier: Cla
 
             await eventually(cloud_locked, what="auth lockout visible in /capability-matrix")
             status, headers, body = await chat(http, url, "webmaster")
-            # Every cloud deployment is filtered out: LiteLLM's own "no deployments" answer, passed through.
-            assert 400 <= status < 500 and body["error"]["message"], (status, body)
+            # Every cloud deployment is filtered out. LiteLLM answers 429 "No deployments available"; the
+            # classifier says what it is: unavailable until an operator fixes the key, not "busy, retry".
+            assert status == 503 and body["error"]["code"] == "no_deployment_available", (status, body)
+            assert "lockout:auth" in body["error"]["message"] and "Retry-After" not in headers
             selected = await wait_for_event(
                 stack.events_path, headers["X-Router-Request-Id"], "route_selected"
             )  # this request's, not the session's last

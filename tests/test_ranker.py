@@ -70,6 +70,9 @@ CLOUD = dataclasses.replace(
 ROOMY = {HOST: HostRoom(free_gb=24.0, model_slots=2)}
 
 
+IMAGE = frozenset({"text", "image"})
+
+
 def local(**changes: Any) -> Profile:
     return dataclasses.replace(BASE, **changes)
 
@@ -142,6 +145,28 @@ FLEET = FleetSnapshot(rooms=ROOMY)
         (filters.tools, local(supports_tools=False), RequestNeeds(), FLEET, None),
         (filters.tools, local(supports_tools=False), RequestNeeds(needs_tools=True), FLEET, "no_tools"),
         (filters.tools, local(), RequestNeeds(needs_tools=True), FLEET, None),
+        (filters.modality, local(), RequestNeeds(), FLEET, None),
+        (
+            filters.modality,
+            local(),
+            RequestNeeds(modalities=frozenset({"text", "image"})),
+            FLEET,
+            "modality:image",
+        ),
+        (
+            filters.modality,
+            local(input_modalities=frozenset({"text", "image"})),
+            RequestNeeds(modalities=frozenset({"text", "image"})),
+            FLEET,
+            None,
+        ),
+        (
+            filters.modality,
+            local(input_modalities=frozenset({"text", "image"})),
+            RequestNeeds(modalities=frozenset({"text", "audio", "image"})),
+            FLEET,
+            "modality:audio",
+        ),
     ],
 )
 def test_filters(
@@ -152,12 +177,21 @@ def test_filters(
 
 def test_default_filters_are_every_filter() -> None:
     assert set(filters.DEFAULT_FILTERS) == {
+        filters.modality,
         filters.lockout,
         filters.reachable,
         filters.room,
         filters.context_window,
         filters.tools,
     }
+
+
+def test_static_reasons_come_first() -> None:
+    # A candidate that can never carry the request says so even when it is also locked out or has no room:
+    # the classifier turns "never" into a 400 and "not now" into a 503.
+    static = {filters.modality, filters.context_window, filters.tools}
+    first = filters.DEFAULT_FILTERS[: len(static)]
+    assert set(first) == static
 
 
 # --- scorers ----------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import logging
 import signal
@@ -60,6 +61,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
     from classifier.app import create_app
+    from classifier.protocol_edge import serve
 
     overrides: dict[str, object] = {"host": args.host}
     if args.port is not None:
@@ -70,7 +72,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # periodic full collections scan only what requests allocate (measured: see BENCHMARKS.md).
     gc.freeze()
     # handler_cancellation: a client that goes away cancels its handler, so a queued request leaves the line.
-    web.run_app(app, host=settings.host, port=settings.port, access_log=None, handler_cancellation=True)
+    # serve(): aiohttp's own protocol errors answered as OpenAI JSON (classifier.protocol_edge).
+    with contextlib.suppress(web.GracefulExit, KeyboardInterrupt):
+        asyncio.run(serve(app, settings.host, settings.port, access_log=None, handler_cancellation=True))
     return 0
 
 

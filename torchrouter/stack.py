@@ -29,6 +29,7 @@ from aiohttp import web
 
 from capability_matrix import DEFAULT_MATRIX_PATH, load_matrix
 from classifier.app import create_app
+from classifier.protocol_edge import ClassifierRunner
 from classifier.settings import PACKAGE_ROOT, Settings
 from torchrouter.litellm_process import LiteLLMProcess
 from torchrouter.ports import check_ports, free_ports, render_fleet_files
@@ -154,7 +155,7 @@ async def run_stack(opts: StackOptions, stop: asyncio.Event, say: Callable[[str]
         settings = Settings.from_env(
             env, litellm_url=litellm.url, host="127.0.0.1", port=classifier_port, matrix_path=opts.matrix_path
         )
-        runner = web.AppRunner(create_app(settings), access_log=None, handler_cancellation=True)
+        runner = ClassifierRunner(create_app(settings), access_log=None, handler_cancellation=True)
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
         await web.TCPSite(runner, settings.host, settings.port).start()

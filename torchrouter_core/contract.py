@@ -26,6 +26,7 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 
 from capability_matrix.model import WarmState
+from torchrouter_core.needs import TEXT_ONLY
 from torchrouter_core.ranker.interfaces import RequestNeeds
 
 log = logging.getLogger("torchrouter.contract")
@@ -48,6 +49,7 @@ SCORE_MS_HEADER = "x-torchrouter-score-ms"
 AUTH_LOCKOUTS_HEADER = "x-torchrouter-auth-lockouts"
 DAILY_SPEND_HEADER = "x-torchrouter-daily-spend-usd"
 HOOK_ERRORS_HEADER = "x-torchrouter-hook-errors"
+NO_CANDIDATE_HEADER = "x-torchrouter-no-candidate"
 # LiteLLM's own response headers, read by the classifier.
 LITELLM_MODEL_ID_HEADER = "x-litellm-model-id"
 LITELLM_FALLBACKS_HEADER = "x-litellm-attempted-fallbacks"
@@ -129,7 +131,9 @@ class RouteReport:
     ``x-litellm-attempted-fallbacks``; 0 when absent); ``auth_lockouts``: every profile key the hooks hold
     locked out for a 401/403, the whole set each time; ``daily_spend_usd``: today's (UTC) cloud spend as
     the hooks total it, the one book of spend; ``hook_errors``: exceptions the hooks caught since LiteLLM
-    started."""
+    started; ``no_candidate``: when the hooks filtered out every deployment of the group, the distinct
+    reasons (``context_window``, ``lockout:auth``, ``modality:image``...), which tell the classifier whether
+    LiteLLM's 429 "No deployments available" is "never" (400) or "not now" (503)."""
 
     deployment: str | None = None
     warm_state: WarmState | None = None
@@ -138,6 +142,7 @@ class RouteReport:
     auth_lockouts: frozenset[str] | None = None
     daily_spend_usd: float | None = None
     hook_errors: int | None = None
+    no_candidate: str | None = None
 
     def to_headers(self) -> dict[str, str]:
         """The hooks' headers (``fallbacks`` is LiteLLM's own header and is not written here)."""
@@ -154,6 +159,8 @@ class RouteReport:
             headers[DAILY_SPEND_HEADER] = f"{self.daily_spend_usd:.8f}"
         if self.hook_errors is not None:
             headers[HOOK_ERRORS_HEADER] = str(self.hook_errors)
+        if self.no_candidate:
+            headers[NO_CANDIDATE_HEADER] = self.no_candidate
         return headers
 
     @classmethod
@@ -172,6 +179,7 @@ class RouteReport:
             auth_lockouts=_lockouts(headers, problem),
             daily_spend_usd=_number(headers, DAILY_SPEND_HEADER, problem),
             hook_errors=_count(headers, HOOK_ERRORS_HEADER, problem),
+            no_candidate=_reasons(headers, problem),
         )
 
 
@@ -191,15 +199,22 @@ _OUR_REPORT_HEADERS = (
     AUTH_LOCKOUTS_HEADER,
     DAILY_SPEND_HEADER,
     HOOK_ERRORS_HEADER,
+    NO_CANDIDATE_HEADER,
 )
 
 
-# --- request needs: "prompt_tokens=<int>;max_output_tokens=<int>;tools=<0|1>" ----------------------------
+# --- request needs: "prompt_tokens=<int>;max_output_tokens=<int>;tools=<0|1>[;modalities=<m>+<m>...]" ------
+_MODALITIES = frozenset({"text", "image", "audio", "file"})
+
+
 def encode_needs(needs: RequestNeeds) -> str:
-    return (
+    encoded = (
         f"prompt_tokens={needs.prompt_tokens};max_output_tokens={needs.max_output_tokens};"
         f"tools={int(needs.needs_tools)}"
     )
+    if needs.modalities != TEXT_ONLY:  # text only (almost every request) is the default: not written
+        encoded += ";modalities=" + "+".join(sorted(needs.modalities))
+    return encoded
 
 
 def decode_needs(value: str) -> RequestNeeds:
@@ -218,7 +233,15 @@ def decode_needs(value: str) -> RequestNeeds:
         raise ValueError("token counts must be non-negative integers")
     if tools not in ("0", "1"):
         raise ValueError("tools must be 0 or 1")
-    return RequestNeeds(prompt_tokens=int(prompt), max_output_tokens=int(output), needs_tools=tools == "1")
+    modalities = frozenset(fields.get("modalities", "text").split("+")) | TEXT_ONLY
+    if not modalities <= _MODALITIES:
+        raise ValueError(f"modalities must be among {sorted(_MODALITIES)}")
+    return RequestNeeds(
+        prompt_tokens=int(prompt),
+        max_output_tokens=int(output),
+        needs_tools=tools == "1",
+        modalities=modalities,
+    )
 
 
 # --- tolerant field readers ------------------------------------------------------------------------------
@@ -293,6 +316,19 @@ def _count(headers: Mapping[str, str], name: str, problem: Problem) -> int | Non
         problem(name, raw, "is not a non-negative integer")
         return None
     return int(raw)
+
+
+_REASONS = re.compile(r"[a-z_]+(:[a-z_]+)?(,[a-z_]+(:[a-z_]+)?){0,31}")
+
+
+def _reasons(headers: Mapping[str, str], problem: Problem) -> str | None:
+    raw = headers.get(NO_CANDIDATE_HEADER)
+    if not raw:
+        return None
+    if _REASONS.fullmatch(raw) is None:
+        problem(NO_CANDIDATE_HEADER, raw, "is not a comma-separated list of filter reasons")
+        return None
+    return raw
 
 
 def _needs(headers: Mapping[str, str], problem: Problem) -> RequestNeeds | None:

@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from capability_matrix import Matrix, ReloadingFile
-from torchrouter_core.errors import ApiError, BadRequest
+from torchrouter_core.aliases import EMPTY_ALIASES, AliasMap, UnknownModel, resolve_model
+from torchrouter_core.errors import ApiError, BadRequest, NotFound, Unprocessable
+from torchrouter_core.feasibility import Impossible, feasible_steps
 from torchrouter_core.identity import Identity, IdentityError, identify
 from torchrouter_core.needs import output_tokens, request_needs
 from torchrouter_core.ranker.interfaces import RequestNeeds
@@ -57,6 +59,7 @@ class RouteDecision:
     needs: RequestNeeds = field(
         default_factory=RequestNeeds
     )  # what a deployment must offer; sent to the hooks (contract)
+    infeasible: Mapping[str, str] = field(default_factory=dict)  # ladder groups dropped, and why
 
     @property
     def first_group(self) -> str:
@@ -92,13 +95,20 @@ def decide(
     request_id: str,
     now: float,
     cloud_locked: str | None = None,
+    aliases: AliasMap = EMPTY_ALIASES,
 ) -> RouteDecision:
     """``cloud_locked`` (a reason, e.g. the daily budget is spent) removes every cloud step; ``now`` (a
-    timestamp) prices the Retry-After of a request that then has nowhere to go."""
+    timestamp) prices the Retry-After of a request that then has nowhere to go. ``aliases`` maps model
+    names (:mod:`torchrouter_core.aliases`); any other unknown name raises NotFound (404 model_not_found).
+    Ladder steps no deployment could ever carry are dropped (:mod:`torchrouter_core.feasibility`); when
+    none is left, Unprocessable (400, e.g. ``context_length_exceeded``)."""
     try:
-        identity = identify(headers, body.get("model"))
+        model = resolve_model(body.get("model"), aliases, agents.agents)
+        identity = identify(headers, model)
     except IdentityError as exc:
-        raise BadRequest(str(exc), param="model") from None
+        raise BadRequest(str(exc), param=exc.param) from None
+    except UnknownModel as exc:
+        raise NotFound(str(exc), param="model") from None
     # Content features cost ~10 us of regex scanning: read them only when something will look at them,
     # that is an agent the directory does not know, or an H request that may be canaried.
     known_tier = agents.tier_of(identity.agent_id)
@@ -133,6 +143,15 @@ def decide(
             f"cloud routes are locked out ({cloud_locked}) and ROUTING_MODE={mode.value}",
             retry_after_s=seconds_to_next_utc_day(now),
         )
+    needs = request_needs(body, None if features is UNREAD_FEATURES else features)
+    try:
+        feasible = feasible_steps(ladder, matrix, needs, body.get("messages"))
+    except Impossible as exc:
+        raise Unprocessable(exc.message, code=exc.code, param=exc.param) from None
+    ladder = feasible.steps
+    if feasible.dropped:
+        # LiteLLM's failure fallbacks lead to the counterpart group, which may be one just found unable.
+        extras["disable_fallbacks"] = True
     return RouteDecision(
         identity=identity,
         tier=tiering.tier,
@@ -143,7 +162,8 @@ def decide(
         wait_budget_ms=agents.wait_budget_ms(tiering.tier),
         upstream_extras=extras,
         output_tokens=output_tokens(body),
-        needs=request_needs(body, None if features is UNREAD_FEATURES else features),
+        needs=needs,
+        infeasible=feasible.dropped,
     )
 
 

@@ -7,9 +7,14 @@ Exception tree::
 
     ApiError                      an error with an HTTP status, answered as {"error": {...}}
      +-- BadRequest               400 invalid_request_error (bad JSON, wrong shape)
+     |    +-- Unprocessable       400 no step of its route could ever carry it (context_length_exceeded...)
      +-- Unauthorized             401 invalid_api_key (TORCHROUTER_CLIENT_KEYS set, key missing or unknown)
+     +-- NotFound                 404 model_not_found (an unknown model name)
      +-- PayloadTooLarge          413 invalid_request_error
+     +-- UnsupportedMediaType     415 a Content-Encoding or Content-Type the classifier cannot read
+     +-- HeaderFieldsTooLarge     431 header lines over aiohttp's limits
      +-- QueueFull                429/503 with Retry-After (every ladder step exhausted)
+     +-- NoDeploymentNow          503 every deployment of the group is locked out or cooling down now
      +-- UpstreamUnavailable      502 api_error (LiteLLM could not be reached)
      +-- UpstreamTimeout          504 api_error
 
@@ -88,3 +93,53 @@ class UpstreamUnavailable(ApiError):
 class UpstreamTimeout(ApiError):
     status = 504
     code = "upstream_timeout"
+
+
+# --- the front door: bodies and names the classifier refuses itself -----------------------------------------
+
+
+class NotFound(ApiError):
+    """404: an unknown model name (``code`` model_not_found, ``param`` model), as OpenAI answers."""
+
+    status = 404
+    error_type = "invalid_request_error"
+    code = "model_not_found"
+
+
+class UnsupportedMediaType(ApiError):
+    """415: a Content-Encoding we do not decode, or a non-JSON Content-Type on a non-JSON body."""
+
+    status = 415
+    error_type = "invalid_request_error"
+    code = "unsupported_media_type"
+
+
+class HeaderFieldsTooLarge(ApiError):
+    """431: a header line (or too many of them) over aiohttp's limits (RFC 6585 section 5)."""
+
+    status = 431
+    error_type = "invalid_request_error"
+    code = "header_fields_too_large"
+
+
+class Unprocessable(BadRequest):
+    """400: a well-formed request that no step of its route could ever carry (context window, modality,
+    tools); ``code`` is OpenAI's where one exists (``context_length_exceeded``). Not retryable as it is."""
+
+    code = "request_not_servable"
+
+
+class NoDeploymentNow(ApiError):
+    """503 with Retry-After: every deployment of the group is locked out or cooling down right now."""
+
+    status = 503
+    code = "no_deployment_available"
+
+
+def verdict_error(
+    status: int, code: str, message: str, param: str | None, retry_after: str | None
+) -> ApiError:
+    """The error for a verdict of :func:`torchrouter_core.feasibility.explain_no_deployment`."""
+    if status == 400:
+        return Unprocessable(message, code=code, param=param)
+    return NoDeploymentNow(message, code=code, headers={"Retry-After": retry_after} if retry_after else None)

@@ -21,12 +21,11 @@ How a request is identified:
                               ``agent:auto`` and ``agent:`` name the agent only. The colon form is
                               recognised only when the part after the last colon is a group or ``auto``,
                               so Ollama-style names such as ``qwen3:8b`` are not mistaken for agents
-  anything else (``gpt-4o``)  ``requested_model``: routed as ``auto`` and recorded
+  anything else (``gpt-4o``)  ``requested_model``: not a name this module knows. Before identity is asked,
+                              :func:`torchrouter_core.aliases.resolve_model` has replaced an operator's alias
+                              (``gpt-4o`` -> ``balanced``) and refused any other unknown name (404
+                              ``model_not_found`` in :func:`torchrouter_core.decide.decide`)
   ==========================  ===========================================================================
-
-Why ``gpt-4o`` is routed as ``auto``: OpenAI SDKs and agent frameworks send a hard-coded model name by
-default, and the callers of a control plane expect the operator's policy to place their work, not a name
-baked into a client. The name is kept in ``requested_model`` so events and logs show what was asked for.
 
 Agent ids are case-insensitive (stored lower-case), 1 to 128 characters of ``a-z 0-9 . _ -`` starting with
 a letter or digit: safe in a log line, a JSONL event and a file name, and free of the body form's ``:``.
@@ -53,7 +52,12 @@ _AGENT_ID_RE: Final = re.compile(r"[a-z0-9][a-z0-9._-]*")
 
 
 class IdentityError(ValueError):
-    """An agent id or model field that the router refuses; the message says which and why."""
+    """An agent id or model field that the router refuses; the message says which and why, ``param`` names
+    the field (``model``) or the header (``X-Agent-Id``) at fault."""
+
+    def __init__(self, message: str, *, param: str = "model") -> None:
+        super().__init__(message)
+        self.param = param
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +85,13 @@ def sanitize_agent_id(raw: str, *, where: str = "agent id") -> str:
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:
     if isinstance(headers, CIMultiDictProxy | CIMultiDict):  # aiohttp's request headers: case-insensitive
-        return headers.get(name)
+        values = headers.getall(name, ())
+        if len(values) > 1 and len({v.strip().lower() for v in values}) > 1:
+            # Two different identities in one request: taking either silently would misattribute it.
+            raise IdentityError(
+                f"X-Agent-Id is sent {len(values)} times with different values", param="X-Agent-Id"
+            )
+        return values[0] if values else None
     for key, value in headers.items():
         if key.lower() == name:
             return value
@@ -93,7 +103,10 @@ def identify(headers: Mapping[str, str], body_model: object) -> Identity:
     header_value = _header(headers, AGENT_ID_HEADER)
     header_agent = None
     if header_value is not None and header_value.strip():
-        header_agent = sanitize_agent_id(header_value, where="X-Agent-Id header")
+        try:
+            header_agent = sanitize_agent_id(header_value, where="X-Agent-Id header")
+        except IdentityError as exc:
+            raise IdentityError(str(exc), param="X-Agent-Id") from None
 
     if body_model is None:
         model = ""

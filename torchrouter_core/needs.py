@@ -7,10 +7,45 @@ body LiteLLM hands them.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from types import MappingProxyType
+from typing import Any, Final
 
 from torchrouter_core.ranker.interfaces import RequestNeeds
 from torchrouter_core.tiering import RequestFeatures, approx_prompt_tokens
+
+# OpenAI content-part type -> the modality a model must read for it.
+PART_MODALITIES: Final = {
+    "text": "text",
+    "refusal": "text",
+    "image_url": "image",
+    "input_audio": "audio",
+    "file": "file",
+}
+TEXT_ONLY: Final = frozenset({"text"})
+_TEXT_WHERE: Final = MappingProxyType({"text": "messages"})
+
+
+def input_modalities(messages: object) -> tuple[frozenset[str], Mapping[str, str]]:
+    """The modalities a request's messages need, and where each first appears (``messages[0].content[1]``,
+    for an error's ``param``). Text is always needed. Only each message's ``content`` list is looked at (one
+    level): bounded by the body's size, never its nesting. An unknown part type counts as text (the
+    provider will say what it thinks)."""
+    found: dict[str, str] | None = None
+    if isinstance(messages, list):
+        for i, message in enumerate(messages):
+            content = message.get("content") if isinstance(message, Mapping) else None
+            if not isinstance(content, list):
+                continue  # a string: text (most messages; no allocation for them)
+            if found is None:
+                found = {"text": "messages"}
+            for j, part in enumerate(content):
+                kind = part.get("type") if isinstance(part, Mapping) else None
+                modality = PART_MODALITIES.get(kind, "text") if isinstance(kind, str) else "text"
+                if modality not in found:
+                    found[modality] = f"messages[{i}].content[{j}]"
+    if found is None:
+        return TEXT_ONLY, _TEXT_WHERE
+    return frozenset(found), found
 
 
 def output_tokens(body: Mapping[str, Any]) -> int | None:
@@ -42,4 +77,5 @@ def request_needs(body: Mapping[str, Any], features: RequestFeatures | None = No
         prompt_tokens=prompt_tokens,
         max_output_tokens=output_tokens(body) or 0,
         needs_tools=tools is not None,
+        modalities=input_modalities(body.get("messages"))[0],
     )

@@ -311,14 +311,21 @@ def _text(content: object) -> str:
 
 
 def _chars(value: object) -> int:
-    """Characters of every string and key in a JSON-like value: tool schemas cost prompt tokens too."""
-    if isinstance(value, str):
-        return len(value)
-    if isinstance(value, Mapping):
-        return sum(len(str(k)) + _chars(v) for k, v in value.items())
-    if isinstance(value, list):
-        return sum(_chars(v) for v in value)
-    return 0
+    """Characters of every string and key in a JSON-like value: tool schemas cost prompt tokens too.
+    Iterative (an explicit stack), so a client's deep nesting cannot exhaust Python's stack, here or in
+    the hooks, which run this on bodies that did not pass through the classifier too."""
+    total = 0
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            total += len(item)
+        elif isinstance(item, Mapping):
+            total += sum(len(str(k)) for k in item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return total
 
 
 def _scan_window(text: str) -> str:

@@ -37,4 +37,12 @@ def tools(profile: Profile, needs: RequestNeeds, fleet: FleetSnapshot) -> str | 
     return "no_tools" if needs.needs_tools and not profile.supports_tools else None
 
 
-DEFAULT_FILTERS: tuple[Filter, ...] = (lockout, reachable, room, context_window, tools)
+def modality(profile: Profile, needs: RequestNeeds, fleet: FleetSnapshot) -> str | None:
+    # An image sent to a text-only model is not an error there: the model answers as if it had seen it.
+    missing = sorted(needs.modalities - profile.input_modalities)
+    return f"modality:{missing[0]}" if missing else None
+
+
+# What a deployment can never do comes first, so a candidate's reason says "never" when it is true (the
+# classifier answers LiteLLM's "No deployments available" with 400 for static reasons, 503 for the rest).
+DEFAULT_FILTERS: tuple[Filter, ...] = (modality, context_window, tools, lockout, reachable, room)

@@ -29,11 +29,13 @@ from torchrouter_core.usability import HostRoom
 class RequestNeeds:
     """``prompt_tokens``: approximate tokens of the messages and tool schemas (chars / 4);
     ``max_output_tokens``: the output the request may ask for (0: not given); ``needs_tools``: tools or
-    legacy ``functions`` were offered."""
+    legacy ``functions`` were offered; ``modalities``: the inputs the model must read (``text``, ``image``,
+    ``audio``, ``file``; :func:`torchrouter_core.needs.input_modalities`)."""
 
     prompt_tokens: int = 0
     max_output_tokens: int = 0
     needs_tools: bool = False
+    modalities: frozenset[str] = frozenset({"text"})
 
 
 @dataclass(frozen=True)
