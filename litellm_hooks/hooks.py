@@ -30,13 +30,12 @@ from typing import Any
 
 import aiohttp
 from litellm.integrations.custom_logger import CustomLogger
-from litellm.types.utils import ModelResponse, ModelResponseStream
 
 from capability_matrix import FleetView, Matrix, MatrixStore, WarmState, next_auth_lockouts
 from capability_matrix.probe import FleetProbe
 from litellm_hooks.client_watch import ClientWatches, watch_current_client
 from litellm_hooks.settings import HooksSettings
-from litellm_hooks.stream_shape import shaper_for, sse_event, stream_id
+from litellm_hooks.streams import name_the_group, shaped_stream
 from torchrouter_core.contract import RouteReport, RouteRequest, decode_needs, encode_needs
 from torchrouter_core.events import EventKind, EventSink, open_sink
 from torchrouter_core.inflight import InFlight
@@ -346,51 +345,23 @@ class RouterHooks(CustomLogger):
         except Exception:
             self._failed("stream_abandoned")
 
-    # --- answers: ``model`` is the group on every lane, stream or not (litellm_hooks/stream_shape.py) --
+    # --- answers and streams in OpenAI's shape, streams stopped for a client that left (streams.py) ---
     async def async_post_call_success_hook(
         self, data: dict[str, Any], user_api_key_dict: Any, response: Any
     ) -> Any:
-        """A non-streamed answer names the group the classifier asked for in ``model``, as its stream would
-        (after a fallback LiteLLM names the fallback's model), with a ``chatcmpl-`` id."""
         try:
-            group = data.get("model")
-            if isinstance(response, ModelResponse) and isinstance(group, str) and group:
-                response.model = group
-                response.id = stream_id(response.id)
+            name_the_group(data, response)
         except Exception:
             self._failed("post_call_success")
         return None
 
-    # --- streams: OpenAI's chunk shape on every lane (litellm_hooks/stream_shape.py) -----------------
-    async def async_post_call_streaming_iterator_hook(
+    def async_post_call_streaming_iterator_hook(  # returns the generator itself: no extra hop per chunk
         self, user_api_key_dict: Any, response: Any, request_data: dict[str, Any]
     ) -> AsyncGenerator[Any, None]:
-        """Each chat chunk leaves as SSE bytes in OpenAI's shape (LiteLLM passes ``data:`` bytes through);
-        anything else, or a chunk the shaper fails on (logged, counted), goes on as LiteLLM made it.
-        Once the client has gone, the provider stream is closed: the model stops (client_watch.py)."""
-        shaper = shaper_for(request_data)
-        client_gone = self.client_watches.take(request_data.get("litellm_call_id"))
-        async for chunk in response:
-            if client_gone is not None and client_gone():
-                await _close_stream(response)
-                self._abandoned(request_data)
-                return
-            if shaper is None or not isinstance(chunk, ModelResponseStream):
-                yield chunk
-                continue
-            try:
-                events = [sse_event(c) for c in shaper.shape(chunk.model_dump(exclude_none=True))]  # type: ignore[no-untyped-call]
-            except Exception:
-                self._failed("stream_shape")
-                yield chunk
-                continue
-            for event in events:
-                yield event
-
-
-async def _close_stream(response: Any) -> None:
-    """Close LiteLLM's stream wrapper, which closes the provider's HTTP response (and so the model's work)."""
-    close = getattr(response, "aclose", None)
-    if close is not None:
-        with contextlib.suppress(Exception):
-            await close()
+        return shaped_stream(
+            response,
+            request_data,
+            client_gone=self.client_watches.take(request_data.get("litellm_call_id")),
+            on_error=self._failed,
+            on_abandoned=lambda: self._abandoned(request_data),
+        )

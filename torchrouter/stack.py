@@ -155,7 +155,11 @@ async def run_stack(opts: StackOptions, stop: asyncio.Event, say: Callable[[str]
         settings = Settings.from_env(
             env, litellm_url=litellm.url, host="127.0.0.1", port=classifier_port, matrix_path=opts.matrix_path
         )
-        runner = ClassifierRunner(create_app(settings), access_log=None, handler_cancellation=True)
+        # Ctrl-C gives requests in flight 1 s (aiohttp's default is 60 s): then their handlers are cancelled,
+        # the connection to LiteLLM closes, and LiteLLM (cancel_on_disconnect) stops the model's work.
+        runner = ClassifierRunner(
+            create_app(settings), access_log=None, handler_cancellation=True, shutdown_timeout=1.0
+        )
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
         await web.TCPSite(runner, settings.host, settings.port).start()

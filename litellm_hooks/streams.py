@@ -1,0 +1,66 @@
+"""What the hooks do to LiteLLM's answers (issue 8): the adapters between LiteLLM's objects and the pure
+shaper in :mod:`litellm_hooks.stream_shape`, kept out of hooks.py so that stays a list of thin entry points.
+
+- :func:`shaped_stream`: a chat stream as SSE bytes in OpenAI's chunk shape (LiteLLM passes ``data:``
+  bytes through untouched); once the client has gone (:mod:`litellm_hooks.client_watch`), the provider
+  stream is closed, which stops the model.
+- :func:`name_the_group`: a non-streamed answer says the group in ``model`` (after a fallback LiteLLM
+  names the fallback's model) and carries a ``chatcmpl-`` id.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from typing import Any
+
+from litellm.types.utils import ModelResponse, ModelResponseStream
+
+from litellm_hooks.client_watch import ClientGone
+from litellm_hooks.stream_shape import shaper_for, sse_event, stream_id
+
+
+async def shaped_stream(
+    response: AsyncIterator[Any],
+    request_data: dict[str, Any],
+    *,
+    client_gone: ClientGone | None,
+    on_error: Callable[[str], None],
+    on_abandoned: Callable[[], None],
+) -> AsyncGenerator[Any, None]:
+    """LiteLLM's chunks, each chat chunk as SSE bytes in OpenAI's shape; anything else, or a chunk the
+    shaper fails on (``on_error`` logs and counts it), as LiteLLM made it. When ``client_gone`` says the
+    client has left, the provider stream is closed, ``on_abandoned`` runs, and the stream ends."""
+    shaper = shaper_for(request_data)
+    async for chunk in response:
+        if client_gone is not None and client_gone():
+            await close_stream(response)
+            on_abandoned()
+            return
+        if shaper is None or not isinstance(chunk, ModelResponseStream):
+            yield chunk
+            continue
+        try:
+            events = [sse_event(c) for c in shaper.shape(chunk.model_dump(exclude_none=True))]  # type: ignore[no-untyped-call]
+        except Exception:
+            on_error("stream_shape")
+            yield chunk
+            continue
+        for event in events:
+            yield event
+
+
+async def close_stream(response: Any) -> None:
+    """Close LiteLLM's stream wrapper, which closes the provider's HTTP response (and so the model's work)."""
+    close = getattr(response, "aclose", None)
+    if close is not None:
+        with contextlib.suppress(Exception):
+            await close()
+
+
+def name_the_group(data: dict[str, Any], response: Any) -> None:
+    """Set ``model`` of a non-streamed chat answer to the group the request named; ids get ``chatcmpl-``."""
+    group = data.get("model")
+    if isinstance(response, ModelResponse) and isinstance(group, str) and group:
+        response.model = group
+        response.id = stream_id(response.id)
