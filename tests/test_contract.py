@@ -37,6 +37,11 @@ def collect() -> tuple[Problems, contract.Problem]:
             route=("code", "balanced", "cloud-code"),
         ),
         RouteRequest(request_id="x", group="fast-chat", tier="R", needs=RequestNeeds()),
+        RouteRequest(
+            request_id="img",
+            group="cloud-balanced",
+            needs=RequestNeeds(prompt_tokens=9, modalities=frozenset({"text", "image", "file"})),
+        ),
     ],
 )
 def test_route_request_round_trips(request_: RouteRequest) -> None:
@@ -62,6 +67,8 @@ def test_route_request_round_trips(request_: RouteRequest) -> None:
             hook_errors=3,
         ),
         RouteReport(auth_lockouts=frozenset(), daily_spend_usd=0.0, hook_errors=0),  # reported, and empty
+        RouteReport(no_candidate="context_window,modality:image"),
+        RouteReport(no_candidate="lockout:auth"),
     ],
 )
 def test_route_report_round_trips(report: RouteReport) -> None:
@@ -103,6 +110,7 @@ GOOD_REQUEST = RouteRequest(
         (contract.NEEDS_HEADER, "prompt_tokens=-1;max_output_tokens=2;tools=1", "needs", None),
         (contract.NEEDS_HEADER, "prompt_tokens=1;max_output_tokens=2;tools=yes", "needs", None),
         (contract.NEEDS_HEADER, "garbage", "needs", None),
+        (contract.NEEDS_HEADER, "prompt_tokens=1;max_output_tokens=0;tools=1;modalities=x", "needs", None),
         (contract.ROUTE_HEADER, "a,,b", "route", ()),
         (contract.ROUTE_HEADER, ",".join(["g"] * 17), "route", ()),
     ],
@@ -134,6 +142,8 @@ def test_a_malformed_request_value_is_logged_and_missing(
         (contract.AUTH_LOCKOUTS_HEADER, "a b,c", "auth_lockouts", None),
         (contract.DEPLOYMENT_HEADER, "no spaces please", "deployment", None),
         (contract.LITELLM_FALLBACKS_HEADER, "many", "fallbacks", 0),
+        (contract.NO_CANDIDATE_HEADER, "Context Window", "no_candidate", None),
+        (contract.NO_CANDIDATE_HEADER, "a,,b", "no_candidate", None),
     ],
 )
 def test_a_malformed_report_value_is_logged_and_missing(
@@ -214,3 +224,8 @@ def test_request_needs(body: dict[str, Any], needs: RequestNeeds | None) -> None
 def test_needs_encoding_round_trips() -> None:
     needs = RequestNeeds(prompt_tokens=10**9, max_output_tokens=0, needs_tools=False)
     assert decode_needs(encode_needs(needs)) == needs
+    # Text only (almost every request) is not written; a version-1 peer without the field reads text only.
+    assert "modalities" not in encode_needs(needs)
+    audio = RequestNeeds(modalities=frozenset({"text", "audio"}))
+    assert encode_needs(audio).endswith(";modalities=audio+text")
+    assert decode_needs(encode_needs(audio)) == audio
