@@ -52,9 +52,10 @@ from classifier.metrics import Metrics
 from classifier.queue_policy import finite_ms
 from classifier.routing import RoutingMode, overflow
 from classifier.routing_headers import RequestIds, RouteTrace, request_id_from
-from classifier.settings import Settings
+from classifier.settings import Settings, SettingsError
 from classifier.spend import DailySpend, parse_cost
-from classifier.tiering import Tier
+from classifier.tier_model import TierModelError, load_tier_model
+from classifier.tiering import LearnedTiering, Tier
 from torchrouter.events import EventSink, open_sink
 
 log = logging.getLogger("torchrouter.classifier")
@@ -70,6 +71,7 @@ FLEET_KEY = web.AppKey("fleet", FleetView)
 LANES_KEY = web.AppKey("lanes", Lanes)
 REQUEST_IDS_KEY = web.AppKey("request_ids", RequestIds)
 LITELLM_FALLBACKS_KEY = web.AppKey("litellm_fallbacks", dict[str, list[str]])
+LEARNED_TIERING_KEY: web.AppKey[LearnedTiering | None] = web.AppKey("learned_tiering")
 
 # Upstream response headers relayed to the client as they are.
 _RELAYED = (
@@ -233,6 +235,7 @@ def create_app(
     app[LANES_KEY] = Lanes(enabled=settings.queue_enabled)
     app[REQUEST_IDS_KEY] = RequestIds()
     app[LITELLM_FALLBACKS_KEY] = load_litellm_fallbacks(settings.litellm_config_path)
+    app[LEARNED_TIERING_KEY] = _learned_tiering(settings)
     sink = app[EVENTS_KEY]
     metrics.readings.event_write_errors = lambda: sink.write_errors
     metrics.readings.lanes = app[LANES_KEY].readings
@@ -254,6 +257,18 @@ def create_app(
     app.router.add_get("/v1/models", models)
     app.router.add_post("/v1/chat/completions", chat_completions)
     return app
+
+
+def _learned_tiering(settings: Settings) -> LearnedTiering | None:
+    """The learned tier model the settings name (None: keyword rules). A model that cannot be read stops
+    the classifier at start, naming the file: an operator asked for it."""
+    if settings.tier_model_path is None:
+        return None
+    try:
+        model = load_tier_model(settings.tier_model_path)
+    except TierModelError as exc:
+        raise SettingsError(f"TORCHROUTER_TIER_MODEL: {exc}") from None
+    return LearnedTiering(model, settings.tier_min_confidence, Tier(settings.tier_default))
 
 
 # --- small handlers -----------------------------------------------------------------------------------
@@ -346,6 +361,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             request_id=client_request_id or trace.request_id,
             now=now,
             cloud_locked=app[FLEET_KEY].budget_reason(now),
+            learned=app[LEARNED_TIERING_KEY],
         )
     except CloudLocked as exc:
         # Policy, not a bad body: every step of this request's ladder is cloud and cloud is locked out.
@@ -378,6 +394,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         identity_source=decision.identity.source,
         tier_source=decision.tier_source,
         signals=list(decision.signals),
+        # The learned model's, when it tiered this request (else null and []).
+        tier_confidence=decision.tier_confidence,
+        tier_features=list(decision.tier_features),
         canary=decision.canary,
         ladder=list(decision.ladder_groups),
         stream=bool(body.get("stream")),
