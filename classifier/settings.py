@@ -49,7 +49,7 @@ ENV_DOCS: dict[str, tuple[str, str]] = {
         "classifier/tier_model.json",
         "learned tier model for unknown agents (torchrouter tiers train); off: keyword rules only",
     ),
-    "TORCHROUTER_TIER_MIN_CONFIDENCE": ("0.5", "0..1; below it the learned model's tier is not trusted"),
+    "TORCHROUTER_TIER_MIN_CONFIDENCE": ("0.4", "0..1; below it the learned model's tier is not trusted"),
     "TORCHROUTER_TIER_DEFAULT": ("H", "tier (H, R or C) of a request the learned model is unsure of"),
 }
 
@@ -122,7 +122,7 @@ class Settings:
     local_host_id: str | None = None
     client_keys: tuple[Secret, ...] = ()
     tier_model_path: Path | None = DEFAULT_TIER_MODEL_PATH  # None: keyword rules only
-    tier_min_confidence: float = 0.5
+    tier_min_confidence: float = 0.4
     tier_default: str = "H"
     host: str = "127.0.0.1"
     port: int = 4001

@@ -40,6 +40,7 @@ weighs most in it; an unseen string that collides with it is reported under that
 
 from __future__ import annotations
 
+import heapq
 import math
 import re
 import zlib
@@ -165,7 +166,7 @@ def request_features(body: Mapping[str, Any]) -> list[str]:
 
 def feature_buckets(features: Sequence[str], buckets: int) -> set[int]:
     """The distinct buckets of feature strings: CRC-32 of the UTF-8 bytes, modulo ``buckets``."""
-    return {h % buckets for h in map(zlib.crc32, map(str.encode, features))}
+    return set(map(buckets.__rmod__, map(zlib.crc32, map(str.encode, features))))  # h % buckets
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +193,7 @@ class TierModel:
     weights: tuple[dict[int, float], ...]
     names: Mapping[int, str]
     info: Mapping[str, Any]
+    lifts: tuple[dict[int, float], ...]  # per label, named bucket -> lift (derived at load from the above)
 
     def score(self, body: Mapping[str, Any]) -> TierScore:
         """Score an OpenAI chat body. Bounded work; never raises on a malformed body."""
@@ -205,19 +207,24 @@ class TierModel:
         peak = logits[top]
         total = sum(math.exp(x - peak) for x in logits)
         # Strongest: named buckets present, by how much they favour the winner over the mean of the rest.
-        names = self.names
-        named = [b for b in present if b in names]
-        rest = len(self.labels) - 1
-        win = self.weights[top]
-
-        def lift(b: int) -> float:
-            mine = win.get(b, 0.0)
-            return mine - (sum(w.get(b, 0.0) for w in self.weights) - mine) / rest
-
-        strongest = sorted(named, key=lift, reverse=True)[:TOP_FEATURES]
+        lifts = self.lifts[top]
+        named = [b for b in present if b in lifts]
+        strongest = heapq.nlargest(TOP_FEATURES, named, key=lifts.__getitem__)
         return TierScore(
-            self.labels[top], 1.0 / total, tuple(self.names[b] for b in strongest if lift(b) > 0)
+            self.labels[top], 1.0 / total, tuple(self.names[b] for b in strongest if lifts[b] > 0)
         )
+
+
+def _lifts(weights: tuple[dict[int, float], ...], names: Mapping[int, str]) -> tuple[dict[int, float], ...]:
+    """Per label, for each named bucket: its weight minus the mean of the other labels' weights."""
+    rest = len(weights) - 1
+    out: tuple[dict[int, float], ...] = tuple({} for _ in weights)
+    for b in names:
+        row = [w.get(b, 0.0) for w in weights]
+        total = sum(row)
+        for k, mine in enumerate(row):
+            out[k][b] = mine - (total - mine) / rest
+    return out
 
 
 def parse_tier_model(doc: object, *, where: str = "tier model") -> TierModel:
@@ -258,6 +265,7 @@ def parse_tier_model(doc: object, *, where: str = "tier model") -> TierModel:
         weights=sparse,
         names=named,
         info=info if isinstance(info, Mapping) else {},
+        lifts=_lifts(sparse, named),
     )
 
 

@@ -343,11 +343,17 @@ def _select(examples: Sequence[Example], which: str) -> list[Example]:
     return {"held-out": held, "train": train_part}.get(which, list(examples))
 
 
+def _shown(path: Path) -> str:
+    """A path as the model's record keeps it: relative to the repository when inside it."""
+    resolved = path.resolve()
+    return str(resolved.relative_to(PACKAGE_ROOT)) if resolved.is_relative_to(PACKAGE_ROOT) else str(path)
+
+
 def cmd_train(args: Any) -> int:
     try:
-        sources = [str(args.corpus), *map(str, args.extra)]
-        examples = load_corpora(sources)
-        report = train(examples, buckets=args.buckets, c=args.c, sources=sources)
+        paths = [args.corpus, *args.extra]
+        examples = load_corpora(paths)
+        report = train(examples, buckets=args.buckets, c=args.c, sources=[_shown(p) for p in paths])
     except CorpusError as exc:
         print(f"torchrouter tiers train: {exc}", file=sys.stderr)
         return 1
