@@ -40,7 +40,6 @@ weighs most in it; an unseen string that collides with it is reported under that
 
 from __future__ import annotations
 
-import heapq
 import math
 import re
 import zlib
@@ -209,7 +208,7 @@ class TierModel:
         # Strongest: named buckets present, by how much they favour the winner over the mean of the rest.
         lifts = self.lifts[top]
         named = [b for b in present if b in lifts]
-        strongest = heapq.nlargest(TOP_FEATURES, named, key=lifts.__getitem__)
+        strongest = sorted(named, key=lifts.__getitem__, reverse=True)[:TOP_FEATURES]
         return TierScore(
             self.labels[top], 1.0 / total, tuple(self.names[b] for b in strongest if lifts[b] > 0)
         )
