@@ -47,6 +47,7 @@ from classifier.keys import (
     FORWARDER_KEY,
     HOOKS_SEEN_KEY,
     LANES_KEY,
+    LEARNED_TIERING_KEY,
     LITELLM_FALLBACKS_KEY,
     MATRIX_KEY,
     METRICS_KEY,
@@ -59,7 +60,7 @@ from classifier.keys import (
 from classifier.metrics import Metrics
 from classifier.protocol_edge import HANDLER_ARGS
 from classifier.routing_headers import RequestIds
-from classifier.settings import Settings
+from classifier.settings import Settings, SettingsError
 from torchrouter_core.aliases import AliasesStore
 from torchrouter_core.capacity import lane_limits
 from torchrouter_core.decide import AgentsStore
@@ -73,7 +74,8 @@ from torchrouter_core.events import EventSink, open_sink
 from torchrouter_core.identity import LOCAL_GROUPS
 from torchrouter_core.routing import RoutingMode, overflow
 from torchrouter_core.spend import DailySpend
-from torchrouter_core.tiering import Tier
+from torchrouter_core.tier_model import TierModelError, load_tier_model
+from torchrouter_core.tiering import LearnedTiering, Tier
 
 log = logging.getLogger("torchrouter.classifier")
 
@@ -251,6 +253,7 @@ def create_app(
     app[LANES_KEY] = Lanes(enabled=settings.queue_enabled)
     app[REQUEST_IDS_KEY] = RequestIds()
     app[LITELLM_FALLBACKS_KEY] = load_litellm_fallbacks(settings.litellm_config_path)
+    app[LEARNED_TIERING_KEY] = _learned_tiering(settings)
     sink = app[EVENTS_KEY]
     metrics.readings.event_write_errors = lambda: sink.write_errors
     metrics.readings.lanes = app[LANES_KEY].readings
@@ -279,6 +282,18 @@ def create_app(
     app.router.add_get("/v1/models/{model_id:.+}", model_by_id)
     app.router.add_post("/v1/chat/completions", chat_completions)
     return app
+
+
+def _learned_tiering(settings: Settings) -> LearnedTiering | None:
+    """The learned tier model the settings name (None: keyword rules). A model that cannot be read stops
+    the classifier at start, naming the file: an operator asked for it."""
+    if settings.tier_model_path is None:
+        return None
+    try:
+        model = load_tier_model(settings.tier_model_path)
+    except TierModelError as exc:
+        raise SettingsError(f"TORCHROUTER_TIER_MODEL: {exc}") from None
+    return LearnedTiering(model, settings.tier_min_confidence, Tier(settings.tier_default))
 
 
 # --- small handlers -----------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from classifier.keys import (
     FORWARDER_KEY,
     HOOKS_SEEN_KEY,
     LANES_KEY,
+    LEARNED_TIERING_KEY,
     MATRIX_KEY,
     METRICS_KEY,
     REQUEST_IDS_KEY,
@@ -72,6 +73,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             now=now,
             cloud_locked=app[FLEET_KEY].budget_reason(now),
             aliases=app[ALIASES_KEY].current,
+            learned=app[LEARNED_TIERING_KEY],
         )
     except CloudLocked as exc:
         # Policy, not a bad body: every step of this request's ladder is cloud and cloud is locked out.
@@ -104,6 +106,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         identity_source=decision.identity.source,
         tier_source=decision.tier_source,
         signals=list(decision.signals),
+        # The learned model's, when it tiered this request (else null and []).
+        tier_confidence=decision.tier_confidence,
+        tier_features=list(decision.tier_features),
         canary=decision.canary,
         ladder=list(decision.ladder_groups),
         infeasible=dict(decision.infeasible) or None,

@@ -18,6 +18,7 @@ from torchrouter_core.aliases import AliasesStore
 from torchrouter_core.decide import AgentsStore
 from torchrouter_core.events import EventSink
 from torchrouter_core.spend import DailySpend
+from torchrouter_core.tiering import LearnedTiering
 
 SETTINGS_KEY = web.AppKey("settings", Settings)
 FORWARDER_KEY = web.AppKey("forwarder", Forwarder)
@@ -31,6 +32,7 @@ FLEET_KEY = web.AppKey("fleet", FleetView)
 LANES_KEY = web.AppKey("lanes", Lanes)
 REQUEST_IDS_KEY = web.AppKey("request_ids", RequestIds)
 LITELLM_FALLBACKS_KEY = web.AppKey("litellm_fallbacks", dict[str, list[str]])
+LEARNED_TIERING_KEY: web.AppKey[LearnedTiering | None] = web.AppKey("learned_tiering")
 
 
 @dataclass

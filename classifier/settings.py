@@ -18,6 +18,7 @@ from torchrouter_core.env import SettingsError
 from torchrouter_core.env import parse_bool as _bool
 from torchrouter_core.env import parse_float as _float
 from torchrouter_core.routing import parse_routing_mode
+from torchrouter_core.tier_model import DEFAULT_MODEL_PATH as DEFAULT_TIER_MODEL_PATH
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_AGENTS_PATH = PACKAGE_ROOT / "classifier" / "agents.yaml"
@@ -50,6 +51,12 @@ ENV_DOCS: dict[str, tuple[str, str]] = {
     ),
     "TORCHROUTER_LANE_LIMITS": ("(none)", "operator caps on lane concurrency, e.g. balanced=4,code=2"),
     "TORCHROUTER_PROBE_INTERVAL_S": ("2", "how often the fleet probe polls each host's /api/ps"),
+    "TORCHROUTER_TIER_MODEL": (
+        "torchrouter_core/tier_model.json",
+        "learned tier model for unknown agents (torchrouter tiers train); off: keyword rules only",
+    ),
+    "TORCHROUTER_TIER_MIN_CONFIDENCE": ("0.4", "0..1; below it the learned model's tier is not trusted"),
+    "TORCHROUTER_TIER_DEFAULT": ("H", "tier (H, R or C) of a request the learned model is unsure of"),
 }
 
 
@@ -98,6 +105,9 @@ class Settings:
     probe_interval_s: float = 2.0
     local_host_id: str | None = None
     client_keys: tuple[Secret, ...] = ()
+    tier_model_path: Path | None = DEFAULT_TIER_MODEL_PATH  # None: keyword rules only
+    tier_min_confidence: float = 0.4
+    tier_default: str = "H"
     host: str = "127.0.0.1"
     port: int = 4001
 
@@ -157,6 +167,18 @@ class Settings:
             values["probe_interval_s"] = _float(
                 "TORCHROUTER_PROBE_INTERVAL_S", env["TORCHROUTER_PROBE_INTERVAL_S"], 0.1
             )
+        if env.get("TORCHROUTER_TIER_MODEL"):
+            raw = env["TORCHROUTER_TIER_MODEL"].strip()
+            values["tier_model_path"] = None if raw.lower() in {"off", "none", "false"} else Path(raw)
+        if env.get("TORCHROUTER_TIER_MIN_CONFIDENCE"):
+            values["tier_min_confidence"] = _float(
+                "TORCHROUTER_TIER_MIN_CONFIDENCE", env["TORCHROUTER_TIER_MIN_CONFIDENCE"], 0.0, 1.0
+            )
+        if env.get("TORCHROUTER_TIER_DEFAULT"):
+            tier = env["TORCHROUTER_TIER_DEFAULT"].strip().upper()
+            if tier not in {"H", "R", "C"}:
+                raise SettingsError(f"TORCHROUTER_TIER_DEFAULT={tier!r}: expected H, R or C")
+            values["tier_default"] = tier
         values.update(overrides)
         return cls(**values)  # type: ignore[arg-type]
 

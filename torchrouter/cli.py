@@ -1,4 +1,4 @@
-"""The ``torchrouter`` command: up, serve, sim, validate."""
+"""The ``torchrouter`` command: up, serve, sim, validate, tiers."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from pathlib import Path
 from capability_matrix import DEFAULT_MATRIX_PATH
 from classifier.settings import PACKAGE_ROOT, Settings, SettingsError
 from torchrouter.sim.spec import SIM_CLOUD_KEY
+from torchrouter.tiers import add_parser as add_tiers_parser
 
 
 def _run_until_signal(main: object) -> int:
@@ -152,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--matrix", type=Path, default=default_matrix)
     validate.add_argument("--config", type=Path, default=default_config)
     validate.set_defaults(func=cmd_validate)
+    add_tiers_parser(sub)  # torchrouter tiers train|eval (torchrouter/tiers.py)
     return parser
 
 

@@ -24,6 +24,7 @@ from torchrouter_core.routing import FAST_CHAT_MAX_PROMPT_TOKENS, LadderStep, Ro
 from torchrouter_core.tiering import (
     AgentDirectory,
     DirectoryError,
+    LearnedTiering,
     RequestFeatures,
     Tier,
     classify,
@@ -54,6 +55,8 @@ class RouteDecision:
     canary: bool
     ladder: tuple[LadderStep, ...]
     wait_budget_ms: int
+    tier_confidence: float | None = None  # the learned model's, when it tiered the request
+    tier_features: tuple[str, ...] = ()  # its strongest named features
     upstream_extras: Mapping[str, Any] = field(default_factory=dict)
     output_tokens: int | None = None  # max_tokens / max_completion_tokens: prices the request in the queue
     needs: RequestNeeds = field(
@@ -96,12 +99,14 @@ def decide(
     now: float,
     cloud_locked: str | None = None,
     aliases: AliasMap = EMPTY_ALIASES,
+    learned: LearnedTiering | None = None,
 ) -> RouteDecision:
     """``cloud_locked`` (a reason, e.g. the daily budget is spent) removes every cloud step; ``now`` (a
     timestamp) prices the Retry-After of a request that then has nowhere to go. ``aliases`` maps model
     names (:mod:`torchrouter_core.aliases`); any other unknown name raises NotFound (404 model_not_found).
     Ladder steps no deployment could ever carry are dropped (:mod:`torchrouter_core.feasibility`); when
-    none is left, Unprocessable (400, e.g. ``context_length_exceeded``)."""
+    none is left, Unprocessable (400, e.g. ``context_length_exceeded``). ``learned`` (the learned tier
+    model and its threshold) tiers an unknown agent's request instead of the keyword rules."""
     try:
         model = resolve_model(body.get("model"), aliases, agents.agents)
         identity = identify(headers, model)
@@ -112,11 +117,22 @@ def decide(
     # Content features cost ~10 us of regex scanning: read them only when something will look at them,
     # that is an agent the directory does not know, or an H request that may be canaried.
     known_tier = agents.tier_of(identity.agent_id)
-    if known_tier is None or (canary_share > 0.0 and known_tier is Tier.H):
+    if known_tier is None:
+        features = extract_features(body, model=learned.model if learned else None)
+    elif canary_share > 0.0 and known_tier is Tier.H:
         features = extract_features(body)
     else:
         features = UNREAD_FEATURES
-    tiering = classify(identity, features, agents)
+    if learned is None:
+        tiering = classify(identity, features, agents)
+    else:
+        tiering = classify(
+            identity,
+            features,
+            agents,
+            min_confidence=learned.min_confidence,
+            uncertain_tier=learned.uncertain_tier,
+        )
     mode = RoutingMode(routing_mode)
     plan = plan_route(
         tiering.tier,
@@ -160,6 +176,8 @@ def decide(
         canary=plan.canary,
         ladder=ladder,
         wait_budget_ms=agents.wait_budget_ms(tiering.tier),
+        tier_confidence=tiering.confidence,
+        tier_features=tiering.model_features,
         upstream_extras=extras,
         output_tokens=output_tokens(body),
         needs=needs,

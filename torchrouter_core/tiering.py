@@ -16,6 +16,12 @@ so that set is closed too). Anyone else is tiered by content, in this order:
 2. an explicit reasoning ask, or a prompt of at least ``long_prompt_tokens`` -> H
 3. otherwise -> R (signal ``content:routine``)
 
+With a learned model (:mod:`torchrouter_core.tier_model`; the features were read with ``model=``), the certain
+signals still decide first: a code fence or a stack trace -> C; ``reasoning_effort`` or a long prompt -> H.
+Everything else is the model's: its tier (signal ``model:<tier>``) when its confidence is at least
+``min_confidence``, else ``uncertain_tier`` (signal ``model:low_confidence``). The decision then carries the
+confidence and the model's strongest (named) features.
+
 Content signals are short stable strings from :data:`CONTENT_SIGNALS`, fit for events and metric labels.
 Features are read from the last user message only (the current ask, not the history or a boilerplate system
 prompt). Of a long message only the first 6,000 and last 2,000 characters are scanned (the ask sits at
@@ -37,6 +43,7 @@ from typing import Any, Final, Generic, Literal, TypeVar
 import yaml
 
 from torchrouter_core.identity import LOCAL_GROUPS, Identity, IdentityError, sanitize_agent_id
+from torchrouter_core.tier_model import TierModel, TierScore
 
 SCAN_HEAD_CHARS: Final = 6_000
 SCAN_TAIL_CHARS: Final = 2_000
@@ -161,6 +168,10 @@ ReasoningSignal = Literal[
 _S = TypeVar("_S", bound=str)
 PROMPT_LONG: Final = "prompt:long"
 CONTENT_ROUTINE: Final = "content:routine"
+MODEL_LOW_CONFIDENCE: Final = "model:low_confidence"
+# Signals certain enough to override the learned model (the rest of the keyword rules are its inputs' job).
+CERTAIN_CODE_SIGNALS: Final = frozenset({"code:fence", "code:stack_trace"})
+DEFAULT_MIN_CONFIDENCE: Final = 0.4  # chosen by cross-validation on the training part (BENCHMARKS.md)
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,7 +287,8 @@ _REASONING_RULES: Final[tuple[_Rule[ReasoningSignal], ...]] = (
 CONTENT_SIGNALS: Final = frozenset(
     [rule.signal for rule in _CODE_RULES]
     + [rule.signal for rule in _REASONING_RULES]
-    + ["reasoning:effort", PROMPT_LONG, CONTENT_ROUTINE]
+    + ["reasoning:effort", PROMPT_LONG, CONTENT_ROUTINE, MODEL_LOW_CONFIDENCE]
+    + [f"model:{tier}" for tier in "HRC"]
 )
 
 # reasoning_effort values that are not a request for more thought.
@@ -290,6 +302,7 @@ class RequestFeatures:
     last_user_chars: int
     code_signals: tuple[CodeSignal, ...] = ()
     reasoning_signals: tuple[ReasoningSignal, ...] = ()
+    model_score: TierScore | None = None  # the learned model's verdict, when it was asked
 
     @property
     def looks_like_code(self) -> bool:
@@ -355,9 +368,9 @@ def approx_prompt_tokens(messages: object, tools: object = None) -> int:
     return math.ceil(chars / 4)
 
 
-def extract_features(body: Mapping[str, Any]) -> RequestFeatures:
+def extract_features(body: Mapping[str, Any], *, model: TierModel | None = None) -> RequestFeatures:
     """Read routing features from an OpenAI chat body. Tolerant: the HTTP edge validates the shape, and any
-    malformed part here counts as empty."""
+    malformed part here counts as empty. With ``model``, the learned model scores the body too."""
     raw_messages = body.get("messages")
     messages = [m for m in raw_messages if isinstance(m, Mapping)] if isinstance(raw_messages, list) else []
     tools = body.get("tools") or body.get("functions")
@@ -381,6 +394,7 @@ def extract_features(body: Mapping[str, Any]) -> RequestFeatures:
         last_user_chars=len(last_user),
         code_signals=_signals(_CODE_RULES, scanned),
         reasoning_signals=reasoning,
+        model_score=None if model is None else model.score(body),
     )
 
 
@@ -392,6 +406,17 @@ class TierDecision:
     tier: Tier
     source: Literal["agent", "content"]
     signals: tuple[str, ...]
+    confidence: float | None = None  # the learned model's probability of its top tier, when it decided
+    model_features: tuple[str, ...] = ()  # its strongest named features, strongest first
+
+
+@dataclass(frozen=True, slots=True)
+class LearnedTiering:
+    """The learned model and when to trust it (settings ``TORCHROUTER_TIER_*``)."""
+
+    model: TierModel
+    min_confidence: float = DEFAULT_MIN_CONFIDENCE
+    uncertain_tier: Tier = Tier.H
 
 
 def classify(
@@ -400,16 +425,32 @@ def classify(
     directory: AgentDirectory,
     *,
     long_prompt_tokens: int = LONG_PROMPT_TOKENS,
+    min_confidence: float = DEFAULT_MIN_CONFIDENCE,
+    uncertain_tier: Tier = Tier.H,
 ) -> TierDecision:
-    """Tier a request: a known agent's configured tier, else the content rules in the module docstring."""
+    """Tier a request: a known agent's configured tier, else by content (the module docstring): the learned
+    model when ``features`` carry its score, else the keyword rules."""
     agent_tier = directory.tier_of(identity.agent_id)
     if agent_tier is not None:
         return TierDecision(agent_tier, "agent", (f"agent:{identity.agent_id}",))
-    if features.code_signals:
-        return TierDecision(Tier.C, "content", features.code_signals)
     heavy: tuple[str, ...] = features.reasoning_signals
     if features.approx_prompt_tokens >= long_prompt_tokens:
         heavy += (PROMPT_LONG,)
+    score = features.model_score
+    if score is not None:
+        certain_code = tuple(s for s in features.code_signals if s in CERTAIN_CODE_SIGNALS)
+        if certain_code:
+            return TierDecision(Tier.C, "content", certain_code)
+        certain_heavy = tuple(s for s in heavy if s in ("reasoning:effort", PROMPT_LONG))
+        if certain_heavy:
+            return TierDecision(Tier.H, "content", certain_heavy)
+        if score.confidence >= min_confidence and score.tier in Tier.__members__:
+            tier, signal = Tier(score.tier), f"model:{score.tier}"
+        else:
+            tier, signal = uncertain_tier, MODEL_LOW_CONFIDENCE
+        return TierDecision(tier, "content", (signal,), round(score.confidence, 4), score.features)
+    if features.code_signals:
+        return TierDecision(Tier.C, "content", features.code_signals)
     if heavy:
         return TierDecision(Tier.H, "content", heavy)
     return TierDecision(Tier.R, "content", (CONTENT_ROUTINE,))
