@@ -48,6 +48,11 @@ ENV_DOCS: dict[str, tuple[str, str]] = {
     ),
     "TORCHROUTER_LANE_LIMITS": ("(none)", "operator caps on lane concurrency, e.g. balanced=4,code=2"),
     "TORCHROUTER_PROBE_INTERVAL_S": ("2", "how often the fleet probe polls each host's /api/ps"),
+    "TORCHROUTER_LEDGER_REDIS_URL": (
+        "(none: in-process)",
+        "the VRAM ledger's backend: redis://host:port/db shares it across LiteLLM workers",
+    ),
+    "TORCHROUTER_LEDGER_LEASE_S": ("60", "seconds a VRAM reservation lives unless renewed (streams renew)"),
 }
 
 

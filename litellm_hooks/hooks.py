@@ -24,7 +24,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping
+import uuid
+from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +34,7 @@ from litellm.integrations.custom_logger import CustomLogger
 
 from capability_matrix import FleetView, Matrix, MatrixStore, WarmState, next_auth_lockouts
 from capability_matrix.probe import FleetProbe
+from litellm_hooks.reservations import Reservations, open_ledger
 from litellm_hooks.settings import HooksSettings
 from torchrouter_core.contract import RouteReport, RouteRequest, decode_needs, encode_needs
 from torchrouter_core.events import EventKind, EventSink, open_sink
@@ -41,6 +43,7 @@ from torchrouter_core.needs import request_needs
 from torchrouter_core.ranker.interfaces import RequestNeeds
 from torchrouter_core.ranker.select import select
 from torchrouter_core.spend import SpendBook
+from torchrouter_core.usability import host_rooms
 
 log = logging.getLogger("torchrouter.hooks")
 
@@ -54,6 +57,7 @@ class HooksRuntime:
     fleet: FleetView  # the matrix store plus probe observations, answers and lockouts, cached
     events: EventSink
     spend: SpendBook
+    reservations: Reservations  # the VRAM ledger (in-process or Redis) and what this worker holds in it
     # A lease as long as LiteLLM's own request timeout (litellm_config.yaml): a request LiteLLM never
     # reports back on (a client gone before the first chunk) stops counting as load after that.
     in_flight: InFlight = field(default_factory=lambda: InFlight(ttl_s=300.0))
@@ -71,7 +75,8 @@ class HooksRuntime:
             daily_budget_usd=settings.daily_budget_usd,
             spend_today=spend.today,
         )
-        return cls(settings, fleet, open_sink(settings.event_path), spend)
+        reservations = Reservations(open_ledger(settings), settle_s=2 * settings.probe_interval_s)
+        return cls(settings, fleet, open_sink(settings.event_path), spend, reservations)
 
     def live_matrix(self, now: float) -> Matrix:
         store = self.fleet.store
@@ -89,6 +94,7 @@ class HooksRuntime:
 
             def on_update(observations: dict[str, Any]) -> None:
                 self.fleet.on_observations(observations)
+                self.reservations.observe(observations)
                 self.first_round.set()
 
             on_update(await probe.poll_once(time.time()))
@@ -193,6 +199,7 @@ class RouterHooks(CustomLogger):
                 "group": request.group,
                 "route": list(request.route),
                 "needs": encode_needs(needs),
+                "lease_token": uuid.uuid4().hex,  # names this request's VRAM reservations (every attempt)
             }
         except Exception:
             self._failed("pre_call")
@@ -215,14 +222,34 @@ class RouterHooks(CustomLogger):
             kwargs = request_kwargs or {}
             ctx = _ctx_of(kwargs)
             now = time.time()
-            selection = select(
-                model,
-                [(d.get("model_info") or {}).get("id") for d in healthy_deployments],
-                _needs_of(ctx, kwargs, messages),
-                matrix=runtime.live_matrix(now),
-                overlay=runtime.fleet.overlay(now),
-                in_flight=runtime.in_flight.counts(now),
-            )
+            matrix, overlay = runtime.live_matrix(now), runtime.fleet.overlay(now)
+            keys = [(d.get("model_info") or {}).get("id") for d in healthy_deployments]
+            needs = _needs_of(ctx, kwargs, messages)
+            reservations = runtime.reservations
+            token = str(ctx.get("lease_token") or uuid.uuid4().hex)
+            in_flight = runtime.in_flight.counts(now)
+            # The ranker's rooms have the ledger's reservations taken off; a pick that must load a model
+            # reserves its memory, and a refusal (another request or worker took it first) ranks again
+            # without that candidate.
+            reserved, refused, held = await reservations.view(matrix, now), {}, None
+            while True:
+                selection = select(
+                    model,
+                    [k for k in keys if k not in refused],
+                    needs,
+                    matrix=matrix,
+                    overlay=overlay,
+                    in_flight=in_flight,
+                    reserved=reserved,
+                )
+                if selection.chosen is None:
+                    break
+                room = host_rooms(matrix, overlay).get(selection.chosen.host_id)
+                outcome = await reservations.reserve(token, selection.chosen, room, matrix, now)
+                if outcome is not False:
+                    held = outcome
+                    break
+                refused[selection.chosen.key] = "ledger_refused"
             who = {k: ctx.get(k) for k in ("request_id", "agent_id", "tier")}
             first_group = ctx.get("group")
             if first_group and first_group != model:
@@ -234,7 +261,12 @@ class RouterHooks(CustomLogger):
                     to_group=model,
                     planned=model in (ctx.get("route") or ()),
                 )
-            runtime.events.emit("route_selected", **who, **selection.event_fields())
+            fields = selection.event_fields()
+            fields["rejected"] = {**fields["rejected"], **refused}
+            fields["reservation"] = (
+                None if held is None else {"host_id": held.host_id, "model": held.model, "gb": held.gb}
+            )
+            runtime.events.emit("route_selected", **who, **fields)
             chosen = selection.chosen
             if chosen is None:
                 return []
@@ -265,10 +297,37 @@ class RouterHooks(CustomLogger):
             next_auth_lockouts(matrix, fleet.auth_lockouts, key, 200 if status is None else status)
         )
 
+    async def _release(self, kwargs: dict[str, Any]) -> None:
+        """Release the VRAM this attempt's deployment held (exactly once; see litellm_hooks.reservations)."""
+        runtime, key, token = self._runtime, _deployment_key(kwargs), _ctx_of(kwargs).get("lease_token")
+        if runtime is not None and key is not None and isinstance(token, str):
+            await runtime.reservations.release(token, (key,), time.time())
+
+    # --- a stream: renew its reservations while chunks flow, release them however it ends ----------------
+    async def async_post_call_streaming_iterator_hook(
+        self, user_api_key_dict: Any, response: Any, request_data: dict[str, Any]
+    ) -> AsyncGenerator[Any, None]:
+        runtime, token = self._runtime, _ctx_of(request_data).get("lease_token")
+        try:
+            async for item in response:
+                if runtime is not None and isinstance(token, str):
+                    try:
+                        await runtime.reservations.renew(token, time.time())
+                    except Exception:
+                        self._failed("stream_renew")
+                yield item
+        finally:  # the whole stream, a stream cut midway, a client gone (the generator is closed)
+            if runtime is not None and isinstance(token, str):
+                try:
+                    await runtime.reservations.release(token, None, time.time())
+                except Exception:
+                    self._failed("stream_release")
+
     async def async_log_success_event(
         self, kwargs: dict[str, Any], response_obj: Any, start_time: Any, end_time: Any
     ) -> None:
         try:
+            await self._release(kwargs)
             self._finished(kwargs, None)
             if self._runtime is not None:  # streamed answers' cost is known only here
                 self._runtime.spend.record(
@@ -281,6 +340,7 @@ class RouterHooks(CustomLogger):
         self, kwargs: dict[str, Any], response_obj: Any, start_time: Any, end_time: Any
     ) -> None:
         try:
+            await self._release(kwargs)
             self._finished(kwargs, _status_of(kwargs.get("exception")) or 0)
         except Exception:
             self._failed("log_failure")

@@ -2,7 +2,9 @@
 
 The variables are the classifier's own names (``classifier.settings.ENV_DOCS`` documents them all):
 ``TORCHROUTER_CAPABILITY_MATRIX_PATH``, ``TORCHROUTER_ROUTING_CONTINUITY_EVENT_PATH``,
-``TORCHROUTER_DAILY_BUDGET_USD`` and ``TORCHROUTER_PROBE_INTERVAL_S``. A bad value raises
+``TORCHROUTER_DAILY_BUDGET_USD``, ``TORCHROUTER_PROBE_INTERVAL_S``, and the VRAM ledger's
+``TORCHROUTER_LEDGER_REDIS_URL`` (unset: the in-process ledger, right for one LiteLLM worker; set: every
+worker shares the Redis ledger) and ``TORCHROUTER_LEDGER_LEASE_S``. A bad value raises
 :class:`~torchrouter_core.env.SettingsError` naming the variable, which stops LiteLLM at start.
 """
 
@@ -23,6 +25,8 @@ class HooksSettings:
     event_path: str | None = None
     daily_budget_usd: float | None = None  # cloud profiles are locked out past it (as in the classifier)
     probe_interval_s: float = 2.0  # seconds between polls of every host's /api/ps
+    ledger_redis_url: str | None = None  # None: in-process ledger (one worker)
+    ledger_lease_s: float = 60.0  # a reservation not released or renewed within this expires
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> HooksSettings:
@@ -30,6 +34,7 @@ class HooksSettings:
         defaults = cls()
         budget = env.get("TORCHROUTER_DAILY_BUDGET_USD")
         interval = env.get("TORCHROUTER_PROBE_INTERVAL_S")
+        lease = env.get("TORCHROUTER_LEDGER_LEASE_S")
         return cls(
             matrix_path=Path(env.get("TORCHROUTER_CAPABILITY_MATRIX_PATH") or defaults.matrix_path),
             event_path=env.get("TORCHROUTER_ROUTING_CONTINUITY_EVENT_PATH") or None,
@@ -38,5 +43,9 @@ class HooksSettings:
                 parse_float("TORCHROUTER_PROBE_INTERVAL_S", interval, 0.1)
                 if interval
                 else defaults.probe_interval_s
+            ),
+            ledger_redis_url=env.get("TORCHROUTER_LEDGER_REDIS_URL") or None,
+            ledger_lease_s=(
+                parse_float("TORCHROUTER_LEDGER_LEASE_S", lease, 1.0) if lease else defaults.ledger_lease_s
             ),
         )

@@ -126,8 +126,8 @@ async def test_reserve_release_double_release(ledger: Ledger) -> None:
     assert await ledger.reserve(req("b", "y", 20), NOW) is False  # does not fit beside a
     view = await ledger.view(NOW, {})
     assert view["h"].reserved_gb == 20 and [x.lease_id for x in view["h"].leases] == ["a"]
-    assert await ledger.release("a", "h") is True
-    assert await ledger.release("a", "h") is False  # exactly once
+    assert await ledger.release("a", "h", NOW) is True
+    assert await ledger.release("a", "h", NOW) is False  # exactly once
     assert await ledger.view(NOW, {}) == {}
     assert await ledger.reserve(req("b", "y", 20), NOW)
     assert await ledger.peaks() == {"h": 20}
@@ -141,7 +141,7 @@ async def test_expiry_and_renewal(ledger: Ledger) -> None:
     assert await ledger.view(NOW + 19, {}) == {}  # expired: not counted by any read
     assert await ledger.renew("a", "h", NOW + 19) is False
     assert await ledger.reserve(req("b", "y", 20), NOW + 19)
-    assert await ledger.release("a", "h") is False  # an expired lease is not released again
+    assert await ledger.release("a", "h", NOW) is False  # an expired lease is not released again
 
 
 async def test_resident_models_are_not_counted_twice(ledger: Ledger) -> None:
@@ -166,7 +166,7 @@ async def test_concurrent_reserves_never_overcommit(ledger: Ledger) -> None:
     assert sum(results) == 4
     granted = [f"l{i}" for i, ok in enumerate(results) if ok]
     released, regranted = await asyncio.gather(
-        asyncio.gather(*(ledger.release(g, "h") for g in granted * 2)),
+        asyncio.gather(*(ledger.release(g, "h", NOW) for g in granted * 2)),
         asyncio.gather(*(ledger.reserve(req(f"r{i}", f"n{i}", 5, slots=100), NOW) for i in range(50))),
     )
     assert sum(released) == 4  # each released exactly once although asked twice
@@ -184,8 +184,22 @@ async def test_two_clients_of_one_redis_share_the_memory(redis_server: RedisServ
             *((one if i % 2 else two).reserve(req(f"l{i}", f"m{i}", 6, slots=100), NOW) for i in range(40))
         )
         assert sum(results) == 4  # 24 GB / 6 GB, whichever worker asked
-        assert sum([await two.release(f"l{i}", "h") for i in range(40)]) == 4
+        assert sum([await two.release(f"l{i}", "h", NOW) for i in range(40)]) == 4
         assert await one.view(NOW, {}) == {}
     finally:
         await one.close()
         await two.close()
+
+
+async def test_a_released_load_settles_until_the_poll_lists_it(ledger: Ledger) -> None:
+    assert await ledger.reserve(req("a", "x", 20), NOW)
+    assert await ledger.release("a", "h", NOW, settle_s=4) is True
+    assert await ledger.release("a", "h", NOW, settle_s=4) is False
+    # the poll does not list x yet: its memory still counts, so y does not fit
+    assert await ledger.reserve(req("b", "y", 20), NOW + 1) is False
+    # the poll lists x (and its memory is in "used"): nothing counted twice
+    assert await ledger.reserve(req("b", "y", 4, free=4, resident=frozenset({"x"})), NOW + 1)
+    assert await ledger.release("b", "h", NOW)
+    # the settling lease runs out at NOW + 4 whatever the poll says
+    assert await ledger.view(NOW + 4, {}) == {}
+    assert await ledger.reserve(req("c", "y", 20), NOW + 4)

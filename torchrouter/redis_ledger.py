@@ -9,9 +9,9 @@ memory). Layout, under a ``prefix`` (default ``torchrouter:ledger``):
 - ``<prefix>:peak`` -- a hash, host id -> the most GB ever reserved there at once (for the tests and
   ``/fleet``).
 
-Release is ``HDEL`` (atomic: exactly one caller gets 1). Expired leases are dropped by the next reserve
-or renew on that host and ignored by every read. Times are the callers' Unix seconds (the workers share a
-machine's clock).
+Release is a script too (``HGET``, ``HDEL``, the settling lease; atomic: exactly one caller gets 1).
+Expired leases are dropped by the next reserve or renew on that host and ignored by every read. Times
+are the callers' Unix seconds (the workers share a machine's clock).
 """
 
 from __future__ import annotations
@@ -21,7 +21,13 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from torchrouter_core.ledger import DEFAULT_LEASE_TTL_S, HostLedger, Lease, ReserveRequest, pending_by_model
+from torchrouter_core.ledger import (
+    DEFAULT_LEASE_TTL_S,
+    SETTLE_SUFFIX,
+    HostLedger,
+    Lease,
+    ReserveRequest,
+)
 
 # KEYS: host hash, hosts set, peak hash. ARGV: lease id, model, gb, free gb, model slots, now, ttl, host id,
 # then the resident models. Mirrors torchrouter_core.ledger.admits and LedgerBook.reserve.
@@ -69,6 +75,22 @@ return 1
 """
 
 
+# KEYS: host hash. ARGV: lease id, now, settle seconds, settle suffix.
+_RELEASE = """
+local value = redis.call('HGET', KEYS[1], ARGV[1])
+if not value then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[1])
+local settle = tonumber(ARGV[3])
+local suffix = ARGV[4]
+if settle > 0 and string.sub(ARGV[1], -#suffix) ~= suffix then
+  local model, gb, expires = string.match(value, '^(.*)\\t([^\\t]+)\\t([^\\t]+)$')
+  local upto = tonumber(ARGV[2]) + settle
+  redis.call('HSET', KEYS[1], ARGV[1] .. suffix, model .. '\\t' .. gb .. '\\t' .. upto)
+end
+return 1
+"""
+
+
 def _parse(lease_id: str, host_id: str, value: str) -> Lease | None:
     model, sep, rest = value.rpartition("\t")
     model, sep2, gb = model.rpartition("\t")
@@ -101,6 +123,7 @@ class RedisLedger:
         )
         self._reserve: Any = self._redis.register_script(_RESERVE)
         self._renew: Any = self._redis.register_script(_RENEW)
+        self._release: Any = self._redis.register_script(_RELEASE)
 
     def _host_key(self, host_id: str) -> str:
         return f"{self.prefix}:host:{host_id}"
@@ -120,8 +143,9 @@ class RedisLedger:
         ]
         return int(await self._reserve(keys=keys, args=args)) == 1
 
-    async def release(self, lease_id: str, host_id: str) -> bool:
-        return int(await self._redis.hdel(self._host_key(host_id), lease_id)) == 1
+    async def release(self, lease_id: str, host_id: str, now: float, settle_s: float = 0.0) -> bool:
+        args = [lease_id, repr(float(now)), repr(float(settle_s)), SETTLE_SUFFIX]
+        return int(await self._release(keys=[self._host_key(host_id)], args=args)) == 1
 
     async def renew(self, lease_id: str, host_id: str, now: float) -> bool:
         args = [lease_id, repr(float(now)), repr(float(self.ttl_s))]
@@ -138,8 +162,7 @@ class RedisLedger:
                 if lease is not None and lease.expires_at > now:
                     leases.append(lease)
             if leases:
-                pending = pending_by_model(leases, resident.get(host_id, ()))
-                out[host_id] = HostLedger(float(sum(pending.values())), tuple(leases))
+                out[host_id] = HostLedger.of(leases, resident.get(host_id, ()))
         return out
 
     async def peaks(self) -> dict[str, float]:

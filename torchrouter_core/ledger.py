@@ -19,6 +19,10 @@ The rule (pure, here; both backends apply exactly it):
   it); it is released exactly once, by whichever of success, failure, timeout, cancellation or a cut
   stream comes first (a second release is a no-op answering ``False``), and a lease never heard from
   again (its worker died) expires and stops counting.
+- **Until the poll catches up.** A released lease whose model the poll may not list yet (the load
+  finished after the last ``/api/ps``) stays counted as a *settling* lease (id ``<lease id>~settle``)
+  for ``settle_s`` (two probe intervals), so memory just filled is not granted again before the poll
+  shows it; it stops counting as soon as the poll lists the model, like any lease.
 
 :class:`LedgerBook` is the pure state (takes ``now``, returns values); :class:`Ledger` is the interface
 the hooks call, with :class:`InProcessLedger` (one LiteLLM worker) here and the Redis backend at the edge
@@ -36,6 +40,7 @@ from capability_matrix.model import Profile, WarmState
 
 EPS_GB = 1e-9
 DEFAULT_LEASE_TTL_S = 60.0
+SETTLE_SUFFIX = "~settle"
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,10 +72,17 @@ class ReserveRequest:
 
 @dataclass(frozen=True, slots=True)
 class HostLedger:
-    """One host's view of the ledger: reserved GB (the counting rule above) and its live leases."""
+    """One host's view of the ledger: reserved GB and the distinct models they are for (the counting
+    rule above: models the poll lists as resident are not counted), and its live leases."""
 
     reserved_gb: float
     leases: tuple[Lease, ...]
+    pending_models: int = 0
+
+    @classmethod
+    def of(cls, leases: Collection[Lease], resident: Collection[str]) -> HostLedger:
+        pending = pending_by_model(leases, resident)
+        return cls(float(sum(pending.values())), tuple(leases), len(pending))
 
 
 def memory_claim(profile: Profile, observed_gb: Mapping[tuple[str, str], float]) -> float | None:
@@ -130,9 +142,16 @@ class LedgerBook:
         self.peak_gb[request.host_id] = max(self.peak_gb.get(request.host_id, 0.0), reserved)
         return True
 
-    def release(self, lease_id: str) -> bool:
-        """``True`` the first time a held lease is released; ``False`` for unknown, expired or released."""
-        return self.leases.pop(lease_id, None) is not None
+    def release(self, lease_id: str, now: float = 0.0, settle_s: float = 0.0) -> bool:
+        """``True`` the first time a held lease is released; ``False`` for unknown, expired or released.
+        With ``settle_s`` > 0 the memory stays counted as a settling lease until ``now + settle_s``."""
+        lease = self.leases.pop(lease_id, None)
+        if lease is None:
+            return False
+        if settle_s > 0 and not lease_id.endswith(SETTLE_SUFFIX):
+            settle_id = lease_id + SETTLE_SUFFIX
+            self.leases[settle_id] = Lease(settle_id, lease.host_id, lease.model, lease.gb, now + settle_s)
+        return True
 
     def renew(self, lease_id: str, now: float, ttl_s: float) -> bool:
         self.expire(now)
@@ -148,10 +167,7 @@ class LedgerBook:
         by_host: dict[str, list[Lease]] = {}
         for lease in self.leases.values():
             by_host.setdefault(lease.host_id, []).append(lease)
-        return {
-            host: HostLedger(sum(pending_by_model(leases, resident.get(host, ())).values()), tuple(leases))
-            for host, leases in by_host.items()
-        }
+        return {host: HostLedger.of(leases, resident.get(host, ())) for host, leases in by_host.items()}
 
 
 class Ledger(Protocol):
@@ -165,7 +181,7 @@ class Ledger(Protocol):
 
     async def reserve(self, request: ReserveRequest, now: float) -> bool: ...
 
-    async def release(self, lease_id: str, host_id: str) -> bool: ...
+    async def release(self, lease_id: str, host_id: str, now: float, settle_s: float = 0.0) -> bool: ...
 
     async def renew(self, lease_id: str, host_id: str, now: float) -> bool: ...
 
@@ -186,8 +202,8 @@ class InProcessLedger:
     async def reserve(self, request: ReserveRequest, now: float) -> bool:
         return self.book.reserve(request, now, self.ttl_s)
 
-    async def release(self, lease_id: str, host_id: str) -> bool:
-        return self.book.release(lease_id)
+    async def release(self, lease_id: str, host_id: str, now: float, settle_s: float = 0.0) -> bool:
+        return self.book.release(lease_id, now, settle_s)
 
     async def renew(self, lease_id: str, host_id: str, now: float) -> bool:
         return self.book.renew(lease_id, now, self.ttl_s)

@@ -14,6 +14,7 @@ from typing import Any
 
 from capability_matrix.live import LiveOverlay
 from capability_matrix.model import Matrix, Profile
+from torchrouter_core.ledger import HostLedger
 from torchrouter_core.ranker.cycle import rank
 from torchrouter_core.ranker.interfaces import FleetSnapshot, NoCandidate, Ranking, RankOutcome, RequestNeeds
 from torchrouter_core.usability import host_rooms
@@ -65,14 +66,19 @@ class Selection:
 
 
 def snapshot(
-    matrix: Matrix, overlay: LiveOverlay, keys: Sequence[str], in_flight: Mapping[str, int]
+    matrix: Matrix,
+    overlay: LiveOverlay,
+    keys: Sequence[str],
+    in_flight: Mapping[str, int],
+    reserved: Mapping[str, HostLedger] | None = None,
 ) -> FleetSnapshot:
-    """The fleet as the ranker reads it, for the candidates ``keys`` (all in ``matrix``)."""
+    """The fleet as the ranker reads it, for the candidates ``keys`` (all in ``matrix``); ``reserved`` is
+    the VRAM ledger's view (host id -> reservations), taken off each host's room."""
     slots = {}
     for key in keys:
         host = matrix.hosts.get(matrix.profiles[key].host_id)
         slots[key] = host.num_parallel if host is not None else 0
-    return FleetSnapshot(in_flight=in_flight, slots=slots, rooms=host_rooms(matrix, overlay))
+    return FleetSnapshot(in_flight=in_flight, slots=slots, rooms=host_rooms(matrix, overlay, reserved))
 
 
 def select(
@@ -83,10 +89,11 @@ def select(
     matrix: Matrix,
     overlay: LiveOverlay,
     in_flight: Mapping[str, int],
+    reserved: Mapping[str, HostLedger] | None = None,
 ) -> Selection:
     known = [k for k in deployment_keys if k is not None and k in matrix.profiles]
     unknown = tuple(k for k in deployment_keys if k is None or k not in matrix.profiles)
-    fleet = snapshot(matrix, overlay, known, in_flight)
+    fleet = snapshot(matrix, overlay, known, in_flight, reserved)
     try:
         ranking = rank(group, [matrix.profiles[k] for k in known], needs, fleet=fleet)
     except NoCandidate as exc:
