@@ -361,6 +361,10 @@ class RouterHooks(CustomLogger):
             if runtime is not None:  # a non-streamed answer's cost is known now: book it before reporting
                 runtime.spend.record(data.get("litellm_call_id"), _response_cost(response), now)
             warm = ctx.get("warm_state")
+            ledger = None
+            if runtime is not None:
+                view = await runtime.reservations.view(runtime.fleet.matrix(now), now)
+                ledger = {host: (h.reserved_gb, len(h.leases)) for host, h in view.items()}
             report = RouteReport(
                 deployment=ctx.get("deployment"),
                 warm_state=WarmState(warm) if isinstance(warm, str) else None,
@@ -368,6 +372,7 @@ class RouterHooks(CustomLogger):
                 auth_lockouts=frozenset(runtime.fleet.auth_lockouts) if runtime is not None else None,
                 daily_spend_usd=runtime.spend.today(now) if runtime is not None else None,
                 hook_errors=self.errors,
+                ledger=ledger,
             )
             return report.to_headers()
         except Exception:

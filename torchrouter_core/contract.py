@@ -48,6 +48,7 @@ SCORE_MS_HEADER = "x-torchrouter-score-ms"
 AUTH_LOCKOUTS_HEADER = "x-torchrouter-auth-lockouts"
 DAILY_SPEND_HEADER = "x-torchrouter-daily-spend-usd"
 HOOK_ERRORS_HEADER = "x-torchrouter-hook-errors"
+LEDGER_HEADER = "x-torchrouter-ledger"
 # LiteLLM's own response headers, read by the classifier.
 LITELLM_MODEL_ID_HEADER = "x-litellm-model-id"
 LITELLM_FALLBACKS_HEADER = "x-litellm-attempted-fallbacks"
@@ -129,7 +130,8 @@ class RouteReport:
     ``x-litellm-attempted-fallbacks``; 0 when absent); ``auth_lockouts``: every profile key the hooks hold
     locked out for a 401/403, the whole set each time; ``daily_spend_usd``: today's (UTC) cloud spend as
     the hooks total it, the one book of spend; ``hook_errors``: exceptions the hooks caught since LiteLLM
-    started."""
+    started; ``ledger``: the VRAM ledger as the hooks see it, host id -> (reserved GB, live leases), every
+    host with a lease (empty: nothing reserved anywhere)."""
 
     deployment: str | None = None
     warm_state: WarmState | None = None
@@ -138,6 +140,7 @@ class RouteReport:
     auth_lockouts: frozenset[str] | None = None
     daily_spend_usd: float | None = None
     hook_errors: int | None = None
+    ledger: Mapping[str, tuple[float, int]] | None = None
 
     def to_headers(self) -> dict[str, str]:
         """The hooks' headers (``fallbacks`` is LiteLLM's own header and is not written here)."""
@@ -154,6 +157,8 @@ class RouteReport:
             headers[DAILY_SPEND_HEADER] = f"{self.daily_spend_usd:.8f}"
         if self.hook_errors is not None:
             headers[HOOK_ERRORS_HEADER] = str(self.hook_errors)
+        if self.ledger is not None:
+            headers[LEDGER_HEADER] = encode_ledger(self.ledger)
         return headers
 
     @classmethod
@@ -172,6 +177,7 @@ class RouteReport:
             auth_lockouts=_lockouts(headers, problem),
             daily_spend_usd=_number(headers, DAILY_SPEND_HEADER, problem),
             hook_errors=_count(headers, HOOK_ERRORS_HEADER, problem),
+            ledger=_ledger(headers, problem),
         )
 
 
@@ -191,6 +197,7 @@ _OUR_REPORT_HEADERS = (
     AUTH_LOCKOUTS_HEADER,
     DAILY_SPEND_HEADER,
     HOOK_ERRORS_HEADER,
+    LEDGER_HEADER,
 )
 
 
@@ -269,6 +276,33 @@ def _lockouts(headers: Mapping[str, str], problem: Problem) -> frozenset[str] | 
         return frozenset()  # reported, and empty: nothing is locked out
     keys = _token_list(headers, AUTH_LOCKOUTS_HEADER, _MAX_LOCKOUTS, problem)
     return frozenset(keys) if keys else None
+
+
+_MAX_LEDGER_HOSTS = 256
+
+
+def encode_ledger(ledger: Mapping[str, tuple[float, int]]) -> str:
+    """``{"h1": (6.5, 2)}`` -> ``"h1=6.500:2"`` (comma-separated, sorted; empty: nothing reserved)."""
+    return ",".join(f"{host}={gb:.3f}:{leases}" for host, (gb, leases) in sorted(ledger.items()))
+
+
+def _ledger(headers: Mapping[str, str], problem: Problem) -> dict[str, tuple[float, int]] | None:
+    raw = headers.get(LEDGER_HEADER)
+    if raw is None:
+        return None
+    out: dict[str, tuple[float, int]] = {}
+    for part in filter(None, raw.split(",")[:_MAX_LEDGER_HOSTS]):
+        host, _, rest = part.partition("=")
+        gb, _, leases = rest.partition(":")
+        try:
+            value, count = float(gb), int(leases)
+        except ValueError:
+            value, count = math.nan, -1
+        if not _TOKEN.fullmatch(host) or not math.isfinite(value) or value < 0 or count < 0:
+            problem(LEDGER_HEADER, raw, "is not <host>=<GB>:<leases>[,...]")
+            return None
+        out[host] = (value, count)
+    return out
 
 
 def _number(headers: Mapping[str, str], name: str, problem: Problem) -> float | None:
