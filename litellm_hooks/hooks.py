@@ -278,6 +278,23 @@ class RouterHooks(CustomLogger):
             self._failed("filter_deployments")
             return healthy_deployments
 
+    # --- the picked deployment's call: think: false from the matrix -----------------------------------------
+    async def async_pre_call_deployment_hook(
+        self, kwargs: dict[str, Any], call_type: Any
+    ) -> dict[str, Any] | None:
+        """Profiles with ``requires_think_false`` get ``think: false`` (Ollama's native ``/api/chat``), read
+        from the live matrix on every call, so an edit of the matrix takes effect without the config."""
+        try:
+            runtime = self._ensure()
+            model_info = kwargs.get("model_info") or {}
+            key = model_info.get("id") if isinstance(model_info, Mapping) else None
+            profile = runtime.fleet.store.current.profiles.get(key) if isinstance(key, str) else None
+            if profile is not None and profile.requires_think_false:
+                kwargs["think"] = False
+        except Exception:
+            self._failed("pre_call_deployment")
+        return kwargs
+
     # --- outcomes: free the in-flight slot, learn warm and auth state, book the spend --------------------
     def _finished(self, kwargs: dict[str, Any], status: int | None) -> None:
         runtime = self._runtime
