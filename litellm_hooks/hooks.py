@@ -34,7 +34,7 @@ from litellm.integrations.custom_logger import CustomLogger
 
 from capability_matrix import FleetView, Matrix, MatrixStore, WarmState, next_auth_lockouts
 from capability_matrix.probe import FleetProbe
-from litellm_hooks.reservations import Reservations, open_ledger
+from litellm_hooks.reservations import Reservations, host_reports, open_ledger
 from litellm_hooks.settings import HooksSettings
 from torchrouter_core.contract import RouteReport, RouteRequest, decode_needs, encode_needs
 from torchrouter_core.events import EventKind, EventSink, open_sink
@@ -380,8 +380,10 @@ class RouterHooks(CustomLogger):
             warm = ctx.get("warm_state")
             ledger = None
             if runtime is not None:
-                view = await runtime.reservations.view(runtime.fleet.matrix(now), now)
-                ledger = {host: (h.reserved_gb, len(h.leases)) for host, h in view.items()}
+                matrix = runtime.fleet.matrix(now)
+                ledger = host_reports(
+                    matrix, await runtime.reservations.view(matrix, now), runtime.in_flight.counts(now)
+                )
             report = RouteReport(
                 deployment=ctx.get("deployment"),
                 warm_state=WarmState(warm) if isinstance(warm, str) else None,

@@ -29,6 +29,7 @@ from typing import Literal
 from capability_matrix.live import HostObservation
 from capability_matrix.model import BYTES_PER_GB, Matrix, Profile
 from litellm_hooks.settings import HooksSettings
+from torchrouter_core.contract import HostReport
 from torchrouter_core.ledger import (
     HostLedger,
     InProcessLedger,
@@ -48,6 +49,26 @@ class Held:
     model: str
     gb: float
     expires_at: float  # worker-side bookkeeping only; the ledger's own lease is authoritative
+
+
+def host_reports(
+    matrix: Matrix, view: Mapping[str, HostLedger], in_flight: Mapping[str, int]
+) -> dict[str, HostReport]:
+    """Host id -> what ``x-torchrouter-ledger`` reports: the ledger's view plus requests in flight per
+    host (summed over its profiles); hosts with nothing reserved and nothing in flight are left out."""
+    busy: dict[str, int] = {}
+    for key, count in in_flight.items():
+        profile = matrix.profiles.get(key)
+        if profile is not None and profile.is_local and count > 0:
+            busy[profile.host_id] = busy.get(profile.host_id, 0) + count
+    out: dict[str, HostReport] = {}
+    for host in view.keys() | busy.keys():
+        held = view.get(host)
+        reserved, leases, pending = (
+            (held.reserved_gb, len(held.leases), held.pending_models) if held else (0, 0, 0)
+        )
+        out[host] = HostReport(float(reserved), leases, pending, busy.get(host, 0))
+    return out
 
 
 def open_ledger(settings: HooksSettings) -> Ledger:

@@ -31,7 +31,7 @@ from tests.redis_server import RedisServer
 from torchrouter.litellm_process import LiteLLMProcess
 from torchrouter.redis_ledger import RedisLedger
 from torchrouter.sim import fleet_spec_from_matrix
-from torchrouter_core.contract import RouteReport
+from torchrouter_core.contract import HostReport, RouteReport
 from torchrouter_core.ledger import HostLedger
 
 TIME_SCALE = 0.02
@@ -112,7 +112,7 @@ async def one_request(session: aiohttp.ClientSession, f: Fleet, i: int, rng: ran
         return "error"
 
 
-async def ledger_report(session: aiohttp.ClientSession, f: Fleet) -> dict[str, tuple[float, int]]:
+async def ledger_report(session: aiohttp.ClientSession, f: Fleet) -> dict[str, HostReport]:
     """The ledger as the hooks report it, read from a cloud request (which reserves nothing)."""
     body = {"model": "cloud-fast", "messages": [{"role": "user", "content": "ledger?"}], "max_tokens": 2}
     headers = {"Authorization": f"Bearer {f.key}"}
@@ -156,8 +156,8 @@ async def test_200_mixed_requests_one_worker_never_overcommit_and_release_everyt
         peaks: dict[str, float] = {}
 
         async def watch(session: aiohttp.ClientSession) -> None:
-            for host, (gb, _) in (await ledger_report(session, f)).items():
-                peaks[host] = max(peaks.get(host, 0.0), gb)
+            for host, report in (await ledger_report(session, f)).items():
+                peaks[host] = max(peaks.get(host, 0.0), report.reserved_gb)
 
         outcomes = await fire(f, 200, watch)
         assert outcomes.count("cut") > 5 and outcomes.count("gone") > 5, outcomes
@@ -165,7 +165,7 @@ async def test_200_mixed_requests_one_worker_never_overcommit_and_release_everyt
         assert spills(f) == 0
         async with aiohttp.ClientSession() as session:
 
-            async def empty() -> bool:
+            async def empty() -> bool:  # nothing reserved, nothing in flight, on any host
                 return await ledger_report(session, f) == {}
 
             await eventually(empty, timeout_s=20, what="the in-process ledger back at zero")

@@ -16,13 +16,17 @@ from collections.abc import Mapping
 
 from capability_matrix.live import LiveOverlay
 from capability_matrix.model import Matrix, Profile, WarmState
+from torchrouter_core.ledger import HostLedger
 from torchrouter_core.usability import RESIDENT, HostRoom, cannot_load, host_rooms, locked_out, unreachable
 
 
-def usable_profiles(matrix: Matrix, overlay: LiveOverlay) -> frozenset[str]:
+def usable_profiles(
+    matrix: Matrix, overlay: LiveOverlay, reserved: Mapping[str, HostLedger] | None = None
+) -> frozenset[str]:
     """Keys of the local profiles that can take work now (the rules of :mod:`torchrouter_core.usability`),
-    cold ones packed per host so two of them never count against the same free memory."""
-    rooms = host_rooms(matrix, overlay)
+    cold ones packed per host so two of them never count against the same free memory; ``reserved`` (the
+    VRAM ledger's view) is taken off each host's room first, as the ranker does."""
+    rooms = host_rooms(matrix, overlay, reserved)
     by_host: dict[str, list[Profile]] = defaultdict(list)
     for profile in matrix.profiles.values():
         if (
@@ -45,9 +49,13 @@ def usable_profiles(matrix: Matrix, overlay: LiveOverlay) -> frozenset[str]:
 
 
 def lane_limits(
-    matrix: Matrix, overlay: LiveOverlay, lanes: tuple[str, ...], caps: Mapping[str, int]
+    matrix: Matrix,
+    overlay: LiveOverlay,
+    lanes: tuple[str, ...],
+    caps: Mapping[str, int],
+    reserved: Mapping[str, HostLedger] | None = None,
 ) -> dict[str, int]:
-    usable = usable_profiles(matrix, overlay)
+    usable = usable_profiles(matrix, overlay, reserved)
     limits: dict[str, int] = {}
     for lane in lanes:
         slots = sum(matrix.hosts[p.host_id].num_parallel for p in matrix.in_lane(lane) if p.key in usable)

@@ -24,6 +24,7 @@ import math
 import re
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from capability_matrix.model import WarmState
 from torchrouter_core.ranker.interfaces import RequestNeeds
@@ -121,6 +122,16 @@ class RouteRequest:
         )
 
 
+class HostReport(NamedTuple):
+    """One host in the ``x-torchrouter-ledger`` header: GB reserved (the ledger's counting rule), live
+    leases, distinct models those are for (pending loads), and requests in flight there."""
+
+    reserved_gb: float
+    leases: int
+    pending_models: int
+    in_flight: int
+
+
 @dataclass(frozen=True)
 class RouteReport:
     """What the hooks report back on a response (``None``: not reported).
@@ -130,8 +141,8 @@ class RouteReport:
     ``x-litellm-attempted-fallbacks``; 0 when absent); ``auth_lockouts``: every profile key the hooks hold
     locked out for a 401/403, the whole set each time; ``daily_spend_usd``: today's (UTC) cloud spend as
     the hooks total it, the one book of spend; ``hook_errors``: exceptions the hooks caught since LiteLLM
-    started; ``ledger``: the VRAM ledger as the hooks see it, host id -> (reserved GB, live leases), every
-    host with a lease (empty: nothing reserved anywhere)."""
+    started; ``ledger``: the VRAM ledger and load as the hooks see them, host id -> :class:`HostReport`,
+    every host with a lease or a request in flight (empty: nothing anywhere)."""
 
     deployment: str | None = None
     warm_state: WarmState | None = None
@@ -140,7 +151,7 @@ class RouteReport:
     auth_lockouts: frozenset[str] | None = None
     daily_spend_usd: float | None = None
     hook_errors: int | None = None
-    ledger: Mapping[str, tuple[float, int]] | None = None
+    ledger: Mapping[str, HostReport] | None = None
 
     def to_headers(self) -> dict[str, str]:
         """The hooks' headers (``fallbacks`` is LiteLLM's own header and is not written here)."""
@@ -281,27 +292,37 @@ def _lockouts(headers: Mapping[str, str], problem: Problem) -> frozenset[str] | 
 _MAX_LEDGER_HOSTS = 256
 
 
-def encode_ledger(ledger: Mapping[str, tuple[float, int]]) -> str:
-    """``{"h1": (6.5, 2)}`` -> ``"h1=6.500:2"`` (comma-separated, sorted; empty: nothing reserved)."""
-    return ",".join(f"{host}={gb:.3f}:{leases}" for host, (gb, leases) in sorted(ledger.items()))
+def encode_ledger(ledger: Mapping[str, HostReport]) -> str:
+    """``{"h1": HostReport(6.5, 2, 1, 3)}`` -> ``"h1=6.500:2:1:3"`` (comma-separated, sorted by host;
+    empty: nothing reserved or in flight anywhere)."""
+    return ",".join(
+        f"{host}={r.reserved_gb:.3f}:{r.leases}:{r.pending_models}:{r.in_flight}"
+        for host, r in sorted(ledger.items())
+    )
 
 
-def _ledger(headers: Mapping[str, str], problem: Problem) -> dict[str, tuple[float, int]] | None:
+def _ledger(headers: Mapping[str, str], problem: Problem) -> dict[str, HostReport] | None:
     raw = headers.get(LEDGER_HEADER)
     if raw is None:
         return None
-    out: dict[str, tuple[float, int]] = {}
+    out: dict[str, HostReport] = {}
     for part in filter(None, raw.split(",")[:_MAX_LEDGER_HOSTS]):
         host, _, rest = part.partition("=")
-        gb, _, leases = rest.partition(":")
+        fields = rest.split(":")
         try:
-            value, count = float(gb), int(leases)
-        except ValueError:
-            value, count = math.nan, -1
-        if not _TOKEN.fullmatch(host) or not math.isfinite(value) or value < 0 or count < 0:
-            problem(LEDGER_HEADER, raw, "is not <host>=<GB>:<leases>[,...]")
+            gb, counts = float(fields[0]), [int(f) for f in fields[1:]]
+        except (ValueError, IndexError):
+            gb, counts = math.nan, []
+        if (
+            not _TOKEN.fullmatch(host)
+            or not math.isfinite(gb)
+            or gb < 0
+            or len(counts) != 3
+            or min(counts) < 0
+        ):
+            problem(LEDGER_HEADER, raw, "is not <host>=<GB>:<leases>:<pending models>:<in flight>[,...]")
             return None
-        out[host] = (value, count)
+        out[host] = HostReport(gb, *counts)
     return out
 
 
