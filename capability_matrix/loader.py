@@ -180,6 +180,7 @@ def _build(doc: Mapping[str, Any]) -> Matrix:
             vram_gb=float(p["vram_gb"]),
             speed_score=float(p["speed_score"]),
             quality_score=float(p["quality_score"]),
+            num_parallel=p.get("num_parallel"),
         )
         for key, p in doc["profiles"].items()
     }

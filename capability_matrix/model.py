@@ -80,6 +80,7 @@ class Profile:
     vram_gb: float
     speed_score: float
     quality_score: float
+    num_parallel: int | None = None  # Ollama's parallel slots for this model; None: the host's num_parallel
 
     @property
     def is_local(self) -> bool:
@@ -104,6 +105,7 @@ class Profile:
             "vram_gb": self.vram_gb,
             "speed_score": self.speed_score,
             "quality_score": self.quality_score,
+            **({"num_parallel": self.num_parallel} if self.num_parallel is not None else {}),
         }
 
 

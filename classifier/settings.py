@@ -53,6 +53,10 @@ ENV_DOCS: dict[str, tuple[str, str]] = {
         "the VRAM ledger's backend: redis://host:port/db shares it across LiteLLM workers",
     ),
     "TORCHROUTER_LEDGER_LEASE_S": ("60", "seconds a VRAM reservation lives unless renewed (streams renew)"),
+    "TORCHROUTER_RANKER_WEIGHTS": (
+        "H:ttft=0.5,quality=0.5;R:ttft=0.85,quality=0.15;C:ttft=0.65,quality=0.35",
+        "the ranker's weights per tier (scorers: ttft, quality, speed, warm, idle)",
+    ),
 }
 
 

@@ -41,6 +41,7 @@ from torchrouter_core.events import EventKind, EventSink, open_sink
 from torchrouter_core.inflight import InFlight
 from torchrouter_core.needs import request_needs
 from torchrouter_core.ranker.interfaces import RequestNeeds
+from torchrouter_core.ranker.scorers import weights_for
 from torchrouter_core.ranker.select import select
 from torchrouter_core.spend import SpendBook
 from torchrouter_core.usability import host_rooms
@@ -241,6 +242,7 @@ class RouterHooks(CustomLogger):
                     overlay=overlay,
                     in_flight=in_flight,
                     reserved=reserved,
+                    weights=weights_for(ctx.get("tier"), runtime.settings.tier_weights),
                 )
                 if selection.chosen is None:
                     break

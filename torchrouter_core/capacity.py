@@ -1,6 +1,7 @@
 """How many requests each local lane can run at once, derived from the live matrix (pure).
 
-A lane's limit is the parallel slots (each host's ``num_parallel``, Ollama's OLLAMA_NUM_PARALLEL) of
+A lane's limit is the parallel slots (the profile's ``num_parallel``, else its host's: Ollama's
+OLLAMA_NUM_PARALLEL) of
 its usable profiles. Per host, in one pass across all lanes: a profile that is not locked out and is
 resident (warm or hot) is usable; then cold ones, smallest first, while they fit in what is left of the
 host's free GPU memory and under its ``max_loaded_models`` (they could be loaded now without evicting
@@ -58,7 +59,11 @@ def lane_limits(
     usable = usable_profiles(matrix, overlay, reserved)
     limits: dict[str, int] = {}
     for lane in lanes:
-        slots = sum(matrix.hosts[p.host_id].num_parallel for p in matrix.in_lane(lane) if p.key in usable)
+        slots = sum(
+            p.num_parallel or matrix.hosts[p.host_id].num_parallel
+            for p in matrix.in_lane(lane)
+            if p.key in usable
+        )
         cap = caps.get(lane)
         limits[lane] = slots if cap is None else min(slots, cap)
     return limits

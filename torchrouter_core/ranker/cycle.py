@@ -50,10 +50,8 @@ def rank(
     if not kept:
         raise NoCandidate(group, rejected)
     total_weight = sum(weights.values()) or 1.0
-    scored = [
-        (p, sum(w * _clamp(scorers.SCORERS[name](p, fleet)) for name, w in weights.items()) / total_weight)
-        for p in kept
-    ]
+    terms = {p.key: {name: _clamp(scorers.SCORERS[name](p, fleet)) for name in weights} for p in kept}
+    scored = [(p, sum(w * terms[p.key][name] for name, w in weights.items()) / total_weight) for p in kept]
     t2 = time.perf_counter()
     chosen = picker(scored)
     t3 = time.perf_counter()
@@ -62,4 +60,6 @@ def rank(
         scores={p.key: round(s, 4) for p, s in scored},
         rejected=rejected,
         timings_ms={"filter": (t1 - t0) * 1e3, "score": (t2 - t1) * 1e3, "pick": (t3 - t2) * 1e3},
+        terms={key: {name: round(v, 4) for name, v in t.items()} for key, t in terms.items()},
+        ttft_s={chosen.key: round(scorers.estimated_ttft_s(chosen, fleet), 4)},
     )
