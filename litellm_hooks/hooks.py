@@ -27,6 +27,7 @@ import time
 import uuid
 from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import aiohttp
@@ -41,6 +42,7 @@ from torchrouter_core.events import EventKind, EventSink, open_sink
 from torchrouter_core.inflight import InFlight
 from torchrouter_core.needs import request_needs
 from torchrouter_core.ranker.interfaces import RequestNeeds
+from torchrouter_core.ranker.observed import ObservedTimes
 from torchrouter_core.ranker.scorers import weights_for
 from torchrouter_core.ranker.select import select
 from torchrouter_core.spend import SpendBook
@@ -59,6 +61,7 @@ class HooksRuntime:
     events: EventSink
     spend: SpendBook
     reservations: Reservations  # the VRAM ledger (in-process or Redis) and what this worker holds in it
+    observed: ObservedTimes = field(default_factory=ObservedTimes)  # service and load times per deployment
     # A lease as long as LiteLLM's own request timeout (litellm_config.yaml): a request LiteLLM never
     # reports back on (a client gone before the first chunk) stops counting as load after that.
     in_flight: InFlight = field(default_factory=lambda: InFlight(ttl_s=300.0))
@@ -128,6 +131,15 @@ def _needs_of(ctx: Mapping[str, Any], kwargs: Mapping[str, Any], messages: objec
     if isinstance(carried, str):
         return decode_needs(carried)
     return request_needs({**kwargs, "messages": messages if messages is not None else kwargs.get("messages")})
+
+
+def _seconds_between(start: object, end: object) -> float | None:
+    """LiteLLM passes datetimes (or floats) for start, end and completion_start_time."""
+    if isinstance(start, datetime) and isinstance(end, datetime):
+        return (end - start).total_seconds()
+    if isinstance(start, int | float) and isinstance(end, int | float):
+        return float(end) - float(start)
+    return None
 
 
 def _response_cost(response: object) -> object:
@@ -243,6 +255,7 @@ class RouterHooks(CustomLogger):
                     in_flight=in_flight,
                     reserved=reserved,
                     weights=weights_for(ctx.get("tier"), runtime.settings.tier_weights),
+                    observed=runtime.observed,
                 )
                 if selection.chosen is None:
                     break
@@ -316,6 +329,19 @@ class RouterHooks(CustomLogger):
             next_auth_lockouts(matrix, fleet.auth_lockouts, key, 200 if status is None else status)
         )
 
+    def _observe(self, kwargs: Mapping[str, Any], start_time: Any, end_time: Any) -> None:
+        """A success teaches the ranker this deployment's service time, and its load time when it was cold."""
+        runtime, key = self._runtime, _deployment_key(kwargs)
+        if runtime is None or key is None or key not in runtime.fleet.store.current.profiles:
+            return
+        first = kwargs.get("completion_start_time")
+        runtime.observed.record(
+            key,
+            service_s=_seconds_between(start_time, end_time),
+            ttft_s=_seconds_between(start_time, first),
+            was_cold=_ctx_of(kwargs).get("warm_state") == WarmState.COLD.value,
+        )
+
     async def _release(self, kwargs: dict[str, Any]) -> None:
         """Release the VRAM this attempt's deployment held (exactly once; see litellm_hooks.reservations)."""
         runtime, key, token = self._runtime, _deployment_key(kwargs), _ctx_of(kwargs).get("lease_token")
@@ -348,6 +374,7 @@ class RouterHooks(CustomLogger):
         try:
             await self._release(kwargs)
             self._finished(kwargs, None)
+            self._observe(kwargs, start_time, end_time)
             if self._runtime is not None:  # streamed answers' cost is known only here
                 self._runtime.spend.record(
                     kwargs.get("litellm_call_id"), kwargs.get("response_cost"), time.time()

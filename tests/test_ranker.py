@@ -34,6 +34,7 @@ from torchrouter_core.ranker import (
     rank,
     scorers,
 )
+from torchrouter_core.ranker.observed import ObservedTimes
 from torchrouter_core.ranker.select import select
 from torchrouter_core.usability import HostRoom
 
@@ -375,3 +376,25 @@ def test_parse_tier_weights(text: str, ok: bool) -> None:
     else:
         with pytest.raises(ValueError, match="ranker weights"):
             scorers.parse_tier_weights(text)
+
+
+@pytest.mark.parametrize(
+    ("samples", "service", "load"),
+    [
+        ([(2.0, 9.0, True)], 2.0, 9.0),  # the first sample is taken as it is
+        ([(2.0, 9.0, True), (4.0, 1.0, False)], 2.6, 9.0),  # warm TTFTs do not teach load times
+        ([(2.0, None, True), (float("nan"), -1.0, True)], 2.0, None),  # bad samples ignored
+    ],
+)
+def test_observed_times(
+    samples: list[tuple[float, float | None, bool]], service: float, load: float | None
+) -> None:
+    observed = ObservedTimes(alpha=0.3)
+    for service_s, ttft_s, cold in samples:
+        observed.record("k", service_s=service_s, ttft_s=ttft_s, was_cold=cold)
+    assert observed.service_s["k"] == pytest.approx(service)
+    assert observed.load_s.get("k") == (None if load is None else pytest.approx(load))
+    fleet = FleetSnapshot(service_s=observed.service_s, load_s=observed.load_s)
+    cold_profile = local(key="k", warm_state=WarmState.COLD)
+    expected = load if load is not None else scorers.load_estimate_s(cold_profile)
+    assert scorers.estimated_ttft_s(cold_profile, fleet) == pytest.approx(expected)

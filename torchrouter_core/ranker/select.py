@@ -18,6 +18,7 @@ from torchrouter_core.ledger import HostLedger
 from torchrouter_core.ranker import scorers
 from torchrouter_core.ranker.cycle import rank
 from torchrouter_core.ranker.interfaces import FleetSnapshot, NoCandidate, Ranking, RankOutcome, RequestNeeds
+from torchrouter_core.ranker.observed import ObservedTimes
 from torchrouter_core.usability import host_rooms
 
 
@@ -75,6 +76,7 @@ def snapshot(
     in_flight: Mapping[str, int],
     reserved: Mapping[str, HostLedger] | None = None,
     prompt_tokens: int = 0,
+    observed: ObservedTimes | None = None,
 ) -> FleetSnapshot:
     """The fleet as the ranker reads it, for the candidates ``keys`` (all in ``matrix``); ``reserved`` is
     the VRAM ledger's view (host id -> reservations), taken off each host's room."""
@@ -88,6 +90,8 @@ def snapshot(
         slots=slots,
         rooms=host_rooms(matrix, overlay, reserved),
         prompt_tokens=prompt_tokens,
+        service_s=observed.service_s if observed is not None else {},
+        load_s=observed.load_s if observed is not None else {},
     )
 
 
@@ -101,10 +105,11 @@ def select(
     in_flight: Mapping[str, int],
     reserved: Mapping[str, HostLedger] | None = None,
     weights: Mapping[str, float] = scorers.DEFAULT_WEIGHTS,
+    observed: ObservedTimes | None = None,
 ) -> Selection:
     known = [k for k in deployment_keys if k is not None and k in matrix.profiles]
     unknown = tuple(k for k in deployment_keys if k is None or k not in matrix.profiles)
-    fleet = snapshot(matrix, overlay, known, in_flight, reserved, needs.prompt_tokens)
+    fleet = snapshot(matrix, overlay, known, in_flight, reserved, needs.prompt_tokens, observed)
     try:
         ranking = rank(group, [matrix.profiles[k] for k in known], needs, fleet=fleet, weights=weights)
     except NoCandidate as exc:
