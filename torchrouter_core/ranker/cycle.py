@@ -41,17 +41,24 @@ def rank(
     kept: list[Profile] = []
     fleet = fleet or FleetSnapshot()
     for profile in candidates:
-        reason = next((r for f in active_filters if (r := f(profile, needs, fleet)) is not None), None)
-        if reason is None:
-            kept.append(profile)
+        for rule in active_filters:  # a plain loop: this runs per candidate per request
+            reason = rule(profile, needs, fleet)
+            if reason is not None:
+                rejected[profile.key] = reason
+                break
         else:
-            rejected[profile.key] = reason
+            kept.append(profile)
     t1 = time.perf_counter()
     if not kept:
         raise NoCandidate(group, rejected)
     total_weight = sum(weights.values()) or 1.0
-    terms = {p.key: {name: _clamp(scorers.SCORERS[name](p, fleet)) for name in weights} for p in kept}
-    scored = [(p, sum(w * terms[p.key][name] for name, w in weights.items()) / total_weight) for p in kept]
+    plan = [(name, scorers.SCORERS[name], w / total_weight) for name, w in weights.items()]
+    terms: dict[str, dict[str, float]] = {}
+    scored: list[tuple[Profile, float]] = []
+    for p in kept:
+        values = {name: _clamp(scorer(p, fleet)) for name, scorer, _ in plan}
+        terms[p.key] = values
+        scored.append((p, sum(values[name] * share for name, _, share in plan)))
     t2 = time.perf_counter()
     chosen = picker(scored)
     t3 = time.perf_counter()
