@@ -35,3 +35,4 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.bench_ttft
 	$(BIN)/python -m benchmarks.bench_overhead
 	$(BIN)/python -m benchmarks.bench_wait_estimate
+	$(BIN)/python -m benchmarks.bench_ranker
