@@ -38,3 +38,4 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.bench_stream_shape
 	$(BIN)/python -m benchmarks.bench_cancel_on_disconnect
 	$(BIN)/python -m benchmarks.bench_tiers
+	$(BIN)/python -m benchmarks.bench_ranker

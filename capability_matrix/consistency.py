@@ -3,9 +3,9 @@
 This module owns the rules that tie `matrix.yaml` to `litellm_config.yaml`: every deployment names a profile
 (`model_info.id` = profile key) and every profile has exactly one deployment; a deployment's group is its
 profile's lane, its model is `ollama_chat/<model>` or `openai/<model>`, its api_base is the profile's, and
-`think: false` is set where the profile requires it; fallbacks and lanes only name groups that exist; cloud
-keys are environment references, never literal secrets. `check_consistency` is pure; `validate_files` reads
-both files for the `torchrouter validate` command.
+`think` is never set in the LiteLLM config (the hooks apply the matrix's `requires_think_false`); fallbacks
+and lanes only name groups that exist; cloud keys are environment references, never literal secrets.
+`check_consistency` is pure; `validate_files` reads both files for the `torchrouter validate` command.
 """
 
 from __future__ import annotations
@@ -83,9 +83,10 @@ def _deployment_problems(profile: Profile, group: object, params: Mapping[str, A
     api_base = params.get("api_base")
     if not isinstance(api_base, str) or api_base.rstrip("/") != profile.api_base.rstrip("/"):
         problems.append(f"litellm_params.api_base {api_base!r} but the profile says {profile.api_base!r}")
-    if profile.requires_think_false and params.get("think") is not False:
+    if "think" in params:
         problems.append(
-            f"the profile requires think: false but litellm_params.think is {params.get('think')!r}"
+            f"litellm_params.think is set ({params['think']!r}); think comes from the matrix's "
+            "requires_think_false (the hooks apply it), so a matrix edit takes effect"
         )
     api_key = params.get("api_key")
     if api_key is not None and not (isinstance(api_key, str) and api_key.startswith(_ENV_REF)):

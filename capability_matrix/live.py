@@ -144,8 +144,9 @@ def derive_warm_states(
     """Warm state of every local profile (cloud profiles keep their declared state, so they are absent).
 
     hot: resident, and served within `hot_window_s` or with a request in flight (`in_flight` holds keys);
-    also a model that answered after the host's last observation, whatever that observation listed (an
-    answer is newer evidence of residency than the poll before it);
+    residency is always the last `/api/ps` poll's: an answer after the poll does not make a model the poll
+    did not list resident (it may have been evicted since; the VRAM ledger's settling lease covers the
+    memory of a load the poll has not seen yet);
     warm: resident; cold: host reachable, model not resident (or its keep-alive has expired);
     unknown: host unreachable, never observed, or observed more than `max_age_s` ago.
     """
@@ -157,8 +158,6 @@ def derive_warm_states(
         obs = observations.get(p.host_id)
         if obs is None or not obs.reachable or (max_age_s is not None and now - obs.observed_at > max_age_s):
             states[p.key] = WarmState.UNKNOWN
-        elif last_served.get(p.key, -math.inf) > obs.observed_at:
-            states[p.key] = WarmState.HOT
         elif _tagged(p.model) not in resident[p.host_id]:
             states[p.key] = WarmState.COLD
         elif p.key in in_flight or now - last_served.get(p.key, -math.inf) <= hot_window_s:

@@ -181,6 +181,7 @@ def _build(doc: Mapping[str, Any]) -> Matrix:
             speed_score=float(p["speed_score"]),
             quality_score=float(p["quality_score"]),
             input_modalities=frozenset(p.get("input_modalities") or ("text",)),
+            num_parallel=p.get("num_parallel"),
         )
         for key, p in doc["profiles"].items()
     }

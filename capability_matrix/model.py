@@ -82,6 +82,7 @@ class Profile:
     quality_score: float
     # What the model can read (MODALITIES); text only unless the matrix says more.
     input_modalities: frozenset[str] = frozenset({"text"})
+    num_parallel: int | None = None  # Ollama's parallel slots for this model; None: the host's num_parallel
 
     @property
     def is_local(self) -> bool:
@@ -107,6 +108,7 @@ class Profile:
             "speed_score": self.speed_score,
             "quality_score": self.quality_score,
             "input_modalities": sorted(self.input_modalities),
+            **({"num_parallel": self.num_parallel} if self.num_parallel is not None else {}),
         }
 
 

@@ -37,6 +37,7 @@ from capability_matrix import watch as watch_file
 from capability_matrix.probe import FleetProbe, NvmlGpuReader, Probe
 from classifier.admission import Lanes
 from classifier.chat import chat_completions, too_large_message
+from classifier.fleet_status import FleetCollector, LedgerMirror, fleet_status
 from classifier.forwarder import Forwarder, HttpForwarder
 from classifier.http_errors import error_response, http_error_response
 from classifier.keys import (
@@ -48,6 +49,7 @@ from classifier.keys import (
     HOOKS_SEEN_KEY,
     LANES_KEY,
     LEARNED_TIERING_KEY,
+    LEDGER_KEY,
     LITELLM_FALLBACKS_KEY,
     MATRIX_KEY,
     METRICS_KEY,
@@ -151,7 +153,10 @@ async def _watchers_ctx(app: web.Application) -> AsyncIterator[None]:
 def refresh_lane_limits(app: web.Application) -> None:
     fleet = app[FLEET_KEY]
     overlay, live = fleet.overlay(), fleet.matrix()
-    app[LANES_KEY].set_limits(lane_limits(live, overlay, LOCAL_GROUPS, app[SETTINGS_KEY].lane_caps))
+    reserved = app[LEDGER_KEY].reserved() if LEDGER_KEY in app else None
+    app[LANES_KEY].set_limits(
+        lane_limits(live, overlay, LOCAL_GROUPS, app[SETTINGS_KEY].lane_caps, reserved=reserved)
+    )
 
 
 def _probe_ctx(given: Probe | None) -> Callable[[web.Application], AsyncIterator[None]]:
@@ -251,6 +256,8 @@ def create_app(
         on_lockout_change=lockout_changed,
     )
     app[LANES_KEY] = Lanes(enabled=settings.queue_enabled)
+    app[LEDGER_KEY] = LedgerMirror(on_change=lambda: refresh_lane_limits(app))
+    metrics.registry.register(FleetCollector(lambda: fleet_status(app[FLEET_KEY], app[LEDGER_KEY])))
     app[REQUEST_IDS_KEY] = RequestIds()
     app[LITELLM_FALLBACKS_KEY] = load_litellm_fallbacks(settings.litellm_config_path)
     app[LEARNED_TIERING_KEY] = _learned_tiering(settings)
@@ -277,6 +284,7 @@ def create_app(
     app.router.add_get("/health", health)
     app.router.add_get("/capability-matrix", capability_matrix)
     app.router.add_get("/queue/status", queue_status)
+    app.router.add_get("/fleet", fleet_endpoint)
     app.router.add_get("/metrics", metrics_text)
     app.router.add_get("/v1/models", models)
     app.router.add_get("/v1/models/{model_id:.+}", model_by_id)
@@ -312,6 +320,12 @@ async def capability_matrix(request: web.Request) -> web.Response:
     body = fleet.matrix().to_json()
     body["live"] = overlay.to_json()  # GPU memory and its source per host, live lockouts and why
     return _json(body)
+
+
+async def fleet_endpoint(request: web.Request) -> web.Response:
+    """Per host: capacity, used and reserved GB, live reservations, pending loads, requests in flight,
+    resident models with their memory (see classifier.fleet_status)."""
+    return _json(fleet_status(request.app[FLEET_KEY], request.app[LEDGER_KEY]))
 
 
 async def queue_status(request: web.Request) -> web.Response:

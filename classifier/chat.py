@@ -29,6 +29,7 @@ from classifier.keys import (
     HOOKS_SEEN_KEY,
     LANES_KEY,
     LEARNED_TIERING_KEY,
+    LEDGER_KEY,
     MATRIX_KEY,
     METRICS_KEY,
     REQUEST_IDS_KEY,
@@ -286,6 +287,8 @@ def _learn(app: web.Application, trace: RouteTrace, report: RouteReport, status:
         app[HOOKS_SEEN_KEY].errors = report.hook_errors
     if report.auth_lockouts is not None:
         fleet.set_auth_lockouts(dict.fromkeys(report.auth_lockouts, "provider answered 401/403"))
+    if report.ledger is not None:  # lane limits follow when the reservations changed
+        app[LEDGER_KEY].update(report.ledger, time.time())
 
 
 def _annotate(trace: RouteTrace, report: RouteReport, matrix: MatrixStore, group: str) -> None:

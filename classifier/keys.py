@@ -10,6 +10,7 @@ from aiohttp import web
 from capability_matrix import FleetView, MatrixStore
 from capability_matrix.probe import Probe
 from classifier.admission import Lanes
+from classifier.fleet_status import LedgerMirror
 from classifier.forwarder import Forwarder
 from classifier.metrics import Metrics
 from classifier.routing_headers import RequestIds
@@ -44,3 +45,4 @@ class HooksSeen:
 
 HOOKS_SEEN_KEY = web.AppKey("hooks_seen", HooksSeen)
 PROBE_KEY = web.AppKey("probe", Probe)
+LEDGER_KEY = web.AppKey("ledger", LedgerMirror)

@@ -57,6 +57,15 @@ ENV_DOCS: dict[str, tuple[str, str]] = {
     ),
     "TORCHROUTER_TIER_MIN_CONFIDENCE": ("0.4", "0..1; below it the learned model's tier is not trusted"),
     "TORCHROUTER_TIER_DEFAULT": ("H", "tier (H, R or C) of a request the learned model is unsure of"),
+    "TORCHROUTER_LEDGER_REDIS_URL": (
+        "(none: in-process)",
+        "the VRAM ledger's backend: redis://host:port/db shares it across LiteLLM workers",
+    ),
+    "TORCHROUTER_LEDGER_LEASE_S": ("60", "seconds a VRAM reservation lives unless renewed (streams renew)"),
+    "TORCHROUTER_RANKER_WEIGHTS": (
+        "H:ttft=0.5,quality=0.5;R:ttft=0.85,quality=0.15;C:ttft=0.65,quality=0.35",
+        "the ranker's weights per tier (scorers: ttft, quality, speed, warm, idle)",
+    ),
 }
 
 

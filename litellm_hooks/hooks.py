@@ -24,8 +24,10 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import aiohttp
@@ -34,6 +36,7 @@ from litellm.integrations.custom_logger import CustomLogger
 from capability_matrix import FleetView, Matrix, MatrixStore, WarmState, next_auth_lockouts
 from capability_matrix.probe import FleetProbe
 from litellm_hooks.client_watch import ClientWatches, watch_current_client
+from litellm_hooks.reservations import Reservations, host_reports, open_ledger
 from litellm_hooks.settings import HooksSettings
 from litellm_hooks.streams import name_the_group, shaped_stream
 from torchrouter_core.contract import RouteReport, RouteRequest, decode_needs, encode_needs
@@ -41,8 +44,11 @@ from torchrouter_core.events import EventKind, EventSink, open_sink
 from torchrouter_core.inflight import InFlight
 from torchrouter_core.needs import request_needs
 from torchrouter_core.ranker.interfaces import RequestNeeds
+from torchrouter_core.ranker.observed import ObservedTimes
+from torchrouter_core.ranker.scorers import weights_for
 from torchrouter_core.ranker.select import select
 from torchrouter_core.spend import SpendBook
+from torchrouter_core.usability import host_rooms
 
 log = logging.getLogger("torchrouter.hooks")
 
@@ -56,6 +62,8 @@ class HooksRuntime:
     fleet: FleetView  # the matrix store plus probe observations, answers and lockouts, cached
     events: EventSink
     spend: SpendBook
+    reservations: Reservations  # the VRAM ledger (in-process or Redis) and what this worker holds in it
+    observed: ObservedTimes = field(default_factory=ObservedTimes)  # service and load times per deployment
     # A lease as long as LiteLLM's own request timeout (litellm_config.yaml): a request LiteLLM never
     # reports back on (a client gone before the first chunk) stops counting as load after that.
     in_flight: InFlight = field(default_factory=lambda: InFlight(ttl_s=300.0))
@@ -73,7 +81,8 @@ class HooksRuntime:
             daily_budget_usd=settings.daily_budget_usd,
             spend_today=spend.today,
         )
-        return cls(settings, fleet, open_sink(settings.event_path), spend)
+        reservations = Reservations(open_ledger(settings), settle_s=2 * settings.probe_interval_s)
+        return cls(settings, fleet, open_sink(settings.event_path), spend, reservations)
 
     def live_matrix(self, now: float) -> Matrix:
         store = self.fleet.store
@@ -91,6 +100,7 @@ class HooksRuntime:
 
             def on_update(observations: dict[str, Any]) -> None:
                 self.fleet.on_observations(observations)
+                self.reservations.observe(observations)
                 self.first_round.set()
 
             on_update(await probe.poll_once(time.time()))
@@ -123,6 +133,15 @@ def _needs_of(ctx: Mapping[str, Any], kwargs: Mapping[str, Any], messages: objec
     if isinstance(carried, str):
         return decode_needs(carried)
     return request_needs({**kwargs, "messages": messages if messages is not None else kwargs.get("messages")})
+
+
+def _seconds_between(start: object, end: object) -> float | None:
+    """LiteLLM passes datetimes (or floats) for start, end and completion_start_time."""
+    if isinstance(start, datetime) and isinstance(end, datetime):
+        return (end - start).total_seconds()
+    if isinstance(start, int | float) and isinstance(end, int | float):
+        return float(end) - float(start)
+    return None
 
 
 def _response_cost(response: object) -> object:
@@ -196,6 +215,7 @@ class RouterHooks(CustomLogger):
                 "group": request.group,
                 "route": list(request.route),
                 "needs": encode_needs(needs),
+                "lease_token": uuid.uuid4().hex,  # names this request's VRAM reservations (every attempt)
             }
             if data.get("stream") is True:
                 self.client_watches.add(data.get("litellm_call_id"), watch_current_client())
@@ -220,14 +240,36 @@ class RouterHooks(CustomLogger):
             kwargs = request_kwargs or {}
             ctx = _ctx_of(kwargs)
             now = time.time()
-            selection = select(
-                model,
-                [(d.get("model_info") or {}).get("id") for d in healthy_deployments],
-                _needs_of(ctx, kwargs, messages),
-                matrix=runtime.live_matrix(now),
-                overlay=runtime.fleet.overlay(now),
-                in_flight=runtime.in_flight.counts(now),
-            )
+            matrix, overlay = runtime.live_matrix(now), runtime.fleet.overlay(now)
+            keys = [(d.get("model_info") or {}).get("id") for d in healthy_deployments]
+            needs = _needs_of(ctx, kwargs, messages)
+            reservations = runtime.reservations
+            token = str(ctx.get("lease_token") or uuid.uuid4().hex)
+            in_flight = runtime.in_flight.counts(now)
+            # The ranker's rooms have the ledger's reservations taken off; a pick that must load a model
+            # reserves its memory, and a refusal (another request or worker took it first) ranks again
+            # without that candidate.
+            reserved, refused, held = await reservations.view(matrix, now), {}, None
+            while True:
+                selection = select(
+                    model,
+                    [k for k in keys if k not in refused],
+                    needs,
+                    matrix=matrix,
+                    overlay=overlay,
+                    in_flight=in_flight,
+                    reserved=reserved,
+                    weights=weights_for(ctx.get("tier"), runtime.settings.tier_weights),
+                    observed=runtime.observed,
+                )
+                if selection.chosen is None:
+                    break
+                room = host_rooms(matrix, overlay).get(selection.chosen.host_id)
+                outcome = await reservations.reserve(token, selection.chosen, room, matrix, now)
+                if outcome is not False:
+                    held = outcome
+                    break
+                refused[selection.chosen.key] = "ledger_refused"
             who = {k: ctx.get(k) for k in ("request_id", "agent_id", "tier")}
             first_group = ctx.get("group")
             if first_group and first_group != model:
@@ -239,7 +281,12 @@ class RouterHooks(CustomLogger):
                     to_group=model,
                     planned=model in (ctx.get("route") or ()),
                 )
-            runtime.events.emit("route_selected", **who, **selection.event_fields())
+            fields = selection.event_fields()
+            fields["rejected"] = {**fields["rejected"], **refused}
+            fields["reservation"] = (
+                None if held is None else {"host_id": held.host_id, "model": held.model, "gb": held.gb}
+            )
+            runtime.events.emit("route_selected", **who, **fields)
             chosen = selection.chosen
             if chosen is None:
                 # Why, for the classifier: a static reason is a 400 there, a lockout a 503 (feasibility).
@@ -252,6 +299,23 @@ class RouterHooks(CustomLogger):
         except Exception:
             self._failed("filter_deployments")
             return healthy_deployments
+
+    # --- the picked deployment's call: think: false from the matrix -----------------------------------------
+    async def async_pre_call_deployment_hook(
+        self, kwargs: dict[str, Any], call_type: Any
+    ) -> dict[str, Any] | None:
+        """Profiles with ``requires_think_false`` get ``think: false`` (Ollama's native ``/api/chat``), read
+        from the live matrix on every call, so an edit of the matrix takes effect without the config."""
+        try:
+            runtime = self._ensure()
+            model_info = kwargs.get("model_info") or {}
+            key = model_info.get("id") if isinstance(model_info, Mapping) else None
+            profile = runtime.fleet.store.current.profiles.get(key) if isinstance(key, str) else None
+            if profile is not None and profile.requires_think_false:
+                kwargs["think"] = False
+        except Exception:
+            self._failed("pre_call_deployment")
+        return kwargs
 
     # --- outcomes: free the in-flight slot, learn warm and auth state, book the spend --------------------
     def _finished(self, kwargs: dict[str, Any], status: int | None) -> None:
@@ -272,11 +336,50 @@ class RouterHooks(CustomLogger):
             next_auth_lockouts(matrix, fleet.auth_lockouts, key, 200 if status is None else status)
         )
 
+    def _observe(self, kwargs: Mapping[str, Any], start_time: Any, end_time: Any) -> None:
+        """A success teaches the ranker this deployment's service time, and its load time when it was cold."""
+        runtime, key = self._runtime, _deployment_key(kwargs)
+        if runtime is None or key is None or key not in runtime.fleet.store.current.profiles:
+            return
+        first = kwargs.get("completion_start_time")
+        runtime.observed.record(
+            key,
+            service_s=_seconds_between(start_time, end_time),
+            ttft_s=_seconds_between(start_time, first),
+            was_cold=_ctx_of(kwargs).get("warm_state") == WarmState.COLD.value,
+        )
+
+    async def _release(self, kwargs: dict[str, Any]) -> None:
+        """Release the VRAM this attempt's deployment held (exactly once; see litellm_hooks.reservations)."""
+        runtime, key, token = self._runtime, _deployment_key(kwargs), _ctx_of(kwargs).get("lease_token")
+        if runtime is not None and key is not None and isinstance(token, str):
+            await runtime.reservations.release(token, (key,), time.time())
+
+    # --- a stream: renew its reservations while chunks flow, release them however it ends ----------------
+    @staticmethod
+    async def _leased(
+        stream: AsyncGenerator[Any, None], runtime: HooksRuntime, token: str, failed: Callable[[str], None]
+    ) -> AsyncGenerator[Any, None]:
+        try:
+            async for item in stream:
+                try:
+                    await runtime.reservations.renew(token, time.time())
+                except Exception:
+                    failed("stream_renew")
+                yield item
+        finally:  # the whole stream, a stream cut midway, a client gone (the generator is closed)
+            try:
+                await runtime.reservations.release(token, None, time.time())
+            except Exception:
+                failed("stream_release")
+
     async def async_log_success_event(
         self, kwargs: dict[str, Any], response_obj: Any, start_time: Any, end_time: Any
     ) -> None:
         try:
+            await self._release(kwargs)
             self._finished(kwargs, None)
+            self._observe(kwargs, start_time, end_time)
             if self._runtime is not None:  # streamed answers' cost is known only here
                 self._runtime.spend.record(
                     kwargs.get("litellm_call_id"), kwargs.get("response_cost"), time.time()
@@ -289,6 +392,7 @@ class RouterHooks(CustomLogger):
     ) -> None:
         try:
             self.client_watches.take(kwargs.get("litellm_call_id"))  # a stream that never started
+            await self._release(kwargs)
             self._finished(kwargs, _status_of(kwargs.get("exception")) or 0)
         except Exception:
             self._failed("log_failure")
@@ -309,6 +413,12 @@ class RouterHooks(CustomLogger):
             if runtime is not None:  # a non-streamed answer's cost is known now: book it before reporting
                 runtime.spend.record(data.get("litellm_call_id"), _response_cost(response), now)
             warm = ctx.get("warm_state")
+            ledger = None
+            if runtime is not None:
+                matrix = runtime.fleet.matrix(now)
+                ledger = host_reports(
+                    matrix, await runtime.reservations.view(matrix, now), runtime.in_flight.counts(now)
+                )
             report = RouteReport(
                 deployment=ctx.get("deployment"),
                 warm_state=WarmState(warm) if isinstance(warm, str) else None,
@@ -317,11 +427,35 @@ class RouterHooks(CustomLogger):
                 daily_spend_usd=runtime.spend.today(now) if runtime is not None else None,
                 hook_errors=self.errors,
                 no_candidate=ctx.get("no_candidate") or None,
+                ledger=ledger,
             )
             return report.to_headers()
         except Exception:
             self._failed("response_headers")
             return None
+
+    async def async_post_call_failure_hook(
+        self,
+        request_data: dict[str, Any],
+        original_exception: Exception,
+        user_api_key_dict: Any,
+        traceback_str: str | None = None,
+    ) -> Any:
+        """The request failed as a whole: every attempt failed, or its client left and LiteLLM cancelled
+        the call (``cancel_on_disconnect``, which runs no log hook). Nothing of it runs any more, so what it
+        still holds is given back: its VRAM reservations and its in-flight entries."""
+        try:
+            runtime, ctx = self._runtime, _ctx_of(request_data)
+            if runtime is None:
+                return None
+            token, request_id = ctx.get("lease_token"), ctx.get("request_id")
+            if isinstance(token, str):
+                await runtime.reservations.release(token, None, time.time())
+            if request_id:
+                runtime.in_flight.finish_request(str(request_id))
+        except Exception:
+            self._failed("post_call_failure")
+        return None
 
     def _abandoned(self, request_data: dict[str, Any]) -> None:
         """A stream closed because its client left: LiteLLM reports neither success nor failure for it, so
@@ -355,13 +489,19 @@ class RouterHooks(CustomLogger):
             self._failed("post_call_success")
         return None
 
-    def async_post_call_streaming_iterator_hook(  # returns the generator itself: no extra hop per chunk
+    def async_post_call_streaming_iterator_hook(  # returns a generator itself: no extra hop per chunk
         self, user_api_key_dict: Any, response: Any, request_data: dict[str, Any]
     ) -> AsyncGenerator[Any, None]:
-        return shaped_stream(
+        """OpenAI's chunk shape, the provider stream closed once the client has gone (streams.py), and the
+        request's VRAM reservations renewed while chunks flow and released however the stream ends."""
+        shaped = shaped_stream(
             response,
             request_data,
             client_gone=self.client_watches.take(request_data.get("litellm_call_id")),
             on_error=self._failed,
             on_abandoned=lambda: self._abandoned(request_data),
         )
+        runtime, token = self._runtime, _ctx_of(request_data).get("lease_token")
+        if runtime is None or not isinstance(token, str):
+            return shaped
+        return self._leased(shaped, runtime, token, self._failed)

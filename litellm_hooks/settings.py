@@ -2,7 +2,10 @@
 
 The variables are the classifier's own names (``classifier.settings.ENV_DOCS`` documents them all):
 ``TORCHROUTER_CAPABILITY_MATRIX_PATH``, ``TORCHROUTER_ROUTING_CONTINUITY_EVENT_PATH``,
-``TORCHROUTER_DAILY_BUDGET_USD`` and ``TORCHROUTER_PROBE_INTERVAL_S``. A bad value raises
+``TORCHROUTER_DAILY_BUDGET_USD``, ``TORCHROUTER_PROBE_INTERVAL_S``, and the VRAM ledger's
+``TORCHROUTER_LEDGER_REDIS_URL`` (unset: the in-process ledger, right for one LiteLLM worker; set: every
+worker shares the Redis ledger) and ``TORCHROUTER_LEDGER_LEASE_S``, and the ranker's per-tier weights
+``TORCHROUTER_RANKER_WEIGHTS`` (``torchrouter_core.ranker.scorers.parse_tier_weights``). A bad value raises
 :class:`~torchrouter_core.env.SettingsError` naming the variable, which stops LiteLLM at start.
 """
 
@@ -10,11 +13,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from capability_matrix.loader import DEFAULT_MATRIX_PATH
-from torchrouter_core.env import parse_float
+from torchrouter_core.env import SettingsError, parse_float
+from torchrouter_core.ranker.scorers import TIER_WEIGHTS, parse_tier_weights
 
 
 @dataclass(frozen=True)
@@ -23,6 +27,9 @@ class HooksSettings:
     event_path: str | None = None
     daily_budget_usd: float | None = None  # cloud profiles are locked out past it (as in the classifier)
     probe_interval_s: float = 2.0  # seconds between polls of every host's /api/ps
+    ledger_redis_url: str | None = None  # None: in-process ledger (one worker)
+    ledger_lease_s: float = 60.0  # a reservation not released or renewed within this expires
+    tier_weights: Mapping[str, Mapping[str, float]] = field(default_factory=lambda: dict(TIER_WEIGHTS))
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> HooksSettings:
@@ -30,6 +37,12 @@ class HooksSettings:
         defaults = cls()
         budget = env.get("TORCHROUTER_DAILY_BUDGET_USD")
         interval = env.get("TORCHROUTER_PROBE_INTERVAL_S")
+        lease = env.get("TORCHROUTER_LEDGER_LEASE_S")
+        weights = env.get("TORCHROUTER_RANKER_WEIGHTS")
+        try:
+            tier_weights = parse_tier_weights(weights) if weights else dict(TIER_WEIGHTS)
+        except ValueError as exc:
+            raise SettingsError(f"TORCHROUTER_RANKER_WEIGHTS={weights!r}: {exc}") from None
         return cls(
             matrix_path=Path(env.get("TORCHROUTER_CAPABILITY_MATRIX_PATH") or defaults.matrix_path),
             event_path=env.get("TORCHROUTER_ROUTING_CONTINUITY_EVENT_PATH") or None,
@@ -39,4 +52,9 @@ class HooksSettings:
                 if interval
                 else defaults.probe_interval_s
             ),
+            ledger_redis_url=env.get("TORCHROUTER_LEDGER_REDIS_URL") or None,
+            ledger_lease_s=(
+                parse_float("TORCHROUTER_LEDGER_LEASE_S", lease, 1.0) if lease else defaults.ledger_lease_s
+            ),
+            tier_weights=tier_weights,
         )

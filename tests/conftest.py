@@ -19,6 +19,7 @@ from capability_matrix.probe import Probe
 from classifier.app import create_app
 from classifier.settings import Secret, Settings
 from tests.harness import SimThread, free_ports, read_events, render_fleet_files, served
+from tests.redis_server import RedisServer
 from torchrouter.litellm_process import LiteLLMProcess
 from torchrouter.sim import fleet_spec_from_matrix
 
@@ -67,6 +68,16 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     finally:
         litellm.stop()
         sim.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A real redis-server on a free port for the whole session (fails, never skips, when missing)."""
+    server = RedisServer.start(tmp_path_factory.mktemp("redis"))
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 ClassifierFactory = Callable[..., Awaitable[str]]

@@ -15,6 +15,10 @@ from capability_matrix import (
     parse_matrix,
 )
 from torchrouter_core.capacity import lane_limits, parse_lane_caps
+from torchrouter_core.ledger import HostLedger
+from torchrouter_core.ranker import filters
+from torchrouter_core.ranker.interfaces import FleetSnapshot, RequestNeeds
+from torchrouter_core.usability import cannot_load, host_rooms
 
 HOST = "box-10.0.0.1"
 LANES = ("fast-chat", "balanced", "code")
@@ -109,3 +113,38 @@ def test_parse_lane_caps() -> None:
     assert parse_lane_caps("balanced=4, code=2") == {"balanced": 4, "code": 2}
     with pytest.raises(ValueError, match="fast-chat"):
         parse_lane_caps("fast-chat=-1")
+
+
+# -- the VRAM ledger: lane capacity and the ranker take the same reservations off the same rooms ------------
+@pytest.mark.parametrize(
+    ("reserved_gb", "pending", "expected"),
+    [
+        (0.0, 0, {"fast-chat": 2, "balanced": 0, "code": 2}),
+        # 14 GB reserved for a load not yet listed: 10 GB left, one model slot; only the 6 GB one fits
+        (14.0, 1, {"fast-chat": 2, "balanced": 0, "code": 0}),
+        # 20 GB reserved: 4 GB left, nothing cold fits
+        (20.0, 1, {"fast-chat": 0, "balanced": 0, "code": 0}),
+        # memory left but both model slots pending
+        (1.0, 2, {"fast-chat": 0, "balanced": 0, "code": 0}),
+    ],
+)
+def test_reservations_shrink_lane_capacity_and_the_rankers_rooms_alike(
+    reserved_gb: float, pending: int, expected: dict[str, int]
+) -> None:
+    ov = overlay({"small": COLD, "mid": COLD, "big": COLD})
+    live = MATRIX.with_live(ov)
+    reserved = {HOST: HostLedger(reserved_gb, (), pending)}
+    assert lane_limits(live, ov, LANES, {}, reserved=reserved) == expected
+    rooms = host_rooms(live, ov, reserved)
+    usable_for_ranker = {
+        p.lane
+        for p in live.profiles.values()
+        if filters.room(p, RequestNeeds(), FleetSnapshot(rooms=rooms)) is None
+    }
+    # the ranker's room filter (one candidate at a time) keeps a superset of what capacity packs together
+    assert {lane for lane, n in expected.items() if n} <= usable_for_ranker
+    assert all(
+        cannot_load(p, rooms[HOST]) is not None
+        for p in live.profiles.values()
+        if p.lane not in usable_for_ranker
+    )

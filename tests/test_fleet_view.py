@@ -53,7 +53,7 @@ def test_cached_until_an_input_changes() -> None:
     assert fleet.matrix() is hot
 
 
-def test_an_answer_after_a_poll_that_missed_the_model_makes_it_hot() -> None:
+def test_an_answer_after_a_poll_that_missed_the_model_leaves_it_cold_until_a_poll_lists_it() -> None:
     fleet, clock = view()
     poll(fleet, clock.now, "qwen3:8b")
     clock.now += 1
@@ -62,7 +62,10 @@ def test_an_answer_after_a_poll_that_missed_the_model_makes_it_hot() -> None:
     poll(fleet, clock.now)  # this poll lists nothing on the host
     assert fleet.matrix().profiles[KEY].warm_state is WarmState.COLD
     clock.now += 1
-    fleet.served(KEY)  # but the model just answered: it is resident now
+    fleet.served(KEY)  # it answered, but /api/ps is the residency source (issue #9): still cold
+    assert fleet.matrix().profiles[KEY].warm_state is WarmState.COLD
+    clock.now += 1
+    poll(fleet, clock.now, "qwen3:8b")  # the next poll lists it, and it answered recently: hot
     assert fleet.matrix().profiles[KEY].warm_state is WarmState.HOT
 
 

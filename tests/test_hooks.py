@@ -8,6 +8,8 @@ way LiteLLM 1.102.4 does (the data shapes of ``DESIGN.md``); nothing of ours is 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -15,12 +17,15 @@ from typing import Any
 import pytest
 import yaml
 
+from capability_matrix import WarmState
 from litellm_hooks.hooks import RouterHooks
+from litellm_hooks.reservations import Held
 from litellm_hooks.settings import HooksSettings
 from tests.conftest import Stack
 from tests.harness import eventually, read_events
 from torchrouter_core.contract import RouteReport, RouteRequest
 from torchrouter_core.ranker import RequestNeeds
+from torchrouter_core.usability import HostRoom
 
 
 def test_litellm_starts_the_hooks_before_the_first_route(stack: Stack) -> None:
@@ -129,5 +134,38 @@ async def test_a_request_that_bypassed_the_classifier_is_ranked_from_its_body(
     assert picked == []  # LiteLLM answers "no deployments" and falls back
     selected = await _last(events, "route_selected")
     assert selected["request_id"] == "call-2" and selected["outcome"] == "no_candidate"
-    assert set(selected["rejected"].values()) <= {"context_window", "host_unreachable"}
+    # the body decides (context window); usability rules may also rule some out first, by fleet state
+    assert "context_window" in set(selected["rejected"].values())
+    assert set(selected["rejected"].values()) <= {"context_window", "host_unreachable", "no_room"}
+    assert instance.errors == 0
+
+
+async def test_a_stream_cut_midway_releases_its_reservation_exactly_once(
+    stack: Stack, hooks: tuple[RouterHooks, Path]
+) -> None:
+    instance, _ = hooks
+    runtime = instance._runtime
+    assert runtime is not None
+    await asyncio.wait_for(runtime.first_round.wait(), 10)
+    matrix = runtime.fleet.matrix()
+    local = next(p for p in matrix.profiles.values() if p.is_local)
+    cold = dataclasses.replace(local, warm_state=WarmState.COLD)
+    token = "lease-token-cut"
+    held = await runtime.reservations.reserve(token, cold, HostRoom(1000.0, 10), matrix, time.time())
+    assert isinstance(held, Held)
+    metadata = {"torchrouter": {"lease_token": token}}
+
+    async def chunks() -> AsyncIterator[int]:
+        for i in range(10):
+            yield i
+
+    stream = instance.async_post_call_streaming_iterator_hook(None, chunks(), {"metadata": metadata})
+    assert await stream.__anext__() == 0
+    assert runtime.reservations.held  # held while the stream runs
+    await stream.aclose()  # the client went away after the first chunk
+    assert runtime.reservations.held == {}
+    assert await runtime.reservations.ledger.release(held.lease_id, held.host_id, time.time()) is False
+    # LiteLLM's failure log for the same call comes later and finds nothing left to release
+    kwargs = {"metadata": metadata, "litellm_params": {"model_info": {"id": cold.key}}}
+    await instance.async_log_failure_event(kwargs, None, None, None)
     assert instance.errors == 0

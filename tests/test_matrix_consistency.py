@@ -39,7 +39,6 @@ def test_shipped_config_shape() -> None:
     assert deployments[K]["litellm_params"] == {
         "model": "ollama_chat/qwen3:8b",
         "api_base": "http://127.0.0.1:11501",
-        "think": False,
     }
     assert deployments[CLOUD]["litellm_params"] == {
         "model": "openai/gpt-4o",
@@ -138,9 +137,10 @@ DRIFT = [
         "'http://127.0.0.1:11510/v1'",
     ),
     (
-        "think:false missing",
-        _deployment(K, lambda d: d["litellm_params"].pop("think")),
-        f"deployment '{K}': the profile requires think: false but litellm_params.think is None",
+        "think set in the config",
+        _params(K, think=False),
+        f"deployment '{K}': litellm_params.think is set (False); think comes from the matrix's "
+        "requires_think_false (the hooks apply it), so a matrix edit takes effect",
     ),
     (
         "literal api key",

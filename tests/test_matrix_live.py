@@ -403,7 +403,7 @@ def test_nvml_reader_on_this_machine_reports_cleanly() -> None:
         reader.close()
 
 
-def test_an_answer_newer_than_the_last_poll_makes_the_model_hot() -> None:
+def test_residency_is_the_polls_even_after_an_answer() -> None:
     from capability_matrix import (
         DEFAULT_MATRIX_PATH,
         HostObservation,
@@ -418,4 +418,4 @@ def test_an_answer_newer_than_the_last_poll_makes_the_model_hot() -> None:
         "matthew-100.86.174.11": HostObservation("matthew-100.86.174.11", True, (), observed_at=100.0)
     }
     assert derive_warm_states(matrix, nothing_loaded, {key: 99.0}, now=101.0)[key] is WarmState.COLD
-    assert derive_warm_states(matrix, nothing_loaded, {key: 100.5}, now=101.0)[key] is WarmState.HOT
+    assert derive_warm_states(matrix, nothing_loaded, {key: 100.5}, now=101.0)[key] is WarmState.COLD

@@ -25,6 +25,7 @@ from torchrouter_core.ranker import (
     Filter,
     FleetSnapshot,
     NoCandidate,
+    Ranking,
     RankOutcome,
     RequestNeeds,
     Scorer,
@@ -33,6 +34,7 @@ from torchrouter_core.ranker import (
     rank,
     scorers,
 )
+from torchrouter_core.ranker.observed import ObservedTimes
 from torchrouter_core.ranker.select import select
 from torchrouter_core.usability import HostRoom
 
@@ -218,7 +220,8 @@ def test_scorers(scorer: Scorer, profile: Profile, fleet: FleetSnapshot, score: 
 
 
 def test_every_weight_has_a_scorer() -> None:
-    assert set(scorers.DEFAULT_WEIGHTS) == set(scorers.SCORERS)
+    assert set(scorers.DEFAULT_WEIGHTS) <= set(scorers.SCORERS)
+    assert all(set(w) <= set(scorers.SCORERS) for w in scorers.TIER_WEIGHTS.values())
 
 
 # --- picker -----------------------------------------------------------------------------------------------
@@ -297,3 +300,135 @@ def test_select_with_no_candidate_answers_the_reasons() -> None:
     )
     assert selection.chosen is None and selection.outcome is RankOutcome.NO_CANDIDATE
     assert selection.event_fields()["rejected"] == {"x": "context_window"}
+
+
+# --- expected time to first token and the pinned order (issue #9) ------------------------------------------
+OTHER = "box-10.0.0.2"
+SLOTS2 = {"warm-idle": 2, "cold-free": 2, "warm-busy": 2, "cold-full": 2}
+
+
+@pytest.mark.parametrize(
+    ("profile", "fleet", "ttft_s"),
+    [
+        (local(), FleetSnapshot(), 0.0),  # warm, idle, no prompt
+        (local(warm_state=WarmState.HOT), FleetSnapshot(prompt_tokens=1000), 1.0),  # 1000 / (2000 * 0.5)
+        (local(warm_state=WarmState.COLD), FleetSnapshot(), 6.0),  # 2 s + 0.4 s/GB * 10 GB, declared
+        (local(warm_state=WarmState.COLD), FleetSnapshot(load_s={BASE.key: 30.0}), 30.0),  # observed load
+        (local(warm_state=WarmState.UNKNOWN), FleetSnapshot(), 6.0),  # not known resident: a load
+        # 3 in flight on 2 slots: 2 ahead of us drain 2 at a time -> one service time of 2 s
+        (local(), FleetSnapshot(in_flight={BASE.key: 3}, slots={BASE.key: 2}), 2.0),
+        (
+            local(),
+            FleetSnapshot(in_flight={BASE.key: 3}, slots={BASE.key: 2}, service_s={BASE.key: 5.0}),
+            5.0,
+        ),
+        (local(), FleetSnapshot(in_flight={BASE.key: 1}, slots={BASE.key: 2}), 0.0),  # a free slot
+        (CLOUD, FleetSnapshot(), scorers.CLOUD_FIRST_TOKEN_S),
+    ],
+)
+def test_estimated_ttft(profile: Profile, fleet: FleetSnapshot, ttft_s: float) -> None:
+    assert scorers.estimated_ttft_s(profile, fleet) == pytest.approx(ttft_s)
+    assert scorers.ttft(profile, fleet) == pytest.approx(2.0 / (2.0 + ttft_s))
+
+
+def _pinned(busy: int) -> Ranking:
+    """Four candidates of equal quality: warm and idle; cold on a host with free memory; warm with ``busy``
+    in flight on 2 slots; cold on a host whose memory is taken (it would need an eviction)."""
+    candidates = [
+        local(key="warm-idle"),
+        local(key="cold-free", warm_state=WarmState.COLD, host_id=OTHER),
+        local(key="warm-busy"),
+        local(key="cold-full", warm_state=WarmState.COLD, vram_gb=20.0),
+    ]
+    fleet = FleetSnapshot(
+        in_flight={"warm-idle": 0, "warm-busy": busy},
+        slots=SLOTS2,
+        rooms={HOST: HostRoom(free_gb=4.0, model_slots=1), OTHER: HostRoom(free_gb=40.0, model_slots=2)},
+    )
+    return rank("balanced", candidates, RequestNeeds(), fleet=fleet, weights=scorers.TIER_WEIGHTS["R"])
+
+
+@pytest.mark.parametrize("busy", [2, 4, 6, 20])
+def test_the_pinned_order(busy: int) -> None:
+    """warm and idle > cold on a host with free memory > warm but saturated (until its wait exceeds the
+    load elsewhere) > a load that needs an eviction (never: it is filtered out, nothing is evicted)."""
+    ranking = _pinned(busy)
+    s = ranking.scores
+    assert ranking.chosen.key == "warm-idle"
+    assert s["warm-idle"] > s["cold-free"] and s["warm-idle"] > s["warm-busy"]
+    assert ranking.rejected == {"cold-full": "no_room"}
+    wait_s = max(0, busy - 2 + 1) * scorers.DEFAULT_SERVICE_S / 2
+    load_s = scorers.load_estimate_s(local())  # 6 s for the 10 GB model
+    if wait_s < load_s:
+        assert s["warm-busy"] > s["cold-free"]
+    else:
+        assert s["cold-free"] > s["warm-busy"]
+    without_idle = rank(
+        "balanced",
+        [local(key="cold-free", warm_state=WarmState.COLD, host_id=OTHER), local(key="warm-busy")],
+        RequestNeeds(),
+        fleet=FleetSnapshot(in_flight={"warm-busy": busy}, slots=SLOTS2, rooms={OTHER: HostRoom(40.0, 2)}),
+        weights=scorers.TIER_WEIGHTS["R"],
+    )
+    assert without_idle.chosen.key == ("warm-busy" if wait_s < load_s else "cold-free")
+
+
+def test_quality_leans_by_tier() -> None:
+    """A warm 7B (quality 0.5) against an idle warm 32B (quality 0.9) that is slower to first token on a long
+    prompt: H takes the 32B, R the 7B."""
+    small = local(key="small", speed_score=0.9, quality_score=0.5)
+    big = local(key="big", speed_score=0.2, quality_score=0.9)
+    fleet = FleetSnapshot(prompt_tokens=2000, slots={"small": 2, "big": 2})
+    pick = {
+        t: rank("b", [small, big], RequestNeeds(), fleet=fleet, weights=w).chosen.key
+        for t, w in scorers.TIER_WEIGHTS.items()
+    }
+    assert pick["H"] == "big" and pick["R"] == "small"
+
+
+def test_ranking_carries_terms_and_the_estimated_ttft() -> None:
+    ranking = rank(
+        "b", [local(key="a")], RequestNeeds(), fleet=FleetSnapshot(), weights={"ttft": 1.0, "quality": 1.0}
+    )
+    assert ranking.terms == {"a": {"ttft": 1.0, "quality": 0.5}} and ranking.ttft_s == {"a": 0.0}
+
+
+@pytest.mark.parametrize(
+    ("text", "ok"),
+    [
+        ("H:ttft=0.4,quality=0.6", True),
+        ("R:idle=1", True),
+        ("X:ttft=1", False),
+        ("H:fast=1", False),
+        ("H:ttft=-1", False),
+    ],
+)
+def test_parse_tier_weights(text: str, ok: bool) -> None:
+    if ok:
+        table = scorers.parse_tier_weights(text)
+        assert set(table) == {"H", "R", "C"}
+    else:
+        with pytest.raises(ValueError, match="ranker weights"):
+            scorers.parse_tier_weights(text)
+
+
+@pytest.mark.parametrize(
+    ("samples", "service", "load"),
+    [
+        ([(2.0, 9.0, True)], 2.0, 9.0),  # the first sample is taken as it is
+        ([(2.0, 9.0, True), (4.0, 1.0, False)], 2.6, 9.0),  # warm TTFTs do not teach load times
+        ([(2.0, None, True), (float("nan"), -1.0, True)], 2.0, None),  # bad samples ignored
+    ],
+)
+def test_observed_times(
+    samples: list[tuple[float, float | None, bool]], service: float, load: float | None
+) -> None:
+    observed = ObservedTimes(alpha=0.3)
+    for service_s, ttft_s, cold in samples:
+        observed.record("k", service_s=service_s, ttft_s=ttft_s, was_cold=cold)
+    assert observed.service_s["k"] == pytest.approx(service)
+    assert observed.load_s.get("k") == (None if load is None else pytest.approx(load))
+    fleet = FleetSnapshot(service_s=observed.service_s, load_s=observed.load_s)
+    cold_profile = local(key="k", warm_state=WarmState.COLD)
+    expected = load if load is not None else scorers.load_estimate_s(cold_profile)
+    assert scorers.estimated_ttft_s(cold_profile, fleet) == pytest.approx(expected)

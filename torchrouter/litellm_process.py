@@ -51,7 +51,10 @@ class LiteLLMProcess:
         port: int,
         env: Mapping[str, str],
         log_path: str | os.PathLike[str],
+        num_workers: int = 1,
     ) -> LiteLLMProcess:
+        """Start the proxy; ``num_workers`` > 1 runs that many uvicorn worker processes (each loads our
+        hooks: share the VRAM ledger through ``TORCHROUTER_LEDGER_REDIS_URL``)."""
         child_env = {
             **env,
             "LITELLM_LOCAL_MODEL_COST_MAP": "True",  # else importing litellm fetches a cost map online
@@ -74,6 +77,13 @@ class LiteLLMProcess:
             str(port),
             "--telemetry",
             "False",
+            # Workers import LiteLLM (seconds, more on a busy machine); uvicorn's default 5 s health check
+            # kills them while they start and spawns new ones, forever.
+            *(
+                ["--num_workers", str(num_workers), "--timeout_worker_healthcheck", "120"]
+                if num_workers > 1
+                else []
+            ),
         ]
         with open(log_file, "ab") as out:
             proc = subprocess.Popen(
@@ -108,6 +118,25 @@ class LiteLLMProcess:
                     f"LiteLLM not ready after {timeout_s:.0f} s; log tail:\n{self.log_tail()}"
                 )
             time.sleep(0.2)
+
+    def worker_pids(self) -> list[int]:
+        """The uvicorn worker processes under the proxy (empty with one worker: the proxy serves itself)."""
+        children: set[int] = set()
+        try:
+            for task in Path(f"/proc/{self.proc.pid}/task").iterdir():
+                with contextlib.suppress(OSError):
+                    children.update(map(int, (task / "children").read_text().split()))
+        except OSError:
+            return []
+        workers = []
+        for pid in sorted(children):
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"spawn_main" in cmdline:  # multiprocessing's spawned worker (not its resource tracker)
+                workers.append(pid)
+        return workers
 
     def log_tail(self, lines: int = 40) -> str:
         try:

@@ -1,6 +1,7 @@
 """How many requests each local lane can run at once, derived from the live matrix (pure).
 
-A lane's limit is the parallel slots (each host's ``num_parallel``, Ollama's OLLAMA_NUM_PARALLEL) of
+A lane's limit is the parallel slots (the profile's ``num_parallel``, else its host's: Ollama's
+OLLAMA_NUM_PARALLEL) of
 its usable profiles. Per host, in one pass across all lanes: a profile that is not locked out and is
 resident (warm or hot) is usable; then cold ones, smallest first, while they fit in what is left of the
 host's free GPU memory and under its ``max_loaded_models`` (they could be loaded now without evicting
@@ -16,13 +17,17 @@ from collections.abc import Mapping
 
 from capability_matrix.live import LiveOverlay
 from capability_matrix.model import Matrix, Profile, WarmState
+from torchrouter_core.ledger import HostLedger
 from torchrouter_core.usability import RESIDENT, HostRoom, cannot_load, host_rooms, locked_out, unreachable
 
 
-def usable_profiles(matrix: Matrix, overlay: LiveOverlay) -> frozenset[str]:
+def usable_profiles(
+    matrix: Matrix, overlay: LiveOverlay, reserved: Mapping[str, HostLedger] | None = None
+) -> frozenset[str]:
     """Keys of the local profiles that can take work now (the rules of :mod:`torchrouter_core.usability`),
-    cold ones packed per host so two of them never count against the same free memory."""
-    rooms = host_rooms(matrix, overlay)
+    cold ones packed per host so two of them never count against the same free memory; ``reserved`` (the
+    VRAM ledger's view) is taken off each host's room first, as the ranker does."""
+    rooms = host_rooms(matrix, overlay, reserved)
     by_host: dict[str, list[Profile]] = defaultdict(list)
     for profile in matrix.profiles.values():
         if (
@@ -45,12 +50,20 @@ def usable_profiles(matrix: Matrix, overlay: LiveOverlay) -> frozenset[str]:
 
 
 def lane_limits(
-    matrix: Matrix, overlay: LiveOverlay, lanes: tuple[str, ...], caps: Mapping[str, int]
+    matrix: Matrix,
+    overlay: LiveOverlay,
+    lanes: tuple[str, ...],
+    caps: Mapping[str, int],
+    reserved: Mapping[str, HostLedger] | None = None,
 ) -> dict[str, int]:
-    usable = usable_profiles(matrix, overlay)
+    usable = usable_profiles(matrix, overlay, reserved)
     limits: dict[str, int] = {}
     for lane in lanes:
-        slots = sum(matrix.hosts[p.host_id].num_parallel for p in matrix.in_lane(lane) if p.key in usable)
+        slots = sum(
+            p.num_parallel or matrix.hosts[p.host_id].num_parallel
+            for p in matrix.in_lane(lane)
+            if p.key in usable
+        )
         cap = caps.get(lane)
         limits[lane] = slots if cap is None else min(slots, cap)
     return limits

@@ -24,6 +24,7 @@ import math
 import re
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from capability_matrix.model import WarmState
 from torchrouter_core.needs import TEXT_ONLY
@@ -50,6 +51,7 @@ AUTH_LOCKOUTS_HEADER = "x-torchrouter-auth-lockouts"
 DAILY_SPEND_HEADER = "x-torchrouter-daily-spend-usd"
 HOOK_ERRORS_HEADER = "x-torchrouter-hook-errors"
 NO_CANDIDATE_HEADER = "x-torchrouter-no-candidate"
+LEDGER_HEADER = "x-torchrouter-ledger"
 # LiteLLM's own response headers, read by the classifier.
 LITELLM_MODEL_ID_HEADER = "x-litellm-model-id"
 LITELLM_FALLBACKS_HEADER = "x-litellm-attempted-fallbacks"
@@ -122,6 +124,16 @@ class RouteRequest:
         )
 
 
+class HostReport(NamedTuple):
+    """One host in the ``x-torchrouter-ledger`` header: GB reserved (the ledger's counting rule), live
+    leases, distinct models those are for (pending loads), and requests in flight there."""
+
+    reserved_gb: float
+    leases: int
+    pending_models: int
+    in_flight: int
+
+
 @dataclass(frozen=True)
 class RouteReport:
     """What the hooks report back on a response (``None``: not reported).
@@ -133,7 +145,9 @@ class RouteReport:
     the hooks total it, the one book of spend; ``hook_errors``: exceptions the hooks caught since LiteLLM
     started; ``no_candidate``: when the hooks filtered out every deployment of the group, the distinct
     reasons (``context_window``, ``lockout:auth``, ``modality:image``...), which tell the classifier whether
-    LiteLLM's 429 "No deployments available" is "never" (400) or "not now" (503)."""
+    LiteLLM's 429 "No deployments available" is "never" (400) or "not now" (503); ``ledger``: the VRAM
+    ledger and load as the hooks see them, host id -> :class:`HostReport`, every host with a lease or a
+    request in flight (empty: nothing anywhere)."""
 
     deployment: str | None = None
     warm_state: WarmState | None = None
@@ -143,6 +157,7 @@ class RouteReport:
     daily_spend_usd: float | None = None
     hook_errors: int | None = None
     no_candidate: str | None = None
+    ledger: Mapping[str, HostReport] | None = None
 
     def to_headers(self) -> dict[str, str]:
         """The hooks' headers (``fallbacks`` is LiteLLM's own header and is not written here)."""
@@ -161,6 +176,8 @@ class RouteReport:
             headers[HOOK_ERRORS_HEADER] = str(self.hook_errors)
         if self.no_candidate:
             headers[NO_CANDIDATE_HEADER] = self.no_candidate
+        if self.ledger is not None:
+            headers[LEDGER_HEADER] = encode_ledger(self.ledger)
         return headers
 
     @classmethod
@@ -180,6 +197,7 @@ class RouteReport:
             daily_spend_usd=_number(headers, DAILY_SPEND_HEADER, problem),
             hook_errors=_count(headers, HOOK_ERRORS_HEADER, problem),
             no_candidate=_reasons(headers, problem),
+            ledger=_ledger(headers, problem),
         )
 
 
@@ -200,6 +218,7 @@ _OUR_REPORT_HEADERS = (
     DAILY_SPEND_HEADER,
     HOOK_ERRORS_HEADER,
     NO_CANDIDATE_HEADER,
+    LEDGER_HEADER,
 )
 
 
@@ -292,6 +311,43 @@ def _lockouts(headers: Mapping[str, str], problem: Problem) -> frozenset[str] | 
         return frozenset()  # reported, and empty: nothing is locked out
     keys = _token_list(headers, AUTH_LOCKOUTS_HEADER, _MAX_LOCKOUTS, problem)
     return frozenset(keys) if keys else None
+
+
+_MAX_LEDGER_HOSTS = 256
+
+
+def encode_ledger(ledger: Mapping[str, HostReport]) -> str:
+    """``{"h1": HostReport(6.5, 2, 1, 3)}`` -> ``"h1=6.500:2:1:3"`` (comma-separated, sorted by host;
+    empty: nothing reserved or in flight anywhere)."""
+    return ",".join(
+        f"{host}={r.reserved_gb:.3f}:{r.leases}:{r.pending_models}:{r.in_flight}"
+        for host, r in sorted(ledger.items())
+    )
+
+
+def _ledger(headers: Mapping[str, str], problem: Problem) -> dict[str, HostReport] | None:
+    raw = headers.get(LEDGER_HEADER)
+    if raw is None:
+        return None
+    out: dict[str, HostReport] = {}
+    for part in filter(None, raw.split(",")[:_MAX_LEDGER_HOSTS]):
+        host, _, rest = part.partition("=")
+        fields = rest.split(":")
+        try:
+            gb, counts = float(fields[0]), [int(f) for f in fields[1:]]
+        except (ValueError, IndexError):
+            gb, counts = math.nan, []
+        if (
+            not _TOKEN.fullmatch(host)
+            or not math.isfinite(gb)
+            or gb < 0
+            or len(counts) != 3
+            or min(counts) < 0
+        ):
+            problem(LEDGER_HEADER, raw, "is not <host>=<GB>:<leases>:<pending models>:<in flight>[,...]")
+            return None
+        out[host] = HostReport(gb, *counts)
+    return out
 
 
 def _number(headers: Mapping[str, str], name: str, problem: Problem) -> float | None:

@@ -20,6 +20,13 @@ class InFlight:
     def finish(self, key: str, token: str) -> bool:
         return self._started.pop((key, token), None) is not None
 
+    def finish_request(self, token: str) -> int:
+        """End every entry of one request (``token``), whichever deployments it reached; how many."""
+        entries = [entry for entry in self._started if entry[1] == token]
+        for entry in entries:
+            del self._started[entry]
+        return len(entries)
+
     def counts(self, now: float) -> dict[str, int]:
         expired = [entry for entry, t in self._started.items() if now - t > self.ttl_s]
         for entry in expired:

@@ -11,8 +11,10 @@ stable: they appear in ``route_selected`` events (``rejected``) and may become m
   ``"no_room"``. Resident (warm, hot) profiles and cloud profiles always pass.
 
 :func:`host_rooms` derives what each host has left (free GPU memory from the live overlay, else its
-declared capacity; model slots left under ``max_loaded_models``). ``torchrouter_core.capacity`` packs
-cold profiles into that room across lanes; the ranker checks each candidate against it.
+declared capacity; model slots left under ``max_loaded_models``), less what the VRAM ledger
+(:mod:`torchrouter_core.ledger`) has reserved there for loads not yet listed by ``/api/ps``.
+``torchrouter_core.capacity`` packs cold profiles into that room across lanes; the ranker checks each
+candidate against it.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 
 from capability_matrix.live import LiveOverlay
 from capability_matrix.model import LockoutState, Matrix, Profile, WarmState
+from torchrouter_core.ledger import HostLedger
 
 RESIDENT = (WarmState.WARM, WarmState.HOT)
 
@@ -34,17 +37,31 @@ class HostRoom:
     model_slots: int
 
 
-def host_rooms(matrix: Matrix, overlay: LiveOverlay) -> dict[str, HostRoom]:
-    """Host id -> its room now. Resident models are counted once per model name (Ollama loads one copy)."""
+def resident_models(matrix: Matrix) -> dict[str, frozenset[str]]:
+    """Host id -> the model names resident there (live warm state ``warm`` or ``hot``)."""
     resident: dict[str, set[str]] = {}
     for profile in matrix.profiles.values():
         if profile.is_local and profile.warm_state in RESIDENT:
             resident.setdefault(profile.host_id, set()).add(profile.model)
+    return {host_id: frozenset(models) for host_id, models in resident.items()}
+
+
+def host_rooms(
+    matrix: Matrix, overlay: LiveOverlay, reserved: Mapping[str, HostLedger] | None = None
+) -> dict[str, HostRoom]:
+    """Host id -> its room now. Resident models are counted once per model name (Ollama loads one copy);
+    ``reserved`` (host id -> the ledger's view, from :meth:`Ledger.view` with the same resident models)
+    takes its GB and its pending models off the room."""
+    resident = resident_models(matrix)
     rooms: dict[str, HostRoom] = {}
     for host_id, host in matrix.hosts.items():
         memory = overlay.memory.get(host_id)
         free_gb = memory.free_gb if memory is not None else host.gpu_memory_gb
-        rooms[host_id] = HostRoom(free_gb, host.max_loaded_models - len(resident.get(host_id, ())))
+        slots = host.max_loaded_models - len(resident.get(host_id, ()))
+        held = reserved.get(host_id) if reserved is not None else None
+        if held is not None:
+            free_gb, slots = max(0.0, free_gb - held.reserved_gb), slots - held.pending_models
+        rooms[host_id] = HostRoom(free_gb, slots)
     return rooms
 
 

@@ -41,19 +41,24 @@ def rank(
     kept: list[Profile] = []
     fleet = fleet or FleetSnapshot()
     for profile in candidates:
-        reason = next((r for f in active_filters if (r := f(profile, needs, fleet)) is not None), None)
-        if reason is None:
-            kept.append(profile)
+        for rule in active_filters:  # a plain loop: this runs per candidate per request
+            reason = rule(profile, needs, fleet)
+            if reason is not None:
+                rejected[profile.key] = reason
+                break
         else:
-            rejected[profile.key] = reason
+            kept.append(profile)
     t1 = time.perf_counter()
     if not kept:
         raise NoCandidate(group, rejected)
     total_weight = sum(weights.values()) or 1.0
-    scored = [
-        (p, sum(w * _clamp(scorers.SCORERS[name](p, fleet)) for name, w in weights.items()) / total_weight)
-        for p in kept
-    ]
+    plan = [(name, scorers.SCORERS[name], w / total_weight) for name, w in weights.items()]
+    terms: dict[str, dict[str, float]] = {}
+    scored: list[tuple[Profile, float]] = []
+    for p in kept:
+        values = {name: _clamp(scorer(p, fleet)) for name, scorer, _ in plan}
+        terms[p.key] = values
+        scored.append((p, sum(values[name] * share for name, _, share in plan)))
     t2 = time.perf_counter()
     chosen = picker(scored)
     t3 = time.perf_counter()
@@ -62,4 +67,6 @@ def rank(
         scores={p.key: round(s, 4) for p, s in scored},
         rejected=rejected,
         timings_ms={"filter": (t1 - t0) * 1e3, "score": (t2 - t1) * 1e3, "pick": (t3 - t2) * 1e3},
+        terms={key: {name: round(v, 4) for name, v in t.items()} for key, t in terms.items()},
+        ttft_s={chosen.key: round(scorers.estimated_ttft_s(chosen, fleet), 4)},
     )

@@ -41,11 +41,16 @@ class RequestNeeds:
 @dataclass(frozen=True)
 class FleetSnapshot:
     """Requests in flight per profile key, the parallel slots behind each (from its host), and each host's
-    room (host id -> :class:`HostRoom`; a host absent from ``rooms`` is not checked for room)."""
+    room (host id -> :class:`HostRoom`; a host absent from ``rooms`` is not checked for room); for the
+    expected time to first token: observed service seconds per request and cold-load seconds per profile
+    key (absent: the defaults in :mod:`.scorers`), and the request's prompt tokens."""
 
     in_flight: Mapping[str, int] = field(default_factory=dict)
     slots: Mapping[str, int] = field(default_factory=dict)
     rooms: Mapping[str, HostRoom] | None = None
+    service_s: Mapping[str, float] = field(default_factory=dict)
+    load_s: Mapping[str, float] = field(default_factory=dict)
+    prompt_tokens: int = 0
 
     def utilization(self, key: str) -> float:
         """In flight / slots, 0 when idle; a deployment with no known slots is full once anything runs."""
@@ -89,6 +94,8 @@ class Ranking:
     rejected: Mapping[str, str]
     timings_ms: Mapping[str, float] = field(default_factory=dict)
     outcome: RankOutcome = RankOutcome.ROUTED
+    terms: Mapping[str, Mapping[str, float]] = field(default_factory=dict)  # key -> scorer -> value
+    ttft_s: Mapping[str, float] = field(default_factory=dict)  # key -> estimated time to first token
 
 
 class NoCandidate(Exception):

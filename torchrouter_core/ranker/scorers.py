@@ -6,8 +6,18 @@ applied) and the :class:`FleetSnapshot` (how busy each deployment is right now).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from capability_matrix.model import Profile, WarmState
 from torchrouter_core.ranker.interfaces import FleetSnapshot, Scorer
+
+# Defaults before anything is observed. Load time: 2 s + 0.4 s per GB, the simulated fleet's model of
+# Ollama's cold loads (DESIGN "Facts": 10 s to minutes in the field against ~1.5 s warm).
+DEFAULT_SERVICE_S = 2.0  # one request's service time on a slot
+LOAD_BASE_S, LOAD_S_PER_GB = 2.0, 0.4
+PROMPT_TOKENS_PER_S = 2000.0  # prompt processing at speed_score 1.0 (scaled down by a lower speed_score)
+CLOUD_FIRST_TOKEN_S = 0.5  # a cloud call's network and queueing before its first token
+TTFT_REFERENCE_S = 2.0  # the time-to-first-token at which the ttft score is one half
 
 _WARM_SCORE = {WarmState.HOT: 1.0, WarmState.WARM: 0.8, WarmState.UNKNOWN: 0.3, WarmState.COLD: 0.0}
 
@@ -31,5 +41,74 @@ def idle(profile: Profile, fleet: FleetSnapshot) -> float:
     return 1.0 - fleet.utilization(profile.key)
 
 
-DEFAULT_WEIGHTS: dict[str, float] = {"warm": 0.3, "quality": 0.25, "speed": 0.15, "idle": 0.3}
-SCORERS: dict[str, Scorer] = {"warm": warm, "quality": quality, "speed": speed, "idle": idle}
+def load_estimate_s(profile: Profile) -> float:
+    """Seconds to load ``profile``'s model cold before any observation: 2 s + 0.4 s per GB of ``vram_gb``."""
+    return LOAD_BASE_S + LOAD_S_PER_GB * profile.vram_gb
+
+
+def estimated_ttft_s(profile: Profile, fleet: FleetSnapshot) -> float:
+    """Expected seconds to the first token: the wait for a slot + a cold load + prompt processing.
+
+    Wait: with ``b`` requests in flight on ``n`` slots, ``max(0, b - n + 1) * service / n`` (the line ahead
+    drains ``n`` at a time); service is the observed mean, else ``DEFAULT_SERVICE_S``. Load: none when the
+    last ``/api/ps`` lists the model (warm, hot), else the observed load time, else :func:`load_estimate_s`.
+    Prompt: ``prompt_tokens / (PROMPT_TOKENS_PER_S * speed_score)``.
+    """
+    speed_factor = max(profile.speed_score, 0.05)
+    prompt = fleet.prompt_tokens / (PROMPT_TOKENS_PER_S * speed_factor)
+    if not profile.is_local:
+        return CLOUD_FIRST_TOKEN_S + prompt
+    slots = max(1, fleet.slots.get(profile.key, 1))
+    ahead = max(0, fleet.in_flight.get(profile.key, 0) - slots + 1)
+    wait = ahead * fleet.service_s.get(profile.key, DEFAULT_SERVICE_S) / slots
+    resident = profile.warm_state in (WarmState.WARM, WarmState.HOT)
+    load = 0.0 if resident else fleet.load_s.get(profile.key, load_estimate_s(profile))
+    return wait + load + prompt
+
+
+def ttft(profile: Profile, fleet: FleetSnapshot) -> float:
+    # 1 at zero, 1/2 at TTFT_REFERENCE_S, falling as 1/t: a saturated warm deployment loses to a cold one
+    # on a host with free memory exactly when its wait exceeds that load.
+    return TTFT_REFERENCE_S / (TTFT_REFERENCE_S + estimated_ttft_s(profile, fleet))
+
+
+SCORERS: dict[str, Scorer] = {"warm": warm, "quality": quality, "speed": speed, "idle": idle, "ttft": ttft}
+
+# Weights by tier (H leans on quality, R on speed, C between); the hooks read overrides from
+# TORCHROUTER_RANKER_WEIGHTS (parse_tier_weights). A request with no tier gets DEFAULT_WEIGHTS.
+TIER_WEIGHTS: dict[str, dict[str, float]] = {
+    "H": {"ttft": 0.5, "quality": 0.5},
+    "R": {"ttft": 0.85, "quality": 0.15},
+    "C": {"ttft": 0.65, "quality": 0.35},
+}
+DEFAULT_WEIGHTS: dict[str, float] = {"ttft": 0.7, "quality": 0.3}
+
+
+def weights_for(
+    tier: str | None, table: Mapping[str, Mapping[str, float]] = TIER_WEIGHTS
+) -> Mapping[str, float]:
+    return table.get(tier or "", DEFAULT_WEIGHTS)
+
+
+def parse_tier_weights(text: str) -> dict[str, dict[str, float]]:
+    """``"H:ttft=0.4,quality=0.6;R:ttft=0.9,quality=0.1"`` -> per-tier weights (tiers not named keep
+    :data:`TIER_WEIGHTS`). Raises ValueError naming the bad part (an unknown scorer, a negative weight)."""
+    table = {tier: dict(w) for tier, w in TIER_WEIGHTS.items()}
+    for part in filter(None, (p.strip() for p in text.split(";"))):
+        tier, sep, body = part.partition(":")
+        if not sep or tier.strip() not in ("H", "R", "C"):
+            raise ValueError(f"ranker weights {part!r}: expected <H|R|C>:<scorer>=<weight>,...")
+        weights: dict[str, float] = {}
+        for item in filter(None, (i.strip() for i in body.split(","))):
+            name, eq, value = item.partition("=")
+            try:
+                number = float(value)
+            except ValueError:
+                number = -1.0
+            if not eq or name.strip() not in SCORERS or not number >= 0:
+                raise ValueError(
+                    f"ranker weights {item!r}: expected <scorer>=<weight >= 0>, scorers {sorted(SCORERS)}"
+                )
+            weights[name.strip()] = number
+        table[tier.strip()] = weights
+    return table

@@ -14,8 +14,11 @@ from typing import Any
 
 from capability_matrix.live import LiveOverlay
 from capability_matrix.model import Matrix, Profile
+from torchrouter_core.ledger import HostLedger
+from torchrouter_core.ranker import scorers
 from torchrouter_core.ranker.cycle import rank
 from torchrouter_core.ranker.interfaces import FleetSnapshot, NoCandidate, Ranking, RankOutcome, RequestNeeds
+from torchrouter_core.ranker.observed import ObservedTimes
 from torchrouter_core.usability import host_rooms
 
 
@@ -58,6 +61,8 @@ class Selection:
             "warm_state": chosen.warm_state.value,
             "candidates": self.candidates,
             "scores": dict(self.ranking.scores),
+            "score_terms": {k: dict(v) for k, v in self.ranking.terms.items()},
+            "estimated_ttft_ms": round(self.ranking.ttft_s.get(chosen.key, 0.0) * 1e3, 1),
             "rejected": dict(self.ranking.rejected),
             "unknown_deployments": list(self.unknown),
             "score_ms": self.score_ms,
@@ -65,14 +70,29 @@ class Selection:
 
 
 def snapshot(
-    matrix: Matrix, overlay: LiveOverlay, keys: Sequence[str], in_flight: Mapping[str, int]
+    matrix: Matrix,
+    overlay: LiveOverlay,
+    keys: Sequence[str],
+    in_flight: Mapping[str, int],
+    reserved: Mapping[str, HostLedger] | None = None,
+    prompt_tokens: int = 0,
+    observed: ObservedTimes | None = None,
 ) -> FleetSnapshot:
-    """The fleet as the ranker reads it, for the candidates ``keys`` (all in ``matrix``)."""
+    """The fleet as the ranker reads it, for the candidates ``keys`` (all in ``matrix``); ``reserved`` is
+    the VRAM ledger's view (host id -> reservations), taken off each host's room."""
     slots = {}
     for key in keys:
-        host = matrix.hosts.get(matrix.profiles[key].host_id)
-        slots[key] = host.num_parallel if host is not None else 0
-    return FleetSnapshot(in_flight=in_flight, slots=slots, rooms=host_rooms(matrix, overlay))
+        profile = matrix.profiles[key]
+        host = matrix.hosts.get(profile.host_id)
+        slots[key] = profile.num_parallel or (host.num_parallel if host is not None else 0)
+    return FleetSnapshot(
+        in_flight=in_flight,
+        slots=slots,
+        rooms=host_rooms(matrix, overlay, reserved),
+        prompt_tokens=prompt_tokens,
+        service_s=observed.service_s if observed is not None else {},
+        load_s=observed.load_s if observed is not None else {},
+    )
 
 
 def select(
@@ -83,12 +103,15 @@ def select(
     matrix: Matrix,
     overlay: LiveOverlay,
     in_flight: Mapping[str, int],
+    reserved: Mapping[str, HostLedger] | None = None,
+    weights: Mapping[str, float] = scorers.DEFAULT_WEIGHTS,
+    observed: ObservedTimes | None = None,
 ) -> Selection:
     known = [k for k in deployment_keys if k is not None and k in matrix.profiles]
     unknown = tuple(k for k in deployment_keys if k is None or k not in matrix.profiles)
-    fleet = snapshot(matrix, overlay, known, in_flight)
+    fleet = snapshot(matrix, overlay, known, in_flight, reserved, needs.prompt_tokens, observed)
     try:
-        ranking = rank(group, [matrix.profiles[k] for k in known], needs, fleet=fleet)
+        ranking = rank(group, [matrix.profiles[k] for k in known], needs, fleet=fleet, weights=weights)
     except NoCandidate as exc:
         return Selection(
             group, exc.outcome, rejected=exc.rejected, unknown=unknown, reason=str(exc), candidates=len(known)

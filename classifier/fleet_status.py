@@ -1,0 +1,127 @@
+"""Per-host memory and load, as the classifier knows it: ``GET /fleet`` and the ``classifier_host_*`` metrics.
+
+Sources: the classifier's own ``/api/ps`` poll (capacity, used memory and where it came from, resident
+models with their ``size_vram``) and the hooks' report on every response (``x-torchrouter-ledger``: GB
+reserved, live leases, pending loads and requests in flight per host; :class:`LedgerMirror`). The
+classifier reads the ledger from the report rather than from Redis so that one path serves both backends
+and the classifier needs no Redis client: reservations only change while LiteLLM handles requests, and
+every response the classifier relays carries the state after its own pick. The mirror also feeds lane
+capacity (:func:`torchrouter_core.capacity.lane_limits`), so queue limits and placement read the same
+fit rule (:mod:`torchrouter_core.usability`) and the same reservations.
+
+Metric labels are host ids from the matrix only (bounded): a host the report names that the matrix does
+not know is ignored.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from capability_matrix import FleetView
+from capability_matrix.model import BYTES_PER_GB
+from torchrouter_core.contract import HostReport
+from torchrouter_core.ledger import HostLedger
+
+
+@dataclass
+class LedgerMirror:
+    """The hooks' last ``x-torchrouter-ledger`` report (host id -> :class:`HostReport`) and when it came."""
+
+    hosts: dict[str, HostReport] = field(default_factory=dict)
+    received_at: float | None = None
+    on_change: Callable[[], None] = lambda: None  # the reservations changed (the app refreshes lane limits)
+
+    def update(self, report: Mapping[str, HostReport], now: float) -> bool:
+        """Replace the mirror with a report; ``True`` (and ``on_change``) when the reservations changed."""
+        changed = {h: (r.reserved_gb, r.pending_models) for h, r in report.items()} != {
+            h: (r.reserved_gb, r.pending_models) for h, r in self.hosts.items()
+        }
+        self.hosts, self.received_at = dict(report), now
+        if changed:
+            self.on_change()
+        return changed
+
+    def reserved(self) -> dict[str, HostLedger]:
+        """The mirror as the fit rule reads it (:func:`torchrouter_core.usability.host_rooms`)."""
+        return {h: HostLedger(r.reserved_gb, (), r.pending_models) for h, r in self.hosts.items()}
+
+
+def fleet_status(fleet: FleetView, mirror: LedgerMirror) -> dict[str, Any]:
+    """The ``GET /fleet`` document: per matrix host, memory (GB), the ledger and resident models."""
+    matrix, overlay = fleet.matrix(), fleet.overlay()
+    hosts: dict[str, Any] = {}
+    for host_id, host in matrix.hosts.items():
+        memory = overlay.memory.get(host_id)
+        report = mirror.hosts.get(host_id, HostReport(0.0, 0, 0, 0))
+        obs = fleet.observations.get(host_id)
+        resident = [
+            {
+                "model": m.name,
+                "size_vram_gb": round(m.size_vram_bytes / BYTES_PER_GB, 3),
+                "expires_at": m.expires_at,
+            }
+            for m in (obs.loaded if obs is not None and obs.reachable else ())
+        ]
+        hosts[host_id] = {
+            "capacity_gb": round(memory.total_gb if memory else host.gpu_memory_gb, 3),
+            "used_gb": None if memory is None or memory.used_gb is None else round(memory.used_gb, 3),
+            "memory_source": memory.source.value if memory else None,
+            "reserved_gb": round(report.reserved_gb, 3),
+            "reservations": report.leases,
+            "pending_loads": report.pending_models,
+            "requests_in_flight": report.in_flight,
+            "reachable": bool(obs is not None and obs.reachable),
+            "resident": resident,
+            "num_parallel": host.num_parallel,
+            "max_loaded_models": host.max_loaded_models,
+        }
+    return {"hosts": hosts, "ledger_reported_at": mirror.received_at, "now": time.time()}
+
+
+class FleetCollector(Collector):
+    """``classifier_host_*`` gauges, read at scrape time from :func:`fleet_status`."""
+
+    def __init__(self, status: Callable[[], dict[str, Any]]) -> None:
+        self._status = status
+
+    def collect(self) -> Iterator[Metric]:
+        families = {
+            "capacity_gb": GaugeMetricFamily(
+                "classifier_host_vram_capacity_gb", "GPU memory of the host (GB)", labels=["host"]
+            ),
+            "used_gb": GaugeMetricFamily(
+                "classifier_host_vram_used_gb", "GPU memory in use per the last poll (GB)", labels=["host"]
+            ),
+            "reserved_gb": GaugeMetricFamily(
+                "classifier_host_vram_reserved_gb",
+                "GPU memory the VRAM ledger holds for loads not yet listed by /api/ps (GB)",
+                labels=["host"],
+            ),
+            "reservations": GaugeMetricFamily(
+                "classifier_host_vram_reservations", "Live VRAM ledger leases on the host", labels=["host"]
+            ),
+            "requests_in_flight": GaugeMetricFamily(
+                "classifier_host_requests_in_flight",
+                "Requests the hooks have in flight on the host",
+                labels=["host"],
+            ),
+            "resident": GaugeMetricFamily(
+                "classifier_host_resident_models",
+                "Models resident on the host per the last poll",
+                labels=["host"],
+            ),
+        }
+        for host_id, host in self._status()["hosts"].items():
+            for name, family in families.items():
+                value = host[name]
+                if name == "resident":
+                    value = len(value)
+                if value is not None:
+                    family.add_metric([host_id], float(value))
+        yield from families.values()

@@ -1,0 +1,181 @@
+"""The hooks' side of the VRAM ledger: reserve for a cold pick, renew while a stream runs, release once.
+
+The rule is :mod:`torchrouter_core.ledger`'s; the backend (:class:`InProcessLedger`, or
+``torchrouter.redis_ledger.RedisLedger`` when ``TORCHROUTER_LEDGER_REDIS_URL`` is set) comes from the
+settings. What this adapter adds:
+
+- **Which request holds what.** Each request gets a token in the pre-call hook (``ctx["lease_token"]``,
+  copied by LiteLLM into every attempt's metadata); the worker keeps ``(token, deployment) -> lease``.
+  A fallback or retry to another deployment holds its own lease; a retry on the same one reuses it.
+- **Release, exactly once.** Whichever comes first of LiteLLM's success or failure log for that
+  deployment, or the end of the stream wrapper (a finished stream, a stream cut midway, a client gone:
+  the wrapper's ``finally``), pops the lease and releases it; later ones find nothing. A lease nobody
+  releases (a worker killed mid-request) expires after ``TORCHROUTER_LEDGER_LEASE_S``.
+- **Settling.** A released lease stays counted for two probe intervals unless the poll lists its model
+  (see the ledger's "until the poll catches up").
+- **Failures.** A ledger that cannot answer (Redis down) refuses: never overcommit. A failed release is
+  logged and left to expire.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from capability_matrix.live import HostObservation
+from capability_matrix.model import BYTES_PER_GB, Matrix, Profile
+from litellm_hooks.settings import HooksSettings
+from torchrouter_core.contract import HostReport
+from torchrouter_core.ledger import (
+    HostLedger,
+    InProcessLedger,
+    Ledger,
+    ReserveRequest,
+    memory_claim,
+)
+from torchrouter_core.usability import HostRoom, resident_models
+
+log = logging.getLogger("torchrouter.hooks.ledger")
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    lease_id: str
+    host_id: str
+    model: str
+    gb: float
+    expires_at: float  # worker-side bookkeeping only; the ledger's own lease is authoritative
+
+
+def host_reports(
+    matrix: Matrix, view: Mapping[str, HostLedger], in_flight: Mapping[str, int]
+) -> dict[str, HostReport]:
+    """Host id -> what ``x-torchrouter-ledger`` reports: the ledger's view plus requests in flight per
+    host (summed over its profiles); hosts with nothing reserved and nothing in flight are left out."""
+    busy: dict[str, int] = {}
+    for key, count in in_flight.items():
+        profile = matrix.profiles.get(key)
+        if profile is not None and profile.is_local and count > 0:
+            busy[profile.host_id] = busy.get(profile.host_id, 0) + count
+    out: dict[str, HostReport] = {}
+    for host in view.keys() | busy.keys():
+        held = view.get(host)
+        reserved, leases, pending = (
+            (held.reserved_gb, len(held.leases), held.pending_models) if held else (0, 0, 0)
+        )
+        out[host] = HostReport(float(reserved), leases, pending, busy.get(host, 0))
+    return out
+
+
+def open_ledger(settings: HooksSettings) -> Ledger:
+    if settings.ledger_redis_url:
+        from torchrouter.redis_ledger import RedisLedger  # only when configured: redis stays optional
+
+        return RedisLedger(settings.ledger_redis_url, ttl_s=settings.ledger_lease_s)
+    return InProcessLedger(ttl_s=settings.ledger_lease_s)
+
+
+@dataclass
+class Reservations:
+    ledger: Ledger
+    settle_s: float  # how long a released load stays counted unless the poll lists it (2 probe intervals)
+    observed_gb: dict[tuple[str, str], float] = field(default_factory=dict)  # (host, model) -> size_vram GB
+    held: dict[tuple[str, str], Held] = field(default_factory=dict)  # (token, deployment) -> lease
+    renewed_at: dict[str, float] = field(default_factory=dict)  # token -> last renewal (monotonic)
+
+    # --- inputs ---------------------------------------------------------------------------------------
+    def observe(self, observations: Mapping[str, HostObservation]) -> None:
+        """Remember every model's observed ``size_vram`` (kept after it unloads: its next load's claim)."""
+        for host_id, obs in observations.items():
+            for loaded in obs.loaded:
+                gb = loaded.size_vram_bytes / BYTES_PER_GB
+                if gb > 0:
+                    self.observed_gb[(host_id, loaded.name)] = gb
+                    if loaded.name.endswith(":latest"):
+                        self.observed_gb[(host_id, loaded.name.removesuffix(":latest"))] = gb
+
+    # --- reads ----------------------------------------------------------------------------------------
+    async def view(self, matrix: Matrix, now: float) -> dict[str, HostLedger]:
+        try:
+            return await self.ledger.view(now, resident_models(matrix))
+        except Exception:  # a ledger we cannot read: rooms as the poll says; reserve still decides
+            log.warning("VRAM ledger view failed", exc_info=True)
+            return {}
+
+    # --- reserve / renew / release ----------------------------------------------------------------------
+    async def reserve(
+        self, token: str, profile: Profile, room: HostRoom | None, matrix: Matrix, now: float
+    ) -> Held | Literal[False] | None:
+        """``None``: the pick needs no reservation (resident, cloud) or already holds one;
+        a :class:`Held`: granted; ``False``: refused (does not fit, or the ledger could not answer)."""
+        claim = memory_claim(profile, self.observed_gb)
+        if claim is None:
+            return None
+        key = (token, profile.key)
+        if key in self.held:
+            return None
+        if room is None:
+            return False
+        resident = resident_models(matrix).get(profile.host_id, frozenset())
+        # `room` is the host's room as the poll saw it (no reservations taken off): the ledger counts those.
+        lease_id = f"{token}:{uuid.uuid4().hex[:8]}"
+        request = ReserveRequest(
+            lease_id, profile.host_id, profile.model, claim, room.free_gb, room.model_slots, resident
+        )
+        try:
+            granted = await self.ledger.reserve(request, now)
+        except Exception:
+            log.warning("VRAM ledger reserve failed; treated as refused", exc_info=True)
+            return False
+        if not granted:
+            return False
+        held = Held(lease_id, profile.host_id, profile.model, claim, now + self.ledger.ttl_s)
+        self.held[key] = held
+        self._prune(now)
+        return held
+
+    async def renew(self, token: str, now: float) -> None:
+        """Renew the token's leases, at most every third of a lease (called per stream chunk)."""
+        mono = time.monotonic()
+        if mono - self.renewed_at.get(token, mono - self.ledger.ttl_s) < self.ledger.ttl_s / 3:
+            return
+        self.renewed_at[token] = mono
+        for (held_token, deployment), held in list(self.held.items()):
+            if held_token == token:
+                try:
+                    await self.ledger.renew(held.lease_id, held.host_id, now)
+                except Exception:
+                    log.warning("VRAM ledger renew failed", exc_info=True)
+                self.held[(held_token, deployment)] = Held(
+                    held.lease_id, held.host_id, held.model, held.gb, now + self.ledger.ttl_s
+                )
+
+    async def release(self, token: str, deployments: Collection[str] | None, now: float) -> int:
+        """Release the token's leases for ``deployments`` (``None``: all of them); how many were held."""
+        keys = [k for k in self.held if k[0] == token and (deployments is None or k[1] in deployments)]
+        released = 0
+        for key in keys:
+            held = self.held.pop(key, None)
+            if held is None:  # another path released it between our scan and now
+                continue
+            released += 1
+            try:
+                await self.ledger.release(held.lease_id, held.host_id, now, self.settle_s)
+            except Exception:
+                log.warning("VRAM ledger release failed; the lease will expire", exc_info=True)
+        if deployments is None or not any(k[0] == token for k in self.held):
+            self.renewed_at.pop(token, None)
+        return released
+
+    def _prune(self, now: float) -> None:
+        """Forget worker-side records of leases that have expired in the ledger (bounded memory)."""
+        if len(self.held) < 1024:
+            return
+        for key, held in list(self.held.items()):
+            if held.expires_at <= now:
+                del self.held[key]
+                self.renewed_at.pop(key[0], None)

@@ -1,0 +1,42 @@
+"""``GET /fleet`` and the ``classifier_host_*`` metrics: per matrix host, memory, the ledger as the hooks
+report it, requests in flight and resident models, through the real stack."""
+
+from __future__ import annotations
+
+import aiohttp
+
+from tests.conftest import Stack
+from tests.harness import eventually
+
+
+async def test_fleet_shows_every_host_its_memory_ledger_and_resident_models(
+    stack: Stack, classifier_url: str
+) -> None:
+    body = {"model": "auto", "messages": [{"role": "user", "content": "hello fleet"}], "max_tokens": 4}
+    async with aiohttp.ClientSession() as session:
+        async with session.post(
+            classifier_url + "/v1/chat/completions", json=body, headers={"X-Agent-Id": "inbox-triage"}
+        ) as resp:
+            assert resp.status == 200, await resp.text()
+            served = resp.headers["X-Router-Model"]
+            assert float(resp.headers["X-Router-Timing-Score-Ms"]) >= 0
+        host_id, _, model = served.split("/", 2)
+
+        async def fleet() -> dict[str, object] | None:
+            async with session.get(classifier_url + "/fleet") as r:
+                doc = await r.json()
+            host = doc["hosts"][host_id]
+            resident = {m["model"] for m in host["resident"]}
+            return doc if model in resident and doc["ledger_reported_at"] is not None else None
+
+        doc = await eventually(fleet, timeout_s=10, what=f"{model} resident on {host_id} in /fleet")
+        hosts = doc["hosts"]
+        assert set(hosts) == set(stack.sim.state()) - {"cloud"}
+        for host in hosts.values():
+            assert host["capacity_gb"] > 0 and host["reserved_gb"] >= 0 and host["requests_in_flight"] >= 0
+        assert hosts[host_id]["used_gb"] > 0
+        async with session.get(classifier_url + "/metrics") as r:
+            text = await r.text()
+    assert f'classifier_host_vram_capacity_gb{{host="{host_id}"}}' in text
+    assert f'classifier_host_vram_reserved_gb{{host="{host_id}"}}' in text
+    assert f'classifier_host_resident_models{{host="{host_id}"}}' in text

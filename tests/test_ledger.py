@@ -1,0 +1,205 @@
+"""The VRAM ledger: the pure rule (table-driven), and both backends (in-process, real Redis) held to it."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator
+
+import pytest
+
+from capability_matrix.model import WarmState
+from tests.redis_server import RedisServer
+from torchrouter.redis_ledger import RedisLedger
+from torchrouter_core.ledger import (
+    InProcessLedger,
+    Lease,
+    Ledger,
+    LedgerBook,
+    ReserveRequest,
+    admits,
+    memory_claim,
+    pending_by_model,
+)
+
+NOW = 1_000_000.0
+_prefixes = itertools.count()
+
+
+def req(
+    lease_id: str,
+    model: str = "m",
+    gb: float = 10.0,
+    *,
+    host: str = "h",
+    free: float = 24.0,
+    slots: int = 3,
+    resident: frozenset[str] = frozenset(),
+) -> ReserveRequest:
+    return ReserveRequest(lease_id, host, model, gb, free, slots, resident)
+
+
+def lease(lease_id: str, model: str, gb: float, expires: float = NOW + 60) -> Lease:
+    return Lease(lease_id, "h", model, gb, expires)
+
+
+# -- the pure rule -----
+@pytest.mark.parametrize(
+    ("request_", "held", "expected"),
+    [
+        (req("a", gb=10, free=24), [], True),
+        (req("a", gb=24, free=24), [], True),  # exactly full fits
+        (req("a", gb=24.5, free=24), [], False),
+        (req("a", "x", 10, free=24), [lease("b", "y", 14)], True),
+        (req("a", "x", 10, free=24), [lease("b", "y", 15)], False),
+        # a second request for the same pending model shares its load: one copy counted
+        (req("a", "y", 14, free=24), [lease("b", "y", 14), lease("c", "z", 10)], True),
+        # a lease whose model the poll now lists as resident is in the poll's "used" already
+        (req("a", "x", 20, free=24, resident=frozenset({"y"})), [lease("b", "y", 14)], True),
+        # model slots: two pending models but one slot left
+        (req("a", "x", 1, slots=1), [lease("b", "y", 1)], False),
+        (req("a", "x", 1, slots=0), [], False),
+        # a request for a model already resident needs no memory
+        (req("a", "x", 100, free=0, slots=0, resident=frozenset({"x"})), [], True),
+    ],
+)
+def test_admits(request_: ReserveRequest, held: list[Lease], expected: bool) -> None:
+    assert admits(request_, held) is expected
+
+
+def test_pending_counts_each_model_once_at_its_largest_claim() -> None:
+    leases = [lease("a", "x", 4), lease("b", "x", 6), lease("c", "y", 2), lease("d", "r", 9)]
+    assert pending_by_model(leases, {"r"}) == {"x": 6, "y": 2}
+
+
+@pytest.mark.parametrize(
+    ("warm", "local", "observed", "expected"),
+    [
+        (WarmState.COLD, True, {}, 5.0),  # declared vram_gb before any observation
+        (WarmState.COLD, True, {("h1", "qwen3:8b"): 7.5}, 7.5),  # observed size_vram wins
+        (WarmState.WARM, True, {}, None),
+        (WarmState.HOT, True, {}, None),
+        (WarmState.UNKNOWN, True, {}, None),
+        (WarmState.COLD, False, {}, None),  # cloud
+    ],
+)
+def test_memory_claim(
+    warm: WarmState, local: bool, observed: dict[tuple[str, str], float], expected: float | None
+) -> None:
+    class P:  # only the fields memory_claim reads
+        is_local = local
+        warm_state = warm
+        host_id = "h1"
+        model = "qwen3:8b"
+        vram_gb = 5.0
+
+    assert memory_claim(P(), observed) == expected  # type: ignore[arg-type]
+
+
+def test_book_expiry_frees_memory_and_renewal_keeps_it() -> None:
+    book = LedgerBook()
+    assert book.reserve(req("a", "x", 20), NOW, ttl_s=10)
+    assert book.reserve(req("b", "y", 20), NOW + 1, ttl_s=10) is False
+    assert book.renew("a", NOW + 9, ttl_s=10)  # now lives until NOW + 19
+    assert book.reserve(req("b", "y", 20), NOW + 18, ttl_s=10) is False
+    assert book.reserve(req("b", "y", 20), NOW + 19, ttl_s=10)  # a expired at NOW + 19
+    assert book.release("a") is False
+    assert book.peak_gb == {"h": 20}
+
+
+# -- both backends -----
+@pytest.fixture(params=["memory", "redis"])
+async def ledger(request: pytest.FixtureRequest) -> AsyncIterator[Ledger]:
+    if request.param == "memory":
+        yield InProcessLedger(ttl_s=10.0)
+        return
+    server: RedisServer = request.getfixturevalue("redis_server")
+    backend = RedisLedger(server.url, ttl_s=10.0, prefix=f"test:{next(_prefixes)}")
+    try:
+        yield backend
+    finally:
+        await backend.close()
+
+
+async def test_reserve_release_double_release(ledger: Ledger) -> None:
+    assert await ledger.reserve(req("a", "x", 20), NOW)
+    assert await ledger.reserve(req("b", "y", 20), NOW) is False  # does not fit beside a
+    view = await ledger.view(NOW, {})
+    assert view["h"].reserved_gb == 20 and [x.lease_id for x in view["h"].leases] == ["a"]
+    assert await ledger.release("a", "h", NOW) is True
+    assert await ledger.release("a", "h", NOW) is False  # exactly once
+    assert await ledger.view(NOW, {}) == {}
+    assert await ledger.reserve(req("b", "y", 20), NOW)
+    assert await ledger.peaks() == {"h": 20}
+
+
+async def test_expiry_and_renewal(ledger: Ledger) -> None:
+    assert await ledger.reserve(req("a", "x", 20), NOW)
+    assert await ledger.renew("a", "h", NOW + 9)  # lives until NOW + 19
+    assert await ledger.reserve(req("b", "y", 20), NOW + 18.5) is False
+    assert (await ledger.view(NOW + 18.5, {}))["h"].reserved_gb == 20
+    assert await ledger.view(NOW + 19, {}) == {}  # expired: not counted by any read
+    assert await ledger.renew("a", "h", NOW + 19) is False
+    assert await ledger.reserve(req("b", "y", 20), NOW + 19)
+    assert await ledger.release("a", "h", NOW) is False  # an expired lease is not released again
+
+
+async def test_resident_models_are_not_counted_twice(ledger: Ledger) -> None:
+    assert await ledger.reserve(req("a", "x", 20), NOW)
+    # the poll now lists x: its memory is in the host's "used" (free went down), the lease stops counting
+    assert await ledger.reserve(req("b", "y", 4, free=4, resident=frozenset({"x"})), NOW)
+    assert (await ledger.view(NOW, {"h": ["x"]}))["h"].reserved_gb == 4
+
+
+async def test_hosts_are_independent(ledger: Ledger) -> None:
+    assert await ledger.reserve(req("a", "x", 20, host="h1"), NOW)
+    assert await ledger.reserve(req("b", "x", 20, host="h2"), NOW)
+    assert sorted(await ledger.view(NOW, {})) == ["h1", "h2"]
+
+
+async def test_concurrent_reserves_never_overcommit(ledger: Ledger) -> None:
+    """100 racing reserves of 5 GB against 24 GB: exactly 4 distinct models get in; racing releases and
+    re-reserves never let the total pass 24 GB."""
+    results = await asyncio.gather(
+        *(ledger.reserve(req(f"l{i}", f"m{i}", 5, slots=100), NOW) for i in range(100))
+    )
+    assert sum(results) == 4
+    granted = [f"l{i}" for i, ok in enumerate(results) if ok]
+    released, regranted = await asyncio.gather(
+        asyncio.gather(*(ledger.release(g, "h", NOW) for g in granted * 2)),
+        asyncio.gather(*(ledger.reserve(req(f"r{i}", f"n{i}", 5, slots=100), NOW) for i in range(50))),
+    )
+    assert sum(released) == 4  # each released exactly once although asked twice
+    assert 0 <= sum(regranted) <= 4
+    assert (await ledger.peaks())["h"] <= 24
+    view = await ledger.view(NOW, {})
+    assert view.get("h") is None or view["h"].reserved_gb <= 24
+
+
+async def test_two_clients_of_one_redis_share_the_memory(redis_server: RedisServer) -> None:
+    prefix = f"test:{next(_prefixes)}"
+    one, two = RedisLedger(redis_server.url, prefix=prefix), RedisLedger(redis_server.url, prefix=prefix)
+    try:
+        results = await asyncio.gather(
+            *((one if i % 2 else two).reserve(req(f"l{i}", f"m{i}", 6, slots=100), NOW) for i in range(40))
+        )
+        assert sum(results) == 4  # 24 GB / 6 GB, whichever worker asked
+        assert sum([await two.release(f"l{i}", "h", NOW) for i in range(40)]) == 4
+        assert await one.view(NOW, {}) == {}
+    finally:
+        await one.close()
+        await two.close()
+
+
+async def test_a_released_load_settles_until_the_poll_lists_it(ledger: Ledger) -> None:
+    assert await ledger.reserve(req("a", "x", 20), NOW)
+    assert await ledger.release("a", "h", NOW, settle_s=4) is True
+    assert await ledger.release("a", "h", NOW, settle_s=4) is False
+    # the poll does not list x yet: its memory still counts, so y does not fit
+    assert await ledger.reserve(req("b", "y", 20), NOW + 1) is False
+    # the poll lists x (and its memory is in "used"): nothing counted twice
+    assert await ledger.reserve(req("b", "y", 4, free=4, resident=frozenset({"x"})), NOW + 1)
+    assert await ledger.release("b", "h", NOW)
+    # the settling lease runs out at NOW + 4 whatever the poll says
+    assert await ledger.view(NOW + 4, {}) == {}
+    assert await ledger.reserve(req("c", "y", 20), NOW + 4)
