@@ -652,6 +652,13 @@ async def test_max_tokens_beyond_every_window_is_a_400_not_a_429(stack: Stack, c
         status, headers, payload = await post(classifier_url, {"messages": USER, field: 5_000_000})
         assert assert_openai_error(status, headers, payload, 400)["code"] == "context_length_exceeded"
         assert (await completed(stack, headers))["status"] == 400
+    # Numbers the validator takes for integers but JSON parsers give as floats: 5e6, 5000000.0, and an
+    # integer past 64 bits (orjson parses it as a float). Each is as impossible as 5_000_000.
+    for literal in (b"5e6", b"5000000.0", b"1" + b"0" * 30):
+        raw = b'{"messages": [{"role": "user", "content": "hi"}], "max_tokens": ' + literal + b"}"
+        status, headers, payload = await post(classifier_url, raw)
+        refused = assert_openai_error(status, headers, payload, 400)
+        assert refused["code"] == "context_length_exceeded", literal
 
 
 async def test_a_prompt_too_long_for_local_lanes(stack: Stack, make_classifier: ClassifierFactory) -> None:
