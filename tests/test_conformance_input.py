@@ -587,6 +587,35 @@ def profiles(stack: Stack) -> dict[str, Any]:
     return dict(yaml.safe_load(stack.matrix_path.read_text())["profiles"])
 
 
+@pytest.mark.parametrize(
+    ("part", "param"),
+    [
+        ({"text": "no type"}, "messages[0].content[0]"),
+        ({"type": None, "text": "x"}, "messages[0].content[0].type"),
+        ({"type": "video_url", "video_url": {"url": "x"}}, "messages[0].content[0].type"),
+        ({"type": "text"}, "messages[0].content[0]"),
+        ({"type": "text", "text": 5}, "messages[0].content[0].text"),
+        ({"type": "image_url"}, "messages[0].content[0]"),
+        ({"type": "image_url", "image_url": {"detail": "low"}}, "messages[0].content[0].image_url"),
+        ({"type": "input_audio", "input_audio": "UklGRg=="}, "messages[0].content[0].input_audio"),
+        ({"type": "file"}, "messages[0].content[0]"),
+        ({"type": "refusal", "refusal": "no"}, "messages[0].content[0].type"),  # assistant messages only
+        ("a bare string", "messages[0].content[0]"),
+        (None, "messages[0].content[0]"),
+    ],
+)
+async def test_a_malformed_content_part_is_a_400_naming_it(
+    stack: Stack, classifier_url: str, part: Any, param: str
+) -> None:
+    # Each of these used to reach LiteLLM: a 500 (APIConnectionError), a 400 carrying LiteLLM's traceback,
+    # or (a text part whose text is not a string) a local failure and a LiteLLM fallback to the paid cloud.
+    body = {"messages": [{"role": "user", "content": [part]}]}
+    status, headers, payload = await post(classifier_url, body, agent="webmaster")
+    error = assert_openai_error(status, headers, payload, 400)
+    assert error["code"] == "invalid_request" and error["param"] == param, error
+    assert (await completed(stack, headers))["outcome"] == "bad_request"
+
+
 @pytest.mark.parametrize("kind", ["image", "file"])
 @pytest.mark.parametrize(
     ("agent", "model"), [("webmaster", "auto"), ("inbox-triage", "auto"), (None, "code")]
