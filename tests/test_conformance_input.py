@@ -471,6 +471,9 @@ MALFORMED = {
         400,
     ),
     "request line not HTTP": (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03garbage\r\n\r\n", 400),
+    # aiohttp answers an expectation it does not know before any middleware runs (its expect handler)
+    "an Expect other than 100-continue": (_request(b"Expect: 200-ok\r\n"), 417),
+    "an Expect on a GET route": (b"GET /v1/models HTTP/1.1\r\nHost: x\r\nExpect: x\r\n\r\n", 417),
 }
 
 
@@ -486,6 +489,20 @@ async def test_what_aiohttp_cannot_parse_is_openai_json_without_a_traceback(
     error = json.loads(body)["error"]
     assert error["type"] == "invalid_request_error" and error["message"]
     assert not [r for r in caplog.records if r.exc_info], "a client's bad input logged a traceback"
+
+
+async def test_expect_100_continue_still_continues(classifier_url: str) -> None:
+    # curl sends it for a body over 1 MB: the classifier's own expect handler must keep answering it.
+    host, port = classifier_url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        head = _request(b"Expect: 100-continue\r\nConnection: close\r\n")
+        writer.write(head[: -len(PLAIN)])
+        assert await reader.readuntil(b"\r\n\r\n") == b"HTTP/1.1 100 Continue\r\n\r\n"
+        writer.write(PLAIN)
+        assert (await reader.readuntil(b"\r\n")).startswith(b"HTTP/1.1 200")
+    finally:
+        writer.close()
 
 
 async def test_a_well_formed_chunked_body_is_fine(classifier_url: str) -> None:
