@@ -722,6 +722,36 @@ async def test_a_prompt_too_long_for_local_lanes(stack: Stack, make_classifier: 
     assert headers["X-Router-Group"].startswith("cloud-")
 
 
+def _long_tool_call_history(where: str) -> list[dict[str, Any]]:
+    """A coding agent's history whose bulk (about 50,000 tokens) is in what the assistant called, not in any
+    message's content: a file written through a tool call, or the legacy function_call."""
+    call = {"name": "write_file", "arguments": json.dumps({"path": "a.py", "text": "word " * 40_000})}
+    assistant: dict[str, Any] = {"role": "assistant", "content": None}
+    if where == "tool_calls":
+        assistant["tool_calls"] = [{"id": "c1", "type": "function", "function": call}]
+        result: dict[str, Any] = {"role": "tool", "tool_call_id": "c1", "content": "written"}
+    else:
+        assistant["function_call"] = call
+        result = {"role": "function", "name": "write_file", "content": "written"}
+    return [{"role": "user", "content": "write it"}, assistant, result]
+
+
+@pytest.mark.parametrize("where", ["tool_calls", "function_call"])
+async def test_tool_call_arguments_count_towards_the_prompt(
+    stack: Stack, make_classifier: ClassifierFactory, where: str
+) -> None:
+    # They used to count for nothing: such a history went to a 40,960-token local lane, which failed, and
+    # LiteLLM's fallback carried it on to the cloud (a real Ollama host silently truncates the context).
+    local = await make_classifier(routing_mode="local-only")
+    status, headers, payload = await post(local, {"messages": _long_tool_call_history(where)})
+    error = assert_openai_error(status, headers, payload, 400)
+    assert error["code"] == "context_length_exceeded" and "40,960" in error["message"]
+    first = await make_classifier()
+    status, headers, payload = await post(first, {"messages": _long_tool_call_history(where)})
+    assert status == 200, payload
+    assert headers["X-Router-Group"].startswith("cloud-") and headers["X-Router-Fallback"] == "none"
+
+
 async def test_litellm_no_deployments_for_a_size_is_a_400(
     stack: Stack, make_classifier: ClassifierFactory
 ) -> None:

@@ -304,6 +304,22 @@ def test_request_needs_reads_the_body() -> None:
     assert needs.needs_tools and needs.max_output_tokens == 50 and "image" in needs.modalities
 
 
+def test_the_prompt_estimate_counts_what_the_assistant_called() -> None:
+    call = {"name": "write_file", "arguments": "x" * 4000}
+    plain = [{"role": "assistant", "content": None}]
+    assert request_needs({"messages": plain}).prompt_tokens == 0
+    with_tools = [
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [{"id": "c", "type": "function", "function": call}],
+        }
+    ]
+    assert request_needs({"messages": with_tools}).prompt_tokens >= 1000
+    legacy = [{"role": "assistant", "content": None, "function_call": call}]
+    assert request_needs({"messages": legacy}).prompt_tokens >= 1000
+
+
 @pytest.mark.parametrize(
     ("field", "value", "tokens"),
     [
