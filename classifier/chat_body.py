@@ -36,6 +36,44 @@ _PART = {
     "properties": {"type": {"enum": list(_PART_FIELDS)}, **_PART_FIELDS},
 }
 
+# Tools, the tool choice and the calls an assistant made: the fields LiteLLM and the providers read, with
+# their types. Without them a malformed tool reached LiteLLM (a 500 for an invalid tool_choice) and a call
+# whose arguments are an object failed on the local lane and was carried on to the cloud by a fallback.
+# ``type`` is not required to be "function" (a provider may know other tool kinds); ``function`` is.
+_FUNCTION_CALL = {
+    "type": "object",
+    "required": ["name", "arguments"],
+    "properties": {"name": {"type": "string"}, "arguments": {"type": "string"}},
+}
+_TOOL_CALL = {
+    "type": "object",
+    "required": ["function"],
+    "properties": {"id": {"type": "string"}, "type": {"type": "string"}, "function": _FUNCTION_CALL},
+}
+_TOOL = {
+    "type": "object",
+    "required": ["function"],
+    "properties": {
+        "type": {"type": "string"},
+        "function": {
+            "type": "object",
+            "required": ["name"],
+            "properties": {"name": {"type": "string"}, "parameters": {"type": "object"}},
+        },
+    },
+}
+# A string (pattern applies to strings only) or an object naming a function (required/properties apply to
+# objects only): one node, so a refusal names the exact field instead of "not valid under any of".
+_TOOL_CHOICE = {
+    "type": ["string", "object"],
+    "pattern": "^(none|auto|required)$",
+    "required": ["function"],
+    "properties": {
+        "type": {"type": "string"},
+        "function": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}},
+    },
+}
+
 _MESSAGE = {
     "type": "object",
     "required": ["role"],
@@ -43,7 +81,7 @@ _MESSAGE = {
         "role": {"enum": ["system", "developer", "user", "assistant", "tool", "function"]},
         "content": {"type": ["string", "array", "null"], "items": _PART},
         "name": {"type": "string"},
-        "tool_calls": {"type": "array"},
+        "tool_calls": {"type": "array", "items": _TOOL_CALL},
         "tool_call_id": {"type": "string"},
     },
 }
@@ -56,8 +94,8 @@ CHAT_SCHEMA: dict[str, Any] = {
         "messages": {"type": "array", "minItems": 1, "items": _MESSAGE},
         "stream": {"type": "boolean"},
         "stream_options": {"type": ["object", "null"]},
-        "tools": {"type": "array"},
-        "tool_choice": {"type": ["string", "object"]},
+        "tools": {"type": "array", "items": _TOOL},
+        "tool_choice": _TOOL_CHOICE,
         "max_tokens": {"type": ["integer", "null"], "minimum": 1},
         "max_completion_tokens": {"type": ["integer", "null"], "minimum": 1},
         "temperature": {"type": ["number", "null"], "minimum": 0, "maximum": 2},

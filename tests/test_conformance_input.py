@@ -633,6 +633,51 @@ async def test_a_malformed_content_part_is_a_400_naming_it(
     assert (await completed(stack, headers))["outcome"] == "bad_request"
 
 
+_TOOL = {"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}
+
+
+def _called(function: Any) -> list[dict[str, Any]]:
+    call = {"id": "c1", "type": "function", "function": function}
+    return [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "c1", "content": "ok"},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"tools": ["lookup"]}, "tools[0]"),
+        ({"tools": [{"type": "function", "function": None}]}, "tools[0].function"),
+        ({"tools": [{"type": "function", "function": {"parameters": {}}}]}, "tools[0].function"),
+        (
+            {"tools": [{"type": "function", "function": {"name": "f", "parameters": "{}"}}]},
+            "tools[0].function.parameters",
+        ),
+        ({"tools": [_TOOL], "tool_choice": "sometimes"}, "tool_choice"),
+        ({"tools": [_TOOL], "tool_choice": {"type": "function", "function": None}}, "tool_choice.function"),
+        ({"tools": [_TOOL], "tool_choice": {"type": "function"}}, "tool_choice"),
+        (
+            {"messages": _called({"name": "lookup", "arguments": {"q": 1}})},
+            "messages[1].tool_calls[0].function.arguments",
+        ),
+        ({"messages": _called({"arguments": "{}"})}, "messages[1].tool_calls[0].function"),
+        ({"messages": _called(None)}, "messages[1].tool_calls[0].function"),
+    ],
+)
+async def test_a_malformed_tool_structure_is_a_400_naming_it(
+    stack: Stack, classifier_url: str, extra: dict[str, Any], param: str
+) -> None:
+    # Each used to reach LiteLLM: a 500 (an invalid tool_choice), LiteLLM's own 400 text, a local model that
+    # ignored it, or (arguments as an object) a local failure that LiteLLM's fallback carried to the cloud.
+    body = {"messages": [{"role": "user", "content": "hi"}], **extra}
+    status, headers, payload = await post(classifier_url, body, agent="webmaster")
+    error = assert_openai_error(status, headers, payload, 400)
+    assert error["code"] == "invalid_request" and error["param"] == param, error
+    assert (await completed(stack, headers))["outcome"] == "bad_request"
+
+
 @pytest.mark.parametrize("kind", ["image", "file"])
 @pytest.mark.parametrize(
     ("agent", "model"), [("webmaster", "auto"), ("inbox-triage", "auto"), (None, "code")]
