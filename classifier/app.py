@@ -60,7 +60,7 @@ from classifier.keys import (
     HooksSeen,
 )
 from classifier.metrics import Metrics
-from classifier.protocol_edge import HANDLER_ARGS
+from classifier.protocol_edge import HANDLER_ARGS, expect_handler
 from classifier.routing_headers import RequestIds
 from classifier.settings import Settings, SettingsError
 from torchrouter_core.aliases import AliasesStore
@@ -281,14 +281,14 @@ def create_app(
     app.cleanup_ctx.append(_watchers_ctx)
     app.cleanup_ctx.append(_probe_ctx(probe))
     app.cleanup_ctx.append(_events_ctx)
-    app.router.add_get("/health", health)
-    app.router.add_get("/capability-matrix", capability_matrix)
-    app.router.add_get("/queue/status", queue_status)
-    app.router.add_get("/fleet", fleet_endpoint)
-    app.router.add_get("/metrics", metrics_text)
-    app.router.add_get("/v1/models", models)
-    app.router.add_get("/v1/models/{model_id:.+}", model_by_id)
-    app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_get("/health", health, expect_handler=expect_handler)
+    app.router.add_get("/capability-matrix", capability_matrix, expect_handler=expect_handler)
+    app.router.add_get("/queue/status", queue_status, expect_handler=expect_handler)
+    app.router.add_get("/fleet", fleet_endpoint, expect_handler=expect_handler)
+    app.router.add_get("/metrics", metrics_text, expect_handler=expect_handler)
+    app.router.add_get("/v1/models", models, expect_handler=expect_handler)
+    app.router.add_get("/v1/models/{model_id:.+}", model_by_id, expect_handler=expect_handler)
+    app.router.add_post("/v1/chat/completions", chat_completions, expect_handler=expect_handler)
     return app
 
 

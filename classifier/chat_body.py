@@ -18,14 +18,70 @@ from classifier.nesting import MAX_JSON_DEPTH, may_be_too_deep, too_deep
 from classifier.nulls import drop_optional_nulls
 from torchrouter_core.errors import BadRequest, UnsupportedMediaType
 
+# A content part: OpenAI's part types, each carried in the field of its name (openai_chat_request.schema.json
+# has the full shapes). Checked here because LiteLLM answers a malformed part with a 500, a 400 carrying its
+# traceback, or a local provider failure that its fallbacks carry on to the paid cloud. The two rules the
+# schema could only say with if/then (which fastjsonschema runs through exceptions, 15x slower a body) are in
+# :func:`_check_parts`: the part's field is present, and a refusal part is in an assistant message.
+_PART_FIELDS: dict[str, dict[str, Any]] = {
+    "text": {"type": "string"},
+    "refusal": {"type": "string"},
+    "image_url": {"type": "object", "required": ["url"], "properties": {"url": {"type": "string"}}},
+    "input_audio": {"type": "object", "required": ["data", "format"]},
+    "file": {"type": "object"},
+}
+_PART = {
+    "type": "object",
+    "required": ["type"],
+    "properties": {"type": {"enum": list(_PART_FIELDS)}, **_PART_FIELDS},
+}
+
+# Tools, the tool choice and the calls an assistant made: the fields LiteLLM and the providers read, with
+# their types. Without them a malformed tool reached LiteLLM (a 500 for an invalid tool_choice) and a call
+# whose arguments are an object failed on the local lane and was carried on to the cloud by a fallback.
+# ``type`` is not required to be "function" (a provider may know other tool kinds); ``function`` is.
+_FUNCTION_CALL = {
+    "type": "object",
+    "required": ["name", "arguments"],
+    "properties": {"name": {"type": "string"}, "arguments": {"type": "string"}},
+}
+_TOOL_CALL = {
+    "type": "object",
+    "required": ["function"],
+    "properties": {"id": {"type": "string"}, "type": {"type": "string"}, "function": _FUNCTION_CALL},
+}
+_TOOL = {
+    "type": "object",
+    "required": ["function"],
+    "properties": {
+        "type": {"type": "string"},
+        "function": {
+            "type": "object",
+            "required": ["name"],
+            "properties": {"name": {"type": "string"}, "parameters": {"type": "object"}},
+        },
+    },
+}
+# A string (pattern applies to strings only) or an object naming a function (required/properties apply to
+# objects only): one node, so a refusal names the exact field instead of "not valid under any of".
+_TOOL_CHOICE = {
+    "type": ["string", "object"],
+    "pattern": "^(none|auto|required)$",
+    "required": ["function"],
+    "properties": {
+        "type": {"type": "string"},
+        "function": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}},
+    },
+}
+
 _MESSAGE = {
     "type": "object",
     "required": ["role"],
     "properties": {
         "role": {"enum": ["system", "developer", "user", "assistant", "tool", "function"]},
-        "content": {"type": ["string", "array", "null"]},
+        "content": {"type": ["string", "array", "null"], "items": _PART},
         "name": {"type": "string"},
-        "tool_calls": {"type": "array"},
+        "tool_calls": {"type": "array", "items": _TOOL_CALL},
         "tool_call_id": {"type": "string"},
     },
 }
@@ -38,8 +94,8 @@ CHAT_SCHEMA: dict[str, Any] = {
         "messages": {"type": "array", "minItems": 1, "items": _MESSAGE},
         "stream": {"type": "boolean"},
         "stream_options": {"type": ["object", "null"]},
-        "tools": {"type": "array"},
-        "tool_choice": {"type": ["string", "object"]},
+        "tools": {"type": "array", "items": _TOOL},
+        "tool_choice": _TOOL_CHOICE,
         "max_tokens": {"type": ["integer", "null"], "minimum": 1},
         "max_completion_tokens": {"type": ["integer", "null"], "minimum": 1},
         "temperature": {"type": ["number", "null"], "minimum": 0, "maximum": 2},
@@ -87,11 +143,30 @@ def parse_chat_body(raw: bytes, content_type: str | None = None) -> dict[str, An
         drop_optional_nulls(body)
     try:
         _FAST(body)
-        return body
     except fastjsonschema.JsonSchemaException as exc:
         fast_message = str(exc)
+    else:
+        _check_parts(body["messages"])
+        return body
     errors = sorted(_VALIDATOR.iter_errors(body), key=lambda e: list(e.absolute_path))
     if not errors:  # the two libraries disagree: trust the rejection, say what the fast one saw
         raise BadRequest(fast_message.removeprefix("data.").removeprefix("data "))
     first = errors[0]
     raise BadRequest(f"{_where(first)}: {first.message}", param=_where(first))
+
+
+def _check_parts(messages: list[dict[str, Any]]) -> None:
+    """The content-part rules the schema leaves out (see ``_PART_FIELDS``), on a body the schema accepted:
+    every part has a known ``type`` there. Raises BadRequest naming the part."""
+    for i, message in enumerate(messages):
+        content = message.get("content")
+        if not isinstance(content, list):
+            continue
+        for j, part in enumerate(content):
+            kind = part["type"]
+            if kind not in part:
+                where = f"messages[{i}].content[{j}]"
+                raise BadRequest(f"{where}: {kind!r} is a required property", param=where)
+            if kind == "refusal" and message.get("role") != "assistant":
+                where = f"messages[{i}].content[{j}].type"
+                raise BadRequest(f"{where}: a 'refusal' part belongs in an assistant message", param=where)

@@ -25,7 +25,7 @@ import asyncio
 import logging
 from typing import Any, Final
 
-from aiohttp import http_exceptions, web
+from aiohttp import HttpVersion11, hdrs, http_exceptions, web
 from aiohttp.web_request import BaseRequest
 
 from classifier.body_decode import BodyDecodeError, DecodedTooLarge, UnknownEncoding, decode_body
@@ -64,6 +64,23 @@ def _protocol_error(exc: BaseException | None, status: int) -> ApiError | None:
         "allowed in a header, or a conflicting Content-Length / Transfer-Encoding",
         code="bad_http_request",
     )
+
+
+async def expect_handler(request: web.Request) -> web.StreamResponse | None:
+    """aiohttp's default ``Expect`` handling, with its refusal as OpenAI JSON: ``Expect: 100-continue``
+    (curl sends it for bodies over 1 MB) gets ``100 Continue``; any other expectation a 417. aiohttp runs a
+    route's expect handler before the application's middlewares, so its default (a plain-text 417) never
+    reaches :func:`classifier.app.openai_errors`. Every route is added with this one."""
+    expect = request.headers.get(hdrs.EXPECT, "")
+    if request.version != HttpVersion11:
+        return None
+    if expect.lower() == "100-continue":
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the main response has not started (as aiohttp's own handler does)
+        return None
+    response = http_error_response(417, "unknown Expect header; only 'Expect: 100-continue' is supported")
+    response.force_close()  # the body was never read
+    return response
 
 
 class JsonErrorRequestHandler(web.RequestHandler):

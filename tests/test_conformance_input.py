@@ -471,6 +471,9 @@ MALFORMED = {
         400,
     ),
     "request line not HTTP": (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03garbage\r\n\r\n", 400),
+    # aiohttp answers an expectation it does not know before any middleware runs (its expect handler)
+    "an Expect other than 100-continue": (_request(b"Expect: 200-ok\r\n"), 417),
+    "an Expect on a GET route": (b"GET /v1/models HTTP/1.1\r\nHost: x\r\nExpect: x\r\n\r\n", 417),
 }
 
 
@@ -486,6 +489,20 @@ async def test_what_aiohttp_cannot_parse_is_openai_json_without_a_traceback(
     error = json.loads(body)["error"]
     assert error["type"] == "invalid_request_error" and error["message"]
     assert not [r for r in caplog.records if r.exc_info], "a client's bad input logged a traceback"
+
+
+async def test_expect_100_continue_still_continues(classifier_url: str) -> None:
+    # curl sends it for a body over 1 MB: the classifier's own expect handler must keep answering it.
+    host, port = classifier_url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        head = _request(b"Expect: 100-continue\r\nConnection: close\r\n")
+        writer.write(head[: -len(PLAIN)])
+        assert await reader.readuntil(b"\r\n\r\n") == b"HTTP/1.1 100 Continue\r\n\r\n"
+        writer.write(PLAIN)
+        assert (await reader.readuntil(b"\r\n")).startswith(b"HTTP/1.1 200")
+    finally:
+        writer.close()
 
 
 async def test_a_well_formed_chunked_body_is_fine(classifier_url: str) -> None:
@@ -587,6 +604,80 @@ def profiles(stack: Stack) -> dict[str, Any]:
     return dict(yaml.safe_load(stack.matrix_path.read_text())["profiles"])
 
 
+@pytest.mark.parametrize(
+    ("part", "param"),
+    [
+        ({"text": "no type"}, "messages[0].content[0]"),
+        ({"type": None, "text": "x"}, "messages[0].content[0].type"),
+        ({"type": "video_url", "video_url": {"url": "x"}}, "messages[0].content[0].type"),
+        ({"type": "text"}, "messages[0].content[0]"),
+        ({"type": "text", "text": 5}, "messages[0].content[0].text"),
+        ({"type": "image_url"}, "messages[0].content[0]"),
+        ({"type": "image_url", "image_url": {"detail": "low"}}, "messages[0].content[0].image_url"),
+        ({"type": "input_audio", "input_audio": "UklGRg=="}, "messages[0].content[0].input_audio"),
+        ({"type": "file"}, "messages[0].content[0]"),
+        ({"type": "refusal", "refusal": "no"}, "messages[0].content[0].type"),  # assistant messages only
+        ("a bare string", "messages[0].content[0]"),
+        (None, "messages[0].content[0]"),
+    ],
+)
+async def test_a_malformed_content_part_is_a_400_naming_it(
+    stack: Stack, classifier_url: str, part: Any, param: str
+) -> None:
+    # Each of these used to reach LiteLLM: a 500 (APIConnectionError), a 400 carrying LiteLLM's traceback,
+    # or (a text part whose text is not a string) a local failure and a LiteLLM fallback to the paid cloud.
+    body = {"messages": [{"role": "user", "content": [part]}]}
+    status, headers, payload = await post(classifier_url, body, agent="webmaster")
+    error = assert_openai_error(status, headers, payload, 400)
+    assert error["code"] == "invalid_request" and error["param"] == param, error
+    assert (await completed(stack, headers))["outcome"] == "bad_request"
+
+
+_TOOL = {"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}
+
+
+def _called(function: Any) -> list[dict[str, Any]]:
+    call = {"id": "c1", "type": "function", "function": function}
+    return [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "c1", "content": "ok"},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"tools": ["lookup"]}, "tools[0]"),
+        ({"tools": [{"type": "function", "function": None}]}, "tools[0].function"),
+        ({"tools": [{"type": "function", "function": {"parameters": {}}}]}, "tools[0].function"),
+        (
+            {"tools": [{"type": "function", "function": {"name": "f", "parameters": "{}"}}]},
+            "tools[0].function.parameters",
+        ),
+        ({"tools": [_TOOL], "tool_choice": "sometimes"}, "tool_choice"),
+        ({"tools": [_TOOL], "tool_choice": {"type": "function", "function": None}}, "tool_choice.function"),
+        ({"tools": [_TOOL], "tool_choice": {"type": "function"}}, "tool_choice"),
+        (
+            {"messages": _called({"name": "lookup", "arguments": {"q": 1}})},
+            "messages[1].tool_calls[0].function.arguments",
+        ),
+        ({"messages": _called({"arguments": "{}"})}, "messages[1].tool_calls[0].function"),
+        ({"messages": _called(None)}, "messages[1].tool_calls[0].function"),
+    ],
+)
+async def test_a_malformed_tool_structure_is_a_400_naming_it(
+    stack: Stack, classifier_url: str, extra: dict[str, Any], param: str
+) -> None:
+    # Each used to reach LiteLLM: a 500 (an invalid tool_choice), LiteLLM's own 400 text, a local model that
+    # ignored it, or (arguments as an object) a local failure that LiteLLM's fallback carried to the cloud.
+    body = {"messages": [{"role": "user", "content": "hi"}], **extra}
+    status, headers, payload = await post(classifier_url, body, agent="webmaster")
+    error = assert_openai_error(status, headers, payload, 400)
+    assert error["code"] == "invalid_request" and error["param"] == param, error
+    assert (await completed(stack, headers))["outcome"] == "bad_request"
+
+
 @pytest.mark.parametrize("kind", ["image", "file"])
 @pytest.mark.parametrize(
     ("agent", "model"), [("webmaster", "auto"), ("inbox-triage", "auto"), (None, "code")]
@@ -652,6 +743,13 @@ async def test_max_tokens_beyond_every_window_is_a_400_not_a_429(stack: Stack, c
         status, headers, payload = await post(classifier_url, {"messages": USER, field: 5_000_000})
         assert assert_openai_error(status, headers, payload, 400)["code"] == "context_length_exceeded"
         assert (await completed(stack, headers))["status"] == 400
+    # Numbers the validator takes for integers but JSON parsers give as floats: 5e6, 5000000.0, and an
+    # integer past 64 bits (orjson parses it as a float). Each is as impossible as 5_000_000.
+    for literal in (b"5e6", b"5000000.0", b"1" + b"0" * 30):
+        raw = b'{"messages": [{"role": "user", "content": "hi"}], "max_tokens": ' + literal + b"}"
+        status, headers, payload = await post(classifier_url, raw)
+        refused = assert_openai_error(status, headers, payload, 400)
+        assert refused["code"] == "context_length_exceeded", literal
 
 
 async def test_a_prompt_too_long_for_local_lanes(stack: Stack, make_classifier: ClassifierFactory) -> None:
@@ -667,6 +765,36 @@ async def test_a_prompt_too_long_for_local_lanes(stack: Stack, make_classifier: 
     status, headers, payload = await post(first, {"messages": long_prompt})
     assert status == 200, payload
     assert headers["X-Router-Group"].startswith("cloud-")
+
+
+def _long_tool_call_history(where: str) -> list[dict[str, Any]]:
+    """A coding agent's history whose bulk (about 50,000 tokens) is in what the assistant called, not in any
+    message's content: a file written through a tool call, or the legacy function_call."""
+    call = {"name": "write_file", "arguments": json.dumps({"path": "a.py", "text": "word " * 40_000})}
+    assistant: dict[str, Any] = {"role": "assistant", "content": None}
+    if where == "tool_calls":
+        assistant["tool_calls"] = [{"id": "c1", "type": "function", "function": call}]
+        result: dict[str, Any] = {"role": "tool", "tool_call_id": "c1", "content": "written"}
+    else:
+        assistant["function_call"] = call
+        result = {"role": "function", "name": "write_file", "content": "written"}
+    return [{"role": "user", "content": "write it"}, assistant, result]
+
+
+@pytest.mark.parametrize("where", ["tool_calls", "function_call"])
+async def test_tool_call_arguments_count_towards_the_prompt(
+    stack: Stack, make_classifier: ClassifierFactory, where: str
+) -> None:
+    # They used to count for nothing: such a history went to a 40,960-token local lane, which failed, and
+    # LiteLLM's fallback carried it on to the cloud (a real Ollama host silently truncates the context).
+    local = await make_classifier(routing_mode="local-only")
+    status, headers, payload = await post(local, {"messages": _long_tool_call_history(where)})
+    error = assert_openai_error(status, headers, payload, 400)
+    assert error["code"] == "context_length_exceeded" and "40,960" in error["message"]
+    first = await make_classifier()
+    status, headers, payload = await post(first, {"messages": _long_tool_call_history(where)})
+    assert status == 200, payload
+    assert headers["X-Router-Group"].startswith("cloud-") and headers["X-Router-Fallback"] == "none"
 
 
 async def test_litellm_no_deployments_for_a_size_is_a_400(

@@ -527,6 +527,38 @@ async def test_model_is_the_group_after_a_litellm_fallback_too(
     assert_one_well_formed_stream(chunks, events, "fast-chat")
 
 
+@pytest.mark.parametrize("extra", ["include_usage", "tool call"])
+async def test_a_stream_after_a_litellm_fallback_keeps_openais_shape(
+    classifier_url: str, stack: Stack, faults: Callable[[str, str], None], extra: str
+) -> None:
+    """Siblings of the fallback case above: the usage chunk and a tool-call stream, served by the cloud
+    lane after every local attempt failed."""
+    for host in (n for n in stack.sim.state() if n != "cloud"):
+        faults(host, "error_500")
+    body: dict[str, Any] = {
+        "model": "fast-chat",
+        "max_tokens": 4,
+        "messages": [{"role": "user", "content": "hi"}],
+    }
+    if extra == "include_usage":
+        body["stream_options"] = {"include_usage": True}
+    else:
+        body["tools"] = [
+            {"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}
+        ]
+        body["tool_choice"] = "required"
+    headers, chunks, events = await raw_stream(classifier_url, body)
+    assert headers["X-Router-Fallback"] == "fallback:fast-chat->cloud-fast"
+    assert_one_well_formed_stream(chunks, events, "fast-chat")
+    if extra == "include_usage":
+        assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] > 0
+        assert all(c["choices"] and not c.get("usage") for c in chunks[:-1])
+    else:
+        calls = [tc for c in chunks for ch in c["choices"] for tc in ch["delta"].get("tool_calls") or []]
+        assert calls and calls[0]["function"]["name"] == "lookup"
+        assert [ch["finish_reason"] for c in chunks for ch in c["choices"]][-1] == "tool_calls"
+
+
 async def test_logprobs_on_the_cloud_lane_keep_openais_shape(classifier_url: str) -> None:
     # The cloud answers logprobs; LiteLLM's ollama_chat/ provider drops the parameter (local lanes get none).
     body: dict[str, Any] = {

@@ -37,7 +37,7 @@ from torchrouter_core.aliases import (
 )
 from torchrouter_core.feasibility import Impossible, explain_no_deployment, feasible_steps
 from torchrouter_core.identity import IdentityError, identify
-from torchrouter_core.needs import input_modalities, request_needs
+from torchrouter_core.needs import input_modalities, output_tokens, request_needs
 from torchrouter_core.ranker.interfaces import RequestNeeds
 from torchrouter_core.routing import LadderStep
 from torchrouter_core.tiering import approx_prompt_tokens
@@ -302,6 +302,40 @@ def test_request_needs_reads_the_body() -> None:
     }
     needs = request_needs(body)
     assert needs.needs_tools and needs.max_output_tokens == 50 and "image" in needs.modalities
+
+
+def test_the_prompt_estimate_counts_what_the_assistant_called() -> None:
+    call = {"name": "write_file", "arguments": "x" * 4000}
+    plain = [{"role": "assistant", "content": None}]
+    assert request_needs({"messages": plain}).prompt_tokens == 0
+    with_tools = [
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [{"id": "c", "type": "function", "function": call}],
+        }
+    ]
+    assert request_needs({"messages": with_tools}).prompt_tokens >= 1000
+    legacy = [{"role": "assistant", "content": None, "function_call": call}]
+    assert request_needs({"messages": legacy}).prompt_tokens >= 1000
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "tokens"),
+    [
+        ("max_tokens", 50, 50),
+        ("max_tokens", 50.0, 50),  # JSON Schema's (and the validator's) integer: a float with no fraction
+        ("max_completion_tokens", 1e30, int(1e30)),  # orjson parses an integer past 64 bits as a float
+        ("max_tokens", 5.5, None),  # not an integer: validation refuses it; never a size
+        ("max_tokens", 0.0, None),
+        ("max_tokens", True, None),
+    ],
+)
+def test_output_tokens_reads_every_integer_the_validator_lets_through(
+    field: str, value: object, tokens: int | None
+) -> None:
+    assert output_tokens({field: value}) == tokens
+    assert request_needs({"messages": [], field: value}).max_output_tokens == (tokens or 0)
 
 
 @pytest.mark.parametrize(

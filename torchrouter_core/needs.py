@@ -6,6 +6,7 @@ body LiteLLM hands them.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, Final
@@ -51,9 +52,16 @@ def input_modalities(messages: object) -> tuple[frozenset[str], Mapping[str, str
 def output_tokens(body: Mapping[str, Any]) -> int | None:
     """The output a request may ask for: ``max_completion_tokens`` (OpenAI's current name) wins over the
     legacy ``max_tokens``; a missing, zero, negative or non-integer value counts as not given (``None``).
-    The one precedence rule: the queue's service-time price and the ranker's context-window filter use it."""
+    The one precedence rule: the queue's service-time price and the ranker's context-window filter use it.
+
+    A float with no fractional part (``5e6``, ``5000000.0``) counts as that integer: JSON Schema's
+    ``integer`` (which the body validation uses) accepts it, and orjson parses an integer past 64 bits
+    (``1`` followed by 30 zeros) as a float; read as "not given", such a request would skip the
+    context-window check and reach the provider."""
     for name in ("max_completion_tokens", "max_tokens"):
         value = body.get(name)
+        if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+            value = int(value)
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
             return value
     return None

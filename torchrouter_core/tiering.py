@@ -359,10 +359,18 @@ def _signals(rules: Iterable[_Rule[_S]], text: str) -> tuple[_S, ...]:
 
 
 def approx_prompt_tokens(messages: object, tools: object = None) -> int:
-    """Characters / 4, rounded up, over all message text and tool definitions. The one estimator both the
-    classifier (tiering, canary) and the hooks (context-window filter) use."""
+    """Characters / 4, rounded up, over all message text, what assistant messages called (``tool_calls``
+    and the legacy ``function_call``: names and arguments, which a coding agent's history is mostly made of)
+    and tool definitions. The one estimator both the classifier (tiering, canary, feasibility) and the
+    hooks (context-window filter) use."""
     items = messages if isinstance(messages, list) else []
-    chars = sum(len(_text(m.get("content"))) for m in items if isinstance(m, Mapping))
+    chars = 0
+    for m in items:
+        if isinstance(m, Mapping):
+            chars += len(_text(m.get("content")))
+            for called in (m.get("tool_calls"), m.get("function_call")):
+                if called:
+                    chars += _chars(called)
     if isinstance(tools, list):
         chars += _chars(tools)
     return math.ceil(chars / 4)
