@@ -15,7 +15,9 @@ tool and response-format types). :func:`drop_optional_nulls` walks a parsed body
   ``content`` is null when the message carries ``tool_calls``, and providers expect to see it;
 * it never descends into free-form objects (tool ``parameters``, a ``response_format`` schema, ``metadata``,
   ``logit_bias``): a ``"default": null`` inside a client's JSON Schema is the client's, not ours;
-* keys the schema does not name are left alone (a provider-specific extra passes through as sent).
+* keys the schema does not name are left alone (a provider-specific extra passes through as sent), except
+  a message field OpenAI defines for another role (``"name": null`` on a tool message, ``"tool_calls":
+  null`` on a user message, as generic message builders write them): null there is "not given" too.
 
 Why drop rather than tolerate: after this step the classifier's validation, tiering, token estimate and
 everything downstream (LiteLLM, our hooks, the provider) see one form of "not given", so none of them has
@@ -125,6 +127,16 @@ def _format(path: _Path) -> str:
     return "".join(reversed(parts)).lstrip(".")
 
 
+def _message_fields(root: Mapping[str, Any]) -> frozenset[str]:
+    """Every field some role's message has besides ``role`` and ``content`` (``name``, ``tool_calls``,
+    ``tool_call_id``...)."""
+    message = (root.get("$defs") or {}).get("message") or {}
+    fields: set[str] = set()
+    for branch in message.get("anyOf") or ():
+        fields.update(resolve(branch, root).get("properties") or {})
+    return frozenset(fields - {"role", "content"})
+
+
 def drop_optional_nulls(body: dict[str, Any], schema: Mapping[str, Any] | None = None) -> list[str]:
     """Remove, in place, every optional field of ``body`` that is ``null`` (see the module docstring).
 
@@ -132,6 +144,7 @@ def drop_optional_nulls(body: dict[str, Any], schema: Mapping[str, Any] | None =
     in walk order. Never raises on a malformed body: a part that fits no schema variant is left as it is,
     for validation to answer."""
     root = schema if schema is not None else request_schema()
+    other_roles = _message_fields(root)
     dropped: list[str] = []
     # An explicit stack instead of recursion: the walk is as deep as the schema, but stays flat anyway.
     # Only objects and arrays go on it; a path is a (parent, step) chain, formatted only for a drop.
@@ -148,9 +161,13 @@ def drop_optional_nulls(body: dict[str, Any], schema: Mapping[str, Any] | None =
             required = variant.get("required") or ()
             for key in list(value):
                 sub = props.get(key)
-                if sub is None:
-                    continue
                 child = value[key]
+                if sub is None:
+                    # A message field of another role, sent as null: "not given" as well.
+                    if child is None and key in other_roles and "role" in props:
+                        del value[key]
+                        dropped.append(_format((path, key)))
+                    continue
                 if child is None:
                     if key not in required and not sub.get(_KEEP, False):
                         del value[key]

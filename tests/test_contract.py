@@ -110,6 +110,7 @@ GOOD_REQUEST = RouteRequest(
         (contract.NEEDS_HEADER, "prompt_tokens=-1;max_output_tokens=2;tools=1", "needs", None),
         (contract.NEEDS_HEADER, "prompt_tokens=1;max_output_tokens=2;tools=yes", "needs", None),
         (contract.NEEDS_HEADER, "garbage", "needs", None),
+        (contract.NEEDS_HEADER, "prompt_tokens=١٢;max_output_tokens=2;tools=1", "needs", None),  # not ASCII
         (contract.NEEDS_HEADER, "prompt_tokens=1;max_output_tokens=0;tools=1;modalities=x", "needs", None),
         (contract.ROUTE_HEADER, "a,,b", "route", ()),
         (contract.ROUTE_HEADER, ",".join(["g"] * 17), "route", ()),

@@ -83,6 +83,21 @@ def test_optional_nulls_are_dropped_at_every_level_and_meaningful_ones_kept() ->
     assert "x-provider-extra" in body
 
 
+def test_null_message_fields_of_another_role_are_dropped_too() -> None:
+    body: dict[str, Any] = {
+        "messages": [
+            {"role": "user", "content": "hi", "tool_calls": None, "tool_call_id": None, "name": None},
+            {"role": "tool", "content": "42", "tool_call_id": "call_1", "name": None},
+            {"role": "system", "content": "s", "x-extra": None},
+        ]
+    }
+    dropped = drop_optional_nulls(body)
+    assert "messages[0].tool_calls" in dropped and "messages[0].tool_call_id" in dropped
+    assert body["messages"][0] == {"role": "user", "content": "hi"}
+    assert body["messages"][1] == {"role": "tool", "content": "42", "tool_call_id": "call_1"}
+    assert body["messages"][2] == {"role": "system", "content": "s", "x-extra": None}  # not a message field
+
+
 def test_a_malformed_body_is_left_for_validation() -> None:
     bodies: list[dict[str, Any]] = [
         {"messages": "hi", "tools": None},

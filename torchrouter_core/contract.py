@@ -248,7 +248,8 @@ def decode_needs(value: str) -> RequestNeeds:
     if missing:
         raise ValueError(f"missing {', '.join(sorted(missing))}")
     prompt, output, tools = fields["prompt_tokens"], fields["max_output_tokens"], fields["tools"]
-    if not (prompt.isdigit() and output.isdigit() and len(prompt) <= 12 and len(output) <= 12):
+    digits = prompt + output
+    if not (digits.isascii() and prompt.isdigit() and output.isdigit() and len(prompt) <= 12 >= len(output)):
         raise ValueError("token counts must be non-negative integers")
     if tools not in ("0", "1"):
         raise ValueError("tools must be 0 or 1")
