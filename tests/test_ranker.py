@@ -154,6 +154,7 @@ def test_default_filters_are_every_filter() -> None:
     assert set(filters.DEFAULT_FILTERS) == {
         filters.lockout,
         filters.reachable,
+        filters.breaker,
         filters.room,
         filters.context_window,
         filters.tools,

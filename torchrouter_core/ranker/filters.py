@@ -21,6 +21,12 @@ def reachable(profile: Profile, needs: RequestNeeds, fleet: FleetSnapshot) -> st
     return usability.unreachable(profile)
 
 
+def breaker(profile: Profile, needs: RequestNeeds, fleet: FleetSnapshot) -> str | None:
+    """An open circuit breaker (the deployment's or its host's), or a half-open one whose trials are all
+    taken: ``breaker_open``, ``breaker_half_open``, ``host_breaker_open``, ``host_breaker_half_open``."""
+    return fleet.breakers.get(profile.key)
+
+
 def room(profile: Profile, needs: RequestNeeds, fleet: FleetSnapshot) -> str | None:
     if fleet.rooms is None:  # no room known for the fleet: not checked
         return None
@@ -37,4 +43,4 @@ def tools(profile: Profile, needs: RequestNeeds, fleet: FleetSnapshot) -> str | 
     return "no_tools" if needs.needs_tools and not profile.supports_tools else None
 
 
-DEFAULT_FILTERS: tuple[Filter, ...] = (lockout, reachable, room, context_window, tools)
+DEFAULT_FILTERS: tuple[Filter, ...] = (lockout, reachable, breaker, room, context_window, tools)

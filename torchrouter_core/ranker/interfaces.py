@@ -44,6 +44,8 @@ class FleetSnapshot:
     in_flight: Mapping[str, int] = field(default_factory=dict)
     slots: Mapping[str, int] = field(default_factory=dict)
     rooms: Mapping[str, HostRoom] | None = None
+    # Profile key -> why its circuit breaker (or its host's) refuses it now (torchrouter_core.breaker).
+    breakers: Mapping[str, str] = field(default_factory=dict)
 
     def utilization(self, key: str) -> float:
         """In flight / slots, 0 when idle; a deployment with no known slots is full once anything runs."""

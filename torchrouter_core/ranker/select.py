@@ -65,14 +65,20 @@ class Selection:
 
 
 def snapshot(
-    matrix: Matrix, overlay: LiveOverlay, keys: Sequence[str], in_flight: Mapping[str, int]
+    matrix: Matrix,
+    overlay: LiveOverlay,
+    keys: Sequence[str],
+    in_flight: Mapping[str, int],
+    breakers: Mapping[str, str] | None = None,
 ) -> FleetSnapshot:
     """The fleet as the ranker reads it, for the candidates ``keys`` (all in ``matrix``)."""
     slots = {}
     for key in keys:
         host = matrix.hosts.get(matrix.profiles[key].host_id)
         slots[key] = host.num_parallel if host is not None else 0
-    return FleetSnapshot(in_flight=in_flight, slots=slots, rooms=host_rooms(matrix, overlay))
+    return FleetSnapshot(
+        in_flight=in_flight, slots=slots, rooms=host_rooms(matrix, overlay), breakers=breakers or {}
+    )
 
 
 def select(
@@ -83,10 +89,12 @@ def select(
     matrix: Matrix,
     overlay: LiveOverlay,
     in_flight: Mapping[str, int],
+    breakers: Mapping[str, str] | None = None,
 ) -> Selection:
+    """``breakers``: profile key -> why its circuit breaker refuses it now (absent: admitted)."""
     known = [k for k in deployment_keys if k is not None and k in matrix.profiles]
     unknown = tuple(k for k in deployment_keys if k is None or k not in matrix.profiles)
-    fleet = snapshot(matrix, overlay, known, in_flight)
+    fleet = snapshot(matrix, overlay, known, in_flight, breakers)
     try:
         ranking = rank(group, [matrix.profiles[k] for k in known], needs, fleet=fleet)
     except NoCandidate as exc:
