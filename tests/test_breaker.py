@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from torchrouter_core.breaker import BreakerConfig, Breakers, Failure, Scope, State
 from torchrouter_core.ranker import filters
 from torchrouter_core.ranker.interfaces import FleetSnapshot, RequestNeeds
@@ -28,7 +30,7 @@ def test_a_run_of_failures_opens_then_half_open_after_cool_off_then_closed_on_a_
     assert blocked == {KEY: "breaker_open"} and changes == []
     blocked, [half] = b.blocked({KEY: HOST}, 7.0)
     assert blocked == {} and half.to_state is State.HALF_OPEN
-    b.picked(KEY, HOST)  # the one trial is taken: nobody else until it answers
+    b.picked(KEY, HOST, 0.0)  # the one trial is taken: nobody else until it answers
     assert b.blocked({KEY: HOST}, 7.1)[0] == {KEY: "breaker_half_open"}
     [closed] = b.succeeded(KEY, HOST, 7.5)
     assert closed.to_state is State.CLOSED and b.blocked({KEY: HOST}, 7.6)[0] == {}
@@ -43,7 +45,7 @@ def test_a_success_resets_the_run_and_a_failed_trial_reopens() -> None:
     b.failed(KEY, HOST, Failure.TIMEOUT, 0.4)
     b.failed(KEY, HOST, Failure.TIMEOUT, 0.5)
     b.blocked({KEY: HOST}, 5.5)
-    b.picked(KEY, HOST)
+    b.picked(KEY, HOST, 0.0)
     [again] = b.failed(KEY, HOST, Failure.STREAM_BROKEN, 5.6)
     assert again.reason == "trial_failed:stream_broken" and b.blocked({KEY: HOST}, 10.5)[0] == {
         KEY: "breaker_open"
@@ -103,7 +105,7 @@ def test_auth_opens_at_once_and_rechecks_after_its_own_period() -> None:
     assert opened.reason == "auth"
     assert b.blocked({KEY: HOST}, 59.0)[0] == {KEY: "breaker_open"}
     assert b.blocked({KEY: HOST}, 60.0)[0] == {}  # half-open: one re-check request
-    b.picked(KEY, HOST)
+    b.picked(KEY, HOST, 0.0)
     [reopened] = b.failed(KEY, HOST, Failure.AUTH, 60.5)
     assert reopened.to_state is State.OPEN and b.state(Scope.DEPLOYMENT, KEY).retry_at == 120.5
 
@@ -134,3 +136,38 @@ def test_the_ranker_filter_reads_the_breakers() -> None:
         == "breaker_open"
     )
     assert filters.breaker(BASE, RequestNeeds(), FleetSnapshot()) is None
+
+
+def test_a_trial_that_never_reports_back_frees_its_place() -> None:
+    b = Breakers(BreakerConfig(consecutive_failures=1, cool_off_s=1.0, trial_timeout_s=10.0))
+    b.failed(KEY, HOST, Failure.TIMEOUT, 0.0)
+    b.blocked({KEY: HOST}, 1.0)
+    b.picked(KEY, HOST, 1.0)
+    assert b.blocked({KEY: HOST}, 11.0)[0] == {KEY: "breaker_half_open"}
+    assert b.blocked({KEY: HOST}, 11.1)[0] == {}
+
+
+def test_parse_breaker_config() -> None:
+    from torchrouter_core.breaker import parse_breaker_config
+
+    cfg = parse_breaker_config("consecutive_failures=2, cool_off_s=1.5")
+    assert (cfg.consecutive_failures, cfg.cool_off_s, cfg.window_s) == (2, 1.5, 30.0)
+    for bad in ("nope=1", "cool_off_s=x", "failure_rate=2", "consecutive_failures=1.5", "cool_off_s"):
+        with pytest.raises(ValueError, match="breaker setting"):
+            parse_breaker_config(bad)
+
+
+def test_parse_time_budgets() -> None:
+    from torchrouter_core.budgets import DEFAULT_BUDGETS, budget_for, parse_time_budgets
+
+    budgets = parse_time_budgets("R.first_byte_s=1.5,H.total_s=60")
+    assert (
+        budgets["R"].first_byte_s == 1.5
+        and budgets["H"].total_s == 60
+        and budgets["C"] == DEFAULT_BUDGETS["C"]
+    )
+    assert budget_for(budgets, None) == budgets["H"] and budget_for(budgets, "X") == budgets["H"]
+    assert budgets["R"].first_byte(cold=True) == DEFAULT_BUDGETS["R"].first_byte_cold_s
+    for bad in ("R.first_byte_s=0", "Q.total_s=1", "R.nope=1", "R=1", "R.total_s"):
+        with pytest.raises(ValueError, match="time budget"):
+            parse_time_budgets(bad)

@@ -76,6 +76,8 @@ class BreakerConfig:
     auth_recheck_s: float = 60.0
     default_retry_after_s: float = 5.0
     max_retry_after_s: float = 300.0
+    # A trial that never reports back (its client left before LiteLLM logged it) frees its place after this.
+    trial_timeout_s: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,7 @@ class BreakerState:
     retry_at: float = 0.0
     reason: str | None = None
     trials: int = 0
+    trial_at: float = 0.0
     opened_total: int = 0
 
 
@@ -131,6 +134,12 @@ def tick(b: BreakerState, now: float) -> tuple[BreakerState, tuple[State, str] |
     if b.state is State.OPEN and now >= b.retry_at:
         return replace(b, state=State.HALF_OPEN, trials=0), (State.HALF_OPEN, "cool_off_elapsed")
     return b, None
+
+
+def expire_trials(b: BreakerState, cfg: BreakerConfig, now: float) -> BreakerState:
+    if b.state is State.HALF_OPEN and b.trials and now - b.trial_at > cfg.trial_timeout_s:
+        return replace(b, trials=0)
+    return b
 
 
 def admits(b: BreakerState, cfg: BreakerConfig) -> str | None:
@@ -214,8 +223,8 @@ class Breakers:
         """Turn every open breaker whose cool-off passed half-open."""
         out: list[Transition] = []
         for (scope, target), b in list(self.states.items()):
-            new, change = tick(b, now)
-            if change is not None:
+            new, change = tick(expire_trials(b, self.config, now), now)
+            if new != b:
                 out += self._set(scope, target, new, change, now)
         return out
 
@@ -234,12 +243,12 @@ class Breakers:
                 out[key] = why
         return out, changes
 
-    def picked(self, key: str, host: str) -> None:
+    def picked(self, key: str, host: str, now: float) -> None:
         """A request was sent to ``key``: a half-open breaker counts it as a trial."""
         for scope, target in ((Scope.HOST, host), (Scope.DEPLOYMENT, key)):
             b = self.states.get((scope, target))
             if b is not None and b.state is State.HALF_OPEN:
-                self.states[(scope, target)] = replace(b, trials=b.trials + 1)
+                self.states[(scope, target)] = replace(b, trials=b.trials + 1, trial_at=now)
 
     def succeeded(self, key: str, host: str, now: float) -> list[Transition]:
         out: list[Transition] = []
@@ -288,3 +297,25 @@ class Breakers:
                 }
             )
         return rows
+
+
+_CONFIG_FIELDS = {f: type(getattr(BreakerConfig(), f)) for f in BreakerConfig.__dataclass_fields__}
+
+
+def parse_breaker_config(text: str, base: BreakerConfig | None = None) -> BreakerConfig:
+    """``"consecutive_failures=2,cool_off_s=1.5"`` over ``base`` (the defaults); raises ValueError naming
+    the bad part."""
+    config = base or BreakerConfig()
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, value = (x.strip() for x in part.partition("="))
+        kind = _CONFIG_FIELDS.get(name)
+        try:
+            number = kind(value) if sep and kind is not None else None
+        except ValueError:
+            number = None
+        if number is None or number < 0 or (name == "failure_rate" and number > 1):
+            raise ValueError(
+                f"breaker setting {part!r}: expected <{'|'.join(sorted(_CONFIG_FIELDS))}>=<number >= 0>"
+            )
+        config = replace(config, **{name: number})
+    return config
