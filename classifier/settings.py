@@ -48,6 +48,14 @@ ENV_DOCS: dict[str, tuple[str, str]] = {
     ),
     "TORCHROUTER_LANE_LIMITS": ("(none)", "operator caps on lane concurrency, e.g. balanced=4,code=2"),
     "TORCHROUTER_PROBE_INTERVAL_S": ("2", "how often the fleet probe polls each host's /api/ps"),
+    "TORCHROUTER_BREAKER": (
+        "(defaults)",
+        "circuit-breaker settings, e.g. consecutive_failures=3,cool_off_s=10 (read by the hooks)",
+    ),
+    "TORCHROUTER_TIME_BUDGETS": (
+        "(defaults)",
+        "per-tier time budgets, e.g. R.first_byte_s=8,H.total_s=300 (first byte: hooks; total: both)",
+    ),
 }
 
 

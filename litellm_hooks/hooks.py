@@ -32,8 +32,12 @@ import aiohttp
 from litellm.integrations.custom_logger import CustomLogger
 
 from capability_matrix import FleetView, Matrix, MatrixStore, WarmState, next_auth_lockouts
+from capability_matrix.live import sharing_credentials
 from capability_matrix.probe import FleetProbe
+from litellm_hooks.failures import classify
 from litellm_hooks.settings import HooksSettings
+from torchrouter_core.breaker import Breakers, Failure, Scope, State, Transition
+from torchrouter_core.budgets import budget_for
 from torchrouter_core.contract import RouteReport, RouteRequest, decode_needs, encode_needs
 from torchrouter_core.events import EventKind, EventSink, open_sink
 from torchrouter_core.inflight import InFlight
@@ -41,6 +45,7 @@ from torchrouter_core.needs import request_needs
 from torchrouter_core.ranker.interfaces import RequestNeeds
 from torchrouter_core.ranker.select import select
 from torchrouter_core.spend import SpendBook
+from torchrouter_core.usability import RESIDENT
 
 log = logging.getLogger("torchrouter.hooks")
 
@@ -60,6 +65,7 @@ class HooksRuntime:
     first_round: asyncio.Event = field(default_factory=asyncio.Event)
     probe_task: asyncio.Task[None] | None = None
     generation: int = 0
+    breakers: Breakers = field(default_factory=Breakers)
 
     @classmethod
     def build(cls, settings: HooksSettings) -> HooksRuntime:
@@ -71,7 +77,38 @@ class HooksRuntime:
             daily_budget_usd=settings.daily_budget_usd,
             spend_today=spend.today,
         )
-        return cls(settings, fleet, open_sink(settings.event_path), spend)
+        return cls(
+            settings, fleet, open_sink(settings.event_path), spend, breakers=Breakers(settings.breaker)
+        )
+
+    # --- circuit breakers (torchrouter_core.breaker): state here, decisions there ---------------------------
+    def breaker_changes(self, changes: list[Transition], who: Mapping[str, Any] | None = None) -> None:
+        """Write each transition as ``breaker_changed``; an auth breaker turning half-open lifts the auth
+        lockout of every profile behind the same credentials, so the next request re-checks them."""
+        for change in changes:
+            who = who or {}
+            self.events.emit(
+                EventKind.BREAKER_CHANGED,
+                request_id=who.get("request_id"),
+                agent_id=who.get("agent_id"),
+                tier=who.get("tier"),
+                group=None,
+                **change.event_fields(),
+            )
+            auth = self.breakers.state(change.scope, change.target).reason == Failure.AUTH.value
+            if change.to_state is State.HALF_OPEN and change.scope is Scope.DEPLOYMENT and auth:
+                matrix = self.fleet.store.current
+                if change.target in matrix.profiles:
+                    shared = set(sharing_credentials(matrix, change.target))
+                    lockouts = self.fleet.auth_lockouts
+                    self.fleet.set_auth_lockouts({k: v for k, v in lockouts.items() if k not in shared})
+
+    def blocked(self, matrix: Matrix, now: float) -> dict[str, str]:
+        """Profile key -> why its breaker (or its host's) refuses it now."""
+        hosts = {key: p.host_id for key, p in matrix.profiles.items()}
+        blocked, changes = self.breakers.blocked(hosts, now)
+        self.breaker_changes(changes)
+        return blocked
 
     def live_matrix(self, now: float) -> Matrix:
         store = self.fleet.store
@@ -89,6 +126,9 @@ class HooksRuntime:
 
             def on_update(observations: dict[str, Any]) -> None:
                 self.fleet.on_observations(observations)
+                now = time.time()
+                for host_id, seen in observations.items():  # the probe breaker
+                    self.breaker_changes(self.breakers.probed(host_id, bool(seen.reachable), now))
                 self.first_round.set()
 
             on_update(await probe.poll_once(time.time()))
@@ -215,13 +255,15 @@ class RouterHooks(CustomLogger):
             kwargs = request_kwargs or {}
             ctx = _ctx_of(kwargs)
             now = time.time()
+            matrix = runtime.live_matrix(now)
             selection = select(
                 model,
                 [(d.get("model_info") or {}).get("id") for d in healthy_deployments],
                 _needs_of(ctx, kwargs, messages),
-                matrix=runtime.live_matrix(now),
+                matrix=matrix,
                 overlay=runtime.fleet.overlay(now),
                 in_flight=runtime.in_flight.counts(now),
+                breakers=runtime.blocked(matrix, now),
             )
             who = {k: ctx.get(k) for k in ("request_id", "agent_id", "tier")}
             first_group = ctx.get("group")
@@ -239,6 +281,12 @@ class RouterHooks(CustomLogger):
             if chosen is None:
                 return []
             ctx.update(deployment=chosen.key, warm_state=chosen.warm_state.value, score_ms=selection.score_ms)
+            ctx.setdefault("tried", []).append(chosen.key)
+            runtime.breakers.picked(chosen.key, chosen.host_id, now)
+            if request_kwargs is not None:  # this attempt's time budget (LiteLLM reads it per attempt)
+                budget = budget_for(runtime.settings.time_budgets, ctx.get("tier"))
+                cold = chosen.is_local and chosen.warm_state not in RESIDENT
+                request_kwargs["timeout"] = request_kwargs["stream_timeout"] = budget.first_byte(cold)
             if ctx.get("request_id"):
                 runtime.in_flight.start(chosen.key, str(ctx["request_id"]), now)
             return [d for d in healthy_deployments if (d.get("model_info") or {}).get("id") == chosen.key][:1]
@@ -247,7 +295,7 @@ class RouterHooks(CustomLogger):
             return healthy_deployments
 
     # --- outcomes: free the in-flight slot, learn warm and auth state, book the spend --------------------
-    def _finished(self, kwargs: dict[str, Any], status: int | None) -> None:
+    def _finished(self, kwargs: dict[str, Any], status: int | None, exc: object = None) -> None:
         runtime = self._runtime
         key = _deployment_key(kwargs)
         if runtime is None or key is None:
@@ -261,6 +309,16 @@ class RouterHooks(CustomLogger):
         if status is None:
             runtime.fleet.served(key)
         fleet = runtime.fleet
+        profile = matrix.profiles[key]
+        who = {k: ctx.get(k) for k in ("request_id", "agent_id", "tier")}
+        now = time.time()
+        if status is None:
+            runtime.breaker_changes(runtime.breakers.succeeded(key, profile.host_id, now), who)
+        else:
+            failure, retry_after = classify(exc, now)
+            if failure is not None:
+                changes = runtime.breakers.failed(key, profile.host_id, failure, now, retry_after)
+                runtime.breaker_changes(changes, who)
         fleet.set_auth_lockouts(
             next_auth_lockouts(matrix, fleet.auth_lockouts, key, 200 if status is None else status)
         )
@@ -281,7 +339,8 @@ class RouterHooks(CustomLogger):
         self, kwargs: dict[str, Any], response_obj: Any, start_time: Any, end_time: Any
     ) -> None:
         try:
-            self._finished(kwargs, _status_of(kwargs.get("exception")) or 0)
+            exc = kwargs.get("exception")
+            self._finished(kwargs, _status_of(exc) or 0, exc)
         except Exception:
             self._failed("log_failure")
 
@@ -308,6 +367,7 @@ class RouterHooks(CustomLogger):
                 auth_lockouts=frozenset(runtime.fleet.auth_lockouts) if runtime is not None else None,
                 daily_spend_usd=runtime.spend.today(now) if runtime is not None else None,
                 hook_errors=self.errors,
+                breakers=frozenset(runtime.blocked(runtime.fleet.store.current, now)) if runtime else None,
             )
             return report.to_headers()
         except Exception:

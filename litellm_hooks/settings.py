@@ -2,7 +2,9 @@
 
 The variables are the classifier's own names (``classifier.settings.ENV_DOCS`` documents them all):
 ``TORCHROUTER_CAPABILITY_MATRIX_PATH``, ``TORCHROUTER_ROUTING_CONTINUITY_EVENT_PATH``,
-``TORCHROUTER_DAILY_BUDGET_USD`` and ``TORCHROUTER_PROBE_INTERVAL_S``. A bad value raises
+``TORCHROUTER_DAILY_BUDGET_USD``, ``TORCHROUTER_PROBE_INTERVAL_S``, ``TORCHROUTER_BREAKER`` (circuit-breaker
+settings, :func:`torchrouter_core.breaker.parse_breaker_config`) and ``TORCHROUTER_TIME_BUDGETS``
+(:func:`torchrouter_core.budgets.parse_time_budgets`). A bad value raises
 :class:`~torchrouter_core.env.SettingsError` naming the variable, which stops LiteLLM at start.
 """
 
@@ -10,11 +12,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from capability_matrix.loader import DEFAULT_MATRIX_PATH
-from torchrouter_core.env import parse_float
+from torchrouter_core.breaker import BreakerConfig, parse_breaker_config
+from torchrouter_core.budgets import DEFAULT_BUDGETS, TimeBudget, parse_time_budgets
+from torchrouter_core.env import SettingsError, parse_float
 
 
 @dataclass(frozen=True)
@@ -23,6 +27,8 @@ class HooksSettings:
     event_path: str | None = None
     daily_budget_usd: float | None = None  # cloud profiles are locked out past it (as in the classifier)
     probe_interval_s: float = 2.0  # seconds between polls of every host's /api/ps
+    breaker: BreakerConfig = field(default_factory=BreakerConfig)
+    time_budgets: Mapping[str, TimeBudget] = field(default_factory=lambda: dict(DEFAULT_BUDGETS))
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> HooksSettings:
@@ -30,6 +36,14 @@ class HooksSettings:
         defaults = cls()
         budget = env.get("TORCHROUTER_DAILY_BUDGET_USD")
         interval = env.get("TORCHROUTER_PROBE_INTERVAL_S")
+        try:
+            breaker_config = parse_breaker_config(env.get("TORCHROUTER_BREAKER") or "")
+        except ValueError as exc:
+            raise SettingsError(f"TORCHROUTER_BREAKER: {exc}") from None
+        try:
+            time_budgets = parse_time_budgets(env.get("TORCHROUTER_TIME_BUDGETS") or "")
+        except ValueError as exc:
+            raise SettingsError(f"TORCHROUTER_TIME_BUDGETS: {exc}") from None
         return cls(
             matrix_path=Path(env.get("TORCHROUTER_CAPABILITY_MATRIX_PATH") or defaults.matrix_path),
             event_path=env.get("TORCHROUTER_ROUTING_CONTINUITY_EVENT_PATH") or None,
@@ -39,4 +53,6 @@ class HooksSettings:
                 if interval
                 else defaults.probe_interval_s
             ),
+            breaker=breaker_config,
+            time_budgets=time_budgets,
         )

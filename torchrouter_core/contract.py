@@ -9,7 +9,8 @@ Version history (``x-torchrouter-protocol``):
 
 - 1: request id, agent, tier, group, request needs, route plan; deployment, warm state, score time,
   auth lockouts, daily spend, hook errors; LiteLLM's ``x-litellm-attempted-fallbacks`` read as the
-  fallback count.
+  fallback count. Added compatibly (a peer without it reads as "not reported"): the profiles the
+  hooks' circuit breakers refuse (``x-torchrouter-breakers``).
 
 Decoding never raises: a missing value is ``None`` (or the stated default), a malformed one is logged in
 one line naming the header and treated as missing, and a peer speaking another version is logged (the
@@ -48,6 +49,7 @@ SCORE_MS_HEADER = "x-torchrouter-score-ms"
 AUTH_LOCKOUTS_HEADER = "x-torchrouter-auth-lockouts"
 DAILY_SPEND_HEADER = "x-torchrouter-daily-spend-usd"
 HOOK_ERRORS_HEADER = "x-torchrouter-hook-errors"
+BREAKERS_HEADER = "x-torchrouter-breakers"
 # LiteLLM's own response headers, read by the classifier.
 LITELLM_MODEL_ID_HEADER = "x-litellm-model-id"
 LITELLM_FALLBACKS_HEADER = "x-litellm-attempted-fallbacks"
@@ -129,7 +131,8 @@ class RouteReport:
     ``x-litellm-attempted-fallbacks``; 0 when absent); ``auth_lockouts``: every profile key the hooks hold
     locked out for a 401/403, the whole set each time; ``daily_spend_usd``: today's (UTC) cloud spend as
     the hooks total it, the one book of spend; ``hook_errors``: exceptions the hooks caught since LiteLLM
-    started."""
+    started; ``breakers``: every profile key the hooks' circuit breakers refuse now (open, or half-open
+    with its trials taken; the host's breaker included), the whole set each time."""
 
     deployment: str | None = None
     warm_state: WarmState | None = None
@@ -138,6 +141,7 @@ class RouteReport:
     auth_lockouts: frozenset[str] | None = None
     daily_spend_usd: float | None = None
     hook_errors: int | None = None
+    breakers: frozenset[str] | None = None
 
     def to_headers(self) -> dict[str, str]:
         """The hooks' headers (``fallbacks`` is LiteLLM's own header and is not written here)."""
@@ -154,6 +158,8 @@ class RouteReport:
             headers[DAILY_SPEND_HEADER] = f"{self.daily_spend_usd:.8f}"
         if self.hook_errors is not None:
             headers[HOOK_ERRORS_HEADER] = str(self.hook_errors)
+        if self.breakers is not None:
+            headers[BREAKERS_HEADER] = ",".join(sorted(self.breakers))
         return headers
 
     @classmethod
@@ -170,6 +176,7 @@ class RouteReport:
             score_ms=_number(headers, SCORE_MS_HEADER, problem),
             fallbacks=_count(headers, LITELLM_FALLBACKS_HEADER, problem) or 0,
             auth_lockouts=_lockouts(headers, problem),
+            breakers=_lockouts(headers, problem, BREAKERS_HEADER),
             daily_spend_usd=_number(headers, DAILY_SPEND_HEADER, problem),
             hook_errors=_count(headers, HOOK_ERRORS_HEADER, problem),
         )
@@ -191,6 +198,7 @@ _OUR_REPORT_HEADERS = (
     AUTH_LOCKOUTS_HEADER,
     DAILY_SPEND_HEADER,
     HOOK_ERRORS_HEADER,
+    BREAKERS_HEADER,
 )
 
 
@@ -261,13 +269,15 @@ def _token_list(headers: Mapping[str, str], name: str, limit: int, problem: Prob
     return tuple(items)
 
 
-def _lockouts(headers: Mapping[str, str], problem: Problem) -> frozenset[str] | None:
-    raw = headers.get(AUTH_LOCKOUTS_HEADER)
+def _lockouts(
+    headers: Mapping[str, str], problem: Problem, name: str = AUTH_LOCKOUTS_HEADER
+) -> frozenset[str] | None:
+    raw = headers.get(name)
     if raw is None:
         return None
     if raw == "":
         return frozenset()  # reported, and empty: nothing is locked out
-    keys = _token_list(headers, AUTH_LOCKOUTS_HEADER, _MAX_LOCKOUTS, problem)
+    keys = _token_list(headers, name, _MAX_LOCKOUTS, problem)
     return frozenset(keys) if keys else None
 
 
