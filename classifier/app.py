@@ -55,10 +55,10 @@ from classifier.keys import (
     SPEND_KEY,
     HooksSeen,
 )
+from classifier.lane_limits import refresh_lane_limits
 from classifier.metrics import Metrics
 from classifier.routing_headers import RequestIds
 from classifier.settings import Settings
-from torchrouter_core.capacity import lane_limits
 from torchrouter_core.decide import AgentsStore
 from torchrouter_core.errors import (
     ApiError,
@@ -66,7 +66,7 @@ from torchrouter_core.errors import (
     Unauthorized,
 )
 from torchrouter_core.events import EventSink, open_sink
-from torchrouter_core.identity import GROUPS, LOCAL_GROUPS
+from torchrouter_core.identity import GROUPS
 from torchrouter_core.routing import RoutingMode, overflow
 from torchrouter_core.spend import DailySpend
 from torchrouter_core.tiering import Tier
@@ -139,12 +139,6 @@ async def _watchers_ctx(app: web.Application) -> AsyncIterator[None]:
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
-
-
-def refresh_lane_limits(app: web.Application) -> None:
-    fleet = app[FLEET_KEY]
-    overlay, live = fleet.overlay(), fleet.matrix()
-    app[LANES_KEY].set_limits(lane_limits(live, overlay, LOCAL_GROUPS, app[SETTINGS_KEY].lane_caps))
 
 
 def _probe_ctx(given: Probe | None) -> Callable[[web.Application], AsyncIterator[None]]:
@@ -251,6 +245,7 @@ def create_app(
     metrics.readings.lanes = app[LANES_KEY].readings
     app[HOOKS_SEEN_KEY] = HooksSeen()
     metrics.readings.hook_errors = lambda: app[HOOKS_SEEN_KEY].errors
+    metrics.readings.breakers = lambda: _refused_per_lane(app)
     app[AGENTS_KEY] = AgentsStore(
         settings.agents_path,
         on_reload=lambda _: metrics.config_reloads.labels("reloaded").inc(),
@@ -264,6 +259,7 @@ def create_app(
     app.router.add_get("/health", health)
     app.router.add_get("/capability-matrix", capability_matrix)
     app.router.add_get("/queue/status", queue_status)
+    app.router.add_get("/breakers", breakers)
     app.router.add_get("/metrics", metrics_text)
     app.router.add_get("/v1/models", models)
     app.router.add_post("/v1/chat/completions", chat_completions)
@@ -278,6 +274,39 @@ def _json(data: Any, status: int = 200) -> web.Response:
 async def health(request: web.Request) -> web.Response:
     spend = request.app[SPEND_KEY].today(time.time())
     return _json({"status": "ok", "daily_spend_usd": round(spend, 6)})
+
+
+def _refused_per_lane(app: web.Application) -> dict[str, int]:
+    profiles = app[MATRIX_KEY].current.profiles
+    out = dict.fromkeys(sorted(GROUPS), 0)
+    for key in app[HOOKS_SEEN_KEY].refused(time.time()):
+        profile = profiles.get(key)
+        if profile is not None and profile.lane in out:
+            out[profile.lane] += 1
+    return out
+
+
+async def breakers(request: web.Request) -> web.Response:
+    """The deployments the hooks' circuit breakers refuse now, as the last LiteLLM response reported
+    them (why and when each changed is in the trail's ``breaker_changed`` events)."""
+    app = request.app
+    seen, now = app[HOOKS_SEEN_KEY], time.time()
+    profiles = app[MATRIX_KEY].current.profiles
+    refused = sorted(seen.refused(now))
+    return _json(
+        {
+            "refused": [
+                {
+                    "deployment": key,
+                    "host_id": profiles[key].host_id if key in profiles else None,
+                    "lane": profiles[key].lane if key in profiles else None,
+                }
+                for key in refused
+            ],
+            "per_lane": _refused_per_lane(app),
+            "reported_s_ago": round(now - seen.breakers_at, 3) if seen.breakers_at else None,
+        }
+    )
 
 
 async def capability_matrix(request: web.Request) -> web.Response:

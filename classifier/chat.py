@@ -33,6 +33,7 @@ from classifier.keys import (
     SETTINGS_KEY,
     SPEND_KEY,
 )
+from classifier.lane_limits import refresh_lane_limits
 from classifier.relay import RELAYED_HEADERS, STREAM_TYPES, Relay, relay_stream
 from classifier.routing_headers import RouteTrace, request_id_from
 from torchrouter_core.contract import RouteReport, RouteRequest
@@ -242,6 +243,11 @@ def _learn(app: web.Application, trace: RouteTrace, report: RouteReport, status:
         app[HOOKS_SEEN_KEY].errors = report.hook_errors
     if report.auth_lockouts is not None:
         fleet.set_auth_lockouts(dict.fromkeys(report.auth_lockouts, "provider answered 401/403"))
+    if report.breakers is not None:
+        seen, was = app[HOOKS_SEEN_KEY], app[HOOKS_SEEN_KEY].refused(time.time())
+        seen.breakers, seen.breakers_at = report.breakers, time.time()
+        if report.breakers != was:  # breaker-refused deployments take their capacity out of the lanes
+            refresh_lane_limits(app)
 
 
 def _annotate(trace: RouteTrace, report: RouteReport, matrix: MatrixStore, group: str) -> None:

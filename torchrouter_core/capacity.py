@@ -19,15 +19,19 @@ from capability_matrix.model import Matrix, Profile, WarmState
 from torchrouter_core.usability import RESIDENT, HostRoom, cannot_load, host_rooms, locked_out, unreachable
 
 
-def usable_profiles(matrix: Matrix, overlay: LiveOverlay) -> frozenset[str]:
+def usable_profiles(
+    matrix: Matrix, overlay: LiveOverlay, refused: frozenset[str] = frozenset()
+) -> frozenset[str]:
     """Keys of the local profiles that can take work now (the rules of :mod:`torchrouter_core.usability`),
-    cold ones packed per host so two of them never count against the same free memory."""
+    cold ones packed per host so two of them never count against the same free memory. ``refused``: keys
+    a circuit breaker refuses now (:mod:`torchrouter_core.breaker`); they count for nothing."""
     rooms = host_rooms(matrix, overlay)
     by_host: dict[str, list[Profile]] = defaultdict(list)
     for profile in matrix.profiles.values():
         if (
             profile.is_local
             and profile.host_id in rooms
+            and profile.key not in refused
             and not (locked_out(profile) or unreachable(profile))
         ):
             by_host[profile.host_id].append(profile)
@@ -45,9 +49,13 @@ def usable_profiles(matrix: Matrix, overlay: LiveOverlay) -> frozenset[str]:
 
 
 def lane_limits(
-    matrix: Matrix, overlay: LiveOverlay, lanes: tuple[str, ...], caps: Mapping[str, int]
+    matrix: Matrix,
+    overlay: LiveOverlay,
+    lanes: tuple[str, ...],
+    caps: Mapping[str, int],
+    refused: frozenset[str] = frozenset(),
 ) -> dict[str, int]:
-    usable = usable_profiles(matrix, overlay)
+    usable = usable_profiles(matrix, overlay, refused)
     limits: dict[str, int] = {}
     for lane in lanes:
         slots = sum(matrix.hosts[p.host_id].num_parallel for p in matrix.in_lane(lane) if p.key in usable)

@@ -1,0 +1,21 @@
+"""Refresh the lanes' concurrency limits from the live fleet and the deployments the hooks' breakers refuse.
+
+Called after each probe round and whenever a response reports a different set of refused deployments.
+"""
+
+from __future__ import annotations
+
+import time
+
+from aiohttp import web
+
+from classifier.keys import FLEET_KEY, HOOKS_SEEN_KEY, LANES_KEY, SETTINGS_KEY
+from torchrouter_core.capacity import lane_limits
+from torchrouter_core.identity import LOCAL_GROUPS
+
+
+def refresh_lane_limits(app: web.Application) -> None:
+    fleet = app[FLEET_KEY]
+    overlay, live = fleet.overlay(), fleet.matrix()
+    refused = app[HOOKS_SEEN_KEY].refused(time.time())
+    app[LANES_KEY].set_limits(lane_limits(live, overlay, LOCAL_GROUPS, app[SETTINGS_KEY].lane_caps, refused))
