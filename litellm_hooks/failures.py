@@ -8,6 +8,9 @@ The mapping (LiteLLM 1.102.4's exception types; a status code where the type doe
 - ``APIConnectionError`` whose message says the connection was refused, reset or never made ->
   ``refused`` (the host is gone); any other ``APIConnectionError`` (a body that stopped midway) ->
   ``stream_broken``; a ``MidStreamFallbackError`` -> ``stream_broken``;
+- httpx's own errors, as LiteLLM passes them on for a stream it was reading: connect timeout ->
+  ``connect_timeout``, other timeouts -> ``timeout``, connect errors -> ``refused``, any other transport
+  error (``ReadError``: "response payload is not completed") -> ``stream_broken``;
 - any other 5xx -> ``server_error``;
 - anything else (a 400 the request earned, a client that left) -> ``None``: not the target's fault.
 """
@@ -18,6 +21,7 @@ import email.utils
 from collections.abc import Mapping
 from typing import Any
 
+import httpx
 from litellm import exceptions as llm
 
 from torchrouter_core.breaker import Failure
@@ -77,6 +81,14 @@ def classify(exc: object, now: float) -> tuple[Failure | None, float | None]:
     if isinstance(exc, llm.APIConnectionError):
         text = str(exc).lower()
         return (Failure.REFUSED if any(w in text for w in _REFUSED_WORDS) else Failure.STREAM_BROKEN), None
+    if isinstance(exc, httpx.ConnectTimeout):
+        return Failure.CONNECT_TIMEOUT, None
+    if isinstance(exc, httpx.TimeoutException):
+        return Failure.TIMEOUT, None
+    if isinstance(exc, httpx.ConnectError):
+        return Failure.REFUSED, None
+    if isinstance(exc, httpx.TransportError):  # read/protocol errors: the answer stopped midway
+        return Failure.STREAM_BROKEN, None
     if status is not None and status >= 500:
         return Failure.SERVER_ERROR, None
     return None, None

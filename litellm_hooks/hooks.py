@@ -150,6 +150,21 @@ def _deployment_key(kwargs: Mapping[str, Any]) -> str | None:
     return key if isinstance(key, str) else None
 
 
+def _attempt_of(ctx: dict[str, Any], reported: str | None, *, failed: bool) -> str | None:
+    """Which of this request's attempts an outcome belongs to. LiteLLM's attempts for one request run one
+    after another, but it may log an attempt's failure after the next one started, with the next one's
+    deployment in the call's parameters (a stream cut midway that it continued from its fallback group):
+    a failure belongs to the oldest attempt not yet reported; a success to the deployment it names."""
+    pending = ctx.get("pending")
+    if not isinstance(pending, list) or not pending:
+        return reported
+    if not failed and reported in pending:
+        pending.remove(reported)
+        return reported
+    attempt = pending.pop(0)
+    return attempt if isinstance(attempt, str) else reported
+
+
 def _status_of(exc: object) -> int | None:
     status = getattr(exc, "status_code", None)
     return status if isinstance(status, int) else None
@@ -282,6 +297,7 @@ class RouterHooks(CustomLogger):
                 return []
             ctx.update(deployment=chosen.key, warm_state=chosen.warm_state.value, score_ms=selection.score_ms)
             ctx.setdefault("tried", []).append(chosen.key)
+            ctx.setdefault("pending", []).append(chosen.key)
             runtime.breakers.picked(chosen.key, chosen.host_id, now)
             if request_kwargs is not None:  # this attempt's time budget (LiteLLM reads it per attempt)
                 budget = budget_for(runtime.settings.time_budgets, ctx.get("tier"))
@@ -297,10 +313,10 @@ class RouterHooks(CustomLogger):
     # --- outcomes: free the in-flight slot, learn warm and auth state, book the spend --------------------
     def _finished(self, kwargs: dict[str, Any], status: int | None, exc: object = None) -> None:
         runtime = self._runtime
-        key = _deployment_key(kwargs)
+        ctx = _ctx_of(kwargs)
+        key = _attempt_of(ctx, _deployment_key(kwargs), failed=status is not None)
         if runtime is None or key is None:
             return
-        ctx = _ctx_of(kwargs)
         if ctx.get("request_id"):
             runtime.in_flight.finish(key, str(ctx["request_id"]))
         matrix = runtime.fleet.store.current

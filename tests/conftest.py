@@ -36,6 +36,7 @@ class Stack:
     litellm: LiteLLMProcess
     master_key: str
     startup_s: float
+    mark: int = 0  # a test's bookmark in the trail (events before it belong to earlier tests)
 
     def events(self) -> list[dict[str, Any]]:
         return read_events(self.events_path)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +21,11 @@ import aiohttp
 import pytest
 
 from tests.conftest import Stack, classifiers_for, running_stack
-from tests.harness import eventually, read_events
+from tests.harness import eventually
 
 HOST = "matthew-100.86.174.11"
 FAST = f"{HOST}/ollama/qwen3:8b"
+CLOUD_HOST = "openai-api/"
 BREAKER = (
     "consecutive_failures=2,min_requests=100,cool_off_s=1.0,auth_recheck_s=1.5,default_retry_after_s=1.0"
 )
@@ -56,40 +58,178 @@ async def fault_url(fault_stack: Stack, tmp_path: Path) -> AsyncIterator[str]:
         yield await factory(probe_interval_s=0.2)
 
 
-async def ask(
-    url: str, request_id: str, *, stream: bool = False, model: str = "auto"
-) -> tuple[int, str, float]:
-    body = {
-        "model": model,
-        "stream": stream,
-        "messages": [{"role": "user", "content": "Status in one line?"}],
-    }
-    headers = {"X-Agent-Id": "fault-tester", "X-Request-Id": request_id}
+@dataclass
+class Answer:
+    status: int
+    text: str
+    took_s: float
+    request_id: str
+
+
+async def ask(url: str, *, stream: bool = False, model: str = "auto") -> Answer:
+    body = {"model": model, "stream": stream, "messages": [{"role": "user", "content": "Status, one line?"}]}
     t0 = time.monotonic()
-    async with aiohttp.ClientSession() as session:
-        async with session.post(url + "/v1/chat/completions", json=body, headers=headers) as resp:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(url + "/v1/chat/completions", json=body, headers={"X-Agent-Id": "fault-tester"}) as resp,
+    ):
+        try:
             text = await resp.text()
-            return resp.status, text, time.monotonic() - t0
+        except aiohttp.ClientPayloadError:  # a stream the classifier had to end early
+            text = "<stream ended early>"
+        return Answer(resp.status, text, time.monotonic() - t0, resp.headers["X-Router-Request-Id"])
 
 
-def story(stack: Stack) -> list[dict[str, Any]]:
-    return stack.events()
+def routed(events: list[dict[str, Any]]) -> list[tuple[float, str]]:
+    """(time, deployment) of every pick the hooks made."""
+    return [
+        (e["ts"], e["deployment"]) for e in events if e["event"] == "route_selected" and e.get("deployment")
+    ]
 
 
-def routed_to(events: list[dict[str, Any]], rid: str) -> list[str]:
-    return [e["deployment"] for e in events if e["event"] == "route_selected" and e["request_id"] == rid and e.get("deployment")]
+def changes(events: list[dict[str, Any]], target: str) -> list[dict[str, Any]]:
+    return [e for e in events if e["event"] == "breaker_changed" and e["target"] == target]
 
 
-def breaker_events(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [e for e in events if e["event"] == "breaker_changed"]
+def on_target(deployment: str, target: str) -> bool:
+    return deployment == target or deployment.startswith(target + "/")
 
 
-async def test_explore(fault_stack: Stack, fault_url: str) -> None:
-    fault_stack.sim.set_fault(HOST, "hang")
-    for i in range(5):
-        status, text, took = await ask(fault_url, f"hang-{i}")
-        ev = read_events(fault_stack.events_path)
-        print(i, status, round(took, 2), routed_to(ev, f"hang-{i}"), text[:100])
-    for e in breaker_events(read_events(fault_stack.events_path)):
-        print(e)
-    assert False
+def assert_nothing_sent_while_open(events: list[dict[str, Any]], target: str) -> None:
+    """Between each ``open`` and the following ``half_open``, no pick of the target (or a model on it)."""
+    opened: float | None = None
+    windows: list[tuple[float, float]] = []
+    for e in changes(events, target):
+        if e["to_state"] == "open":
+            opened = e["ts"]
+        elif opened is not None:
+            windows.append((opened, e["ts"]))
+            opened = None
+    if opened is not None:
+        windows.append((opened, float("inf")))
+    assert windows, f"the breaker of {target} never opened"
+    sent = [(t, d) for t, d in routed(events) for a, b in windows if a < t < b and on_target(d, target)]
+    assert sent == [], f"sent to {target} while its breaker was open: {sent}"
+
+
+async def recover(url: str, stack: Stack, target: str, *, model: str = "auto") -> None:
+    """With the fault cleared: requests flow until the target's breaker has closed again (half-open after
+    its cool-off, one trial, closed)."""
+
+    async def closed() -> bool:
+        answer = await ask(url, model=model)
+        assert answer.status == 200, answer.text
+        states = [e["to_state"] for e in changes(stack.events(), target)]
+        return bool(states) and states[-1] == "closed"
+
+    await eventually(closed, timeout_s=20.0, what=f"the breaker of {target} closing again")
+    states = [e["to_state"] for e in changes(stack.events(), target)]
+    assert states[-2:] == ["half_open", "closed"], states
+
+
+async def no_slot_leaks(url: str) -> None:
+    async def idle() -> bool:
+        async with aiohttp.ClientSession() as session, session.get(url + "/queue/status") as resp:
+            groups = (await resp.json())["groups"]
+        return all(g["active"] == 0 and g["depth"] == 0 for g in groups.values())
+
+    await eventually(idle, what="every lane idle again")
+
+
+async def run_fault(
+    stack: Stack, url: str, target: str, mode: str, *, n: int = 6, stream: bool = False, model: str = "auto"
+) -> list[Answer]:
+    stack.sim.set_fault(target, mode)
+    stack.mark = len(stack.events())  # what this fault's checks read: the trail from here on
+    answers = [await ask(url, stream=stream, model=model) for _ in range(n)]
+    for a in answers:
+        assert a.took_s < ANSWER_WITHIN_S, (mode, a)
+    return answers
+
+
+@pytest.mark.parametrize(
+    ("mode", "reason"),
+    [("error_500", "server_error"), ("hang", "timeout")],
+)
+async def test_a_failing_local_host_is_left_for_the_next_step_until_its_trial(
+    fault_stack: Stack, fault_url: str, mode: str, reason: str
+) -> None:
+    answers = await run_fault(fault_stack, fault_url, HOST, mode)
+    assert [a.status for a in answers] == [200] * len(answers), [a.text[:200] for a in answers]
+    events = fault_stack.events()[fault_stack.mark :]
+    [opened] = [e for e in changes(events, FAST) if e["to_state"] == "open"][-1:]
+    assert opened["reason"] == f"2_in_a_row:{reason}" and opened["scope"] == "deployment"
+    assert_nothing_sent_while_open(events, FAST)
+    # The failed-over request's trail, in order: classified, picked FAST, fell back, picked another, done.
+    first = answers[0].request_id
+    kinds = [e["event"] for e in events if e["request_id"] == first]
+    assert kinds[0] == "request_classified" and kinds[-1] == "request_completed", kinds
+    picks = [e["deployment"] for e in events if e["request_id"] == first and e["event"] == "route_selected"]
+    assert picks[0] == FAST and len(picks) >= 2 and FAST not in picks[1:], picks
+    fault_stack.sim.set_fault(HOST, "none")
+    await recover(fault_url, fault_stack, FAST)
+    await no_slot_leaks(fault_url)
+
+
+async def test_a_stream_cut_midway_ends_clearly_and_opens_the_breaker(
+    fault_stack: Stack, fault_url: str
+) -> None:
+    answers = await run_fault(fault_stack, fault_url, HOST, "cut_stream", stream=True)
+    for a in answers:  # either a whole answer from the next step or an OpenAI-style error event, never a hang
+        assert a.status == 200 and (
+            "[DONE]" in a.text or "upstream_stream_broken" in a.text or "error" in a.text
+        )
+    events = fault_stack.events()[fault_stack.mark :]
+    assert_nothing_sent_while_open(events, FAST)
+    fault_stack.sim.set_fault(HOST, "none")
+    await recover(fault_url, fault_stack, FAST)
+    await no_slot_leaks(fault_url)
+
+
+async def test_a_host_that_goes_down_and_comes_back(fault_stack: Stack, fault_url: str) -> None:
+    answers = await run_fault(fault_stack, fault_url, HOST, "refuse")
+    assert [a.status for a in answers] == [200] * len(answers)
+    events = fault_stack.events()[fault_stack.mark :]
+    host_changes = changes(events, HOST)
+    assert host_changes and host_changes[-1]["to_state"] == "open" and host_changes[-1]["scope"] == "host"
+    assert_nothing_sent_while_open(events, HOST)
+    fault_stack.sim.set_fault(HOST, "none")
+    await recover(fault_url, fault_stack, HOST)
+
+    async def served_by_host_again() -> bool:
+        answer = await ask(fault_url)
+        return any(
+            d == FAST
+            for _, d in routed([e for e in fault_stack.events() if e["request_id"] == answer.request_id])
+        )
+
+    await eventually(served_by_host_again, timeout_s=10.0, what="fast-chat answered by the recovered host")
+    await no_slot_leaks(fault_url)
+
+
+@pytest.mark.parametrize(("mode", "reason"), [("auth", "auth"), ("error_429", "rate_limited")])
+async def test_the_cloud_refusing_backs_off_and_rechecks(
+    fault_stack: Stack, fault_url: str, mode: str, reason: str
+) -> None:
+    answers = await run_fault(fault_stack, fault_url, "cloud", mode, n=4, model="cloud-fast")
+    assert [a.status for a in answers] == [200] * len(answers)  # answered by the local fallback group
+    events = fault_stack.events()[fault_stack.mark :]
+    opened = [e for e in events if e["event"] == "breaker_changed" and e["target"].startswith(CLOUD_HOST)]
+    assert opened and {e["reason"] for e in opened if e["to_state"] == "open"} == {reason}
+    targets = sorted({e["target"] for e in opened})
+    for target in targets:
+        assert_nothing_sent_while_open(events, target)
+    fault_stack.sim.set_fault("cloud", "none")
+    # The first to open is the one the ranker prefers: after its cool-off it takes the trial and closes.
+    await recover(
+        fault_url, fault_stack, targets[0] if len(targets) == 1 else opened[0]["target"], model="cloud-fast"
+    )
+
+    async def none_refused() -> bool:  # every other one is half-open at least: admitted again
+        await ask(fault_url, model="cloud-fast")
+        async with aiohttp.ClientSession() as session, session.get(fault_url + "/breakers") as resp:
+            refused: list[object] = (await resp.json())["refused"]
+        return refused == []
+
+    await eventually(none_refused, what="no cloud deployment refused")
+    await no_slot_leaks(fault_url)
