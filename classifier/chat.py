@@ -36,9 +36,10 @@ from classifier.keys import (
 from classifier.lane_limits import refresh_lane_limits
 from classifier.relay import RELAYED_HEADERS, STREAM_TYPES, Relay, relay_stream
 from classifier.routing_headers import RouteTrace, request_id_from
+from torchrouter_core.budgets import budget_for
 from torchrouter_core.contract import RouteReport, RouteRequest
 from torchrouter_core.decide import CloudLocked, RouteDecision, decide
-from torchrouter_core.errors import ApiError, PayloadTooLarge, QueueFull
+from torchrouter_core.errors import ApiError, PayloadTooLarge, QueueFull, UpstreamTimeout
 from torchrouter_core.queue_policy import finite_ms
 
 log = logging.getLogger("torchrouter.classifier")
@@ -148,6 +149,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         return error_response(exc, trace.headers())
     except ApiError as exc:
         outcome = "timeout" if exc.status == 504 else "upstream_unavailable"
+        if request.transport is None or request.transport.is_closing():
+            outcome = "cancelled"  # the client left first; what failed upstream is a consequence"
         status = exc.status
         trace.total_ms = (time.perf_counter() - started) * 1e3
         return error_response(exc, trace.headers())
@@ -211,7 +214,33 @@ async def _forward(
     if settings.master_key:
         headers["Authorization"] = "Bearer " + settings.master_key.reveal()
     sent = time.perf_counter()
+    # The tier's total budget bounds everything until LiteLLM's answer starts (queue wait and every failed
+    # hop included); a non-streamed answer is whole by then, a stream runs on LiteLLM's inter-chunk budget.
+    total_s = budget_for(settings.time_budgets, trace.tier).total_s
+    try:
+        async with asyncio.timeout(max(0.001, total_s - (sent - started))) as limit:
+            return await _exchange(
+                request, upstream_body, headers, trace, group, (started, sent), relay, limit
+            )
+    except TimeoutError:
+        raise UpstreamTimeout(f"no answer within the tier's total budget of {total_s:g} s") from None
+
+
+async def _exchange(
+    request: web.Request,
+    upstream_body: bytes,
+    headers: dict[str, str],
+    trace: RouteTrace,
+    group: str,
+    times: tuple[float, float],
+    relay: Relay,
+    limit: asyncio.Timeout,
+) -> web.StreamResponse:
+    """One exchange with LiteLLM; ``times``: (request started, forwarded) from ``perf_counter``."""
+    app = request.app
+    started, sent = times
     async with app[FORWARDER_KEY].open("POST", "/v1/chat/completions", upstream_body, headers) as upstream:
+        limit.reschedule(None)  # the answer has started: the total budget is met
         headers_at = time.perf_counter()
         report = RouteReport.from_headers(upstream.headers)
         _annotate(trace, report, app[MATRIX_KEY], group)

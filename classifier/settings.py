@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from capability_matrix import DEFAULT_MATRIX_PATH
+from torchrouter_core.budgets import DEFAULT_BUDGETS, TimeBudget, parse_time_budgets
 from torchrouter_core.capacity import parse_lane_caps
 from torchrouter_core.env import SettingsError
 from torchrouter_core.env import parse_bool as _bool
@@ -100,6 +101,7 @@ class Settings:
     upstream_timeout_s: float = 600.0
     litellm_config_path: Path = PACKAGE_ROOT / "litellm_config.yaml"
     lane_caps: Mapping[str, int] = field(default_factory=dict)
+    time_budgets: Mapping[str, TimeBudget] = field(default_factory=lambda: dict(DEFAULT_BUDGETS))
     probe_interval_s: float = 2.0
     local_host_id: str | None = None
     client_keys: tuple[Secret, ...] = ()
@@ -150,6 +152,11 @@ class Settings:
                 values["lane_caps"] = parse_lane_caps(env["TORCHROUTER_LANE_LIMITS"])
             except ValueError as exc:
                 raise SettingsError(f"TORCHROUTER_LANE_LIMITS: {exc}") from None
+        if env.get("TORCHROUTER_TIME_BUDGETS"):
+            try:
+                values["time_budgets"] = parse_time_budgets(env["TORCHROUTER_TIME_BUDGETS"])
+            except ValueError as exc:
+                raise SettingsError(f"TORCHROUTER_TIME_BUDGETS: {exc}") from None
         if env.get("TORCHROUTER_CLIENT_KEYS"):
             values["client_keys"] = tuple(
                 Secret(k.strip()) for k in env["TORCHROUTER_CLIENT_KEYS"].split(",") if k.strip()

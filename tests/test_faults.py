@@ -22,6 +22,7 @@ import pytest
 
 from tests.conftest import Stack, classifiers_for, running_stack
 from tests.harness import eventually
+from torchrouter_core.budgets import parse_time_budgets
 
 HOST = "matthew-100.86.174.11"
 FAST = f"{HOST}/ollama/qwen3:8b"
@@ -233,3 +234,21 @@ async def test_the_cloud_refusing_backs_off_and_rechecks(
 
     await eventually(none_refused, what="no cloud deployment refused")
     await no_slot_leaks(fault_url)
+
+
+async def test_the_tier_total_budget_answers_a_hung_fleet_with_a_clear_504(fault_stack: Stack) -> None:
+    """Last in this module: it leaves a breaker or two open. Every step hangs; the classifier's total
+    budget for the tier (1.5 s here) ends the request with a 504 in the OpenAI error shape."""
+    fault_stack.sim.reset()
+    budgets = parse_time_budgets("R.total_s=1.5")
+    async with classifiers_for(fault_stack) as factory:
+        url = await factory(probe_interval_s=0.2, time_budgets=budgets)
+        fault_stack.sim.set_fault(HOST, "hang")
+        fault_stack.sim.set_fault("cloud", "hang")
+        answer = await ask(url)
+        assert answer.status == 504 and '"upstream_timeout"' in answer.text, answer.text
+        assert 1.4 < answer.took_s < 3.0, answer.took_s
+        completed = [e for e in fault_stack.events() if e["request_id"] == answer.request_id][-1]
+        assert (completed["event"], completed["outcome"]) == ("request_completed", "timeout")
+        fault_stack.sim.reset()
+        await no_slot_leaks(url)
