@@ -332,6 +332,15 @@ class RouterHooks(CustomLogger):
             runtime.breaker_changes(runtime.breakers.succeeded(key, profile.host_id, now), who)
         else:
             failure, retry_after = classify(exc, now)
+            runtime.events.emit(
+                EventKind.ATTEMPT_FAILED,
+                **who,
+                group=profile.lane,
+                deployment=key,
+                failure=failure.value if failure is not None else None,
+                status=status or None,
+                retry_after_s=retry_after,
+            )
             if failure is not None:
                 changes = runtime.breakers.failed(key, profile.host_id, failure, now, retry_after)
                 runtime.breaker_changes(changes, who)

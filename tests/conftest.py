@@ -21,6 +21,7 @@ from classifier.settings import Secret, Settings
 from tests.harness import SimThread, free_ports, read_events, render_fleet_files, served
 from torchrouter.litellm_process import LiteLLMProcess
 from torchrouter.sim import fleet_spec_from_matrix
+from torchrouter_core import trail
 
 SIM_TIME_SCALE = 0.02
 CLOUD_KEY = "sim-test-cloud-key"
@@ -79,6 +80,11 @@ def running_stack(
     finally:
         litellm.stop()
         sim.stop()
+    # The trail is a product: every event the tests made the stack write matches the published schema.
+    wrong = trail.problems(read_events(events_path))
+    assert not wrong, f"{len(wrong)} trail events break event_schemas/events.schema.json:\n" + "\n".join(
+        wrong[:20]
+    )
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,7 @@ failed target until its half-open trial (read from the trail: ``route_selected``
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -19,11 +20,14 @@ from typing import Any
 
 import aiohttp
 import pytest
+import yaml
 
 from tests.conftest import Stack, classifiers_for, running_stack
 from tests.harness import eventually
+from torchrouter import cli
 from torchrouter_core.budgets import parse_time_budgets
 
+OUTCOMES = {"ok", "upstream_error", "shed", "timeout", "upstream_unavailable", "cancelled", "error"}
 HOST = "matthew-100.86.174.11"
 FAST = f"{HOST}/ollama/qwen3:8b"
 CLOUD_HOST = "openai-api/"
@@ -236,6 +240,52 @@ async def test_the_cloud_refusing_backs_off_and_rechecks(
     await no_slot_leaks(fault_url)
 
 
+def local_hosts(stack: Stack) -> list[str]:
+    return sorted(yaml.safe_load(stack.matrix_path.read_text())["hosts"])
+
+
+async def test_explain_tells_the_story_of_a_request_that_fell_back_twice(
+    fault_stack: Stack, fault_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """fast-chat's only host is down (the classifier's ladder steps to balanced), every other host hangs
+    (the balanced attempt times out; LiteLLM falls back to cloud-balanced): two fallbacks, one story."""
+    fault_stack.sim.set_fault(HOST, "refuse")
+    await eventually(
+        lambda: any(e["to_state"] == "open" for e in changes(fault_stack.events()[fault_stack.mark :], HOST)),
+        what="the host's probe breaker opening",
+    )
+    for host in local_hosts(fault_stack):
+        if host != HOST:
+            fault_stack.sim.set_fault(host, "hang")
+
+    async def ladder_step_taken() -> Answer | None:
+        answer = await ask(fault_url)
+        return answer if "ladder:" in answer.text or _stepped(fault_stack, answer.request_id) else None
+
+    answer: Answer = await eventually(ladder_step_taken, what="a request stepping down the ladder")
+    assert answer.status == 200, answer.text
+    assert cli.main(["explain", answer.request_id, "--events", str(fault_stack.events_path)]) == 0
+    text = capsys.readouterr().out
+    assert f"request {answer.request_id}" in text and "tier R" in text
+    assert "ladder step: fast-chat -> balanced" in text
+    assert "attempt 1 in balanced" in text and "attempt 2 in cloud-balanced" in text
+    assert "failed: timeout" in text
+    assert "fallback: balanced -> cloud-balanced" in text
+    assert "outcome: ok (status 200) from openai-api/" in text and "timings: total" in text
+    assert "queue: waited" in text and "candidate " in text
+    assert cli.main(["explain", "--last", "--json", "--events", str(fault_stack.events_path)]) == 0
+    story = json.loads(capsys.readouterr().out)
+    assert story["found"] and story["completed"]["outcome"] in OUTCOMES
+    fault_stack.sim.reset()
+    await recover(fault_url, fault_stack, HOST)
+
+
+def _stepped(stack: Stack, request_id: str) -> bool:
+    return any(
+        e["event"] == "degradation_ladder_step" and e["request_id"] == request_id for e in stack.events()
+    )
+
+
 async def test_the_tier_total_budget_answers_a_hung_fleet_with_a_clear_504(fault_stack: Stack) -> None:
     """Last in this module: it leaves a breaker or two open. Every step hangs; the classifier's total
     budget for the tier (1.5 s here) ends the request with a 504 in the OpenAI error shape."""
@@ -243,8 +293,8 @@ async def test_the_tier_total_budget_answers_a_hung_fleet_with_a_clear_504(fault
     budgets = parse_time_budgets("R.total_s=1.5")
     async with classifiers_for(fault_stack) as factory:
         url = await factory(probe_interval_s=0.2, time_budgets=budgets)
-        fault_stack.sim.set_fault(HOST, "hang")
-        fault_stack.sim.set_fault("cloud", "hang")
+        for host in [*local_hosts(fault_stack), "cloud"]:
+            fault_stack.sim.set_fault(host, "hang")
         answer = await ask(url)
         assert answer.status == 504 and '"upstream_timeout"' in answer.text, answer.text
         assert 1.4 < answer.took_s < 3.0, answer.took_s

@@ -42,6 +42,7 @@ class EventKind(StrEnum):
     MATRIX_REJECTED = "matrix_rejected"
     LOCKOUT_CHANGED = "lockout_changed"
     HOOKS_STARTED = "hooks_started"  # the hooks inside LiteLLM started (their settings, not secrets)
+    ATTEMPT_FAILED = "attempt_failed"  # one LiteLLM attempt failed: which deployment, and how
     BREAKER_CHANGED = "breaker_changed"  # a circuit breaker opened, turned half-open or closed, and why
 
 
