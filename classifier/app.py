@@ -59,6 +59,7 @@ from classifier.lane_limits import refresh_lane_limits
 from classifier.metrics import Metrics
 from classifier.routing_headers import RequestIds
 from classifier.settings import Settings
+from torchrouter_core import spend_file
 from torchrouter_core.decide import AgentsStore
 from torchrouter_core.errors import (
     ApiError,
@@ -68,7 +69,6 @@ from torchrouter_core.errors import (
 from torchrouter_core.events import EventSink, open_sink
 from torchrouter_core.identity import GROUPS
 from torchrouter_core.routing import RoutingMode, overflow
-from torchrouter_core.spend import DailySpend
 from torchrouter_core.tiering import Tier
 
 log = logging.getLogger("torchrouter.classifier")
@@ -210,7 +210,7 @@ def create_app(
     metrics = Metrics(registry or CollectorRegistry())
     app[METRICS_KEY] = metrics
     app[EVENTS_KEY] = events or open_sink(settings.event_path)
-    app[SPEND_KEY] = DailySpend()
+    app[SPEND_KEY] = spend_file.load(settings.spend_path, time.time())  # until a response reports the book
 
     def process_event(kind: str, **fields: Any) -> None:
         """An event about the process, not a request: no request, agent, tier or group."""

@@ -49,6 +49,10 @@ ENV_DOCS: dict[str, tuple[str, str]] = {
     ),
     "TORCHROUTER_LANE_LIMITS": ("(none)", "operator caps on lane concurrency, e.g. balanced=4,code=2"),
     "TORCHROUTER_PROBE_INTERVAL_S": ("2", "how often the fleet probe polls each host's /api/ps"),
+    "TORCHROUTER_SPEND_PATH": (
+        "(off: in memory; var/spend.json under torchrouter up)",
+        "the durable daily spend book (written by the hooks, read by both at start)",
+    ),
     "TORCHROUTER_BREAKER": (
         "(defaults)",
         "circuit-breaker settings, e.g. consecutive_failures=3,cool_off_s=10 (read by the hooks)",
@@ -102,6 +106,7 @@ class Settings:
     litellm_config_path: Path = PACKAGE_ROOT / "litellm_config.yaml"
     lane_caps: Mapping[str, int] = field(default_factory=dict)
     time_budgets: Mapping[str, TimeBudget] = field(default_factory=lambda: dict(DEFAULT_BUDGETS))
+    spend_path: Path | None = None
     probe_interval_s: float = 2.0
     local_host_id: str | None = None
     client_keys: tuple[Secret, ...] = ()
@@ -152,6 +157,8 @@ class Settings:
                 values["lane_caps"] = parse_lane_caps(env["TORCHROUTER_LANE_LIMITS"])
             except ValueError as exc:
                 raise SettingsError(f"TORCHROUTER_LANE_LIMITS: {exc}") from None
+        if env.get("TORCHROUTER_SPEND_PATH"):
+            values["spend_path"] = Path(env["TORCHROUTER_SPEND_PATH"])
         if env.get("TORCHROUTER_TIME_BUDGETS"):
             try:
                 values["time_budgets"] = parse_time_budgets(env["TORCHROUTER_TIME_BUDGETS"])

@@ -36,6 +36,7 @@ from capability_matrix.live import sharing_credentials
 from capability_matrix.probe import FleetProbe
 from litellm_hooks.failures import classify
 from litellm_hooks.settings import HooksSettings
+from torchrouter_core import spend_file
 from torchrouter_core.breaker import Breakers, Failure, Scope, State, Transition
 from torchrouter_core.budgets import budget_for
 from torchrouter_core.contract import RouteReport, RouteRequest, decode_needs, encode_needs
@@ -69,7 +70,7 @@ class HooksRuntime:
 
     @classmethod
     def build(cls, settings: HooksSettings) -> HooksRuntime:
-        spend = SpendBook()
+        spend = SpendBook(daily=spend_file.load(settings.spend_path, time.time()))
         fleet = FleetView(
             # Checked on every routing call (a stat, about a microsecond against LiteLLM's milliseconds per
             # request): an operator's edit is in force for the very next request, with no timing window.
@@ -109,6 +110,11 @@ class HooksRuntime:
         blocked, changes = self.breakers.blocked(hosts, now)
         self.breaker_changes(changes)
         return blocked
+
+    def book(self, call_id: object, cost: object, now: float) -> None:
+        """Book one call's cost once; a change is saved to the durable book (TORCHROUTER_SPEND_PATH)."""
+        if self.spend.record(call_id if isinstance(call_id, str) else None, cost, now):
+            spend_file.save(self.settings.spend_path, self.spend.daily, now)
 
     def live_matrix(self, now: float) -> Matrix:
         store = self.fleet.store
@@ -354,9 +360,7 @@ class RouterHooks(CustomLogger):
         try:
             self._finished(kwargs, None)
             if self._runtime is not None:  # streamed answers' cost is known only here
-                self._runtime.spend.record(
-                    kwargs.get("litellm_call_id"), kwargs.get("response_cost"), time.time()
-                )
+                self._runtime.book(kwargs.get("litellm_call_id"), kwargs.get("response_cost"), time.time())
         except Exception:
             self._failed("log_success")
 
@@ -383,7 +387,7 @@ class RouterHooks(CustomLogger):
             ctx = _ctx_of(data)
             now = time.time()
             if runtime is not None:  # a non-streamed answer's cost is known now: book it before reporting
-                runtime.spend.record(data.get("litellm_call_id"), _response_cost(response), now)
+                runtime.book(data.get("litellm_call_id"), _response_cost(response), now)
             warm = ctx.get("warm_state")
             report = RouteReport(
                 deployment=ctx.get("deployment"),

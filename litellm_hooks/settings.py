@@ -2,7 +2,8 @@
 
 The variables are the classifier's own names (``classifier.settings.ENV_DOCS`` documents them all):
 ``TORCHROUTER_CAPABILITY_MATRIX_PATH``, ``TORCHROUTER_ROUTING_CONTINUITY_EVENT_PATH``,
-``TORCHROUTER_DAILY_BUDGET_USD``, ``TORCHROUTER_PROBE_INTERVAL_S``, ``TORCHROUTER_BREAKER`` (circuit-breaker
+``TORCHROUTER_DAILY_BUDGET_USD``, ``TORCHROUTER_PROBE_INTERVAL_S``, ``TORCHROUTER_SPEND_PATH``,
+``TORCHROUTER_BREAKER`` (circuit-breaker
 settings, :func:`torchrouter_core.breaker.parse_breaker_config`) and ``TORCHROUTER_TIME_BUDGETS``
 (:func:`torchrouter_core.budgets.parse_time_budgets`). A bad value raises
 :class:`~torchrouter_core.env.SettingsError` naming the variable, which stops LiteLLM at start.
@@ -27,6 +28,7 @@ class HooksSettings:
     event_path: str | None = None
     daily_budget_usd: float | None = None  # cloud profiles are locked out past it (as in the classifier)
     probe_interval_s: float = 2.0  # seconds between polls of every host's /api/ps
+    spend_path: Path | None = None  # the durable spend book (None: in memory only)
     breaker: BreakerConfig = field(default_factory=BreakerConfig)
     time_budgets: Mapping[str, TimeBudget] = field(default_factory=lambda: dict(DEFAULT_BUDGETS))
 
@@ -53,6 +55,7 @@ class HooksSettings:
                 if interval
                 else defaults.probe_interval_s
             ),
+            spend_path=Path(env["TORCHROUTER_SPEND_PATH"]) if env.get("TORCHROUTER_SPEND_PATH") else None,
             breaker=breaker_config,
             time_budgets=time_budgets,
         )
