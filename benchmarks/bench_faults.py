@@ -12,7 +12,7 @@ outside half-open trials ("sent while open") and in all ("sent after open").
 Baseline in the same run: breakers off (``consecutive_failures`` and ``min_requests`` out of reach); the
 per-tier time budgets stay on in both (they are what keeps a hang bounded).
 
-Run: ``python -m benchmarks.bench_faults`` (about 3 minutes on 2 cores; BENCH_FAULTS_N sets the count).
+Run: ``python -m benchmarks.bench_faults`` (about 6 minutes on 2 cores; BENCH_FAULTS_N sets the count).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from tests.conftest import classifiers_for, running_stack
 from tests.test_faults import FAST, HOST, _one_fast_chat_host
 
 N = int(os.environ.get("BENCH_FAULTS_N", "20"))
+ONLY = os.environ.get("BENCH_FAULTS_MODES")  # e.g. "429 (cloud)": run only the modes named (comma-separated)
 CLIENT_TIMEOUT_S = 20.0
 ON = "consecutive_failures=3,min_requests=10,cool_off_s=5,auth_recheck_s=10,default_retry_after_s=5"
 OFF = "consecutive_failures=1000000,min_requests=1000000"
@@ -93,20 +94,35 @@ async def run_mode(breaker: str, target: str, mode: str, model: str) -> dict[str
     failover = [
         took for kind, took, rid in results if kind == "answered" and on_target(first_pick.get(rid, ""))
     ]
-    opened_at = next(
-        (e["ts"] for e in events if e["event"] == "breaker_changed" and e["to_state"] == "open"), None
-    )
-    half_open = [e["ts"] for e in events if e["event"] == "breaker_changed" and e["to_state"] == "half_open"]
-    picks_after = [
-        e["ts"]
-        for e in events
-        if e["event"] == "route_selected"
-        and e.get("deployment")
-        and on_target(e["deployment"])
-        and opened_at is not None
-        and e["ts"] > opened_at
-    ]
-    while_open = [t for t in picks_after if not any(h <= t for h in half_open)]
+    # Per breaker target (a deployment, or a host and every model on it): its picks after it first opened,
+    # and those outside half-open trials (between an open and the next half-open).
+    opened_at: float | None = None
+    while_open, after_open = 0, 0
+    for tgt in sorted({e["target"] for e in events if e["event"] == "breaker_changed"}):
+        mine = [e for e in events if e["event"] == "breaker_changed" and e["target"] == tgt]
+        first_open = next((e["ts"] for e in mine if e["to_state"] == "open"), None)
+        if first_open is None:
+            continue
+        opened_at = first_open if opened_at is None else min(opened_at, first_open)
+        windows, start = [], None
+        for e in mine:
+            if e["to_state"] == "open":
+                start = e["ts"]
+            elif start is not None:
+                windows.append((start, e["ts"]))
+                start = None
+        if start is not None:
+            windows.append((start, float("inf")))
+        for e in events:
+            d = e.get("deployment") or ""
+            if (
+                e["event"] != "route_selected"
+                or not (d == tgt or d.startswith(tgt + "/"))
+                or e["ts"] <= first_open
+            ):
+                continue
+            after_open += 1
+            while_open += any(a < e["ts"] < b for a, b in windows)
     return {
         "answered": sum(k == "answered" for k, _, _ in results),
         "clean": sum(k == "clean_error" for k, _, _ in results),
@@ -114,8 +130,8 @@ async def run_mode(breaker: str, target: str, mode: str, model: str) -> dict[str
         "failover_p50": statistics.median(failover) if failover else None,
         "failover_max": max(failover) if failover else None,
         "opened": opened_at is not None,
-        "sent_while_open": len(while_open) if opened_at is not None else None,
-        "sent_after_open": len(picks_after) if opened_at is not None else None,
+        "sent_while_open": while_open if opened_at is not None else None,
+        "sent_after_open": after_open if opened_at is not None else None,
         "first_attempt_on_target": sum(on_target(d) for d in first_pick.values()),
     }
 
@@ -134,6 +150,8 @@ async def main() -> None:
     )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for name, target, mode, model in MODES:
+        if ONLY and name not in ONLY.split(","):
+            continue
         for label, breaker in (("on", ON), ("off (baseline)", OFF)):
             r = await run_mode(breaker, target, mode, model)
             cells = [name, label, r["answered"], r["clean"], r["hung"], r["failover_p50"], r["failover_max"]]
