@@ -284,7 +284,11 @@ class RouterHooks(CustomLogger):
                 matrix=matrix,
                 overlay=runtime.fleet.overlay(now),
                 in_flight=runtime.in_flight.counts(now),
-                breakers=runtime.blocked(matrix, now),
+                # A deployment this request already tried is never tried again (a later hop may hold it).
+                breakers={
+                    **dict.fromkeys(ctx.get("tried") or (), "already_tried"),
+                    **runtime.blocked(matrix, now),
+                },
             )
             who = {k: ctx.get(k) for k in ("request_id", "agent_id", "tier")}
             first_group = ctx.get("group")

@@ -23,7 +23,8 @@ def reachable(profile: Profile, needs: RequestNeeds, fleet: FleetSnapshot) -> st
 
 def breaker(profile: Profile, needs: RequestNeeds, fleet: FleetSnapshot) -> str | None:
     """An open circuit breaker (the deployment's or its host's), or a half-open one whose trials are all
-    taken: ``breaker_open``, ``breaker_half_open``, ``host_breaker_open``, ``host_breaker_half_open``."""
+    taken: ``breaker_open``, ``breaker_half_open``, ``host_breaker_open``, ``host_breaker_half_open``; or a
+    deployment this request already tried: ``already_tried``."""
     return fleet.breakers.get(profile.key)
 
 

@@ -44,7 +44,8 @@ class FleetSnapshot:
     in_flight: Mapping[str, int] = field(default_factory=dict)
     slots: Mapping[str, int] = field(default_factory=dict)
     rooms: Mapping[str, HostRoom] | None = None
-    # Profile key -> why its circuit breaker (or its host's) refuses it now (torchrouter_core.breaker).
+    # Profile key -> why it is refused for this request: its circuit breaker or its host's
+    # (torchrouter_core.breaker), or ``already_tried`` (an earlier attempt of the same request used it).
     breakers: Mapping[str, str] = field(default_factory=dict)
 
     def utilization(self, key: str) -> float:
