@@ -41,6 +41,7 @@ from torchrouter_core.contract import RouteReport, RouteRequest
 from torchrouter_core.decide import CloudLocked, RouteDecision, decide
 from torchrouter_core.errors import ApiError, PayloadTooLarge, QueueFull, UpstreamTimeout
 from torchrouter_core.queue_policy import finite_ms
+from torchrouter_core.routing import ladder_step_kind
 
 log = logging.getLogger("torchrouter.classifier")
 
@@ -118,6 +119,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             to_group=to_group or None,
             reason=reason,
             estimated_wait_ms=finite_ms(est_ms),
+            step=ladder_step_kind(to_group or None),
         )
 
     outcome = "error"  # until a path below says otherwise: an unexpected exception is never a success
@@ -126,6 +128,17 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     admission: Admission | None = None
     try:
         admission = await app[LANES_KEY].admit(decision, on_divert)
+        if admission.estimated_ms > 0:  # the policy chose to wait for this lane rather than step down
+            events.emit(
+                "degradation_ladder_step",
+                **who,
+                group=decision.first_group,
+                from_group=admission.group,
+                to_group=admission.group,
+                reason="wait",
+                estimated_wait_ms=finite_ms(admission.estimated_ms),
+                step="wait",
+            )
         trace.group = admission.group
         trace.queue_ms = admission.queue_ms
         metrics.child(metrics.queue_wait, admission.group).observe(admission.queue_ms / 1e3)

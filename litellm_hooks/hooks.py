@@ -45,6 +45,7 @@ from torchrouter_core.inflight import InFlight
 from torchrouter_core.needs import request_needs
 from torchrouter_core.ranker.interfaces import RequestNeeds
 from torchrouter_core.ranker.select import select
+from torchrouter_core.routing import ladder_step_kind
 from torchrouter_core.spend import SpendBook
 from torchrouter_core.usability import RESIDENT
 
@@ -292,6 +293,7 @@ class RouterHooks(CustomLogger):
             )
             who = {k: ctx.get(k) for k in ("request_id", "agent_id", "tier")}
             first_group = ctx.get("group")
+            last_group = ctx.get("last_group") or first_group
             if first_group and first_group != model:
                 runtime.events.emit(
                     "fallback_selected",
@@ -301,11 +303,35 @@ class RouterHooks(CustomLogger):
                     to_group=model,
                     planned=model in (ctx.get("route") or ()),
                 )
+            if last_group and last_group != model:  # a failure hop: one ladder step per hop
+                runtime.events.emit(
+                    EventKind.DEGRADATION_LADDER_STEP,
+                    **who,
+                    group=first_group,
+                    from_group=last_group,
+                    to_group=model,
+                    reason=f"attempt_failed:{ctx.get('last_failure') or 'unknown'}",
+                    estimated_wait_ms=None,
+                    step=ladder_step_kind(model),
+                )
+            ctx["last_group"] = model
             runtime.events.emit("route_selected", **who, **selection.event_fields())
             chosen = selection.chosen
             if chosen is None:
                 return []
             ctx.update(deployment=chosen.key, warm_state=chosen.warm_state.value, score_ms=selection.score_ms)
+            refused = sorted(k for k, why in selection.rejected_now().items() if "breaker" in why)
+            if refused:  # a breaker sent this attempt past a candidate it would have ranked
+                runtime.events.emit(
+                    EventKind.DEGRADATION_LADDER_STEP,
+                    **who,
+                    group=first_group,
+                    from_group=model,
+                    to_group=model,
+                    reason="breaker:" + ",".join(refused)[:500],
+                    estimated_wait_ms=None,
+                    step="another_deployment",
+                )
             ctx.setdefault("tried", []).append(chosen.key)
             ctx.setdefault("pending", []).append(chosen.key)
             runtime.breakers.picked(chosen.key, chosen.host_id, now)
@@ -342,6 +368,7 @@ class RouterHooks(CustomLogger):
             runtime.breaker_changes(runtime.breakers.succeeded(key, profile.host_id, now), who)
         else:
             failure, retry_after = classify(exc, now)
+            ctx["last_failure"] = failure.value if failure is not None else f"status_{status}"
             runtime.events.emit(
                 EventKind.ATTEMPT_FAILED,
                 **who,

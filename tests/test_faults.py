@@ -268,6 +268,16 @@ async def test_explain_tells_the_story_of_a_request_that_fell_back_twice(
     text = capsys.readouterr().out
     assert f"request {answer.request_id}" in text and "tier R" in text
     assert "ladder step: fast-chat -> balanced" in text
+    steps = [
+        (e["from_group"], e["to_group"], e["step"], e["reason"])
+        for e in fault_stack.events()
+        if e["request_id"] == answer.request_id and e["event"] == "degradation_ladder_step"
+    ]
+    lanes = [(a, b, kind) for a, b, kind, _ in steps if kind != "another_deployment"]
+    assert lanes == [("fast-chat", "balanced", "another_lane"), ("balanced", "cloud-balanced", "cloud")], (
+        steps
+    )
+    assert steps[-1][3].startswith("attempt_failed:"), steps
     assert "attempt 1 in balanced" in text and "attempt 2 in cloud-balanced" in text
     assert "failed: timeout" in text
     assert "fallback: balanced -> cloud-balanced" in text

@@ -37,6 +37,10 @@ class Selection:
     def score_ms(self) -> float:
         return round(sum(self.ranking.timings_ms.values()), 3) if self.ranking is not None else 0.0
 
+    def rejected_now(self) -> Mapping[str, str]:
+        """Every candidate filtered out, and why (whether or not one was picked)."""
+        return self.ranking.rejected if self.ranking is not None else self.rejected
+
     def event_fields(self) -> dict[str, Any]:
         """The ``route_selected`` event's own fields (the caller adds who the request is)."""
         chosen = self.chosen
