@@ -59,12 +59,13 @@ from classifier.keys import (
     SPEND_KEY,
     HooksSeen,
 )
+from classifier.lane_limits import refresh_lane_limits
 from classifier.metrics import Metrics
 from classifier.protocol_edge import HANDLER_ARGS, expect_handler
 from classifier.routing_headers import RequestIds
 from classifier.settings import Settings, SettingsError
+from torchrouter_core import spend_file
 from torchrouter_core.aliases import AliasesStore
-from torchrouter_core.capacity import lane_limits
 from torchrouter_core.decide import AgentsStore
 from torchrouter_core.errors import (
     ApiError,
@@ -73,9 +74,8 @@ from torchrouter_core.errors import (
     Unauthorized,
 )
 from torchrouter_core.events import EventSink, open_sink
-from torchrouter_core.identity import LOCAL_GROUPS
+from torchrouter_core.identity import GROUPS
 from torchrouter_core.routing import RoutingMode, overflow
-from torchrouter_core.spend import DailySpend
 from torchrouter_core.tier_model import TierModelError, load_tier_model
 from torchrouter_core.tiering import LearnedTiering, Tier
 
@@ -150,15 +150,6 @@ async def _watchers_ctx(app: web.Application) -> AsyncIterator[None]:
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def refresh_lane_limits(app: web.Application) -> None:
-    fleet = app[FLEET_KEY]
-    overlay, live = fleet.overlay(), fleet.matrix()
-    reserved = app[LEDGER_KEY].reserved() if LEDGER_KEY in app else None
-    app[LANES_KEY].set_limits(
-        lane_limits(live, overlay, LOCAL_GROUPS, app[SETTINGS_KEY].lane_caps, reserved=reserved)
-    )
-
-
 def _probe_ctx(given: Probe | None) -> Callable[[web.Application], AsyncIterator[None]]:
     """Poll every host's /api/ps; warm states and lane limits follow the fleet without a restart. A probe
     passed to create_app (tests) is used as it is; otherwise a FleetProbe with its own session."""
@@ -228,7 +219,7 @@ def create_app(
     metrics = Metrics(registry or CollectorRegistry())
     app[METRICS_KEY] = metrics
     app[EVENTS_KEY] = events or open_sink(settings.event_path)
-    app[SPEND_KEY] = DailySpend()
+    app[SPEND_KEY] = spend_file.load(settings.spend_path, time.time())  # until a response reports the book
 
     def process_event(kind: str, **fields: Any) -> None:
         """An event about the process, not a request: no request, agent, tier or group."""
@@ -266,6 +257,7 @@ def create_app(
     metrics.readings.lanes = app[LANES_KEY].readings
     app[HOOKS_SEEN_KEY] = HooksSeen()
     metrics.readings.hook_errors = lambda: app[HOOKS_SEEN_KEY].errors
+    metrics.readings.breakers = lambda: _refused_per_lane(app)
     app[AGENTS_KEY] = AgentsStore(
         settings.agents_path,
         on_reload=lambda _: metrics.config_reloads.labels("reloaded").inc(),
@@ -285,6 +277,7 @@ def create_app(
     app.router.add_get("/capability-matrix", capability_matrix, expect_handler=expect_handler)
     app.router.add_get("/queue/status", queue_status, expect_handler=expect_handler)
     app.router.add_get("/fleet", fleet_endpoint, expect_handler=expect_handler)
+    app.router.add_get("/breakers", breakers, expect_handler=expect_handler)
     app.router.add_get("/metrics", metrics_text, expect_handler=expect_handler)
     app.router.add_get("/v1/models", models, expect_handler=expect_handler)
     app.router.add_get("/v1/models/{model_id:.+}", model_by_id, expect_handler=expect_handler)
@@ -312,6 +305,39 @@ def _json(data: Any, status: int = 200) -> web.Response:
 async def health(request: web.Request) -> web.Response:
     spend = request.app[SPEND_KEY].today(time.time())
     return _json({"status": "ok", "daily_spend_usd": round(spend, 6)})
+
+
+def _refused_per_lane(app: web.Application) -> dict[str, int]:
+    profiles = app[MATRIX_KEY].current.profiles
+    out = dict.fromkeys(sorted(GROUPS), 0)
+    for key in app[HOOKS_SEEN_KEY].refused(time.time()):
+        profile = profiles.get(key)
+        if profile is not None and profile.lane in out:
+            out[profile.lane] += 1
+    return out
+
+
+async def breakers(request: web.Request) -> web.Response:
+    """The deployments the hooks' circuit breakers refuse now, as the last LiteLLM response reported
+    them (why and when each changed is in the trail's ``breaker_changed`` events)."""
+    app = request.app
+    seen, now = app[HOOKS_SEEN_KEY], time.time()
+    profiles = app[MATRIX_KEY].current.profiles
+    refused = sorted(seen.refused(now))
+    return _json(
+        {
+            "refused": [
+                {
+                    "deployment": key,
+                    "host_id": profiles[key].host_id if key in profiles else None,
+                    "lane": profiles[key].lane if key in profiles else None,
+                }
+                for key in refused
+            ],
+            "per_lane": _refused_per_lane(app),
+            "reported_s_ago": round(now - seen.breakers_at, 3) if seen.breakers_at else None,
+        }
+    )
 
 
 async def capability_matrix(request: web.Request) -> web.Response:

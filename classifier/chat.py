@@ -36,14 +36,17 @@ from classifier.keys import (
     SETTINGS_KEY,
     SPEND_KEY,
 )
+from classifier.lane_limits import refresh_lane_limits
 from classifier.protocol_edge import read_body
 from classifier.relay import RELAYED_HEADERS, STREAM_TYPES, Relay, relay_stream
 from classifier.routing_headers import RouteTrace, request_id_from
+from torchrouter_core.budgets import budget_for
 from torchrouter_core.contract import RouteReport, RouteRequest
 from torchrouter_core.decide import CloudLocked, RouteDecision, decide
-from torchrouter_core.errors import ApiError, PayloadTooLarge, QueueFull, verdict_error
+from torchrouter_core.errors import ApiError, PayloadTooLarge, QueueFull, UpstreamTimeout, verdict_error
 from torchrouter_core.feasibility import explain_no_deployment
 from torchrouter_core.queue_policy import finite_ms
+from torchrouter_core.routing import ladder_step_kind
 
 log = logging.getLogger("torchrouter.classifier")
 
@@ -129,6 +132,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             to_group=to_group or None,
             reason=reason,
             estimated_wait_ms=finite_ms(est_ms),
+            step=ladder_step_kind(to_group or None),
         )
 
     outcome = "error"  # until a path below says otherwise: an unexpected exception is never a success
@@ -137,6 +141,17 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     admission: Admission | None = None
     try:
         admission = await app[LANES_KEY].admit(decision, on_divert)
+        if admission.estimated_ms > 0:  # the policy chose to wait for this lane rather than step down
+            events.emit(
+                "degradation_ladder_step",
+                **who,
+                group=decision.first_group,
+                from_group=admission.group,
+                to_group=admission.group,
+                reason="wait",
+                estimated_wait_ms=finite_ms(admission.estimated_ms),
+                step="wait",
+            )
         trace.group = admission.group
         trace.queue_ms = admission.queue_ms
         metrics.child(metrics.queue_wait, admission.group).observe(admission.queue_ms / 1e3)
@@ -160,6 +175,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         return error_response(exc, trace.headers())
     except ApiError as exc:
         outcome = "timeout" if exc.status == 504 else "upstream_unavailable"
+        if request.transport is None or request.transport.is_closing():
+            outcome = "cancelled"  # the client left first; what failed upstream is a consequence"
         status = exc.status
         trace.total_ms = (time.perf_counter() - started) * 1e3
         return error_response(exc, trace.headers())
@@ -223,7 +240,33 @@ async def _forward(
     if settings.master_key:
         headers["Authorization"] = "Bearer " + settings.master_key.reveal()
     sent = time.perf_counter()
+    # The tier's total budget bounds everything until LiteLLM's answer starts (queue wait and every failed
+    # hop included); a non-streamed answer is whole by then, a stream runs on LiteLLM's inter-chunk budget.
+    total_s = budget_for(settings.time_budgets, trace.tier).total_s
+    try:
+        async with asyncio.timeout(max(0.001, total_s - (sent - started))) as limit:
+            return await _exchange(
+                request, upstream_body, headers, trace, group, (started, sent), relay, limit
+            )
+    except TimeoutError:
+        raise UpstreamTimeout(f"no answer within the tier's total budget of {total_s:g} s") from None
+
+
+async def _exchange(
+    request: web.Request,
+    upstream_body: bytes,
+    headers: dict[str, str],
+    trace: RouteTrace,
+    group: str,
+    times: tuple[float, float],
+    relay: Relay,
+    limit: asyncio.Timeout,
+) -> web.StreamResponse:
+    """One exchange with LiteLLM; ``times``: (request started, forwarded) from ``perf_counter``."""
+    app = request.app
+    started, sent = times
     async with app[FORWARDER_KEY].open("POST", "/v1/chat/completions", upstream_body, headers) as upstream:
+        limit.reschedule(None)  # the answer has started: the total budget is met
         headers_at = time.perf_counter()
         report = RouteReport.from_headers(upstream.headers)
         _annotate(trace, report, app[MATRIX_KEY], group)
@@ -269,7 +312,11 @@ def _refused(
         status=exc.status,
         code=exc.code,
         param=exc.param,
+        deployment=trace.model,
+        fallback=trace.fallback,
         total_ms=round(trace.total_ms, 1),
+        ttft_ms=None,
+        queue_ms=0.0,
     )
     return error_response(exc, trace.headers())
 
@@ -289,6 +336,11 @@ def _learn(app: web.Application, trace: RouteTrace, report: RouteReport, status:
         fleet.set_auth_lockouts(dict.fromkeys(report.auth_lockouts, "provider answered 401/403"))
     if report.ledger is not None:  # lane limits follow when the reservations changed
         app[LEDGER_KEY].update(report.ledger, time.time())
+    if report.breakers is not None:
+        seen, was = app[HOOKS_SEEN_KEY], app[HOOKS_SEEN_KEY].refused(time.time())
+        seen.breakers, seen.breakers_at = report.breakers, time.time()
+        if report.breakers != was:  # breaker-refused deployments take their capacity out of the lanes
+            refresh_lane_limits(app)
 
 
 def _annotate(trace: RouteTrace, report: RouteReport, matrix: MatrixStore, group: str) -> None:

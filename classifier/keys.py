@@ -36,11 +36,22 @@ LITELLM_FALLBACKS_KEY = web.AppKey("litellm_fallbacks", dict[str, list[str]])
 LEARNED_TIERING_KEY: web.AppKey[LearnedTiering | None] = web.AppKey("learned_tiering")
 
 
+BREAKERS_TTL_S = 15.0
+
+
 @dataclass
 class HooksSeen:
     """What the last response said about the hooks inside LiteLLM (cumulative since LiteLLM started)."""
 
     errors: int = 0
+    # Profile keys the hooks' circuit breakers refuse, as of ``breakers_at`` (time.time()).
+    breakers: frozenset[str] = frozenset()
+    breakers_at: float = 0.0
+
+    def refused(self, now: float) -> frozenset[str]:
+        """The mirrored set while fresh; after ``BREAKERS_TTL_S`` without a report, nothing (the hooks
+        still filter: a stale mirror must not keep a recovered lane empty when no traffic reports)."""
+        return self.breakers if now - self.breakers_at <= BREAKERS_TTL_S else frozenset()
 
 
 HOOKS_SEEN_KEY = web.AppKey("hooks_seen", HooksSeen)

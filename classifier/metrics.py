@@ -44,6 +44,7 @@ class ScrapeReadings(Collector):
         self.event_write_errors: Callable[[], int] = lambda: 0
         self.lanes: Callable[[], Mapping[str, LaneReading]] = dict
         self.hook_errors: Callable[[], int] = lambda: 0
+        self.breakers: Callable[[], Mapping[str, int]] = dict
 
     def collect(self) -> Iterator[Metric]:
         yield CounterMetricFamily(
@@ -54,6 +55,14 @@ class ScrapeReadings(Collector):
             "Exceptions the TorchRouter hooks inside LiteLLM caught since LiteLLM started (as last reported)",
             value=self.hook_errors(),
         )
+        refused = GaugeMetricFamily(
+            "classifier_breaker_refused_deployments",
+            "Deployments the hooks' circuit breakers refuse now, per group (as last reported)",
+            labels=["group"],
+        )
+        for group, count in self.breakers().items():
+            refused.add_metric([group], float(count))
+        yield refused
         lanes = self.lanes()
         families = {
             "depth": GaugeMetricFamily(

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from capability_matrix import DEFAULT_MATRIX_PATH
+from torchrouter_core.budgets import DEFAULT_BUDGETS, TimeBudget, parse_time_budgets
 from torchrouter_core.capacity import parse_lane_caps
 from torchrouter_core.env import SettingsError
 from torchrouter_core.env import parse_bool as _bool
@@ -66,6 +67,18 @@ ENV_DOCS: dict[str, tuple[str, str]] = {
         "H:ttft=0.5,quality=0.5;R:ttft=0.85,quality=0.15;C:ttft=0.65,quality=0.35",
         "the ranker's weights per tier (scorers: ttft, quality, speed, warm, idle)",
     ),
+    "TORCHROUTER_SPEND_PATH": (
+        "(off: in memory; var/spend.json under torchrouter up)",
+        "the durable daily spend book (written by the hooks, read by both at start)",
+    ),
+    "TORCHROUTER_BREAKER": (
+        "(defaults)",
+        "circuit-breaker settings, e.g. consecutive_failures=3,cool_off_s=10 (read by the hooks)",
+    ),
+    "TORCHROUTER_TIME_BUDGETS": (
+        "(defaults)",
+        "per-tier time budgets, e.g. R.first_byte_s=8,H.total_s=300 (first byte: hooks; total: both)",
+    ),
 }
 
 
@@ -111,6 +124,8 @@ class Settings:
     upstream_timeout_s: float = 600.0
     litellm_config_path: Path = PACKAGE_ROOT / "litellm_config.yaml"
     lane_caps: Mapping[str, int] = field(default_factory=dict)
+    time_budgets: Mapping[str, TimeBudget] = field(default_factory=lambda: dict(DEFAULT_BUDGETS))
+    spend_path: Path | None = None
     probe_interval_s: float = 2.0
     local_host_id: str | None = None
     client_keys: tuple[Secret, ...] = ()
@@ -166,6 +181,13 @@ class Settings:
                 values["lane_caps"] = parse_lane_caps(env["TORCHROUTER_LANE_LIMITS"])
             except ValueError as exc:
                 raise SettingsError(f"TORCHROUTER_LANE_LIMITS: {exc}") from None
+        if env.get("TORCHROUTER_SPEND_PATH"):
+            values["spend_path"] = Path(env["TORCHROUTER_SPEND_PATH"])
+        if env.get("TORCHROUTER_TIME_BUDGETS"):
+            try:
+                values["time_budgets"] = parse_time_budgets(env["TORCHROUTER_TIME_BUDGETS"])
+            except ValueError as exc:
+                raise SettingsError(f"TORCHROUTER_TIME_BUDGETS: {exc}") from None
         if env.get("TORCHROUTER_CLIENT_KEYS"):
             values["client_keys"] = tuple(
                 Secret(k.strip()) for k in env["TORCHROUTER_CLIENT_KEYS"].split(",") if k.strip()

@@ -34,11 +34,16 @@ import aiohttp
 from litellm.integrations.custom_logger import CustomLogger
 
 from capability_matrix import FleetView, Matrix, MatrixStore, WarmState, next_auth_lockouts
+from capability_matrix.live import sharing_credentials
 from capability_matrix.probe import FleetProbe
 from litellm_hooks.client_watch import ClientWatches, watch_current_client
+from litellm_hooks.failures import classify
 from litellm_hooks.reservations import Reservations, host_reports, open_ledger
 from litellm_hooks.settings import HooksSettings
 from litellm_hooks.streams import name_the_group, shaped_stream
+from torchrouter_core import spend_file
+from torchrouter_core.breaker import Breakers, Failure, Scope, State, Transition
+from torchrouter_core.budgets import budget_for
 from torchrouter_core.contract import RouteReport, RouteRequest, decode_needs, encode_needs
 from torchrouter_core.events import EventKind, EventSink, open_sink
 from torchrouter_core.inflight import InFlight
@@ -47,8 +52,9 @@ from torchrouter_core.ranker.interfaces import RequestNeeds
 from torchrouter_core.ranker.observed import ObservedTimes
 from torchrouter_core.ranker.scorers import weights_for
 from torchrouter_core.ranker.select import select
+from torchrouter_core.routing import ladder_step_kind
 from torchrouter_core.spend import SpendBook
-from torchrouter_core.usability import host_rooms
+from torchrouter_core.usability import RESIDENT, host_rooms
 
 log = logging.getLogger("torchrouter.hooks")
 
@@ -70,10 +76,11 @@ class HooksRuntime:
     first_round: asyncio.Event = field(default_factory=asyncio.Event)
     probe_task: asyncio.Task[None] | None = None
     generation: int = 0
+    breakers: Breakers = field(default_factory=Breakers)
 
     @classmethod
     def build(cls, settings: HooksSettings) -> HooksRuntime:
-        spend = SpendBook()
+        spend = SpendBook(daily=spend_file.load(settings.spend_path, time.time()))
         fleet = FleetView(
             # Checked on every routing call (a stat, about a microsecond against LiteLLM's milliseconds per
             # request): an operator's edit is in force for the very next request, with no timing window.
@@ -82,7 +89,48 @@ class HooksRuntime:
             spend_today=spend.today,
         )
         reservations = Reservations(open_ledger(settings), settle_s=2 * settings.probe_interval_s)
-        return cls(settings, fleet, open_sink(settings.event_path), spend, reservations)
+        return cls(
+            settings,
+            fleet,
+            open_sink(settings.event_path),
+            spend,
+            reservations,
+            breakers=Breakers(settings.breaker),
+        )
+
+    # --- circuit breakers (torchrouter_core.breaker): state here, decisions there ---------------------------
+    def breaker_changes(self, changes: list[Transition], who: Mapping[str, Any] | None = None) -> None:
+        """Write each transition as ``breaker_changed``; an auth breaker turning half-open lifts the auth
+        lockout of every profile behind the same credentials, so the next request re-checks them."""
+        for change in changes:
+            who = who or {}
+            self.events.emit(
+                EventKind.BREAKER_CHANGED,
+                request_id=who.get("request_id"),
+                agent_id=who.get("agent_id"),
+                tier=who.get("tier"),
+                group=None,
+                **change.event_fields(),
+            )
+            auth = self.breakers.state(change.scope, change.target).reason == Failure.AUTH.value
+            if change.to_state is State.HALF_OPEN and change.scope is Scope.DEPLOYMENT and auth:
+                matrix = self.fleet.store.current
+                if change.target in matrix.profiles:
+                    shared = set(sharing_credentials(matrix, change.target))
+                    lockouts = self.fleet.auth_lockouts
+                    self.fleet.set_auth_lockouts({k: v for k, v in lockouts.items() if k not in shared})
+
+    def blocked(self, matrix: Matrix, now: float) -> dict[str, str]:
+        """Profile key -> why its breaker (or its host's) refuses it now."""
+        hosts = {key: p.host_id for key, p in matrix.profiles.items()}
+        blocked, changes = self.breakers.blocked(hosts, now)
+        self.breaker_changes(changes)
+        return blocked
+
+    def book(self, call_id: object, cost: object, now: float) -> None:
+        """Book one call's cost once; a change is saved to the durable book (TORCHROUTER_SPEND_PATH)."""
+        if self.spend.record(call_id if isinstance(call_id, str) else None, cost, now):
+            spend_file.save(self.settings.spend_path, self.spend.daily, now)
 
     def live_matrix(self, now: float) -> Matrix:
         store = self.fleet.store
@@ -101,6 +149,9 @@ class HooksRuntime:
             def on_update(observations: dict[str, Any]) -> None:
                 self.fleet.on_observations(observations)
                 self.reservations.observe(observations)
+                now = time.time()
+                for host_id, seen in observations.items():  # the probe breaker
+                    self.breaker_changes(self.breakers.probed(host_id, bool(seen.reachable), now))
                 self.first_round.set()
 
             on_update(await probe.poll_once(time.time()))
@@ -120,6 +171,21 @@ def _deployment_key(kwargs: Mapping[str, Any]) -> str | None:
     model_info = (kwargs.get("litellm_params") or {}).get("model_info") or {}
     key = model_info.get("id") if isinstance(model_info, Mapping) else None
     return key if isinstance(key, str) else None
+
+
+def _attempt_of(ctx: dict[str, Any], reported: str | None, *, failed: bool) -> str | None:
+    """Which of this request's attempts an outcome belongs to. LiteLLM's attempts for one request run one
+    after another, but it may log an attempt's failure after the next one started, with the next one's
+    deployment in the call's parameters (a stream cut midway that it continued from its fallback group):
+    a failure belongs to the oldest attempt not yet reported; a success to the deployment it names."""
+    pending = ctx.get("pending")
+    if not isinstance(pending, list) or not pending:
+        return reported
+    if not failed and reported in pending:
+        pending.remove(reported)
+        return reported
+    attempt = pending.pop(0)
+    return attempt if isinstance(attempt, str) else reported
 
 
 def _status_of(exc: object) -> int | None:
@@ -249,6 +315,11 @@ class RouterHooks(CustomLogger):
             # The ranker's rooms have the ledger's reservations taken off; a pick that must load a model
             # reserves its memory, and a refusal (another request or worker took it first) ranks again
             # without that candidate.
+            # A deployment this request already tried is never tried again (a later hop may hold it).
+            breakers = {
+                **dict.fromkeys(ctx.get("tried") or (), "already_tried"),
+                **runtime.blocked(matrix, now),
+            }
             reserved, refused, held = await reservations.view(matrix, now), {}, None
             while True:
                 selection = select(
@@ -261,6 +332,7 @@ class RouterHooks(CustomLogger):
                     reserved=reserved,
                     weights=weights_for(ctx.get("tier"), runtime.settings.tier_weights),
                     observed=runtime.observed,
+                    breakers=breakers,
                 )
                 if selection.chosen is None:
                     break
@@ -272,6 +344,7 @@ class RouterHooks(CustomLogger):
                 refused[selection.chosen.key] = "ledger_refused"
             who = {k: ctx.get(k) for k in ("request_id", "agent_id", "tier")}
             first_group = ctx.get("group")
+            last_group = ctx.get("last_group") or first_group
             if first_group and first_group != model:
                 runtime.events.emit(
                     "fallback_selected",
@@ -281,6 +354,18 @@ class RouterHooks(CustomLogger):
                     to_group=model,
                     planned=model in (ctx.get("route") or ()),
                 )
+            if last_group and last_group != model:  # a failure hop: one ladder step per hop
+                runtime.events.emit(
+                    EventKind.DEGRADATION_LADDER_STEP,
+                    **who,
+                    group=first_group,
+                    from_group=last_group,
+                    to_group=model,
+                    reason=f"attempt_failed:{ctx.get('last_failure') or 'unknown'}",
+                    estimated_wait_ms=None,
+                    step=ladder_step_kind(model),
+                )
+            ctx["last_group"] = model
             fields = selection.event_fields()
             fields["rejected"] = {**fields["rejected"], **refused}
             fields["reservation"] = (
@@ -293,6 +378,25 @@ class RouterHooks(CustomLogger):
                 ctx["no_candidate"] = ",".join(sorted(set(selection.rejected.values())))
                 return []
             ctx.update(deployment=chosen.key, warm_state=chosen.warm_state.value, score_ms=selection.score_ms)
+            breaker_refused = sorted(k for k, why in selection.rejected_now().items() if "breaker" in why)
+            if breaker_refused:  # a breaker sent this attempt past a candidate it would have ranked
+                runtime.events.emit(
+                    EventKind.DEGRADATION_LADDER_STEP,
+                    **who,
+                    group=first_group,
+                    from_group=model,
+                    to_group=model,
+                    reason="breaker:" + ",".join(breaker_refused)[:500],
+                    estimated_wait_ms=None,
+                    step="another_deployment",
+                )
+            ctx.setdefault("tried", []).append(chosen.key)
+            ctx.setdefault("pending", []).append(chosen.key)
+            runtime.breakers.picked(chosen.key, chosen.host_id, now)
+            if request_kwargs is not None:  # this attempt's time budget (LiteLLM reads it per attempt)
+                budget = budget_for(runtime.settings.time_budgets, ctx.get("tier"))
+                cold = chosen.is_local and chosen.warm_state not in RESIDENT
+                request_kwargs["timeout"] = request_kwargs["stream_timeout"] = budget.first_byte(cold)
             if ctx.get("request_id"):
                 runtime.in_flight.start(chosen.key, str(ctx["request_id"]), now)
             return [d for d in healthy_deployments if (d.get("model_info") or {}).get("id") == chosen.key][:1]
@@ -318,12 +422,12 @@ class RouterHooks(CustomLogger):
         return kwargs
 
     # --- outcomes: free the in-flight slot, learn warm and auth state, book the spend --------------------
-    def _finished(self, kwargs: dict[str, Any], status: int | None) -> None:
+    def _finished(self, kwargs: dict[str, Any], status: int | None, exc: object = None) -> None:
         runtime = self._runtime
-        key = _deployment_key(kwargs)
+        ctx = _ctx_of(kwargs)
+        key = _attempt_of(ctx, _deployment_key(kwargs), failed=status is not None)
         if runtime is None or key is None:
             return
-        ctx = _ctx_of(kwargs)
         if ctx.get("request_id"):
             runtime.in_flight.finish(key, str(ctx["request_id"]))
         matrix = runtime.fleet.store.current
@@ -332,6 +436,26 @@ class RouterHooks(CustomLogger):
         if status is None:
             runtime.fleet.served(key)
         fleet = runtime.fleet
+        profile = matrix.profiles[key]
+        who = {k: ctx.get(k) for k in ("request_id", "agent_id", "tier")}
+        now = time.time()
+        if status is None:
+            runtime.breaker_changes(runtime.breakers.succeeded(key, profile.host_id, now), who)
+        else:
+            failure, retry_after = classify(exc, now)
+            ctx["last_failure"] = failure.value if failure is not None else f"status_{status}"
+            runtime.events.emit(
+                EventKind.ATTEMPT_FAILED,
+                **who,
+                group=profile.lane,
+                deployment=key,
+                failure=failure.value if failure is not None else None,
+                status=status or None,
+                retry_after_s=retry_after,
+            )
+            if failure is not None:
+                changes = runtime.breakers.failed(key, profile.host_id, failure, now, retry_after)
+                runtime.breaker_changes(changes, who)
         fleet.set_auth_lockouts(
             next_auth_lockouts(matrix, fleet.auth_lockouts, key, 200 if status is None else status)
         )
@@ -381,9 +505,7 @@ class RouterHooks(CustomLogger):
             self._finished(kwargs, None)
             self._observe(kwargs, start_time, end_time)
             if self._runtime is not None:  # streamed answers' cost is known only here
-                self._runtime.spend.record(
-                    kwargs.get("litellm_call_id"), kwargs.get("response_cost"), time.time()
-                )
+                self._runtime.book(kwargs.get("litellm_call_id"), kwargs.get("response_cost"), time.time())
         except Exception:
             self._failed("log_success")
 
@@ -393,7 +515,8 @@ class RouterHooks(CustomLogger):
         try:
             self.client_watches.take(kwargs.get("litellm_call_id"))  # a stream that never started
             await self._release(kwargs)
-            self._finished(kwargs, _status_of(kwargs.get("exception")) or 0)
+            exc = kwargs.get("exception")
+            self._finished(kwargs, _status_of(exc) or 0, exc)
         except Exception:
             self._failed("log_failure")
 
@@ -411,7 +534,7 @@ class RouterHooks(CustomLogger):
             ctx = _ctx_of(data)
             now = time.time()
             if runtime is not None:  # a non-streamed answer's cost is known now: book it before reporting
-                runtime.spend.record(data.get("litellm_call_id"), _response_cost(response), now)
+                runtime.book(data.get("litellm_call_id"), _response_cost(response), now)
             warm = ctx.get("warm_state")
             ledger = None
             if runtime is not None:
@@ -428,6 +551,7 @@ class RouterHooks(CustomLogger):
                 hook_errors=self.errors,
                 no_candidate=ctx.get("no_candidate") or None,
                 ledger=ledger,
+                breakers=frozenset(runtime.blocked(runtime.fleet.store.current, now)) if runtime else None,
             )
             return report.to_headers()
         except Exception:

@@ -22,6 +22,7 @@ from tests.harness import SimThread, free_ports, read_events, render_fleet_files
 from tests.redis_server import RedisServer
 from torchrouter.litellm_process import LiteLLMProcess
 from torchrouter.sim import fleet_spec_from_matrix
+from torchrouter_core import trail
 
 SIM_TIME_SCALE = 0.02
 CLOUD_KEY = "sim-test-cloud-key"
@@ -37,16 +38,27 @@ class Stack:
     litellm: LiteLLMProcess
     master_key: str
     startup_s: float
+    mark: int = 0  # a test's bookmark in the trail (events before it belong to earlier tests)
 
     def events(self) -> list[dict[str, Any]]:
         return read_events(self.events_path)
 
 
-@pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    root = tmp_path_factory.mktemp("stack")
+@contextlib.contextmanager
+def running_stack(
+    root: Path,
+    env_extra: dict[str, str] | None = None,
+    edit_matrix: Callable[[dict[str, Any]], None] | None = None,
+) -> Iterator[Stack]:
+    """A simulated fleet and a real LiteLLM proxy with our hooks, on free ports under ``root``;
+    ``env_extra`` adds to LiteLLM's environment (breaker and time-budget settings, say); ``edit_matrix``
+    changes the matrix copy (as an operator would) before anything starts."""
     render_fleet_files(root)
     matrix_path, config_path = root / "matrix.yaml", root / "litellm_config.yaml"
+    if edit_matrix is not None:
+        doc = yaml.safe_load(matrix_path.read_text())
+        edit_matrix(doc)
+        matrix_path.write_text(yaml.safe_dump(doc, sort_keys=False))
     events_path = root / "events.jsonl"
     spec = fleet_spec_from_matrix(
         yaml.safe_load(matrix_path.read_text()), cloud_api_key=CLOUD_KEY, seed=7, time_scale=SIM_TIME_SCALE
@@ -60,6 +72,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "TORCHROUTER_CLOUD_API_KEY": CLOUD_KEY,
         "TORCHROUTER_CAPABILITY_MATRIX_PATH": str(matrix_path),
         "TORCHROUTER_ROUTING_CONTINUITY_EVENT_PATH": str(events_path),
+        **(env_extra or {}),
     }
     litellm = LiteLLMProcess.start(config_path, port=free_ports(1)[0], env=env, log_path=root / "litellm.log")
     try:
@@ -68,6 +81,17 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     finally:
         litellm.stop()
         sim.stop()
+    # The trail is a product: every event the tests made the stack write matches the published schema.
+    wrong = trail.problems(read_events(events_path))
+    assert not wrong, f"{len(wrong)} trail events break event_schemas/events.schema.json:\n" + "\n".join(
+        wrong[:20]
+    )
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with running_stack(tmp_path_factory.mktemp("stack")) as running:
+        yield running
 
 
 @pytest.fixture(scope="session")
@@ -83,10 +107,11 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 ClassifierFactory = Callable[..., Awaitable[str]]
 
 
-@pytest.fixture
-async def make_classifier(stack: Stack) -> AsyncIterator[ClassifierFactory]:
-    """Start a classifier (real aiohttp server on a free port) against the session's LiteLLM; ``probe``
-    replaces its fleet probe (the real one polls the session's simulated fleet), overrides its settings."""
+@contextlib.asynccontextmanager
+async def classifiers_for(stack: Stack) -> AsyncIterator[ClassifierFactory]:
+    """Start classifiers (real aiohttp servers on free ports) against ``stack``'s LiteLLM; ``probe``
+    replaces a classifier's fleet probe (the real one polls the stack's simulated fleet), overrides its
+    settings."""
     async with contextlib.AsyncExitStack() as servers:
 
         async def factory(*, probe: Probe | None = None, **overrides: Any) -> str:
@@ -100,6 +125,12 @@ async def make_classifier(stack: Stack) -> AsyncIterator[ClassifierFactory]:
             app: web.Application = create_app(settings, probe=probe, registry=CollectorRegistry())
             return await servers.enter_async_context(served(app, classifier=True, handler_cancellation=True))
 
+        yield factory
+
+
+@pytest.fixture
+async def make_classifier(stack: Stack) -> AsyncIterator[ClassifierFactory]:
+    async with classifiers_for(stack) as factory:
         yield factory
 
 

@@ -22,7 +22,7 @@ from litellm_hooks.hooks import RouterHooks
 from litellm_hooks.reservations import Held
 from litellm_hooks.settings import HooksSettings
 from tests.conftest import Stack
-from tests.harness import eventually, read_events
+from tests.harness import eventually, read_events, wait_for_event
 from torchrouter_core.contract import RouteReport, RouteRequest
 from torchrouter_core.ranker import RequestNeeds
 from torchrouter_core.usability import HostRoom
@@ -168,4 +168,64 @@ async def test_a_stream_cut_midway_releases_its_reservation_exactly_once(
     # LiteLLM's failure log for the same call comes later and finds nothing left to release
     kwargs = {"metadata": metadata, "litellm_params": {"model_info": {"id": cold.key}}}
     await instance.async_log_failure_event(kwargs, None, None, None)
+    assert instance.errors == 0
+
+
+async def test_a_request_never_retries_a_deployment_and_failures_open_its_breaker(
+    stack: Stack, hooks: tuple[RouterHooks, Path]
+) -> None:
+    """Two attempts of one request pick two deployments; three failed attempts (as LiteLLM logs them) open
+    the deployment's breaker, which the ranking and the report then honour."""
+    from litellm.exceptions import InternalServerError
+
+    instance, events = hooks
+    deployments = _deployments(stack, "balanced")
+
+    async def attempt(rid: str, among: list[dict[str, Any]] = deployments) -> tuple[dict[str, Any], str]:
+        request = RouteRequest(request_id=rid, group="balanced", tier="H", needs=RequestNeeds(10, 10, False))
+        data: dict[str, Any] = {
+            "model": "balanced",
+            "litellm_call_id": rid,
+            "messages": [{"role": "user", "content": "hi"}],
+            "proxy_server_request": {"headers": request.to_headers()},
+        }
+        data = await instance.async_pre_call_hook(None, None, data, "completion")
+        [picked] = await instance.async_filter_deployments("balanced", among, data["messages"], data)
+        return data, picked["model_info"]["id"]
+
+    data, first = await attempt("tried-1")
+    [again] = await instance.async_filter_deployments("balanced", deployments, data["messages"], data)
+    assert again["model_info"]["id"] != first
+
+    def second_pick() -> dict[str, Any] | None:
+        picks = [
+            e for e in read_events(events) if e["request_id"] == "tried-1" and e["event"] == "route_selected"
+        ]
+        return picks[1] if len(picks) > 1 else None
+
+    assert (await eventually(second_pick, what="the second attempt"))["rejected"].get(
+        first
+    ) == "already_tried"
+
+    error = InternalServerError("boom", llm_provider="ollama", model="m")
+    only_first = [d for d in deployments if d["model_info"]["id"] == first]
+    for n in range(3):
+        data, key = await attempt(f"fail-{n}", only_first)
+        assert key == first  # the breaker is still closed
+        kwargs = {**data, "litellm_params": {"model_info": {"id": key}, "metadata": data["metadata"]}}
+        await instance.async_log_failure_event({**kwargs, "exception": error}, None, None, None)
+    changed = await _last(events, "breaker_changed")
+    assert (changed["target"], changed["to_state"], changed["reason"]) == (
+        first,
+        "open",
+        "3_in_a_row:server_error",
+    )
+    failed = await _last(events, "attempt_failed")
+    assert (failed["deployment"], failed["failure"]) == (first, "server_error")
+    data, key = await attempt("after-open")
+    assert key != first
+    after = await wait_for_event(events, "after-open", "route_selected")
+    assert after["rejected"].get(first) == "breaker_open"
+    headers = await instance.async_post_call_response_headers_hook(data, None, None)
+    assert headers is not None and first in (RouteReport.from_headers(headers).breakers or ())
     assert instance.errors == 0

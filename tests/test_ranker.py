@@ -182,6 +182,7 @@ def test_default_filters_are_every_filter() -> None:
         filters.modality,
         filters.lockout,
         filters.reachable,
+        filters.breaker,
         filters.room,
         filters.context_window,
         filters.tools,

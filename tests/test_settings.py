@@ -90,7 +90,7 @@ def test_every_variable_either_process_reads_is_documented_in_env_docs_and_the_r
     Settings.from_env(classifier_env)
     HooksSettings.from_env(hooks_env)
     read = classifier_env.asked | hooks_env.asked
-    assert len(classifier_env.asked) >= 15 and len(hooks_env.asked) == 7  # the recorder saw the reads
+    assert len(classifier_env.asked) >= 15 and len(hooks_env.asked) == 10  # the recorder saw the reads
     assert read - ENV_DOCS.keys() == set(), "read but not in ENV_DOCS"
     assert ENV_DOCS.keys() - read == set(), "in ENV_DOCS but read by neither process"
     assert ENV_DOCS.keys() - _readme_env_table() == set(), "in ENV_DOCS but not in the README's table"
@@ -103,3 +103,11 @@ def test_hooks_settings_parse_and_name_a_bad_variable() -> None:
     assert (s.probe_interval_s, s.daily_budget_usd, s.event_path) == (0.5, 3.0, None)
     with pytest.raises(SettingsError, match="TORCHROUTER_PROBE_INTERVAL_S"):
         HooksSettings.from_env({"TORCHROUTER_PROBE_INTERVAL_S": "0"})
+    with pytest.raises(SettingsError, match="TORCHROUTER_BREAKER"):
+        HooksSettings.from_env({"TORCHROUTER_BREAKER": "cool_off_s=soon"})
+    with pytest.raises(SettingsError, match="TORCHROUTER_TIME_BUDGETS"):
+        HooksSettings.from_env({"TORCHROUTER_TIME_BUDGETS": "R.total_s=0"})
+    tuned = HooksSettings.from_env(
+        {"TORCHROUTER_BREAKER": "cool_off_s=1", "TORCHROUTER_TIME_BUDGETS": "R.total_s=9"}
+    )
+    assert tuned.breaker.cool_off_s == 1.0 and tuned.time_budgets["R"].total_s == 9.0

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
+from capability_matrix import utc_day
+from tests.conftest import ClassifierFactory
+from torchrouter_core import spend_file
 from torchrouter_core.spend import DailySpend, SpendBook
 
 NOON = 1_772_366_400.0  # 2026-03-01 12:00 UTC
@@ -61,3 +65,34 @@ def test_the_book_forgets_old_call_ids_so_memory_stays_bounded() -> None:
     book.record("a", 1.0, NOON)  # forgotten: counted again (the bound is far above a day's calls)
     book.record("c", 1.0, NOON)  # remembered: not counted
     assert book.today(NOON) == 4.0
+
+
+def test_the_book_survives_a_restart_through_its_file(tmp_path: Path) -> None:
+    path = tmp_path / "state" / "spend.json"
+    book = SpendBook(daily=spend_file.load(path, NOON))  # no file yet: nothing spent
+    assert book.record("c1", 0.25, NOON) and not book.record("c1", 0.25, NOON)
+    spend_file.save(path, book.daily, NOON)
+    assert spend_file.load(path, NOON + 60).today(NOON + 60) == 0.25  # a restarted process resumes
+    assert spend_file.load(path, MIDNIGHT).today(MIDNIGHT) == 0.0  # yesterday's book is not today's
+    path.write_text("{not json")
+    assert spend_file.load(path, NOON).today(NOON) == 0.0
+    path.write_text('{"day": "2026-03-01", "total_usd": "lots"}')
+    assert spend_file.load(path, NOON).today(NOON) == 0.0
+    assert [p.name for p in path.parent.iterdir()] == ["spend.json"]  # no temporary file left behind
+
+
+async def test_a_restarted_classifier_starts_from_the_durable_book(
+    make_classifier: ClassifierFactory, tmp_path: Path
+) -> None:
+    import time
+
+    import aiohttp
+
+    path = tmp_path / "spend.json"
+    now = time.time()
+    spend_file.save(
+        path, DailySpend.from_record({"day": utc_day(now).isoformat(), "total_usd": 1.5}, now), now
+    )
+    url = await make_classifier(spend_path=path)
+    async with aiohttp.ClientSession() as session, session.get(url + "/health") as resp:
+        assert (await resp.json())["daily_spend_usd"] == 1.5

@@ -1,4 +1,4 @@
-"""The ``torchrouter`` command: up, serve, sim, validate, tiers."""
+"""The ``torchrouter`` command: up, serve, sim, validate, tiers, explain."""
 
 from __future__ import annotations
 
@@ -111,6 +111,39 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    import json
+    import os
+
+    import orjson
+
+    from torchrouter_core import trail
+
+    path = Path(
+        args.events
+        or os.environ.get("TORCHROUTER_ROUTING_CONTINUITY_EVENT_PATH")
+        or "var/routing-events.jsonl"
+    )
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        print(f"torchrouter explain: cannot read the trail {path}: {exc.strerror}", file=sys.stderr)
+        return 1
+    events = []
+    for line in raw.splitlines():
+        try:
+            events.append(orjson.loads(line))
+        except orjson.JSONDecodeError:
+            continue  # a line being written right now, or a torn one: the rest still tells the story
+    request_id = trail.last_request_id(events) if args.last else args.request_id
+    if not request_id:
+        print("torchrouter explain: give a REQUEST_ID (X-Router-Request-Id) or --last", file=sys.stderr)
+        return 2
+    story = trail.story(events, request_id)
+    print(json.dumps(story, indent=2, sort_keys=True) if args.json else trail.render(story))
+    return 0 if story["found"] else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="torchrouter", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -154,6 +187,18 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--config", type=Path, default=default_config)
     validate.set_defaults(func=cmd_validate)
     add_tiers_parser(sub)  # torchrouter tiers train|eval (torchrouter/tiers.py)
+
+    explain = sub.add_parser("explain", help="one request's story from the trail (X-Router-Request-Id)")
+    explain.add_argument("request_id", nargs="?", help="the request's X-Router-Request-Id")
+    explain.add_argument("--last", action="store_true", help="the newest request in the trail")
+    explain.add_argument("--json", action="store_true", help="the story as JSON")
+    explain.add_argument(
+        "--events",
+        type=Path,
+        default=None,
+        help="the trail (default: TORCHROUTER_ROUTING_CONTINUITY_EVENT_PATH, else var/routing-events.jsonl)",
+    )
+    explain.set_defaults(func=cmd_explain)
     return parser
 
 

@@ -106,6 +106,9 @@ def _text(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+MAX_CONNECTIONS = 64  # per LiteLLM worker; Redis serves thousands
+
+
 class RedisLedger:
     """:class:`torchrouter_core.ledger.Ledger` on a Redis server at ``url`` (``redis://host:port/db``).
 
@@ -118,9 +121,18 @@ class RedisLedger:
     ) -> None:
         self.ttl_s = ttl_s
         self.prefix = prefix
-        self._redis: aioredis.Redis = aioredis.Redis.from_url(
-            url, decode_responses=True, socket_timeout=2.0, socket_connect_timeout=2.0
+        # A blocking pool: under a burst a call waits (up to 2 s) for a free connection instead of failing
+        # at once with MaxConnectionsError (redis-py's plain pool), which would drop a release and leave the
+        # memory reserved until its lease expires.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=MAX_CONNECTIONS,
+            timeout=2.0,
+            decode_responses=True,
+            socket_timeout=2.0,
+            socket_connect_timeout=2.0,
         )
+        self._redis: aioredis.Redis = aioredis.Redis(connection_pool=pool)
         self._reserve: Any = self._redis.register_script(_RESERVE)
         self._renew: Any = self._redis.register_script(_RENEW)
         self._release: Any = self._redis.register_script(_RELEASE)
@@ -170,4 +182,4 @@ class RedisLedger:
         return {_text(host): float(_text(gb)) for host, gb in raw.items()}
 
     async def close(self) -> None:
-        await self._redis.aclose()
+        await self._redis.aclose(close_connection_pool=True)

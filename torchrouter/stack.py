@@ -100,6 +100,7 @@ async def run_stack(opts: StackOptions, stop: asyncio.Event, say: Callable[[str]
     if opts.free_ports and opts.sim:  # the hooks must read the copy whose ports the fleet listens on
         env["TORCHROUTER_CAPABILITY_MATRIX_PATH"] = str(opts.matrix_path)
     env.setdefault("TORCHROUTER_ROUTING_CONTINUITY_EVENT_PATH", str(opts.state_dir / "routing-events.jsonl"))
+    env.setdefault("TORCHROUTER_SPEND_PATH", str(opts.state_dir / "spend.json"))
     classifier_port, litellm_port = opts.ports
     name = "dev" if opts.dev else "prod"
 

@@ -22,17 +22,22 @@ from torchrouter_core.usability import RESIDENT, HostRoom, cannot_load, host_roo
 
 
 def usable_profiles(
-    matrix: Matrix, overlay: LiveOverlay, reserved: Mapping[str, HostLedger] | None = None
+    matrix: Matrix,
+    overlay: LiveOverlay,
+    reserved: Mapping[str, HostLedger] | None = None,
+    refused: frozenset[str] = frozenset(),
 ) -> frozenset[str]:
     """Keys of the local profiles that can take work now (the rules of :mod:`torchrouter_core.usability`),
     cold ones packed per host so two of them never count against the same free memory; ``reserved`` (the
-    VRAM ledger's view) is taken off each host's room first, as the ranker does."""
+    VRAM ledger's view) is taken off each host's room first, as the ranker does. ``refused``: keys a
+    circuit breaker refuses now (:mod:`torchrouter_core.breaker`); they count for nothing."""
     rooms = host_rooms(matrix, overlay, reserved)
     by_host: dict[str, list[Profile]] = defaultdict(list)
     for profile in matrix.profiles.values():
         if (
             profile.is_local
             and profile.host_id in rooms
+            and profile.key not in refused
             and not (locked_out(profile) or unreachable(profile))
         ):
             by_host[profile.host_id].append(profile)
@@ -55,8 +60,9 @@ def lane_limits(
     lanes: tuple[str, ...],
     caps: Mapping[str, int],
     reserved: Mapping[str, HostLedger] | None = None,
+    refused: frozenset[str] = frozenset(),
 ) -> dict[str, int]:
-    usable = usable_profiles(matrix, overlay, reserved)
+    usable = usable_profiles(matrix, overlay, reserved, refused)
     limits: dict[str, int] = {}
     for lane in lanes:
         slots = sum(

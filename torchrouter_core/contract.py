@@ -9,7 +9,8 @@ Version history (``x-torchrouter-protocol``):
 
 - 1: request id, agent, tier, group, request needs, route plan; deployment, warm state, score time,
   auth lockouts, daily spend, hook errors; LiteLLM's ``x-litellm-attempted-fallbacks`` read as the
-  fallback count.
+  fallback count. Added compatibly (a peer without it reads as "not reported"): the profiles the
+  hooks' circuit breakers refuse (``x-torchrouter-breakers``).
 
 Decoding never raises: a missing value is ``None`` (or the stated default), a malformed one is logged in
 one line naming the header and treated as missing, and a peer speaking another version is logged (the
@@ -52,6 +53,7 @@ DAILY_SPEND_HEADER = "x-torchrouter-daily-spend-usd"
 HOOK_ERRORS_HEADER = "x-torchrouter-hook-errors"
 NO_CANDIDATE_HEADER = "x-torchrouter-no-candidate"
 LEDGER_HEADER = "x-torchrouter-ledger"
+BREAKERS_HEADER = "x-torchrouter-breakers"
 # LiteLLM's own response headers, read by the classifier.
 LITELLM_MODEL_ID_HEADER = "x-litellm-model-id"
 LITELLM_FALLBACKS_HEADER = "x-litellm-attempted-fallbacks"
@@ -147,7 +149,9 @@ class RouteReport:
     reasons (``context_window``, ``lockout:auth``, ``modality:image``...), which tell the classifier whether
     LiteLLM's 429 "No deployments available" is "never" (400) or "not now" (503); ``ledger``: the VRAM
     ledger and load as the hooks see them, host id -> :class:`HostReport`, every host with a lease or a
-    request in flight (empty: nothing anywhere)."""
+    request in flight (empty: nothing anywhere); ``breakers``: every profile key the hooks' circuit breakers
+    refuse now (open, or half-open with its trials taken; the host's breaker included), the whole set each
+    time."""
 
     deployment: str | None = None
     warm_state: WarmState | None = None
@@ -158,6 +162,7 @@ class RouteReport:
     hook_errors: int | None = None
     no_candidate: str | None = None
     ledger: Mapping[str, HostReport] | None = None
+    breakers: frozenset[str] | None = None
 
     def to_headers(self) -> dict[str, str]:
         """The hooks' headers (``fallbacks`` is LiteLLM's own header and is not written here)."""
@@ -178,6 +183,8 @@ class RouteReport:
             headers[NO_CANDIDATE_HEADER] = self.no_candidate
         if self.ledger is not None:
             headers[LEDGER_HEADER] = encode_ledger(self.ledger)
+        if self.breakers is not None:
+            headers[BREAKERS_HEADER] = ",".join(sorted(self.breakers))
         return headers
 
     @classmethod
@@ -194,6 +201,7 @@ class RouteReport:
             score_ms=_number(headers, SCORE_MS_HEADER, problem),
             fallbacks=_count(headers, LITELLM_FALLBACKS_HEADER, problem) or 0,
             auth_lockouts=_lockouts(headers, problem),
+            breakers=_lockouts(headers, problem, BREAKERS_HEADER),
             daily_spend_usd=_number(headers, DAILY_SPEND_HEADER, problem),
             hook_errors=_count(headers, HOOK_ERRORS_HEADER, problem),
             no_candidate=_reasons(headers, problem),
@@ -219,6 +227,7 @@ _OUR_REPORT_HEADERS = (
     HOOK_ERRORS_HEADER,
     NO_CANDIDATE_HEADER,
     LEDGER_HEADER,
+    BREAKERS_HEADER,
 )
 
 
@@ -304,13 +313,15 @@ def _token_list(headers: Mapping[str, str], name: str, limit: int, problem: Prob
     return tuple(items)
 
 
-def _lockouts(headers: Mapping[str, str], problem: Problem) -> frozenset[str] | None:
-    raw = headers.get(AUTH_LOCKOUTS_HEADER)
+def _lockouts(
+    headers: Mapping[str, str], problem: Problem, name: str = AUTH_LOCKOUTS_HEADER
+) -> frozenset[str] | None:
+    raw = headers.get(name)
     if raw is None:
         return None
     if raw == "":
         return frozenset()  # reported, and empty: nothing is locked out
-    keys = _token_list(headers, AUTH_LOCKOUTS_HEADER, _MAX_LOCKOUTS, problem)
+    keys = _token_list(headers, name, _MAX_LOCKOUTS, problem)
     return frozenset(keys) if keys else None
 
 

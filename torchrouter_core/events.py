@@ -43,6 +43,8 @@ class EventKind(StrEnum):
     LOCKOUT_CHANGED = "lockout_changed"
     HOOKS_STARTED = "hooks_started"  # the hooks inside LiteLLM started (their settings, not secrets)
     UPSTREAM_CANCELLED = "upstream_cancelled"  # the hooks closed a provider stream whose client had gone
+    ATTEMPT_FAILED = "attempt_failed"  # one LiteLLM attempt failed: which deployment, and how
+    BREAKER_CHANGED = "breaker_changed"  # a circuit breaker opened, turned half-open or closed, and why
 
 
 EVENT_KINDS = frozenset(k.value for k in EventKind)

@@ -219,3 +219,12 @@ def _kind(index: int, group: str) -> Literal["primary", "local", "cloud"]:
     if index == 0:
         return "primary"
     return "cloud" if group in CLOUD_GROUPS else "local"
+
+
+def ladder_step_kind(to_group: str | None) -> str:
+    """The kind of a step down the ladder, by where it goes: ``shed`` (nowhere left), ``cloud`` or
+    ``another_lane`` (the trail's ``degradation_ladder_step.step``; also ``wait`` and
+    ``another_deployment``, written where those happen)."""
+    if to_group is None:
+        return "shed"
+    return "cloud" if to_group in CLOUD_GROUPS else "another_lane"

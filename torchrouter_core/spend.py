@@ -3,6 +3,11 @@
 One book: the hooks inside LiteLLM keep the :class:`SpendBook` (every answer's cost, counted once per
 LiteLLM call whichever callback reports it first) and report its total on each response; the classifier's
 :class:`DailySpend` mirrors that total.
+
+Durable: with ``TORCHROUTER_SPEND_PATH`` set, the book is kept in that file (``{"day": "YYYY-MM-DD",
+"total_usd": x}``, :meth:`DailySpend.to_record` / :meth:`DailySpend.from_record`; written by atomic replace,
+``torchrouter_core.spend_file``), so today's total survives a restart of either process: the hooks resume
+from it, the classifier starts from it until the first response reports the book.
 """
 
 from __future__ import annotations
@@ -38,6 +43,21 @@ class DailySpend:
         self._roll(now)
         return self.total_usd
 
+    def to_record(self, now: float) -> dict[str, object]:
+        self._roll(now)
+        return {"day": self.day.isoformat() if self.day else None, "total_usd": self.total_usd}
+
+    @classmethod
+    def from_record(cls, record: object, now: float) -> DailySpend:
+        """Today's total from a saved record; another day's, or a malformed record, is no spend today."""
+        spend = cls()
+        spend._roll(now)
+        if isinstance(record, dict) and record.get("day") == (spend.day.isoformat() if spend.day else None):
+            total = record.get("total_usd")
+            if _spend(total):
+                spend.total_usd = float(total)  # type: ignore[arg-type]  # _spend checked it is a number
+        return spend
+
     def _roll(self, now: float) -> None:
         if self.day is not None and self._day_ends > now >= self._day_ends - 86400:
             return
@@ -56,22 +76,24 @@ class SpendBook:
     places record; the second record of the same call is ignored. At most ``max_calls`` call ids are
     remembered (oldest forgotten first), so memory stays bounded."""
 
-    def __init__(self, max_calls: int = 100_000) -> None:
-        self.daily = DailySpend()
+    def __init__(self, max_calls: int = 100_000, daily: DailySpend | None = None) -> None:
+        self.daily = daily or DailySpend()
         self._counted: OrderedDict[str, None] = OrderedDict()
         self._max_calls = max_calls
 
-    def record(self, call_id: str | None, cost_usd: object, now: float) -> None:
-        """``cost_usd`` that is not a finite, positive number is no spend (and does not mark the call)."""
+    def record(self, call_id: str | None, cost_usd: object, now: float) -> bool:
+        """``cost_usd`` that is not a finite, positive number is no spend (and does not mark the call).
+        True when the total changed (the caller saves the book)."""
         if not _spend(cost_usd):
-            return
+            return False
         if call_id is not None:
             if call_id in self._counted:
-                return
+                return False
             self._counted[call_id] = None
             if len(self._counted) > self._max_calls:
                 self._counted.popitem(last=False)
         self.daily.add(cost_usd, now)  # type: ignore[arg-type]  # _spend checked it is a number
+        return True
 
     def today(self, now: float) -> float:
         return self.daily.today(now)

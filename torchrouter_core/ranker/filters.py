@@ -21,6 +21,13 @@ def reachable(profile: Profile, needs: RequestNeeds, fleet: FleetSnapshot) -> st
     return usability.unreachable(profile)
 
 
+def breaker(profile: Profile, needs: RequestNeeds, fleet: FleetSnapshot) -> str | None:
+    """An open circuit breaker (the deployment's or its host's), or a half-open one whose trials are all
+    taken: ``breaker_open``, ``breaker_half_open``, ``host_breaker_open``, ``host_breaker_half_open``; or a
+    deployment this request already tried: ``already_tried``."""
+    return fleet.breakers.get(profile.key)
+
+
 def room(profile: Profile, needs: RequestNeeds, fleet: FleetSnapshot) -> str | None:
     if fleet.rooms is None:  # no room known for the fleet: not checked
         return None
@@ -45,4 +52,4 @@ def modality(profile: Profile, needs: RequestNeeds, fleet: FleetSnapshot) -> str
 
 # What a deployment can never do comes first, so a candidate's reason says "never" when it is true (the
 # classifier answers LiteLLM's "No deployments available" with 400 for static reasons, 503 for the rest).
-DEFAULT_FILTERS: tuple[Filter, ...] = (modality, context_window, tools, lockout, reachable, room)
+DEFAULT_FILTERS: tuple[Filter, ...] = (modality, context_window, tools, lockout, reachable, breaker, room)

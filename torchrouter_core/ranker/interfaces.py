@@ -51,6 +51,9 @@ class FleetSnapshot:
     service_s: Mapping[str, float] = field(default_factory=dict)
     load_s: Mapping[str, float] = field(default_factory=dict)
     prompt_tokens: int = 0
+    # Profile key -> why it is refused for this request: its circuit breaker or its host's
+    # (torchrouter_core.breaker), or ``already_tried`` (an earlier attempt of the same request used it).
+    breakers: Mapping[str, str] = field(default_factory=dict)
 
     def utilization(self, key: str) -> float:
         """In flight / slots, 0 when idle; a deployment with no known slots is full once anything runs."""

@@ -40,6 +40,10 @@ class Selection:
     def score_ms(self) -> float:
         return round(sum(self.ranking.timings_ms.values()), 3) if self.ranking is not None else 0.0
 
+    def rejected_now(self) -> Mapping[str, str]:
+        """Every candidate filtered out, and why (whether or not one was picked)."""
+        return self.ranking.rejected if self.ranking is not None else self.rejected
+
     def event_fields(self) -> dict[str, Any]:
         """The ``route_selected`` event's own fields (the caller adds who the request is)."""
         chosen = self.chosen
@@ -77,6 +81,7 @@ def snapshot(
     reserved: Mapping[str, HostLedger] | None = None,
     prompt_tokens: int = 0,
     observed: ObservedTimes | None = None,
+    breakers: Mapping[str, str] | None = None,
 ) -> FleetSnapshot:
     """The fleet as the ranker reads it, for the candidates ``keys`` (all in ``matrix``); ``reserved`` is
     the VRAM ledger's view (host id -> reservations), taken off each host's room."""
@@ -92,6 +97,7 @@ def snapshot(
         prompt_tokens=prompt_tokens,
         service_s=observed.service_s if observed is not None else {},
         load_s=observed.load_s if observed is not None else {},
+        breakers=breakers or {},
     )
 
 
@@ -106,10 +112,12 @@ def select(
     reserved: Mapping[str, HostLedger] | None = None,
     weights: Mapping[str, float] = scorers.DEFAULT_WEIGHTS,
     observed: ObservedTimes | None = None,
+    breakers: Mapping[str, str] | None = None,
 ) -> Selection:
+    """``breakers``: profile key -> why its circuit breaker refuses it now (absent: admitted)."""
     known = [k for k in deployment_keys if k is not None and k in matrix.profiles]
     unknown = tuple(k for k in deployment_keys if k is None or k not in matrix.profiles)
-    fleet = snapshot(matrix, overlay, known, in_flight, reserved, needs.prompt_tokens, observed)
+    fleet = snapshot(matrix, overlay, known, in_flight, reserved, needs.prompt_tokens, observed, breakers)
     try:
         ranking = rank(group, [matrix.profiles[k] for k in known], needs, fleet=fleet, weights=weights)
     except NoCandidate as exc:

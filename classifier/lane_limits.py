@@ -1,0 +1,25 @@
+"""Refresh the lanes' concurrency limits from the live fleet, the VRAM ledger's reservations and the
+deployments the hooks' breakers refuse.
+
+Called after each probe round and whenever a response reports a different ledger or set of refused
+deployments.
+"""
+
+from __future__ import annotations
+
+import time
+
+from aiohttp import web
+
+from classifier.keys import FLEET_KEY, HOOKS_SEEN_KEY, LANES_KEY, LEDGER_KEY, SETTINGS_KEY
+from torchrouter_core.capacity import lane_limits
+from torchrouter_core.identity import LOCAL_GROUPS
+
+
+def refresh_lane_limits(app: web.Application) -> None:
+    fleet = app[FLEET_KEY]
+    overlay, live = fleet.overlay(), fleet.matrix()
+    refused = app[HOOKS_SEEN_KEY].refused(time.time())
+    reserved = app[LEDGER_KEY].reserved() if LEDGER_KEY in app else None
+    caps = app[SETTINGS_KEY].lane_caps
+    app[LANES_KEY].set_limits(lane_limits(live, overlay, LOCAL_GROUPS, caps, reserved, refused))

@@ -1,0 +1,314 @@
+"""Fault injection through the real stack: classifier -> LiteLLM with our hooks -> the simulated fleet.
+
+A module-scoped stack of its own (its breakers and budgets are set small, and its breaker state must not
+leak into the session stack's tests). Fast-chat is one host only (the others' fast-chat profiles are
+locked out by the operator, ``codex``), so a fault on that host meets every R-tier request until its
+breaker opens. For each mode: every request is answered (by the next step) or gets a clear error within
+its budget, the breaker opens and recovers as configured, and after it opens no request is routed to the
+failed target until its half-open trial (read from the trail: ``route_selected`` against
+``breaker_changed``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+
+from tests.conftest import Stack, classifiers_for, running_stack
+from tests.harness import eventually
+from torchrouter import cli
+from torchrouter_core.budgets import parse_time_budgets
+
+OUTCOMES = {"ok", "upstream_error", "shed", "timeout", "upstream_unavailable", "cancelled", "error"}
+HOST = "matthew-100.86.174.11"
+FAST = f"{HOST}/ollama/qwen3:8b"
+CLOUD_HOST = "openai-api/"
+BREAKER = (
+    "consecutive_failures=2,min_requests=100,cool_off_s=1.0,auth_recheck_s=1.5,default_retry_after_s=1.0"
+)
+BUDGETS = "R.first_byte_s=1.0,R.first_byte_cold_s=2.0,R.total_s=10"
+ANSWER_WITHIN_S = 8.0  # every request: at most one failed attempt (1-2 s budget) plus a fallback answer
+
+
+@pytest.fixture(scope="module")
+def fault_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    root = tmp_path_factory.mktemp("faults")
+    env = {
+        "TORCHROUTER_BREAKER": BREAKER,
+        "TORCHROUTER_TIME_BUDGETS": BUDGETS,
+        "TORCHROUTER_PROBE_INTERVAL_S": "0.2",
+    }
+    with running_stack(root, env, edit_matrix=_one_fast_chat_host) as stack:
+        yield stack
+
+
+def _one_fast_chat_host(doc: dict[str, Any]) -> None:
+    for key, profile in doc["profiles"].items():
+        if profile["lane"] == "fast-chat" and key != FAST:
+            profile["lockout_state"] = "codex"
+
+
+@pytest.fixture
+async def fault_url(fault_stack: Stack, tmp_path: Path) -> AsyncIterator[str]:
+    fault_stack.sim.reset()
+    async with classifiers_for(fault_stack) as factory:
+        yield await factory(probe_interval_s=0.2)
+
+
+@dataclass
+class Answer:
+    status: int
+    text: str
+    took_s: float
+    request_id: str
+
+
+async def ask(url: str, *, stream: bool = False, model: str = "auto") -> Answer:
+    body = {"model": model, "stream": stream, "messages": [{"role": "user", "content": "Status, one line?"}]}
+    t0 = time.monotonic()
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(url + "/v1/chat/completions", json=body, headers={"X-Agent-Id": "fault-tester"}) as resp,
+    ):
+        try:
+            text = await resp.text()
+        except aiohttp.ClientPayloadError:  # a stream the classifier had to end early
+            text = "<stream ended early>"
+        return Answer(resp.status, text, time.monotonic() - t0, resp.headers["X-Router-Request-Id"])
+
+
+def routed(events: list[dict[str, Any]]) -> list[tuple[float, str]]:
+    """(time, deployment) of every pick the hooks made."""
+    return [
+        (e["ts"], e["deployment"]) for e in events if e["event"] == "route_selected" and e.get("deployment")
+    ]
+
+
+def changes(events: list[dict[str, Any]], target: str) -> list[dict[str, Any]]:
+    return [e for e in events if e["event"] == "breaker_changed" and e["target"] == target]
+
+
+def on_target(deployment: str, target: str) -> bool:
+    return deployment == target or deployment.startswith(target + "/")
+
+
+def assert_nothing_sent_while_open(events: list[dict[str, Any]], target: str) -> None:
+    """Between each ``open`` and the following ``half_open``, no pick of the target (or a model on it)."""
+    opened: float | None = None
+    windows: list[tuple[float, float]] = []
+    for e in changes(events, target):
+        if e["to_state"] == "open":
+            opened = e["ts"]
+        elif opened is not None:
+            windows.append((opened, e["ts"]))
+            opened = None
+    if opened is not None:
+        windows.append((opened, float("inf")))
+    assert windows, f"the breaker of {target} never opened"
+    sent = [(t, d) for t, d in routed(events) for a, b in windows if a < t < b and on_target(d, target)]
+    assert sent == [], f"sent to {target} while its breaker was open: {sent}"
+
+
+async def recover(url: str, stack: Stack, target: str, *, model: str = "auto") -> None:
+    """With the fault cleared: requests flow until the target's breaker has closed again (half-open after
+    its cool-off, one trial, closed)."""
+
+    async def closed() -> bool:
+        answer = await ask(url, model=model)
+        assert answer.status == 200, answer.text
+        states = [e["to_state"] for e in changes(stack.events(), target)]
+        return bool(states) and states[-1] == "closed"
+
+    await eventually(closed, timeout_s=20.0, what=f"the breaker of {target} closing again")
+    states = [e["to_state"] for e in changes(stack.events(), target)]
+    assert states[-2:] == ["half_open", "closed"], states
+
+
+async def no_slot_leaks(url: str) -> None:
+    async def idle() -> bool:
+        async with aiohttp.ClientSession() as session, session.get(url + "/queue/status") as resp:
+            groups = (await resp.json())["groups"]
+        return all(g["active"] == 0 and g["depth"] == 0 for g in groups.values())
+
+    await eventually(idle, what="every lane idle again")
+
+
+async def run_fault(
+    stack: Stack, url: str, target: str, mode: str, *, n: int = 6, stream: bool = False, model: str = "auto"
+) -> list[Answer]:
+    stack.sim.set_fault(target, mode)
+    stack.mark = len(stack.events())  # what this fault's checks read: the trail from here on
+    answers = [await ask(url, stream=stream, model=model) for _ in range(n)]
+    for a in answers:
+        assert a.took_s < ANSWER_WITHIN_S, (mode, a)
+    return answers
+
+
+@pytest.mark.parametrize(
+    ("mode", "reason"),
+    [("error_500", "server_error"), ("hang", "timeout")],
+)
+async def test_a_failing_local_host_is_left_for_the_next_step_until_its_trial(
+    fault_stack: Stack, fault_url: str, mode: str, reason: str
+) -> None:
+    answers = await run_fault(fault_stack, fault_url, HOST, mode)
+    assert [a.status for a in answers] == [200] * len(answers), [a.text[:200] for a in answers]
+    events = fault_stack.events()[fault_stack.mark :]
+    [opened] = [e for e in changes(events, FAST) if e["to_state"] == "open"][-1:]
+    assert opened["reason"] == f"2_in_a_row:{reason}" and opened["scope"] == "deployment"
+    assert_nothing_sent_while_open(events, FAST)
+    # The failed-over request's trail, in order: classified, picked FAST, fell back, picked another, done.
+    first = answers[0].request_id
+    kinds = [e["event"] for e in events if e["request_id"] == first]
+    assert kinds[0] == "request_classified" and kinds[-1] == "request_completed", kinds
+    picks = [e["deployment"] for e in events if e["request_id"] == first and e["event"] == "route_selected"]
+    assert picks[0] == FAST and len(picks) >= 2 and FAST not in picks[1:], picks
+    fault_stack.sim.set_fault(HOST, "none")
+    await recover(fault_url, fault_stack, FAST)
+    await no_slot_leaks(fault_url)
+
+
+async def test_a_stream_cut_midway_ends_clearly_and_opens_the_breaker(
+    fault_stack: Stack, fault_url: str
+) -> None:
+    answers = await run_fault(fault_stack, fault_url, HOST, "cut_stream", stream=True)
+    for a in answers:  # either a whole answer from the next step or an OpenAI-style error event, never a hang
+        assert a.status == 200 and (
+            "[DONE]" in a.text or "upstream_stream_broken" in a.text or "error" in a.text
+        )
+    events = fault_stack.events()[fault_stack.mark :]
+    assert_nothing_sent_while_open(events, FAST)
+    fault_stack.sim.set_fault(HOST, "none")
+    await recover(fault_url, fault_stack, FAST)
+    await no_slot_leaks(fault_url)
+
+
+async def test_a_host_that_goes_down_and_comes_back(fault_stack: Stack, fault_url: str) -> None:
+    answers = await run_fault(fault_stack, fault_url, HOST, "refuse")
+    assert [a.status for a in answers] == [200] * len(answers)
+    events = fault_stack.events()[fault_stack.mark :]
+    host_changes = changes(events, HOST)
+    assert host_changes and host_changes[-1]["to_state"] == "open" and host_changes[-1]["scope"] == "host"
+    assert_nothing_sent_while_open(events, HOST)
+    fault_stack.sim.set_fault(HOST, "none")
+    await recover(fault_url, fault_stack, HOST)
+
+    async def served_by_host_again() -> bool:
+        answer = await ask(fault_url)
+        return any(
+            d == FAST
+            for _, d in routed([e for e in fault_stack.events() if e["request_id"] == answer.request_id])
+        )
+
+    await eventually(served_by_host_again, timeout_s=10.0, what="fast-chat answered by the recovered host")
+    await no_slot_leaks(fault_url)
+
+
+@pytest.mark.parametrize(("mode", "reason"), [("auth", "auth"), ("error_429", "rate_limited")])
+async def test_the_cloud_refusing_backs_off_and_rechecks(
+    fault_stack: Stack, fault_url: str, mode: str, reason: str
+) -> None:
+    answers = await run_fault(fault_stack, fault_url, "cloud", mode, n=4, model="cloud-fast")
+    assert [a.status for a in answers] == [200] * len(answers)  # answered by the local fallback group
+    events = fault_stack.events()[fault_stack.mark :]
+    opened = [e for e in events if e["event"] == "breaker_changed" and e["target"].startswith(CLOUD_HOST)]
+    assert opened and {e["reason"] for e in opened if e["to_state"] == "open"} == {reason}
+    targets = sorted({e["target"] for e in opened})
+    for target in targets:
+        assert_nothing_sent_while_open(events, target)
+    fault_stack.sim.set_fault("cloud", "none")
+    # The first to open is the one the ranker prefers: after its cool-off it takes the trial and closes.
+    await recover(
+        fault_url, fault_stack, targets[0] if len(targets) == 1 else opened[0]["target"], model="cloud-fast"
+    )
+
+    async def none_refused() -> bool:  # every other one is half-open at least: admitted again
+        await ask(fault_url, model="cloud-fast")
+        async with aiohttp.ClientSession() as session, session.get(fault_url + "/breakers") as resp:
+            refused: list[object] = (await resp.json())["refused"]
+        return refused == []
+
+    await eventually(none_refused, what="no cloud deployment refused")
+    await no_slot_leaks(fault_url)
+
+
+def local_hosts(stack: Stack) -> list[str]:
+    return sorted(yaml.safe_load(stack.matrix_path.read_text())["hosts"])
+
+
+async def test_explain_tells_the_story_of_a_request_that_fell_back_twice(
+    fault_stack: Stack, fault_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """fast-chat's only host is down (the classifier's ladder steps to balanced), every other host hangs
+    (the balanced attempt times out; LiteLLM falls back to cloud-balanced): two fallbacks, one story."""
+    fault_stack.sim.set_fault(HOST, "refuse")
+    await eventually(
+        lambda: any(e["to_state"] == "open" for e in changes(fault_stack.events()[fault_stack.mark :], HOST)),
+        what="the host's probe breaker opening",
+    )
+    for host in local_hosts(fault_stack):
+        if host != HOST:
+            fault_stack.sim.set_fault(host, "hang")
+
+    async def ladder_step_taken() -> Answer | None:
+        answer = await ask(fault_url)
+        return answer if "ladder:" in answer.text or _stepped(fault_stack, answer.request_id) else None
+
+    answer: Answer = await eventually(ladder_step_taken, what="a request stepping down the ladder")
+    assert answer.status == 200, answer.text
+    assert cli.main(["explain", answer.request_id, "--events", str(fault_stack.events_path)]) == 0
+    text = capsys.readouterr().out
+    assert f"request {answer.request_id}" in text and "tier R" in text
+    assert "ladder step: fast-chat -> balanced" in text
+    steps = [
+        (e["from_group"], e["to_group"], e["step"], e["reason"])
+        for e in fault_stack.events()
+        if e["request_id"] == answer.request_id and e["event"] == "degradation_ladder_step"
+    ]
+    lanes = [(a, b, kind) for a, b, kind, _ in steps if kind != "another_deployment"]
+    assert lanes == [("fast-chat", "balanced", "another_lane"), ("balanced", "cloud-balanced", "cloud")], (
+        steps
+    )
+    assert steps[-1][3].startswith("attempt_failed:"), steps
+    assert "attempt 1 in balanced" in text and "attempt 2 in cloud-balanced" in text
+    assert "failed: timeout" in text
+    assert "fallback: balanced -> cloud-balanced" in text
+    assert "outcome: ok (status 200) from openai-api/" in text and "timings: total" in text
+    assert "queue: waited" in text and "candidate " in text
+    assert cli.main(["explain", "--last", "--json", "--events", str(fault_stack.events_path)]) == 0
+    story = json.loads(capsys.readouterr().out)
+    assert story["found"] and story["completed"]["outcome"] in OUTCOMES
+    fault_stack.sim.reset()
+    await recover(fault_url, fault_stack, HOST)
+
+
+def _stepped(stack: Stack, request_id: str) -> bool:
+    return any(
+        e["event"] == "degradation_ladder_step" and e["request_id"] == request_id for e in stack.events()
+    )
+
+
+async def test_the_tier_total_budget_answers_a_hung_fleet_with_a_clear_504(fault_stack: Stack) -> None:
+    """Last in this module: it leaves a breaker or two open. Every step hangs; the classifier's total
+    budget for the tier (1.5 s here) ends the request with a 504 in the OpenAI error shape."""
+    fault_stack.sim.reset()
+    budgets = parse_time_budgets("R.total_s=1.5")
+    async with classifiers_for(fault_stack) as factory:
+        url = await factory(probe_interval_s=0.2, time_budgets=budgets)
+        for host in [*local_hosts(fault_stack), "cloud"]:
+            fault_stack.sim.set_fault(host, "hang")
+        answer = await ask(url)
+        assert answer.status == 504 and '"upstream_timeout"' in answer.text, answer.text
+        assert 1.4 < answer.took_s < 3.0, answer.took_s
+        completed = [e for e in fault_stack.events() if e["request_id"] == answer.request_id][-1]
+        assert (completed["event"], completed["outcome"]) == ("request_completed", "timeout")
+        fault_stack.sim.reset()
+        await no_slot_leaks(url)

@@ -1,0 +1,77 @@
+"""Time budgets per tier: how long one attempt may take to connect, to send its first byte, and in all.
+
+A hung host must fail over in seconds, not after LiteLLM's 300 s default; a cold Ollama load must still
+be allowed to finish. The numbers (seconds), and why:
+
+======  =======  ==========  ===============  =====  ======================================================
+tier    connect  first byte  first byte cold  total  why
+======  =======  ==========  ===============  =====  ======================================================
+H       2        15          120              300    long answers (reasoning), the biggest models to load
+R       2        8           60               120    short chat on small models: a stall is a failure fast
+C       2        15          120              300    code answers are long; code models are mid-sized
+======  =======  ==========  ===============  =====  ======================================================
+
+- **connect** 2 s: every host is on the local network or a cloud endpoint; a SYN unanswered for 2 s is a
+  dead or black-holed host (LiteLLM passes it to the OpenAI client as the connect timeout; for Ollama
+  hosts it is bounded by the first-byte budget, LiteLLM giving its Ollama client one timeout for all).
+- **first byte** (warm): a resident model starts answering in well under a second on our fleet (the
+  simulated fleet's warm TTFT is about 0.2 s); 8-15 s is two orders of magnitude of headroom for a
+  queue on the host, while a hung host is given up on within that. It is also the longest silence
+  allowed between two chunks of a stream (httpx's read timeout), so a stream that stalls midway fails
+  the same way.
+- **first byte cold**: a cold load is 2 s + 0.4 s per GB on the fleet (README, "Try it"): about 10 s for
+  a 20 GB model, 40 s for the largest; 60/120 s covers them with margin.
+- **total**: the classifier's whole-request limit for the tier (one request, every hop included).
+
+``TORCHROUTER_TIME_BUDGETS`` overrides any of them: ``R.first_byte_s=1.5,H.total_s=60``
+(:func:`parse_time_budgets`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+
+
+@dataclass(frozen=True, slots=True)
+class TimeBudget:
+    """Seconds. ``first_byte_cold_s`` applies when the picked deployment's model is not resident."""
+
+    connect_s: float
+    first_byte_s: float
+    first_byte_cold_s: float
+    total_s: float
+
+    def first_byte(self, cold: bool) -> float:
+        return self.first_byte_cold_s if cold else self.first_byte_s
+
+
+DEFAULT_BUDGETS: Mapping[str, TimeBudget] = {
+    "H": TimeBudget(2.0, 15.0, 120.0, 300.0),
+    "R": TimeBudget(2.0, 8.0, 60.0, 120.0),
+    "C": TimeBudget(2.0, 15.0, 120.0, 300.0),
+}
+_FIELDS = frozenset(f.name for f in fields(TimeBudget))
+
+
+def budget_for(budgets: Mapping[str, TimeBudget], tier: str | None) -> TimeBudget:
+    """The tier's budget; an unknown or missing tier gets H's (the most generous)."""
+    return budgets.get(tier or "H") or budgets["H"]
+
+
+def parse_time_budgets(text: str, base: Mapping[str, TimeBudget] = DEFAULT_BUDGETS) -> dict[str, TimeBudget]:
+    """``"R.first_byte_s=1.5,H.total_s=60"`` applied over ``base``; raises ValueError naming the bad part."""
+    out = dict(base)
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, value = part.partition("=")
+        tier, dot, field_name = name.strip().partition(".")
+        try:
+            seconds = float(value)
+        except ValueError:
+            seconds = -1.0
+        if not sep or not dot or tier not in out or field_name not in _FIELDS or not seconds > 0:
+            raise ValueError(
+                f"time budget {part!r}: expected <H|R|C>.<{'|'.join(sorted(_FIELDS))}>=<positive seconds>"
+            )
+        out[tier] = replace(out[tier], **{field_name: seconds})
+    return out
