@@ -19,6 +19,7 @@ settings. What this adapter adds:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -86,6 +87,9 @@ class Reservations:
     observed_gb: dict[tuple[str, str], float] = field(default_factory=dict)  # (host, model) -> size_vram GB
     held: dict[tuple[str, str], Held] = field(default_factory=dict)  # (token, deployment) -> lease
     renewed_at: dict[str, float] = field(default_factory=dict)  # token -> last renewal (monotonic)
+    # Ledger calls that outlive a cancelled caller (a client that left mid-reserve or mid-release): kept
+    # referenced until done, so the memory is always given back.
+    background: set[asyncio.Task[object]] = field(default_factory=set)
 
     # --- inputs ---------------------------------------------------------------------------------------
     def observe(self, observations: Mapping[str, HostObservation]) -> None:
@@ -126,8 +130,15 @@ class Reservations:
         request = ReserveRequest(
             lease_id, profile.host_id, profile.model, claim, room.free_gb, room.model_slots, resident
         )
+        call: asyncio.Task[bool] = asyncio.ensure_future(self.ledger.reserve(request, now))
         try:
-            granted = await self.ledger.reserve(request, now)
+            granted = await asyncio.shield(call)
+        except asyncio.CancelledError:
+            # LiteLLM cancelled the call (its client left) while the ledger was answering: the reserve
+            # may still be granted there, with no one here to release it. Give it back once it is.
+            self._keep(call)
+            call.add_done_callback(lambda done: self._undo(done, request.lease_id, request.host_id))
+            raise
         except Exception:
             log.warning("VRAM ledger reserve failed; treated as refused", exc_info=True)
             return False
@@ -155,21 +166,38 @@ class Reservations:
                 )
 
     async def release(self, token: str, deployments: Collection[str] | None, now: float) -> int:
-        """Release the token's leases for ``deployments`` (``None``: all of them); how many were held."""
+        """Release the token's leases for ``deployments`` (``None``: all of them); how many were held. The
+        ledger calls finish even if the caller is cancelled meanwhile (they run shielded)."""
         keys = [k for k in self.held if k[0] == token and (deployments is None or k[1] in deployments)]
-        released = 0
+        calls = []
         for key in keys:
             held = self.held.pop(key, None)
             if held is None:  # another path released it between our scan and now
                 continue
-            released += 1
-            try:
-                await self.ledger.release(held.lease_id, held.host_id, now, self.settle_s)
-            except Exception:
-                log.warning("VRAM ledger release failed; the lease will expire", exc_info=True)
+            calls.append(self._keep(self._release_one(held.lease_id, held.host_id, now)))
         if deployments is None or not any(k[0] == token for k in self.held):
             self.renewed_at.pop(token, None)
-        return released
+        if calls:
+            await asyncio.shield(asyncio.gather(*calls))
+        return len(calls)
+
+    async def _release_one(self, lease_id: str, host_id: str, now: float) -> None:
+        try:
+            await self.ledger.release(lease_id, host_id, now, self.settle_s)
+        except Exception:
+            log.warning("VRAM ledger release failed; the lease will expire", exc_info=True)
+
+    def _keep(self, call: asyncio.Future[object] | object) -> asyncio.Task[object]:
+        task: asyncio.Task[object] = asyncio.ensure_future(call)  # type: ignore[arg-type]
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+        return task
+
+    def _undo(self, call: asyncio.Task[bool], lease_id: str, host_id: str) -> None:
+        """A reserve whose caller was cancelled: release it if the ledger granted it."""
+        if call.cancelled() or call.exception() is not None or not call.result():
+            return
+        self._keep(self._release_one(lease_id, host_id, time.time()))
 
     def _prune(self, now: float) -> None:
         """Forget worker-side records of leases that have expired in the ledger (bounded memory)."""

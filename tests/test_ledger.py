@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 from collections.abc import AsyncIterator
 
 import pytest
 
-from capability_matrix.model import WarmState
+from capability_matrix import DEFAULT_MATRIX_PATH, load_matrix
+from capability_matrix.model import Matrix, Profile, WarmState
+from litellm_hooks.reservations import Reservations
+from tests.harness import eventually
 from tests.redis_server import RedisServer
 from torchrouter.redis_ledger import RedisLedger
 from torchrouter_core.ledger import (
@@ -21,6 +25,7 @@ from torchrouter_core.ledger import (
     memory_claim,
     pending_by_model,
 )
+from torchrouter_core.usability import HostRoom
 
 NOW = 1_000_000.0
 _prefixes = itertools.count()
@@ -203,3 +208,45 @@ async def test_a_released_load_settles_until_the_poll_lists_it(ledger: Ledger) -
     # the settling lease runs out at NOW + 4 whatever the poll says
     assert await ledger.view(NOW + 4, {}) == {}
     assert await ledger.reserve(req("c", "y", 20), NOW + 4)
+
+
+# -- the hooks' side: a caller cancelled mid-call never strands a lease -----
+def _cold_pick() -> tuple[Profile, Matrix]:
+    matrix = load_matrix(DEFAULT_MATRIX_PATH)
+    local = next(p for p in matrix.profiles.values() if p.is_local)
+    return dataclasses.replace(local, warm_state=WarmState.COLD), matrix
+
+
+async def test_a_reserve_cancelled_mid_call_is_given_back(ledger: Ledger) -> None:
+    # LiteLLM cancels a call whose client left (cancel_on_disconnect) wherever it is awaiting, also while
+    # the ledger answers a reserve: a grant then made must be released, not left to expire.
+    reservations = Reservations(ledger, settle_s=0.0)
+    profile, matrix = _cold_pick()
+    task = asyncio.create_task(reservations.reserve("tok", profile, HostRoom(1000.0, 3), matrix, NOW))
+    await asyncio.sleep(0)  # the reserve is now waiting on the ledger
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+    async def empty() -> bool:
+        return await ledger.view(NOW, {}) == {}
+
+    await eventually(empty, timeout_s=5, what="the cancelled reserve given back")
+    assert reservations.held == {}
+    await eventually(lambda: not reservations.background, timeout_s=5, what="the background calls done")
+
+
+async def test_a_release_cancelled_mid_call_still_completes(ledger: Ledger) -> None:
+    reservations = Reservations(ledger, settle_s=0.0)
+    profile, matrix = _cold_pick()
+    assert await reservations.reserve("tok", profile, HostRoom(1000.0, 3), matrix, NOW)
+    task = asyncio.create_task(reservations.release("tok", None, NOW))
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+    async def empty() -> bool:
+        return await ledger.view(NOW, {}) == {}
+
+    await eventually(empty, timeout_s=5, what="the release finished after its caller was cancelled")
