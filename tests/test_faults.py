@@ -196,7 +196,8 @@ async def test_a_host_that_goes_down_and_comes_back(fault_stack: Stack, fault_ur
     assert [a.status for a in answers] == [200] * len(answers)
     events = fault_stack.events()[fault_stack.mark :]
     host_changes = changes(events, HOST)
-    assert host_changes and host_changes[-1]["to_state"] == "open" and host_changes[-1]["scope"] == "host"
+    # It opened (by now it may already be half-open: the cool-off here is 1 s, and a busy machine is slow).
+    assert any(c["to_state"] == "open" and c["scope"] == "host" for c in host_changes), host_changes
     assert_nothing_sent_while_open(events, HOST)
     fault_stack.sim.set_fault(HOST, "none")
     await recover(fault_url, fault_stack, HOST)
