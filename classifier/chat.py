@@ -243,13 +243,43 @@ async def _forward(
     # The tier's total budget bounds everything until LiteLLM's answer starts (queue wait and every failed
     # hop included); a non-streamed answer is whole by then, a stream runs on LiteLLM's inter-chunk budget.
     total_s = budget_for(settings.time_budgets, trace.tier).total_s
+    deadline = _Deadline(max(0.001, total_s - (sent - started)))
     try:
-        async with asyncio.timeout(max(0.001, total_s - (sent - started))) as limit:
-            return await _exchange(
-                request, upstream_body, headers, trace, group, (started, sent), relay, limit
-            )
+        return await _exchange(
+            request, upstream_body, headers, trace, group, (started, sent), relay, deadline
+        )
+    except asyncio.CancelledError:
+        if deadline.expired and deadline.task.uncancel() == 0:  # our timer, not the client leaving
+            raise UpstreamTimeout(f"no answer within the tier's total budget of {total_s:g} s") from None
+        raise
     except TimeoutError:
         raise UpstreamTimeout(f"no answer within the tier's total budget of {total_s:g} s") from None
+    finally:
+        deadline.cancel()
+
+
+class _Deadline:
+    """The tier's total budget as one plain timer that cancels the handler's task when it fires (as the
+    lane waiters' timers do): on every request it is cheaper than ``asyncio.timeout``'s context manager,
+    ``Timeout`` object and reschedule. ``expired`` tells the caller the cancellation was the budget's."""
+
+    __slots__ = ("_handle", "expired", "task")
+
+    def __init__(self, delay_s: float) -> None:
+        task = asyncio.current_task()
+        if task is None:
+            raise RuntimeError("_Deadline needs a running task (a request handler)")
+        self.task = task
+        self.expired = False
+        self._handle = asyncio.get_running_loop().call_later(delay_s, self._expire)
+
+    def _expire(self) -> None:
+        self.expired = True
+        self.task.cancel()
+
+    def cancel(self) -> None:
+        """The answer has started (or the exchange ended): the budget no longer applies."""
+        self._handle.cancel()
 
 
 async def _exchange(
@@ -260,13 +290,13 @@ async def _exchange(
     group: str,
     times: tuple[float, float],
     relay: Relay,
-    limit: asyncio.Timeout,
+    deadline: _Deadline,
 ) -> web.StreamResponse:
     """One exchange with LiteLLM; ``times``: (request started, forwarded) from ``perf_counter``."""
     app = request.app
     started, sent = times
     async with app[FORWARDER_KEY].open("POST", "/v1/chat/completions", upstream_body, headers) as upstream:
-        limit.reschedule(None)  # the answer has started: the total budget is met
+        deadline.cancel()  # the answer has started: the total budget is met
         headers_at = time.perf_counter()
         report = RouteReport.from_headers(upstream.headers)
         _annotate(trace, report, app[MATRIX_KEY], group)
