@@ -47,7 +47,7 @@ from torchrouter_core.errors import ApiError, PayloadTooLarge, QueueFull, Upstre
 from torchrouter_core.fallbacks import failure_chain
 from torchrouter_core.feasibility import explain_no_deployment
 from torchrouter_core.queue_policy import GroupSnapshot, finite_ms
-from torchrouter_core.routing import RoutingMode, ladder_step_kind
+from torchrouter_core.routing import ladder_step_kind
 
 log = logging.getLogger("torchrouter.classifier")
 
@@ -342,7 +342,7 @@ def _failure_chain(app: web.Application, decision: RouteDecision, admission: Adm
     chain, _ = failure_chain(
         app[AGENTS_KEY].current.fallbacks(decision.tier),
         group=admission.group,
-        mode=RoutingMode(app[SETTINGS_KEY].routing_mode),
+        mode=app[SETTINGS_KEY].routing_mode,
         cloud_locked=app[FLEET_KEY].budget_reason(time.time()) is not None,
         matrix=app[MATRIX_KEY].current,
         needs=decision.needs,

@@ -31,6 +31,7 @@ Pure: values in, values out.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Collection, Mapping, Sequence
 
 from capability_matrix import Matrix
@@ -58,23 +59,37 @@ def failure_chain(
     chain: Sequence[str],
     *,
     group: str,
-    mode: RoutingMode,
+    mode: RoutingMode | str,
     cloud_locked: bool,
     matrix: Matrix,
     needs: RequestNeeds,
     passed: Collection[str] = (),
 ) -> tuple[tuple[str, ...], Mapping[str, str]]:
     """The groups LiteLLM may fall back to after ``group`` fails, in order, and the groups dropped because
-    no deployment could ever carry the request (group -> reason, as the feasibility rule words it)."""
-    allowed = allowed_groups(chain, group=group, mode=mode, cloud_locked=cloud_locked, passed=passed)
-    if not allowed:
+    no deployment could ever carry the request (group -> reason, as the feasibility rule words it).
+    ``mode``: a :class:`RoutingMode` or its value (``ROUTING_MODE`` as the settings hold it)."""
+    steps, groups = _allowed(tuple(chain), group, mode, cloud_locked, tuple(passed))
+    if not steps:
         return (), {}
-    steps = [LadderStep(g, "cloud" if g in CLOUD_GROUPS else "local") for g in allowed]
     try:
         feasible = feasible_steps(steps, matrix, needs)
     except Impossible:  # none of them could carry it: nowhere to fall back to
-        return (), dict.fromkeys(allowed, "infeasible")
+        return (), dict.fromkeys(groups, "infeasible")
+    if not feasible.dropped:  # the usual case: every one of them could
+        return groups, feasible.dropped
     return tuple(step.group for step in feasible.steps), feasible.dropped
+
+
+@functools.lru_cache(maxsize=1024)
+def _allowed(
+    chain: tuple[str, ...], group: str, mode: RoutingMode | str, cloud_locked: bool, passed: tuple[str, ...]
+) -> tuple[tuple[LadderStep, ...], tuple[str, ...]]:
+    """A function of these alone (a few chains x 6 groups x 3 modes x 2 x the lanes passed over), so it is
+    worked out once per combination, not per request (a mode and its value are one key: a StrEnum)."""
+    allowed = allowed_groups(
+        chain, group=group, mode=RoutingMode(mode), cloud_locked=cloud_locked, passed=passed
+    )
+    return tuple(LadderStep(g, "cloud" if g in CLOUD_GROUPS else "local") for g in allowed), allowed
 
 
 def chain_problems(directory: AgentDirectory, groups: Collection[str]) -> list[str]:
