@@ -36,6 +36,7 @@ DEPTH_PER_SLOT = 4
 MIN_DEPTH = 4
 
 OnDivert = Callable[[str, str, str, float], None]  # (from group, to group or "", reason, estimated ms)
+OnWait = Callable[[str, GroupSnapshot, float], None]  # (group, its queue as the policy saw it, estimated ms)
 
 
 @dataclass
@@ -81,7 +82,11 @@ class Lanes:
 
         return queue.snapshot(service_ms, service_of)
 
-    async def admit(self, decision: RouteDecision, on_divert: OnDivert | None = None) -> Admission:
+    async def admit(
+        self, decision: RouteDecision, on_divert: OnDivert | None = None, on_wait: OnWait | None = None
+    ) -> Admission:
+        """Walk the ladder: ``on_divert`` hears every step passed over, ``on_wait`` a step the policy chose
+        to wait for, as the wait starts (both in the order they happen)."""
         started = time.perf_counter()
         if not self.enabled:
             return Admission(decision.ladder[0], None, 0.0, admitted_at=started)
@@ -110,6 +115,8 @@ class Lanes:
             step, rest = steps[outcome.chosen], steps[outcome.chosen + 1 :]
             chosen = outcome.decisions[outcome.chosen]
             estimated_ms = chosen.est_ms if isinstance(chosen, Wait) else 0.0
+            if on_wait is not None and isinstance(chosen, Wait):
+                on_wait(step.group, self.snapshot(step.group), estimated_ms)
             service_ms = self.estimator.service_ms(step.group)
             queue = self.queues.get(step.group)
             ticket: Ticket | None = None

@@ -44,8 +44,9 @@ from torchrouter_core.budgets import budget_for
 from torchrouter_core.contract import RouteReport, RouteRequest
 from torchrouter_core.decide import CloudLocked, RouteDecision, decide
 from torchrouter_core.errors import ApiError, PayloadTooLarge, QueueFull, UpstreamTimeout, verdict_error
+from torchrouter_core.fallbacks import failure_chain
 from torchrouter_core.feasibility import explain_no_deployment
-from torchrouter_core.queue_policy import finite_ms
+from torchrouter_core.queue_policy import GroupSnapshot, finite_ms
 from torchrouter_core.routing import ladder_step_kind
 
 log = logging.getLogger("torchrouter.classifier")
@@ -135,29 +136,37 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             step=ladder_step_kind(to_group or None),
         )
 
+    def on_wait(group: str, lane: GroupSnapshot, est_ms: float) -> None:
+        # Every slot of the lane is taken and the estimate is within the tier's wait budget: it waits.
+        events.emit(
+            "degradation_ladder_step",
+            **who,
+            group=decision.first_group,
+            from_group=group,
+            to_group=group,
+            reason="slots_busy",
+            estimated_wait_ms=finite_ms(est_ms),
+            step="wait",
+            slots=lane.limit,
+            busy=lane.active,
+            ahead=lane.depth,
+            wait_budget_ms=decision.wait_budget_ms,
+        )
+
     outcome = "error"  # until a path below says otherwise: an unexpected exception is never a success
     status = 0
+    fallbacks: tuple[str, ...] = ()  # the failure chain sent to LiteLLM (torchrouter_core.fallbacks)
     relay = Relay()
     admission: Admission | None = None
     try:
-        admission = await app[LANES_KEY].admit(decision, on_divert)
-        if admission.estimated_ms > 0:  # the policy chose to wait for this lane rather than step down
-            events.emit(
-                "degradation_ladder_step",
-                **who,
-                group=decision.first_group,
-                from_group=admission.group,
-                to_group=admission.group,
-                reason="wait",
-                estimated_wait_ms=finite_ms(admission.estimated_ms),
-                step="wait",
-            )
+        admission = await app[LANES_KEY].admit(decision, on_divert, on_wait)
         trace.group = admission.group
         trace.queue_ms = admission.queue_ms
         metrics.child(metrics.queue_wait, admission.group).observe(admission.queue_ms / 1e3)
         if admission.diverts:
             trace.fallback = "ladder:" + "->".join([*(g for g, _ in admission.diverts), admission.group])
-        response = await _forward(request, body, decision, admission.group, trace, started, relay)
+        fallbacks = _failure_chain(app, decision, admission)
+        response = await _forward(request, body, decision, admission.group, trace, started, relay, fallbacks)
         status = relay.status
         outcome = "upstream_error" if status >= 400 else "ok"
         return response
@@ -211,6 +220,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             warm_state=trace.warm_state,
             estimated_wait_ms=None if admission is None else round(admission.estimated_ms, 1),
             service_estimate_ms=None if admission is None else round(admission.service_ms, 1),
+            fallbacks=list(fallbacks),
         )
 
 
@@ -222,12 +232,15 @@ async def _forward(
     trace: RouteTrace,
     started: float,
     relay: Relay,
+    fallbacks: tuple[str, ...] = (),
 ) -> web.StreamResponse:
     """Forward to LiteLLM with model=group and relay the answer, recording its progress in ``relay`` (which
-    the caller still reads when the client goes away part-way)."""
+    the caller still reads when the client goes away part-way). ``fallbacks``: the failure chain, sent as
+    LiteLLM's own per-request ``fallbacks`` (none: ``disable_fallbacks``)."""
     app = request.app
     settings = app[SETTINGS_KEY]
-    upstream_body = orjson.dumps({**body, "model": group, **decision.upstream_extras})
+    chain: dict[str, Any] = {"fallbacks": list(fallbacks)} if fallbacks else {"disable_fallbacks": True}
+    upstream_body = orjson.dumps({**body, "model": group, **decision.upstream_extras, **chain})
     route = RouteRequest(
         request_id=trace.request_id,
         group=group,
@@ -323,6 +336,21 @@ async def _exchange(
         return web.Response(status=upstream.status, body=payload, headers={**out_headers, **trace.headers()})
 
 
+def _failure_chain(app: web.Application, decision: RouteDecision, admission: Admission) -> tuple[str, ...]:
+    """Where LiteLLM may go after the admitted group fails: the tier's chain from the agents file, without
+    the groups the ladder passed over and what the mode, the budget and feasibility rule out."""
+    chain, _ = failure_chain(
+        app[AGENTS_KEY].current.fallbacks(decision.tier),
+        group=admission.group,
+        mode=app[SETTINGS_KEY].routing_mode,
+        cloud_locked=app[FLEET_KEY].budget_reason(time.time()) is not None,
+        matrix=app[MATRIX_KEY].current,
+        needs=decision.needs,
+        passed=[group for group, _ in admission.diverts],
+    )
+    return chain
+
+
 def _refused(
     request: web.Request, exc: ApiError, trace: RouteTrace, client_request_id: str | None, started: float
 ) -> web.Response:
@@ -381,7 +409,11 @@ def _annotate(trace: RouteTrace, report: RouteReport, matrix: MatrixStore, group
         trace.warm_state = report.warm_state.value
     if report.score_ms is not None:
         trace.score_ms = report.score_ms
-    if report.fallbacks > 0:  # LiteLLM's own count of failure fallbacks; the deployment names the group
+    if len(report.groups) > 1:  # the hooks' record of every hop's group, in order
+        step = "fallback:" + "->".join(report.groups)
+    elif report.fallbacks > 0:  # LiteLLM's own count of failure fallbacks; the deployment names the group
         profile = matrix.current.profiles.get(trace.model)
         step = f"fallback:{group}->{profile.lane if profile is not None else 'unknown'}"
-        trace.fallback = step if trace.fallback == "none" else f"{trace.fallback};{step}"
+    else:
+        return
+    trace.fallback = step if trace.fallback == "none" else f"{trace.fallback};{step}"

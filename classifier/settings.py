@@ -60,7 +60,8 @@ ENV_DOCS: dict[str, tuple[str, str]] = {
     "TORCHROUTER_TIER_DEFAULT": ("H", "tier (H, R or C) of a request the learned model is unsure of"),
     "TORCHROUTER_LEDGER_REDIS_URL": (
         "(none: in-process)",
-        "the VRAM ledger's backend: redis://host:port/db shares it across LiteLLM workers",
+        "redis://host:port/db: the VRAM ledger and the daily spend book shared across LiteLLM workers "
+        "(the classifier reads the spend at start)",
     ),
     "TORCHROUTER_LEDGER_LEASE_S": ("60", "seconds a VRAM reservation lives unless renewed (streams renew)"),
     "TORCHROUTER_RANKER_WEIGHTS": (
@@ -126,6 +127,7 @@ class Settings:
     lane_caps: Mapping[str, int] = field(default_factory=dict)
     time_budgets: Mapping[str, TimeBudget] = field(default_factory=lambda: dict(DEFAULT_BUDGETS))
     spend_path: Path | None = None
+    spend_redis_url: str | None = None  # TORCHROUTER_LEDGER_REDIS_URL: the spend book is in Redis
     probe_interval_s: float = 2.0
     local_host_id: str | None = None
     client_keys: tuple[Secret, ...] = ()
@@ -183,6 +185,8 @@ class Settings:
                 raise SettingsError(f"TORCHROUTER_LANE_LIMITS: {exc}") from None
         if env.get("TORCHROUTER_SPEND_PATH"):
             values["spend_path"] = Path(env["TORCHROUTER_SPEND_PATH"])
+        if env.get("TORCHROUTER_LEDGER_REDIS_URL"):
+            values["spend_redis_url"] = env["TORCHROUTER_LEDGER_REDIS_URL"]
         if env.get("TORCHROUTER_TIME_BUDGETS"):
             try:
                 values["time_budgets"] = parse_time_budgets(env["TORCHROUTER_TIME_BUDGETS"])

@@ -3,9 +3,10 @@
 The variables are the classifier's own names (``classifier.settings.ENV_DOCS`` documents them all):
 ``TORCHROUTER_CAPABILITY_MATRIX_PATH``, ``TORCHROUTER_ROUTING_CONTINUITY_EVENT_PATH``,
 ``TORCHROUTER_DAILY_BUDGET_USD``, ``TORCHROUTER_PROBE_INTERVAL_S``, the VRAM ledger's
-``TORCHROUTER_LEDGER_REDIS_URL`` (unset: the in-process ledger, right for one LiteLLM worker; set: every
-worker shares the Redis ledger) and ``TORCHROUTER_LEDGER_LEASE_S``, the ranker's per-tier weights
-``TORCHROUTER_RANKER_WEIGHTS`` (``torchrouter_core.ranker.scorers.parse_tier_weights``),
+``TORCHROUTER_LEDGER_REDIS_URL`` (unset: the in-process ledger and the file spend book, right for one
+LiteLLM worker; set: every worker shares the Redis ledger and the Redis spend book) and
+``TORCHROUTER_LEDGER_LEASE_S``, the ranker's per-tier weights ``TORCHROUTER_RANKER_WEIGHTS``
+(``torchrouter_core.ranker.scorers.parse_tier_weights``),
 ``TORCHROUTER_SPEND_PATH``, ``TORCHROUTER_BREAKER`` (circuit-breaker settings,
 :func:`torchrouter_core.breaker.parse_breaker_config`) and ``TORCHROUTER_TIME_BUDGETS``
 (:func:`torchrouter_core.budgets.parse_time_budgets`). A bad value raises

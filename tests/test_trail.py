@@ -166,6 +166,44 @@ def test_story_and_render() -> None:
     assert trail.last_request_id(STORY) == RID
 
 
+def test_a_wait_a_hop_and_the_failure_chain_are_told() -> None:
+    wait = ev(
+        "degradation_ladder_step",
+        group="fast-chat",
+        from_group="balanced",
+        to_group="balanced",
+        reason="slots_busy",
+        estimated_wait_ms=1200.0,
+        step="wait",
+        slots=1,
+        busy=1,
+        ahead=0,
+        wait_budget_ms=5000,
+    )
+    hop = ev(
+        "fallback_selected",
+        group="balanced",
+        from_group="balanced",
+        to_group="cloud-fast",
+        planned=True,
+        hop=1,
+        reason="attempt_failed:timeout",
+    )
+    done = {**STORY[-1], "fallbacks": ["cloud-fast", "code"]}
+    events = [*STORY[:2], wait, *STORY[2:5], hop, *STORY[6:-1], done]  # the hop replaces the old fallback
+    assert trail.problems([wait, hop, done]) == []
+    assert trail.problems([{**wait, "slots": -1}, {**hop, "hop": 0}]) != []
+    text = trail.render(trail.story(events, RID))
+    for line in (
+        "ladder step: wait for balanced (slots_busy: 1 of 1 slots busy, 0 ahead; estimated wait 1200.0 ms, "
+        "budget 5000.0 ms)",
+        "failure chain: cloud-fast -> code",
+        "fallback: balanced -> cloud-fast (hop 1, planned, after attempt_failed:timeout)",
+    ):
+        assert line in text, text
+    assert "(not planned)" not in text
+
+
 def test_explain_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "events.jsonl"
     path.write_text("".join(json.dumps(e) + "\n" for e in STORY) + '{"torn": ')

@@ -101,14 +101,37 @@ def cmd_sim(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     from capability_matrix import validate_files
 
-    problems = validate_files(args.matrix, args.config)
+    problems = [*validate_files(args.matrix, args.config), *_agents_problems(args.agents, args.config)]
     for line in problems:
         print(line)
     if problems:
-        print(f"{len(problems)} problem(s) in {args.matrix} / {args.config}", file=sys.stderr)
+        print(f"{len(problems)} problem(s) in {args.matrix} / {args.config} / {args.agents}", file=sys.stderr)
         return 1
-    print(f"ok: {args.matrix} and {args.config} agree")
+    print(f"ok: {args.matrix}, {args.config} and {args.agents} agree")
     return 0
+
+
+def _agents_problems(agents_path: Path, config_path: Path) -> list[str]:
+    """The agents file (tiers, first lanes, failure chains, agents) parsed as the classifier does, and every
+    group it names checked against the LiteLLM config's model groups; one line per problem."""
+    import yaml
+
+    from torchrouter_core.fallbacks import chain_problems
+    from torchrouter_core.tiering import DirectoryError, parse_agent_directory_yaml
+
+    try:
+        directory = parse_agent_directory_yaml(agents_path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        return [f"{agents_path}: cannot read: {exc.strerror or exc}"]
+    except (DirectoryError, UnicodeDecodeError) as exc:
+        return [f"{agents_path}: {exc}"]
+    try:
+        config = yaml.safe_load(config_path.read_bytes())
+    except (OSError, yaml.YAMLError):
+        return []  # validate_files has said what is wrong with the config
+    model_list = config.get("model_list") if isinstance(config, dict) else None
+    groups = {str(d.get("model_name")) for d in model_list or [] if isinstance(d, dict)}
+    return [f"{agents_path}: {line}" for line in chain_problems(directory, groups)]
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -182,9 +205,14 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--cloud-key", default=SIM_CLOUD_KEY)
     sim.set_defaults(func=cmd_sim)
 
-    validate = sub.add_parser("validate", help="check the matrix against its schema and litellm_config.yaml")
+    validate = sub.add_parser(
+        "validate",
+        help="check the matrix against its schema and litellm_config.yaml, and the agents file's tiers "
+        "(first lanes, failure fallbacks) against the config's groups",
+    )
     validate.add_argument("--matrix", type=Path, default=default_matrix)
     validate.add_argument("--config", type=Path, default=default_config)
+    validate.add_argument("--agents", type=Path, default=PACKAGE_ROOT / "classifier" / "agents.yaml")
     validate.set_defaults(func=cmd_validate)
     add_tiers_parser(sub)  # torchrouter tiers train|eval (torchrouter/tiers.py)
 

@@ -126,6 +126,14 @@ def render(s: Mapping[str, Any]) -> str:
             f"  ladder: {' -> '.join(c.get('ladder') or [])}" + ("  [canary]" if c.get("canary") else "")
         )
     for step in s["ladder_steps"]:
+        if step.get("step") == "wait":
+            lines.append(
+                f"  ladder step: wait for {step.get('from_group')} ({step.get('reason')}: "
+                f"{step.get('busy')} of {step.get('slots')} slots busy, {step.get('ahead')} ahead; "
+                f"estimated wait {_ms(step.get('estimated_wait_ms'))}, "
+                f"budget {_ms(step.get('wait_budget_ms'))})"
+            )
+            continue
         lines.append(
             f"  ladder step: {step.get('from_group')} -> {step.get('to_group') or '(none left)'} "
             f"({step.get('reason')}; estimated wait {_ms(step.get('estimated_wait_ms'))})"
@@ -156,9 +164,13 @@ def render(s: Mapping[str, Any]) -> str:
             f"  breaker {b.get('scope')} {b.get('target')}: {b.get('from_state')} -> {b.get('to_state')} "
             f"({b.get('reason')})"
         )
+    if done and done.get("fallbacks"):
+        lines.append(f"  failure chain: {' -> '.join(done['fallbacks'])}")
     for f in s["fallbacks"]:
         planned = "planned" if f.get("planned") else "not planned"
-        lines.append(f"  fallback: {f.get('from_group')} -> {f.get('to_group')} ({planned})")
+        hop = f"hop {f['hop']}, " if f.get("hop") else ""
+        why = f", after {f['reason']}" if f.get("reason") else ""
+        lines.append(f"  fallback: {f.get('from_group')} -> {f.get('to_group')} ({hop}{planned}{why})")
     if s["rejected"]:
         r = s["rejected"]
         lines.append(
