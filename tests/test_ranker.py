@@ -18,9 +18,12 @@ from capability_matrix import (
     MemorySource,
     Profile,
     Provider,
+    ResidentModel,
     WarmState,
 )
-from torchrouter_core import usability
+from torchrouter_core import eviction, usability
+from torchrouter_core.eviction import EvictionRules, Keep
+from torchrouter_core.memory import OLLAMA_MIN_MEMORY_GB
 from torchrouter_core.ranker import (
     Filter,
     FleetSnapshot,
@@ -35,10 +38,11 @@ from torchrouter_core.ranker import (
     scorers,
 )
 from torchrouter_core.ranker.observed import ObservedTimes
-from torchrouter_core.ranker.select import select
+from torchrouter_core.ranker.select import select, snapshot
 from torchrouter_core.usability import HostRoom
 
 HOST = "box-10.0.0.1"
+NOW = 1_000_000.0
 
 BASE = Profile(
     key=f"{HOST}/ollama/base",
@@ -111,8 +115,12 @@ def test_host_rooms_count_resident_models_once_and_use_measured_memory() -> None
         },
     )
     measured = LiveOverlay(memory={HOST: HostMemory(24.0, 20.0, MemorySource.OLLAMA_PS)})
-    assert usability.host_rooms(matrix, measured) == {HOST: HostRoom(4.0, 2)}
-    assert usability.host_rooms(matrix, LiveOverlay()) == {HOST: HostRoom(24.0, 2)}  # declared capacity
+    # m1 is resident once (two lanes, one copy), hot (served within the hot window): kept
+    m1 = usability.Resident("m1", 10.0 + OLLAMA_MIN_MEMORY_GB, Keep.HOT)
+    assert usability.host_rooms(matrix, measured) == {HOST: HostRoom(4.0, 2, (m1,))}
+    assert usability.host_rooms(matrix, LiveOverlay()) == {HOST: HostRoom(24.0, 2, (m1,))}  # declared
+    off = EvictionRules(enabled=False)  # no eviction planned: residents are not listed
+    assert usability.host_rooms(matrix, measured, rules=off) == {HOST: HostRoom(4.0, 2)}
 
 
 # --- filters ----------------------------------------------------------------------------------------------
@@ -332,46 +340,204 @@ def test_estimated_ttft(profile: Profile, fleet: FleetSnapshot, ttft_s: float) -
     assert scorers.ttft(profile, fleet) == pytest.approx(2.0 / (2.0 + ttft_s))
 
 
+FULL = "box-10.0.0.3"
+# a host whose free memory is taken by one idle model that saw some use: evicting it frees enough, for a price
+VICTIM = usability.Resident("victim", 10.0, charge_s=3.0)
+PINNED_ROOMS = {
+    HOST: HostRoom(free_gb=4.0, model_slots=1),
+    OTHER: HostRoom(free_gb=40.0, model_slots=2),
+    FULL: HostRoom(free_gb=4.0, model_slots=0, resident=(VICTIM,)),
+}
+
+
 def _pinned(busy: int) -> Ranking:
     """Four candidates of equal quality: warm and idle; cold on a host with free memory; warm with ``busy``
-    in flight on 2 slots; cold on a host whose memory is taken (it would need an eviction)."""
+    in flight on 2 slots; cold on a host whose memory is taken (it needs an eviction)."""
     candidates = [
         local(key="warm-idle"),
         local(key="cold-free", warm_state=WarmState.COLD, host_id=OTHER),
         local(key="warm-busy"),
-        local(key="cold-full", warm_state=WarmState.COLD, vram_gb=20.0),
+        local(key="cold-full", warm_state=WarmState.COLD, host_id=FULL),
     ]
-    fleet = FleetSnapshot(
-        in_flight={"warm-idle": 0, "warm-busy": busy},
-        slots=SLOTS2,
-        rooms={HOST: HostRoom(free_gb=4.0, model_slots=1), OTHER: HostRoom(free_gb=40.0, model_slots=2)},
-    )
+    fleet = FleetSnapshot(in_flight={"warm-idle": 0, "warm-busy": busy}, slots=SLOTS2, rooms=PINNED_ROOMS)
     return rank("balanced", candidates, RequestNeeds(), fleet=fleet, weights=scorers.TIER_WEIGHTS["R"])
 
 
-@pytest.mark.parametrize("busy", [2, 4, 6, 20])
+@pytest.mark.parametrize("busy", [2, 4, 6, 7, 8, 12, 20])
 def test_the_pinned_order(busy: int) -> None:
     """warm and idle > cold on a host with free memory > warm but saturated (until its wait exceeds the
-    load elsewhere) > a load that needs an eviction (never: it is filtered out, nothing is evicted)."""
+    load elsewhere) > a load that needs an eviction (until the saturated wait exceeds that load, the unload
+    and the evicted model's charge)."""
     ranking = _pinned(busy)
     s = ranking.scores
-    assert ranking.chosen.key == "warm-idle"
-    assert s["warm-idle"] > s["cold-free"] and s["warm-idle"] > s["warm-busy"]
-    assert ranking.rejected == {"cold-full": "no_room"}
+    assert ranking.chosen.key == "warm-idle" and ranking.rejected == {}
+    assert s["warm-idle"] > s["cold-free"] > s["cold-full"]  # an eviction always ranks below a free load
     wait_s = max(0, busy - 2 + 1) * scorers.DEFAULT_SERVICE_S / 2
     load_s = scorers.load_estimate_s(local())  # 6 s for the 10 GB model
-    if wait_s < load_s:
-        assert s["warm-busy"] > s["cold-free"]
-    else:
-        assert s["cold-free"] > s["warm-busy"]
+    evict_s = load_s + eviction.UNLOAD_S + VICTIM.charge_s  # 6 + 1.5 + 3 = 10.5 s
+    assert (s["warm-busy"] > s["cold-free"]) is (wait_s < load_s)
+    assert (s["warm-busy"] > s["cold-full"]) is (wait_s < evict_s)
+    if load_s < wait_s < evict_s:  # busy 8: the whole pinned order
+        assert s["warm-idle"] > s["cold-free"] > s["warm-busy"] > s["cold-full"]
     without_idle = rank(
         "balanced",
         [local(key="cold-free", warm_state=WarmState.COLD, host_id=OTHER), local(key="warm-busy")],
         RequestNeeds(),
-        fleet=FleetSnapshot(in_flight={"warm-busy": busy}, slots=SLOTS2, rooms={OTHER: HostRoom(40.0, 2)}),
+        fleet=FleetSnapshot(in_flight={"warm-busy": busy}, slots=SLOTS2, rooms=PINNED_ROOMS),
         weights=scorers.TIER_WEIGHTS["R"],
     )
     assert without_idle.chosen.key == ("warm-busy" if wait_s < load_s else "cold-free")
+    only_eviction = rank(
+        "balanced",
+        [local(key="warm-busy"), local(key="cold-full", warm_state=WarmState.COLD, host_id=FULL)],
+        RequestNeeds(),
+        fleet=FleetSnapshot(in_flight={"warm-busy": busy}, slots=SLOTS2, rooms=PINNED_ROOMS),
+        weights=scorers.TIER_WEIGHTS["R"],
+    )
+    assert only_eviction.chosen.key == ("warm-busy" if wait_s < evict_s else "cold-full")
+    # the event's TTFT of an eviction pick is its own (load + unload), the charge is the others'
+    if only_eviction.chosen.key == "cold-full":
+        assert only_eviction.ttft_s["cold-full"] == pytest.approx(load_s + eviction.UNLOAD_S)
+
+
+@pytest.mark.parametrize(
+    ("victim_keep", "reason"),
+    [
+        (None, None),  # idle: evicted
+        (eviction.Keep.BUSY, "no_room"),  # requests in flight: never evicted, nothing else frees enough
+        (eviction.Keep.HOT, "no_room"),
+        (eviction.Keep.LOADED_RECENTLY, "no_room"),
+        (eviction.Keep.EVICTED_RECENTLY, "no_room"),
+        (eviction.Keep.RESERVED, "no_room"),
+    ],
+)
+def test_the_room_filter_evicts_only_what_may_go(
+    victim_keep: eviction.Keep | None, reason: str | None
+) -> None:
+    victim = dataclasses.replace(VICTIM, keep=victim_keep)
+    fleet = FleetSnapshot(rooms={FULL: HostRoom(4.0, 0, (victim,))})
+    cold = local(warm_state=WarmState.COLD, host_id=FULL)
+    assert filters.room(cold, RequestNeeds(), fleet) == reason
+    assert (fleet.placement(cold) == usability.Placement((victim,))) is (reason is None)
+
+
+def test_a_resident_model_being_evicted_takes_no_work() -> None:
+    fleet = FleetSnapshot(rooms={HOST: HostRoom(4.0, 0, evicting=frozenset({"base"}))})
+    assert filters.room(local(), RequestNeeds(), fleet) == "evicting"
+    assert filters.room(local(model="other"), RequestNeeds(), fleet) is None
+
+
+# --- evictions through the hooks' selection step: busy models, hysteresis, the price ----------------------
+def _evict_matrix(*profiles: Profile) -> Matrix:
+    # 16 GB, two models at most: two 10 GB models never fit together
+    host = Host(FULL, "http://127.0.0.1:1", 16.0, 2, 2)
+    return Matrix("1.0", {FULL: host}, {p.key: p for p in profiles})
+
+
+def _evict_overlay(resident: str | None, since: float | None, now: float) -> LiveOverlay:
+    models = (
+        {}
+        if resident is None
+        else {f"{resident}:latest": ResidentModel(f"{resident}:latest", 10.0, now + 300, since)}
+    )
+    return LiveOverlay(
+        memory={FULL: HostMemory(16.0, 10.0 if resident else 0.0, MemorySource.OLLAMA_PS)},
+        resident={FULL: models},
+        observed_gb={(FULL, "a"): 10.0, (FULL, "b"): 10.0},
+    )
+
+
+def _ab(resident: str) -> tuple[Profile, Profile]:
+    state = {m: WarmState.WARM if m == resident else WarmState.COLD for m in ("a", "b")}
+    return (
+        local(key="a", model="a", host_id=FULL, lane="fast-chat", warm_state=state["a"]),
+        local(key="b", model="b", host_id=FULL, warm_state=state["b"]),
+    )
+
+
+def test_busy_models_are_never_evicted() -> None:
+    a, b = _ab(resident="a")
+    for in_flight, chosen in (({"a": 1}, None), ({"a": 0}, "b")):
+        selection = select(
+            "balanced",
+            ["b"],
+            RequestNeeds(),
+            matrix=_evict_matrix(a, b),
+            overlay=_evict_overlay("a", None, NOW),
+            in_flight=in_flight,
+            now=NOW,
+        )
+        assert (selection.chosen.key if selection.chosen else None) == chosen
+        if chosen is None:
+            assert selection.rejected == {"b": "no_room"}
+        else:
+            assert selection.placement is not None and [v.model for v in selection.placement.victims] == ["a"]
+            event = selection.event_fields()
+            assert event["eviction"]["victims"][0]["model"] == "a" and event["eviction"]["freed_gb"] == 10.0
+
+
+def test_hysteresis_two_models_do_not_thrash_on_one_host() -> None:
+    """b evicts a at t0; a request for a then finds b protected: loaded under 60 s ago, then for 300 s
+    the model that evicted a; only after both may a push b out."""
+    log = eviction.EvictionLog()
+    a, b = _ab(resident="a")
+    first = select(
+        "balanced", ["b"], RequestNeeds(), matrix=_evict_matrix(a, b), overlay=_evict_overlay("a", None, NOW),
+        in_flight={}, now=NOW, evicted_at=log.evicted_at,
+    )  # fmt: skip
+    assert first.chosen is not None and first.placement is not None and first.placement.victims
+    log.record(FULL, "b", NOW)  # the hooks record an eviction once its reservation is granted
+    a, b = _ab(resident="b")
+    loaded_at = NOW + 2  # the next poll lists b
+    for t, chosen in ((NOW + 30, None), (NOW + 100, None), (NOW + 299, None), (NOW + 301, "a")):
+        again = select(
+            "fast-chat", ["a"], RequestNeeds(), matrix=_evict_matrix(a, b),
+            overlay=_evict_overlay("b", loaded_at, t), in_flight={}, now=t, evicted_at=log.evicted_at,
+        )  # fmt: skip
+        assert (again.chosen.key if again.chosen else None) == chosen, t
+    room = snapshot(_evict_matrix(a, b), _evict_overlay("b", loaded_at, NOW + 30), ["a"], {}, now=NOW + 30,
+                    evicted_at=log.evicted_at).rooms  # fmt: skip
+    assert room is not None and room[FULL].resident[0].keep is eviction.Keep.LOADED_RECENTLY
+    room = snapshot(_evict_matrix(a, b), _evict_overlay("b", loaded_at, NOW + 100), ["a"], {}, now=NOW + 100,
+                    evicted_at=log.evicted_at).rooms  # fmt: skip
+    assert room is not None and room[FULL].resident[0].keep is eviction.Keep.EVICTED_RECENTLY
+
+
+def test_the_eviction_charge_steers_to_the_less_used_victim() -> None:
+    """Two hosts, each must evict an idle 10 GB model to load b: the one whose victim was asked for
+    recently costs a likely reload; the ranker evicts the idle-for-long one."""
+    other = "box-10.0.0.4"
+    host = Host(FULL, "http://127.0.0.1:1", 16.0, 2, 2)
+    matrix = Matrix(
+        "1.0",
+        {FULL: host, other: dataclasses.replace(host, host_id=other)},
+        {
+            p.key: p
+            for p in (
+                local(key="a1", model="a", host_id=FULL, warm_state=WarmState.WARM),
+                local(key="b1", model="b", host_id=FULL, warm_state=WarmState.COLD),
+                local(key="a2", model="a", host_id=other, warm_state=WarmState.WARM),
+                local(key="b2", model="b", host_id=other, warm_state=WarmState.COLD),
+            )
+        },
+    )
+    loaded = {h: {"a:latest": ResidentModel("a:latest", 10.0, NOW + 300, None)} for h in (FULL, other)}
+    overlay = LiveOverlay(
+        memory={h: HostMemory(16.0, 10.0, MemorySource.OLLAMA_PS) for h in (FULL, other)},
+        resident=loaded,
+        observed_gb={(h, m): 10.0 for h in (FULL, other) for m in ("a", "b")},
+    )
+    use = eviction.RecentUse()
+    for i in range(20):  # a on FULL served 20 requests in the last minute
+        use.record(FULL, "a", NOW - 60 + 3 * i)
+    selection = select(
+        "balanced", ["b1", "b2"], RequestNeeds(), matrix=matrix, overlay=overlay, in_flight={}, now=NOW,
+        use=use,
+    )  # fmt: skip
+    assert selection.chosen is not None and selection.chosen.key == "b2"
+    terms = selection.event_fields()
+    assert terms["eviction"]["charge_s"] == 0.0  # nobody asked for a on the other host
+    assert selection.ranking is not None and selection.ranking.scores["b1"] < selection.ranking.scores["b2"]
 
 
 def test_quality_leans_by_tier() -> None:

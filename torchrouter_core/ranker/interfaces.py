@@ -21,8 +21,10 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
 
-from capability_matrix.model import Profile
-from torchrouter_core.usability import HostRoom
+from capability_matrix.model import Profile, WarmState
+from torchrouter_core.eviction import UNLOAD_S
+from torchrouter_core.memory import claim_gb
+from torchrouter_core.usability import FITS, HostRoom, Placement, place
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,9 +43,11 @@ class RequestNeeds:
 @dataclass(frozen=True)
 class FleetSnapshot:
     """Requests in flight per profile key, the parallel slots behind each (from its host), and each host's
-    room (host id -> :class:`HostRoom`; a host absent from ``rooms`` is not checked for room); for the
-    expected time to first token: observed service seconds per request and cold-load seconds per profile
-    key (absent: the defaults in :mod:`.scorers`), and the request's prompt tokens."""
+    room (host id -> :class:`HostRoom`, residents and their eviction rules included; ``rooms`` ``None``:
+    room is not checked); for the expected time to first token: observed service seconds per request and
+    cold-load seconds per profile key (absent: the defaults in :mod:`.scorers`), and the request's prompt
+    tokens; every ``size_vram`` seen (``(host id, model)`` -> GB: what a load claims,
+    :func:`torchrouter_core.memory.claim_gb`) and the seconds each evicted model adds (``unload_s``)."""
 
     in_flight: Mapping[str, int] = field(default_factory=dict)
     slots: Mapping[str, int] = field(default_factory=dict)
@@ -54,6 +58,25 @@ class FleetSnapshot:
     # Profile key -> why it is refused for this request: its circuit breaker or its host's
     # (torchrouter_core.breaker), or ``already_tried`` (an earlier attempt of the same request used it).
     breakers: Mapping[str, str] = field(default_factory=dict)
+    observed_gb: Mapping[tuple[str, str], float] = field(default_factory=dict)
+    unload_s: float = UNLOAD_S
+    # id(profile) -> (profile, its placement): the same candidate is placed once per cycle
+    _placements: dict[int, tuple[Profile, Placement | None]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+
+    def placement(self, profile: Profile) -> Placement | None:
+        """Where a pick of ``profile`` would load its model (:func:`torchrouter_core.usability.place`):
+        :data:`~torchrouter_core.usability.FITS` for a resident or cloud profile, or when rooms are not
+        checked; ``None`` when a cold one has no room, even by evicting. Memoised per snapshot."""
+        if not profile.is_local or profile.warm_state is not WarmState.COLD or self.rooms is None:
+            return FITS
+        memo = self._placements.get(id(profile))
+        if memo is not None and memo[0] is profile:
+            return memo[1]
+        found = place(claim_gb(profile, self.observed_gb), self.rooms.get(profile.host_id), profile.model)
+        self._placements[id(profile)] = (profile, found)
+        return found
 
     def utilization(self, key: str) -> float:
         """In flight / slots, 0 when idle; a deployment with no known slots is full once anything runs."""

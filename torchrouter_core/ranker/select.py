@@ -14,12 +14,13 @@ from typing import Any
 
 from capability_matrix.live import LiveOverlay
 from capability_matrix.model import Matrix, Profile
+from torchrouter_core.eviction import DEFAULT_RULES, EvictionRules, RecentUse, eviction_charge_s
 from torchrouter_core.ledger import HostLedger
 from torchrouter_core.ranker import scorers
 from torchrouter_core.ranker.cycle import rank
 from torchrouter_core.ranker.interfaces import FleetSnapshot, NoCandidate, Ranking, RankOutcome, RequestNeeds
 from torchrouter_core.ranker.observed import ObservedTimes
-from torchrouter_core.usability import host_rooms
+from torchrouter_core.usability import ChargeFn, Placement, host_rooms
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,7 @@ class Selection:
     unknown: tuple[str | None, ...] = ()
     reason: str | None = None
     candidates: int = 0
+    placement: Placement | None = None  # the pick's: free memory, or which models it evicts
 
     @property
     def chosen(self) -> Profile | None:
@@ -67,10 +69,39 @@ class Selection:
             "scores": dict(self.ranking.scores),
             "score_terms": {k: dict(v) for k, v in self.ranking.terms.items()},
             "estimated_ttft_ms": round(self.ranking.ttft_s.get(chosen.key, 0.0) * 1e3, 1),
+            "eviction": _eviction_fields(self.placement),
             "rejected": dict(self.ranking.rejected),
             "unknown_deployments": list(self.unknown),
             "score_ms": self.score_ms,
         }
+
+
+def _eviction_fields(placement: Placement | None) -> dict[str, Any] | None:
+    if placement is None or not placement.victims:
+        return None
+    return {
+        "victims": [
+            {"model": v.model, "gb": round(v.gb, 3), "charge_s": round(v.charge_s, 3)}
+            for v in placement.victims
+        ],
+        "freed_gb": round(placement.freed_gb, 3),
+        "charge_s": round(placement.charge_s, 3),
+    }
+
+
+def charge_of(use: RecentUse | None, observed: ObservedTimes | None, now: float | None) -> ChargeFn | None:
+    """The eviction charge the hooks price a resident model with: its recent request rate (``use``) and
+    its reload time (observed cold loads of that deployment, else :func:`scorers.load_estimate_s`)."""
+    if use is None or now is None:
+        return None
+    loads = observed.load_s if observed is not None else {}
+
+    def charge(profile: Profile, expires_in_s: float | None) -> float:
+        rate = use.rate(profile.host_id, profile.model, now)
+        reload_s = loads.get(profile.key, scorers.load_estimate_s(profile))
+        return eviction_charge_s(rate, reload_s, expires_in_s)
+
+    return charge
 
 
 def snapshot(
@@ -82,22 +113,40 @@ def snapshot(
     prompt_tokens: int = 0,
     observed: ObservedTimes | None = None,
     breakers: Mapping[str, str] | None = None,
+    *,
+    now: float | None = None,
+    rules: EvictionRules = DEFAULT_RULES,
+    evicted_at: Mapping[tuple[str, str], float] | None = None,
+    use: RecentUse | None = None,
 ) -> FleetSnapshot:
     """The fleet as the ranker reads it, for the candidates ``keys`` (all in ``matrix``); ``reserved`` is
-    the VRAM ledger's view (host id -> reservations), taken off each host's room."""
+    the VRAM ledger's view (host id -> reservations), taken off each host's room; ``now``, ``rules``,
+    ``evicted_at`` and ``use`` feed the eviction rules and charges (:func:`host_rooms`)."""
     slots = {}
     for key in keys:
         profile = matrix.profiles[key]
         host = matrix.hosts.get(profile.host_id)
         slots[key] = profile.num_parallel or (host.num_parallel if host is not None else 0)
+    rooms = host_rooms(
+        matrix,
+        overlay,
+        reserved,
+        in_flight=in_flight,
+        now=now,
+        rules=rules,
+        evicted_at=evicted_at,
+        charge=charge_of(use, observed, now),
+    )
     return FleetSnapshot(
         in_flight=in_flight,
         slots=slots,
-        rooms=host_rooms(matrix, overlay, reserved),
+        rooms=rooms,
         prompt_tokens=prompt_tokens,
         service_s=observed.service_s if observed is not None else {},
         load_s=observed.load_s if observed is not None else {},
         breakers=breakers or {},
+        observed_gb=overlay.observed_gb,
+        unload_s=rules.unload_s,
     )
 
 
@@ -113,15 +162,41 @@ def select(
     weights: Mapping[str, float] = scorers.DEFAULT_WEIGHTS,
     observed: ObservedTimes | None = None,
     breakers: Mapping[str, str] | None = None,
+    now: float | None = None,
+    rules: EvictionRules = DEFAULT_RULES,
+    evicted_at: Mapping[tuple[str, str], float] | None = None,
+    use: RecentUse | None = None,
 ) -> Selection:
-    """``breakers``: profile key -> why its circuit breaker refuses it now (absent: admitted)."""
+    """``breakers``: profile key -> why its circuit breaker refuses it now (absent: admitted); ``now``
+    (Unix seconds), ``rules``, ``evicted_at`` and ``use``: the eviction rules' inputs (:func:`snapshot`).
+    The :class:`Selection`'s ``placement`` says whether the pick loads into free memory or evicts."""
     known = [k for k in deployment_keys if k is not None and k in matrix.profiles]
     unknown = tuple(k for k in deployment_keys if k is None or k not in matrix.profiles)
-    fleet = snapshot(matrix, overlay, known, in_flight, reserved, needs.prompt_tokens, observed, breakers)
+    fleet = snapshot(
+        matrix,
+        overlay,
+        known,
+        in_flight,
+        reserved,
+        needs.prompt_tokens,
+        observed,
+        breakers,
+        now=now,
+        rules=rules,
+        evicted_at=evicted_at,
+        use=use,
+    )
     try:
         ranking = rank(group, [matrix.profiles[k] for k in known], needs, fleet=fleet, weights=weights)
     except NoCandidate as exc:
         return Selection(
             group, exc.outcome, rejected=exc.rejected, unknown=unknown, reason=str(exc), candidates=len(known)
         )
-    return Selection(group, ranking.outcome, ranking=ranking, unknown=unknown, candidates=len(known))
+    return Selection(
+        group,
+        ranking.outcome,
+        ranking=ranking,
+        unknown=unknown,
+        candidates=len(known),
+        placement=fleet.placement(ranking.chosen),
+    )
