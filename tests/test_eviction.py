@@ -35,7 +35,16 @@ from torchrouter_core.eviction import (
 )
 from torchrouter_core.ledger import HostLedger, Lease
 from torchrouter_core.memory import OLLAMA_MIN_MEMORY_GB, claim_gb
-from torchrouter_core.usability import FITS, HostRoom, Placement, Resident, after, host_rooms, place
+from torchrouter_core.usability import (
+    FITS,
+    HostRoom,
+    Placement,
+    Resident,
+    ResidentInfo,
+    after,
+    host_rooms,
+    place,
+)
 
 NOW = 1_000_000.0
 HOST = "box-10.0.0.1"
@@ -312,3 +321,29 @@ def test_since_starts_with_the_first_poll_and_forgets_unloads() -> None:
     assert since == {HOST: {"a:1": None, "b:latest": NOW + 2}}
     assert next_since(since, poll(NOW + 4, reachable=False)) == since  # unreachable: kept
     assert next_since(since, poll(NOW + 4, "b")) == {HOST: {"b:latest": NOW + 2}}  # a unloaded: forgotten
+
+
+def test_a_residents_keep_reason_per_request_is_keep_reasons() -> None:
+    """ResidentInfo.now inlines keep_reason on the hot path: the same answer for every combination."""
+    import itertools
+
+    profile = PROFILES[0]
+    rules = EvictionRules()
+    for busy, evicting, leased, hot, since, evicted, now in itertools.product(
+        (False, True), (False, True), (False, True), (False, True),
+        (None, NOW - 10, NOW - 100), (None, NOW - 10, NOW - 1000), (None, NOW),
+    ):  # fmt: skip
+        info = ResidentInfo("old", 9.0, NOW + 5, since, hot, (profile.key,), profile)
+        held = HostLedger(
+            0.0,
+            (),
+            evicting=frozenset({"old"} if evicting else ()),
+            leased=frozenset({"old"} if leased else ()),
+        )
+        log = {(HOST, "old"): evicted} if evicted is not None else None
+        got = info.now(HOST, held, {profile.key: int(busy)}, now, rules, log, lambda p, e: 7.0).keep
+        want = keep_reason(
+            busy=busy, evicting=evicting, reserved=leased, hot=hot, since=since, evicted_at=evicted, now=now,
+            rules=rules,
+        )  # fmt: skip
+        assert got == want, (busy, evicting, leased, hot, since, evicted, now)

@@ -4,6 +4,7 @@ one cycle, and the hooks' selection step. Pure: no LiteLLM, no HTTP."""
 from __future__ import annotations
 
 import dataclasses
+import random
 from typing import Any
 
 import pytest
@@ -23,6 +24,7 @@ from capability_matrix import (
 )
 from torchrouter_core import eviction, usability
 from torchrouter_core.eviction import EvictionRules, Keep
+from torchrouter_core.ledger import HostLedger, Lease
 from torchrouter_core.memory import OLLAMA_MIN_MEMORY_GB
 from torchrouter_core.ranker import (
     Filter,
@@ -38,7 +40,7 @@ from torchrouter_core.ranker import (
     scorers,
 )
 from torchrouter_core.ranker.observed import ObservedTimes
-from torchrouter_core.ranker.select import select, snapshot
+from torchrouter_core.ranker.select import _select_plain, select, snapshot
 from torchrouter_core.usability import HostRoom
 
 HOST = "box-10.0.0.1"
@@ -599,3 +601,147 @@ def test_observed_times(
     cold_profile = local(key="k", warm_state=WarmState.COLD)
     expected = load if load is not None else scorers.load_estimate_s(cold_profile)
     assert scorers.estimated_ttft_s(cold_profile, fleet) == pytest.approx(expected)
+
+
+# --- the compiled cycle the hooks run answers exactly as the readable one ----------------------------------
+def _random_case(rng: random.Random) -> dict[str, Any]:
+    hosts = {
+        f"h{h}": Host(f"h{h}", "http://127.0.0.1:1", float(rng.choice((16, 24, 48))), rng.randint(1, 4),
+                      rng.randint(1, 4), gpu_overhead_gb=rng.choice((0.0, 0.0, 1.0)))
+        for h in range(rng.randint(1, 6))
+    }  # fmt: skip
+    profiles: dict[str, Profile] = {}
+    for i in range(rng.randint(1, 30)):
+        cloud = rng.random() < 0.15
+        host_id = (
+            "cloud" if cloud else rng.choice([*hosts, "undeclared"] if rng.random() < 0.05 else list(hosts))
+        )
+        model = f"m{rng.randint(0, 6)}"
+        key = f"{host_id}/{'openai' if cloud else 'ollama'}/{model}#{i}"
+        profiles[key] = local(
+            key=key,
+            host_id=host_id,
+            model=model,
+            provider=Provider.OPENAI if cloud else Provider.OLLAMA,
+            hardware_class=HardwareClass.CLOUD_GPU if cloud else HardwareClass.LOCAL_GPU,
+            warm_state=rng.choice(
+                [WarmState.COLD] * 3 + [WarmState.WARM] * 3 + [WarmState.HOT, WarmState.UNKNOWN]
+            ),
+            lockout_state=rng.choice([LockoutState.NONE] * 8 + list(LockoutState)),
+            supports_tools=rng.random() < 0.8,
+            input_modalities=rng.choice((frozenset({"text"}), IMAGE)),
+            context_window=rng.choice((4096, 8192, 32768)),
+            vram_gb=rng.choice((4.0, 6.5, 10.0, 19.0, 21.0)),
+            speed_score=rng.random(),
+            quality_score=rng.random(),
+            num_parallel=rng.choice((None, None, 1, 2, 4)),
+        )
+    matrix = Matrix("1.0", hosts, profiles)
+    now = NOW + rng.random() * 100
+    resident: dict[str, dict[str, ResidentModel]] = {}
+    observed: dict[tuple[str, str], float] = {}
+    for p in profiles.values():
+        if rng.random() < 0.5:
+            observed[(p.host_id, p.model)] = rng.choice((3.0, 7.0, 12.0, 30.0))
+        if p.is_local and p.warm_state in (WarmState.WARM, WarmState.HOT):
+            name = f"{p.model}:latest"
+            resident.setdefault(p.host_id, {})[name] = ResidentModel(
+                name,
+                5.0,
+                rng.choice((None, now + rng.random() * 300)),
+                rng.choice((None, now - rng.random() * 200)),
+            )
+    overlay = LiveOverlay(
+        memory={h: HostMemory(host.gpu_memory_gb, rng.choice((rng.random(), 0.95)) * host.gpu_memory_gb,
+                              MemorySource.OLLAMA_PS) for h, host in hosts.items() if rng.random() < 0.8},
+        resident=resident,
+        observed_gb=observed,
+    )  # fmt: skip
+    models = sorted({p.model for p in profiles.values()})
+    reserved: dict[str, HostLedger] = {}
+    for h in hosts:
+        if rng.random() < 0.4:
+            leases = [
+                Lease(f"l{j}", h, rng.choice(models), rng.choice((4.0, 8.0)), now + 60,
+                      tuple((m, 5.0) for m in rng.sample(models, rng.randint(0, min(2, len(models))))))
+                for j in range(rng.randint(1, 3))
+            ]  # fmt: skip
+            reserved[h] = HostLedger.of(leases, {n.removesuffix(":latest") for n in resident.get(h, {})})
+    keys = list(profiles)
+    rng.shuffle(keys)
+    use = eviction.RecentUse()
+    for p in profiles.values():
+        for _ in range(rng.randint(0, 3)):
+            use.record(p.host_id, p.model, now - rng.random() * 100)
+    observed_times = ObservedTimes()
+    for key in keys:
+        if rng.random() < 0.5:
+            observed_times.record(key, service_s=rng.random() * 5, ttft_s=rng.random() * 20, was_cold=True)
+    scorer_names = ["ttft", "quality", "speed", "warm", "idle"]
+    weights = (
+        dict(scorers.TIER_WEIGHTS[rng.choice("HRC")])
+        if rng.random() < 0.6
+        else {n: rng.random() for n in rng.sample(scorer_names, rng.randint(1, 5))}
+    )
+    return {
+        "group": "g",
+        "deployment_keys": keys[: rng.randint(1, len(keys))] + ([None, "nope"] if rng.random() < 0.1 else []),
+        "needs": RequestNeeds(
+            prompt_tokens=rng.choice((0, 100, 3000, 9000)),
+            max_output_tokens=rng.choice((0, 256)),
+            needs_tools=rng.random() < 0.2,
+            modalities=rng.choice((frozenset({"text"}), IMAGE)),
+        ),
+        "matrix": matrix,
+        "overlay": overlay,
+        "in_flight": {k: rng.randint(0, 5) for k in keys if rng.random() < 0.3},
+        "reserved": reserved or None,
+        "weights": weights,
+        "observed": observed_times,
+        "breakers": {k: "breaker_open" for k in keys if rng.random() < 0.1},
+        "now": now,
+        "rules": rng.choice(
+            (EvictionRules(), EvictionRules(enabled=False), EvictionRules(min_residency_s=5))
+        ),
+        "evicted_at": {
+            (p.host_id, p.model): now - rng.random() * 400 for p in profiles.values() if rng.random() < 0.2
+        },
+        "use": use,
+    }
+
+
+def test_the_compiled_cycle_answers_as_rank_does() -> None:
+    """select() runs the compiled cycle (torchrouter_core/ranker/compiled.py); on 600 random fleets and
+    requests it picks, scores, rejects and places exactly as rank() over the snapshot does."""
+    rng = random.Random(2024)
+    picked = evicting = 0
+    for case_no in range(600):
+        case = _random_case(rng)
+        fast = select(**case)
+        plain = _select_plain(**case)
+        where = f"case {case_no}"
+        assert (fast.outcome, fast.reason, fast.unknown, fast.candidates) == (
+            plain.outcome,
+            plain.reason,
+            plain.unknown,
+            plain.candidates,
+        ), where
+        assert dict(fast.rejected_now()) == dict(plain.rejected_now()), where
+        if plain.ranking is None:
+            assert fast.ranking is None, where
+            continue
+        assert fast.ranking is not None and fast.chosen is plain.chosen, where
+        assert fast.ranking.scores == plain.ranking.scores and fast.ranking.terms == plain.ranking.terms, (
+            where
+        )
+        assert fast.ranking.score_list == plain.ranking.score_list, where  # to the last bit, not rounded
+        assert fast.ranking.ttft_s == plain.ranking.ttft_s and fast.placement == plain.placement, where
+        assert fast.event_fields() | {"score_ms": 0} == plain.event_fields() | {"score_ms": 0}, where
+        picked += 1
+        fleet = snapshot(
+            case["matrix"], case["overlay"], [], case["in_flight"], case["reserved"], now=case["now"],
+            rules=case["rules"], evicted_at=case["evicted_at"], use=case["use"],
+        )  # fmt: skip
+        evicting += any(fleet.placement(case["matrix"].profiles[k]) not in (None, usability.FITS)
+                        for k in fast.ranking.keys)  # fmt: skip
+    assert picked > 300 and evicting > 20  # the cases reach picks and scored evictions, not only rejections

@@ -24,18 +24,20 @@ rooms across lanes; the ranker checks each candidate against them: both call :fu
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Final
 
 from capability_matrix.live import LiveOverlay, tagged
-from capability_matrix.model import LockoutState, Matrix, Profile, WarmState
-from torchrouter_core.eviction import DEFAULT_RULES, SKIPPED, EvictionRules, Keep, keep_reason
+from capability_matrix.model import Host, LockoutState, Matrix, Profile, WarmState
+from torchrouter_core.eviction import DEFAULT_RULES, SKIPPED, EvictionRules, Keep
 from torchrouter_core.ledger import EPS_GB, HostLedger
 from torchrouter_core.memory import claim_gb
 
 RESIDENT = (WarmState.WARM, WarmState.HOT)
+_NO_MODELS: Final[Mapping[str, list[Profile]]] = MappingProxyType({})
 _NO_OBSERVATIONS: Final[Mapping[tuple[str, str], float]] = MappingProxyType({})
 
 # (a resident profile, its remaining keep-alive in seconds or None) -> what evicting it costs later requests
@@ -160,67 +162,165 @@ def host_rooms(
     when each ``(host, model)``'s load last evicted something (``evicted_at``) and the charge of evicting
     each resident (``charge``; ``None``: free). Residents are ordered as Ollama unloads them: the
     earliest ``expires_at`` in ``/api/ps`` first (least recently used), then by name."""
-    by_host: dict[str, dict[str, list[Profile]]] = {}
-    for profile in matrix.profiles.values():
-        if profile.is_local and profile.warm_state in RESIDENT:
-            by_host.setdefault(profile.host_id, {}).setdefault(profile.model, []).append(profile)
-    observed = overlay.observed_gb or _NO_OBSERVATIONS
+    by_host = resident_profiles(matrix)
     rooms: dict[str, HostRoom] = {}
     for host_id, host in matrix.hosts.items():
         if hosts is not None and host_id not in hosts:
             continue
-        memory = overlay.memory.get(host_id)
-        free_gb = (memory.free_gb if memory is not None else host.gpu_memory_gb) - host.gpu_overhead_gb
-        models = by_host.get(host_id, {})
-        slots = host.max_loaded_models - len(models)
-        held = reserved.get(host_id) if reserved is not None else None
-        pending: frozenset[str] = frozenset()
-        evicting: frozenset[str] = frozenset()
-        if held is not None:
-            free_gb += held.freed_gb - held.reserved_gb
-            slots += len(held.evicting) - held.pending_models
-            pending, evicting = held.pending, held.evicting
-        residents: tuple[Resident, ...] = ()
-        if rules.enabled and models:
-            residents = _residents(
-                host_id, models, overlay, observed, held, in_flight, now, rules, evicted_at, charge
-            )
-        rooms[host_id] = HostRoom(max(0.0, free_gb), slots, residents, pending, evicting)
+        rooms[host_id] = host_room(
+            host,
+            by_host.get(host_id, _NO_MODELS),
+            overlay,
+            reserved.get(host_id) if reserved is not None else None,
+            in_flight=in_flight,
+            now=now,
+            rules=rules,
+            evicted_at=evicted_at,
+            charge=charge,
+        )
     return rooms
 
 
-def _residents(
-    host_id: str,
+def resident_profiles(matrix: Matrix) -> dict[str, dict[str, list[Profile]]]:
+    """Host id -> resident model name -> its profiles there (one per lane that serves it)."""
+    by_host: dict[str, dict[str, list[Profile]]] = {}
+    for profile in matrix.profiles.values():
+        if profile.is_local and profile.warm_state in RESIDENT:
+            by_host.setdefault(profile.host_id, {}).setdefault(profile.model, []).append(profile)
+    return by_host
+
+
+def host_room(
+    host: Host,
     models: Mapping[str, list[Profile]],
     overlay: LiveOverlay,
-    observed: Mapping[tuple[str, str], float],
     held: HostLedger | None,
-    in_flight: Mapping[str, int] | None,
-    now: float | None,
-    rules: EvictionRules,
-    evicted_at: Mapping[tuple[str, str], float] | None,
-    charge: ChargeFn | None,
-) -> tuple[Resident, ...]:
+    *,
+    in_flight: Mapping[str, int] | None = None,
+    now: float | None = None,
+    rules: EvictionRules = DEFAULT_RULES,
+    evicted_at: Mapping[tuple[str, str], float] | None = None,
+    charge: ChargeFn | None = None,
+) -> HostRoom:
+    """One host's room (:func:`host_rooms` for one host): ``models`` are its resident models and their
+    profiles (:func:`resident_profiles`), ``held`` the ledger's view of it."""
+    host_id = host.host_id
+    memory = overlay.memory.get(host_id)
+    free_gb = (memory.free_gb if memory is not None else host.gpu_memory_gb) - host.gpu_overhead_gb
+    slots = host.max_loaded_models - len(models)
+    pending: frozenset[str] = frozenset()
+    evicting: frozenset[str] = frozenset()
+    if held is not None:
+        free_gb += held.freed_gb - held.reserved_gb
+        slots += len(held.evicting) - held.pending_models
+        pending, evicting = held.pending, held.evicting
+    residents: tuple[Resident, ...] = ()
+    if rules.enabled and models:
+        residents = tuple(
+            info.now(host_id, held, in_flight, now, rules, evicted_at, charge)
+            for info in resident_infos(host_id, models, overlay)
+        )
+    return HostRoom(max(0.0, free_gb), slots, residents, pending, evicting)
+
+
+@dataclass(frozen=True)
+class ResidentInfo:
+    """What a live matrix and overlay say of one resident model (the rest of its :class:`Resident` is per
+    request, :meth:`now`): its ``size_vram`` (GB), Ollama's ``expires_at`` and when a poll first listed it
+    (``since``), whether any of its profiles is hot, its profiles' keys, and one profile (for the charge)."""
+
+    model: str
+    gb: float
+    expires_at: float | None
+    since: float | None
+    hot: bool
+    keys: tuple[str, ...]
+    profile: Profile
+
+    def now(
+        self,
+        host_id: str,
+        held: HostLedger | None,
+        in_flight: Mapping[str, int] | None,
+        now: float | None,
+        rules: EvictionRules,
+        evicted_at: Mapping[tuple[str, str], float] | None,
+        charge: ChargeFn | None,
+    ) -> Resident:
+        """The model as the fit rule reads it for this request: why it must stay (:meth:`keep`), and its
+        charge when it may go."""
+        keep = self.keep(host_id, held, in_flight, now, rules, evicted_at)
+        if keep is not None:
+            return Resident(self.model, self.gb, keep, 0.0)
+        return self.victim(now, charge)
+
+    def keep(
+        self,
+        host_id: str,
+        held: HostLedger | None,
+        in_flight: Mapping[str, int] | None,
+        now: float | None,
+        rules: EvictionRules,
+        evicted_at: Mapping[tuple[str, str], float] | None,
+    ) -> Keep | None:
+        """Why the model must stay for this request (requests in flight, the ledger, the clock), or
+        ``None``. :func:`~torchrouter_core.eviction.keep_reason`'s rule, inline: this runs per resident per
+        request on the hot path (same order; tests/test_eviction.py holds the two to the same answers)."""
+        model = self.model
+        if held is not None and model in held.evicting:
+            return Keep.EVICTING
+        if in_flight:
+            for key in self.keys:
+                if in_flight.get(key, 0) > 0:
+                    return Keep.BUSY
+        if held is not None and model in held.leased:
+            return Keep.RESERVED
+        if self.hot:
+            return Keep.HOT
+        if now is not None:
+            since = self.since
+            if since is not None and now - since < rules.min_residency_s:
+                return Keep.LOADED_RECENTLY
+            if evicted_at:
+                at = evicted_at.get((host_id, model))
+                if at is not None and now - at < rules.hold_s:
+                    return Keep.EVICTED_RECENTLY
+        return None
+
+    def victim(self, now: float | None, charge: ChargeFn | None) -> Resident:
+        """The model as an eviction's victim: its charge from its remaining keep-alive (``charge`` ``None``:
+        free, and the one :class:`Resident` is shared)."""
+        if charge is None:
+            return self.free_victim
+        expires_in = None if self.expires_at is None or now is None else self.expires_at - now
+        return Resident(self.model, self.gb, None, charge(self.profile, expires_in))
+
+    @functools.cached_property
+    def free_victim(self) -> Resident:
+        return Resident(self.model, self.gb, None, 0.0)
+
+
+def resident_infos(
+    host_id: str, models: Mapping[str, list[Profile]], overlay: LiveOverlay
+) -> tuple[ResidentInfo, ...]:
+    """The host's resident models in Ollama's unload order (earliest ``expires_at`` first, then by name;
+    one without an ``expires_at`` last), sized by :func:`claim_gb` (the observed ``size_vram``)."""
     listed = overlay.resident.get(host_id, {})
-    rows: list[tuple[float, str, Resident]] = []
+    observed = overlay.observed_gb or _NO_OBSERVATIONS
+    rows: list[tuple[float, str, ResidentInfo]] = []
     for model, profiles in models.items():
         seen = listed.get(tagged(model))
         expires_at = seen.expires_at if seen is not None else None
-        keep = keep_reason(
-            busy=in_flight is not None and any(in_flight.get(p.key, 0) > 0 for p in profiles),
-            evicting=held is not None and model in held.evicting,
-            reserved=held is not None and model in held.leased,
-            hot=any(p.warm_state is WarmState.HOT for p in profiles),
-            since=seen.since if seen is not None else None,
-            evicted_at=evicted_at.get((host_id, model)) if evicted_at is not None else None,
-            now=now,
-            rules=rules,
+        info = ResidentInfo(
+            model,
+            claim_gb(profiles[0], observed),
+            expires_at,
+            seen.since if seen is not None else None,
+            any(p.warm_state is WarmState.HOT for p in profiles),
+            tuple(p.key for p in profiles),
+            profiles[0],
         )
-        gb = claim_gb(profiles[0], observed)
-        expires_in = None if expires_at is None or now is None else expires_at - now
-        cost = charge(profiles[0], expires_in) if charge is not None and keep is None else 0.0
-        order = expires_at if expires_at is not None else float("inf")
-        rows.append((order, model, Resident(model, gb, keep, cost)))
+        rows.append((expires_at if expires_at is not None else float("inf"), model, info))
     rows.sort(key=lambda row: (row[0], row[1]))
     return tuple(row[2] for row in rows)
 

@@ -16,6 +16,8 @@ follows kubernetes-sigs/gateway-api-inference-extension's endpoint-picker schedu
 
 from __future__ import annotations
 
+import functools
+import heapq
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -115,13 +117,50 @@ class RankOutcome(StrEnum):
 
 @dataclass(frozen=True)
 class Ranking:
+    """A pick and how it came about. The kept candidates in columns, aligned: ``keys``, their weighted
+    ``score_list`` and, per term named in ``term_names``, the clamped values (``term_values``, one column
+    per term: a 1,000-candidate cycle allocates no per-candidate containers). ``scored``, ``scores`` and
+    ``terms`` are the same as rows and rounded dicts, built on first read; ``ttft_s``: the pick's
+    estimated seconds to first token (its own: no eviction charge)."""
+
     chosen: Profile
-    scores: Mapping[str, float]
     rejected: Mapping[str, str]
+    keys: Sequence[str] = ()
+    score_list: Sequence[float] = ()
+    term_names: tuple[str, ...] = ()
+    term_values: Sequence[Sequence[float]] = ()
     timings_ms: Mapping[str, float] = field(default_factory=dict)
     outcome: RankOutcome = RankOutcome.ROUTED
-    terms: Mapping[str, Mapping[str, float]] = field(default_factory=dict)  # key -> scorer -> value
     ttft_s: Mapping[str, float] = field(default_factory=dict)  # key -> estimated time to first token
+
+    def row(self, i: int) -> tuple[str, float, tuple[float, ...]]:
+        """The ``i``-th kept candidate: ``(key, weighted score, clamped value per term)``."""
+        return self.keys[i], self.score_list[i], tuple(column[i] for column in self.term_values)
+
+    @functools.cached_property
+    def scored(self) -> list[tuple[str, float, tuple[float, ...]]]:
+        """Every kept candidate as a :meth:`row`, in candidate order."""
+        return [self.row(i) for i in range(len(self.keys))]
+
+    @functools.cached_property
+    def scores(self) -> Mapping[str, float]:
+        """Key -> weighted score, rounded to 4 places, every kept candidate."""
+        return {key: round(score, 4) for key, score in zip(self.keys, self.score_list, strict=True)}
+
+    @functools.cached_property
+    def terms(self) -> Mapping[str, Mapping[str, float]]:
+        """Key -> term -> clamped value, rounded to 4 places, every kept candidate."""
+        names = self.term_names
+        return {
+            key: {n: round(v, 4) for n, v in zip(names, values, strict=True)}
+            for key, _, values in self.scored
+        }
+
+    def best(self, n: int) -> list[tuple[str, float, tuple[float, ...]]]:
+        """The ``n`` best kept candidates as rows, in pick order (highest score first, ties by key)."""
+        keys, scores = self.keys, self.score_list
+        order = heapq.nsmallest(n, range(len(keys)), key=lambda i: (-scores[i], keys[i]))
+        return [self.row(i) for i in order]
 
 
 class NoCandidate(Exception):
