@@ -17,7 +17,6 @@ follows kubernetes-sigs/gateway-api-inference-extension's endpoint-picker schedu
 from __future__ import annotations
 
 import functools
-import heapq
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -156,11 +155,17 @@ class Ranking:
             for key, _, values in self.scored
         }
 
+    def best_indices(self, n: int) -> list[int]:
+        """Where the ``n`` best kept candidates are in the columns, in pick order (highest score first,
+        ties by key)."""
+        keys, scores = self.keys, self.score_list
+        order = sorted(range(len(keys)), key=keys.__getitem__)  # two stable C sorts: score, then key
+        order.sort(key=scores.__getitem__, reverse=True)
+        return order[:n]
+
     def best(self, n: int) -> list[tuple[str, float, tuple[float, ...]]]:
         """The ``n`` best kept candidates as rows, in pick order (highest score first, ties by key)."""
-        keys, scores = self.keys, self.score_list
-        order = heapq.nsmallest(n, range(len(keys)), key=lambda i: (-scores[i], keys[i]))
-        return [self.row(i) for i in order]
+        return [self.row(i) for i in self.best_indices(n)]
 
 
 class NoCandidate(Exception):

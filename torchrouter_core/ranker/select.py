@@ -55,16 +55,17 @@ class Selection:
     def _best_scores(self) -> dict[str, Any]:
         """``scores`` and ``score_terms`` of the :data:`EVENT_TOP_N` best candidates (every one when
         fewer; the pick is always first), rounded to 4 places; ``scored``: how many were scored."""
-        assert self.ranking is not None
-        names = self.ranking.term_names
-        best = self.ranking.best(EVENT_TOP_N)
-        return {
-            "scores": {key: round(score, 4) for key, score, _ in best},
-            "score_terms": {
-                key: {n: round(v, 4) for n, v in zip(names, values, strict=True)} for key, _, values in best
-            },
-            "scored": len(self.ranking.keys),
-        }
+        ranking = self.ranking
+        assert ranking is not None
+        keys, score_list = ranking.keys, ranking.score_list
+        named = tuple(zip(ranking.term_names, ranking.term_values, strict=True))
+        scores: dict[str, float] = {}
+        terms: dict[str, dict[str, float]] = {}
+        for i in ranking.best_indices(EVENT_TOP_N):
+            key = keys[i]
+            scores[key] = round(score_list[i], 4)
+            terms[key] = {name: round(column[i], 4) for name, column in named}
+        return {"scores": scores, "score_terms": terms, "scored": len(keys)}
 
     def rejected_now(self) -> Mapping[str, str]:
         """Every candidate filtered out, and why (whether or not one was picked)."""
