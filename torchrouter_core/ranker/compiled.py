@@ -13,10 +13,11 @@ splits the cycle along that line:
 - **Per group and request shape** (the deployment keys, the modalities, whether tools are needed): which
   deployments are known, and each one's static verdict in the filters' order (``modality:*`` before the
   context check, then ``no_tools``, ``lockout:*``, ``host_unreachable``).
-- **Per request**: the context check, breakers, room (reservations applied per host at most once; the
-  eviction planner, :func:`~torchrouter_core.usability.host_rooms` + :func:`place`, only for a cold
-  candidate that does not fit in free memory), then the scores of the survivors only, inline, and the pick.
-  Score dicts for the event are built on demand (:class:`Ranking`).
+- **Per request**: the context check, breakers, room (reservations applied per host at most once;
+  :func:`~torchrouter_core.usability.place`'s eviction walk once per host, and only when a cold candidate
+  does not fit in free memory: :func:`_walk`), then the scores of the survivors, inline in the same loop,
+  and the pick. The scores are kept in columns; score dicts for the event are built on demand
+  (:class:`Ranking`).
 
 Same rules, same arithmetic in the same order as the filters and scorers, so the same picks, scores and
 reasons; ``tests/test_ranker.py::test_the_compiled_cycle_answers_as_rank_does`` checks it over random
