@@ -158,6 +158,7 @@ def _build(doc: Mapping[str, Any]) -> Matrix:
             gpu_memory_gb=float(h["gpu_memory_gb"]),
             num_parallel=h["num_parallel"],
             max_loaded_models=h["max_loaded_models"],
+            gpu_overhead_gb=float(h.get("gpu_overhead_gb", 0.0)),
         )
         for host_id, h in doc["hosts"].items()
     }

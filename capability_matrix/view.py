@@ -1,7 +1,8 @@
 """A process's live view of the fleet: the matrix store plus what the probe and the answers told it.
 
 Both processes keep one (DESIGN: each may keep its own view refreshed from the fleet). Inputs: probe
-observations (Ollama ``/api/ps`` every interval), the deployments that just answered (hot window, and
+observations (Ollama ``/api/ps`` every interval; when each model was first listed and every ``size_vram``
+seen are kept across rounds), the deployments that just answered (hot window, and
 "answered after the last poll"), auth lockouts, and the day's cloud spend against a budget. Outputs: the
 :class:`LiveOverlay` and the live :class:`Matrix`, rebuilt only when an input that can change them
 changed, so a request pays a dictionary lookup, not a rebuild.
@@ -21,6 +22,8 @@ from capability_matrix.live import (
     LiveOverlay,
     budget_lockout,
     build_overlay,
+    next_since,
+    observed_sizes,
     utc_day,
 )
 from capability_matrix.model import Matrix
@@ -47,6 +50,9 @@ class FleetView:
         self._on_lockout_change = on_lockout_change
         self._clock = clock
         self.observations: dict[str, HostObservation] = {}
+        # Kept across rounds: when each model was first listed per host, every size_vram seen.
+        self._since: dict[str, dict[str, float | None]] = {}
+        self._observed_gb: dict[tuple[str, str], float] = {}
         self._last_served: dict[str, float] = {}
         self._auth: dict[str, str] = {}
         self._budget_locked_day: date | None = None
@@ -58,6 +64,8 @@ class FleetView:
     # --- inputs ---------------------------------------------------------------------------------------
     def on_observations(self, observations: dict[str, HostObservation]) -> None:
         self.observations = observations
+        self._since = next_since(self._since, observations)
+        self._observed_gb = observed_sizes(self._observed_gb, observations)
         self._dirty = True
 
     def served(self, profile_key: str) -> None:
@@ -119,6 +127,8 @@ class FleetView:
                 last_served=self._last_served,
                 auth=self._auth,
                 budget_reason=budget,
+                since=self._since,
+                observed_gb=self._observed_gb,
             )
             self._live = self.store.current.with_live(self._overlay)
             self._dirty = False

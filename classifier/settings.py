@@ -18,6 +18,7 @@ from torchrouter_core.capacity import parse_lane_caps
 from torchrouter_core.env import SettingsError
 from torchrouter_core.env import parse_bool as _bool
 from torchrouter_core.env import parse_float as _float
+from torchrouter_core.eviction import EvictionRules, parse_eviction_rules
 from torchrouter_core.routing import parse_routing_mode
 from torchrouter_core.tier_model import DEFAULT_MODEL_PATH as DEFAULT_TIER_MODEL_PATH
 
@@ -80,6 +81,10 @@ ENV_DOCS: dict[str, tuple[str, str]] = {
         "(defaults)",
         "per-tier time budgets, e.g. R.first_byte_s=8,H.total_s=300 (first byte: hooks; total: both)",
     ),
+    "TORCHROUTER_EVICTION": (
+        "min_residency_s=60,hold_s=300,unload_s=1.5",
+        "the eviction rules (placement and lane capacity): off, or any of min_residency_s, hold_s, unload_s",
+    ),
 }
 
 
@@ -126,6 +131,7 @@ class Settings:
     litellm_config_path: Path = PACKAGE_ROOT / "litellm_config.yaml"
     lane_caps: Mapping[str, int] = field(default_factory=dict)
     time_budgets: Mapping[str, TimeBudget] = field(default_factory=lambda: dict(DEFAULT_BUDGETS))
+    eviction: EvictionRules = field(default_factory=EvictionRules)
     spend_path: Path | None = None
     spend_redis_url: str | None = None  # TORCHROUTER_LEDGER_REDIS_URL: the spend book is in Redis
     probe_interval_s: float = 2.0
@@ -192,6 +198,11 @@ class Settings:
                 values["time_budgets"] = parse_time_budgets(env["TORCHROUTER_TIME_BUDGETS"])
             except ValueError as exc:
                 raise SettingsError(f"TORCHROUTER_TIME_BUDGETS: {exc}") from None
+        if env.get("TORCHROUTER_EVICTION"):
+            try:
+                values["eviction"] = parse_eviction_rules(env["TORCHROUTER_EVICTION"])
+            except ValueError as exc:
+                raise SettingsError(f"TORCHROUTER_EVICTION: {exc}") from None
         if env.get("TORCHROUTER_CLIENT_KEYS"):
             values["client_keys"] = tuple(
                 Secret(k.strip()) for k in env["TORCHROUTER_CLIENT_KEYS"].split(",") if k.strip()

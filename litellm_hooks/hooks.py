@@ -47,6 +47,7 @@ from torchrouter_core.breaker import Breakers, Failure, Scope, State, Transition
 from torchrouter_core.budgets import budget_for
 from torchrouter_core.contract import RouteReport, RouteRequest, decode_needs, encode_needs
 from torchrouter_core.events import EventKind, EventSink, open_sink
+from torchrouter_core.eviction import EvictionLog, RecentUse
 from torchrouter_core.inflight import InFlight
 from torchrouter_core.needs import request_needs
 from torchrouter_core.ranker.interfaces import RequestNeeds
@@ -55,7 +56,7 @@ from torchrouter_core.ranker.scorers import weights_for
 from torchrouter_core.ranker.select import select
 from torchrouter_core.routing import ladder_step_kind
 from torchrouter_core.spend import SharedSpend, SpendBook
-from torchrouter_core.usability import RESIDENT, host_rooms
+from torchrouter_core.usability import FITS, RESIDENT, host_rooms
 
 log = logging.getLogger("torchrouter.hooks")
 
@@ -81,6 +82,8 @@ class HooksRuntime:
     spend: SpendBook  # this worker's view of today's spend (the whole book unless `shared` is set)
     reservations: Reservations  # the VRAM ledger (in-process or Redis) and what this worker holds in it
     observed: ObservedTimes = field(default_factory=ObservedTimes)  # service and load times per deployment
+    use: RecentUse = field(default_factory=RecentUse)  # recent picks per (host, model): eviction charges
+    evictions: EvictionLog = field(default_factory=EvictionLog)  # whose load evicted what, when
     # A lease as long as LiteLLM's own request timeout (litellm_config.yaml): a request LiteLLM never
     # reports back on (a client gone before the first chunk) stops counting as load after that.
     in_flight: InFlight = field(default_factory=lambda: InFlight(ttl_s=300.0))
@@ -111,6 +114,7 @@ class HooksRuntime:
             reservations,
             breakers=Breakers(settings.breaker),
             shared_spend=open_shared_spend(settings),
+            evictions=EvictionLog(hold_s=settings.eviction.hold_s),
         )
 
     # --- circuit breakers (torchrouter_core.breaker): state here, decisions there ---------------------------
@@ -196,7 +200,6 @@ class HooksRuntime:
 
             def on_update(observations: dict[str, Any]) -> None:
                 self.fleet.on_observations(observations)
-                self.reservations.observe(observations)
                 now = time.time()
                 for host_id, seen in observations.items():  # the probe breaker
                     self.breaker_changes(self.breakers.probed(host_id, bool(seen.reachable), now))
@@ -366,9 +369,10 @@ class RouterHooks(CustomLogger):
             reservations = runtime.reservations
             token = str(ctx.get("lease_token") or uuid.uuid4().hex)
             in_flight = runtime.in_flight.counts(now)
-            # The ranker's rooms have the ledger's reservations taken off; a pick that must load a model
-            # reserves its memory, and a refusal (another request or worker took it first) ranks again
-            # without that candidate.
+            # The ranker's rooms have the ledger's reservations taken off (and its planned evictions'
+            # memory added); a pick that must load a model reserves its memory (naming what it evicts, if
+            # anything), and a refusal (another request or worker took it first) ranks again without
+            # that candidate.
             # A deployment this request already tried is never tried again (a later hop may hold it).
             breakers = {
                 **dict.fromkeys(ctx.get("tried") or (), "already_tried"),
@@ -387,11 +391,24 @@ class RouterHooks(CustomLogger):
                     weights=weights_for(ctx.get("tier"), runtime.settings.tier_weights),
                     observed=runtime.observed,
                     breakers=breakers,
+                    now=now,
+                    rules=runtime.settings.eviction,
+                    evicted_at=runtime.evictions.evicted_at,
+                    use=runtime.use,
                 )
                 if selection.chosen is None:
                     break
-                room = host_rooms(matrix, overlay).get(selection.chosen.host_id)
-                outcome = await reservations.reserve(token, selection.chosen, room, matrix, now)
+                host_id = selection.chosen.host_id
+                room = host_rooms(matrix, overlay, hosts=(host_id,)).get(host_id)
+                outcome = await reservations.reserve(
+                    token,
+                    selection.chosen,
+                    room,
+                    matrix,
+                    now,
+                    placement=selection.placement or FITS,
+                    observed_gb=overlay.observed_gb,
+                )
                 if outcome is not False:
                     held = outcome
                     break
@@ -430,8 +447,17 @@ class RouterHooks(CustomLogger):
             fields = selection.event_fields()
             fields["rejected"] = {**fields["rejected"], **refused}
             fields["reservation"] = (
-                None if held is None else {"host_id": held.host_id, "model": held.model, "gb": held.gb}
+                None
+                if held is None
+                else {
+                    "host_id": held.host_id,
+                    "model": held.model,
+                    "gb": held.gb,
+                    "victims": [model for model, _ in held.victims],
+                }
             )
+            if held is not None and held.victims:  # the evicted-recently rule's memory
+                runtime.evictions.record(held.host_id, held.model, now)
             runtime.events.emit("route_selected", **who, **fields, worker=os.getpid())
             chosen = selection.chosen
             if chosen is None:
@@ -439,6 +465,8 @@ class RouterHooks(CustomLogger):
                 ctx["no_candidate"] = ",".join(sorted(set(selection.rejected.values())))
                 return []
             ctx.update(deployment=chosen.key, warm_state=chosen.warm_state.value, score_ms=selection.score_ms)
+            if chosen.is_local:  # recent use prices evicting this model later
+                runtime.use.record(chosen.host_id, chosen.model, now)
             breaker_refused = sorted(k for k, why in selection.rejected_now().items() if "breaker" in why)
             if breaker_refused:  # a breaker sent this attempt past a candidate it would have ranked
                 runtime.events.emit(

@@ -9,7 +9,8 @@ LiteLLM worker; set: every worker shares the Redis ledger and the Redis spend bo
 (``torchrouter_core.ranker.scorers.parse_tier_weights``),
 ``TORCHROUTER_SPEND_PATH``, ``TORCHROUTER_BREAKER`` (circuit-breaker settings,
 :func:`torchrouter_core.breaker.parse_breaker_config`) and ``TORCHROUTER_TIME_BUDGETS``
-(:func:`torchrouter_core.budgets.parse_time_budgets`). A bad value raises
+(:func:`torchrouter_core.budgets.parse_time_budgets`) and ``TORCHROUTER_EVICTION`` (the eviction rules,
+:func:`torchrouter_core.eviction.parse_eviction_rules`). A bad value raises
 :class:`~torchrouter_core.env.SettingsError` naming the variable, which stops LiteLLM at start.
 """
 
@@ -24,6 +25,7 @@ from capability_matrix.loader import DEFAULT_MATRIX_PATH
 from torchrouter_core.breaker import BreakerConfig, parse_breaker_config
 from torchrouter_core.budgets import DEFAULT_BUDGETS, TimeBudget, parse_time_budgets
 from torchrouter_core.env import SettingsError, parse_float
+from torchrouter_core.eviction import EvictionRules, parse_eviction_rules
 from torchrouter_core.ranker.scorers import TIER_WEIGHTS, parse_tier_weights
 
 
@@ -39,6 +41,7 @@ class HooksSettings:
     spend_path: Path | None = None  # the durable spend book (None: in memory only)
     breaker: BreakerConfig = field(default_factory=BreakerConfig)
     time_budgets: Mapping[str, TimeBudget] = field(default_factory=lambda: dict(DEFAULT_BUDGETS))
+    eviction: EvictionRules = field(default_factory=EvictionRules)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> HooksSettings:
@@ -60,6 +63,10 @@ class HooksSettings:
             time_budgets = parse_time_budgets(env.get("TORCHROUTER_TIME_BUDGETS") or "")
         except ValueError as exc:
             raise SettingsError(f"TORCHROUTER_TIME_BUDGETS: {exc}") from None
+        try:
+            eviction = parse_eviction_rules(env.get("TORCHROUTER_EVICTION") or "")
+        except ValueError as exc:
+            raise SettingsError(f"TORCHROUTER_EVICTION: {exc}") from None
         return cls(
             matrix_path=Path(env.get("TORCHROUTER_CAPABILITY_MATRIX_PATH") or defaults.matrix_path),
             event_path=env.get("TORCHROUTER_ROUTING_CONTINUITY_EVENT_PATH") or None,
@@ -77,4 +84,5 @@ class HooksSettings:
             spend_path=Path(env["TORCHROUTER_SPEND_PATH"]) if env.get("TORCHROUTER_SPEND_PATH") else None,
             breaker=breaker_config,
             time_budgets=time_budgets,
+            eviction=eviction,
         )

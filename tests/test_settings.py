@@ -90,7 +90,7 @@ def test_every_variable_either_process_reads_is_documented_in_env_docs_and_the_r
     Settings.from_env(classifier_env)
     HooksSettings.from_env(hooks_env)
     read = classifier_env.asked | hooks_env.asked
-    assert len(classifier_env.asked) >= 15 and len(hooks_env.asked) == 10  # the recorder saw the reads
+    assert len(classifier_env.asked) >= 15 and len(hooks_env.asked) == 11  # the recorder saw the reads
     assert read - ENV_DOCS.keys() == set(), "read but not in ENV_DOCS"
     assert ENV_DOCS.keys() - read == set(), "in ENV_DOCS but read by neither process"
     assert ENV_DOCS.keys() - _readme_env_table() == set(), "in ENV_DOCS but not in the README's table"
@@ -107,6 +107,12 @@ def test_hooks_settings_parse_and_name_a_bad_variable() -> None:
         HooksSettings.from_env({"TORCHROUTER_BREAKER": "cool_off_s=soon"})
     with pytest.raises(SettingsError, match="TORCHROUTER_TIME_BUDGETS"):
         HooksSettings.from_env({"TORCHROUTER_TIME_BUDGETS": "R.total_s=0"})
+    with pytest.raises(SettingsError, match="TORCHROUTER_EVICTION"):
+        HooksSettings.from_env({"TORCHROUTER_EVICTION": "hold_s=soon"})
+    with pytest.raises(SettingsError, match="TORCHROUTER_EVICTION"):
+        Settings.from_env({"TORCHROUTER_EVICTION": "never_s=1"})
+    assert HooksSettings.from_env({"TORCHROUTER_EVICTION": "off"}).eviction.enabled is False
+    assert Settings.from_env({"TORCHROUTER_EVICTION": "hold_s=30"}).eviction.hold_s == 30.0
     tuned = HooksSettings.from_env(
         {"TORCHROUTER_BREAKER": "cool_off_s=1", "TORCHROUTER_TIME_BUDGETS": "R.total_s=9"}
     )
