@@ -9,9 +9,10 @@ Fixed by the id alone, so the split never moves when the corpus grows, and the h
 to train or to choose the regularisation (that is cross-validated on the training part).
 
 Training needs scikit-learn (a development dependency, imported only here, inside the functions that use
-it); the features come from :func:`torchrouter_core.tier_model.request_features`, the one function the runtime
-uses too. Evaluation needs nothing beyond the runtime: it scores through the classifier's own
-:func:`torchrouter_core.tiering.classify`, certain signals and confidence threshold included.
+it); the features come from :func:`torchrouter_core.tier_model.request_buckets`, the one function the
+runtime scores with too (:func:`~torchrouter_core.tier_model.request_features` gives the same features as
+strings, to name buckets). Evaluation needs nothing beyond the runtime: it scores through the classifier's
+own :func:`torchrouter_core.tiering.classify`, certain signals and confidence threshold included.
 
 Exceptions::
 
@@ -43,6 +44,7 @@ from torchrouter_core.tier_model import (
     feature_buckets,
     load_tier_model,
     parse_tier_model,
+    request_buckets,
     request_features,
 )
 from torchrouter_core.tiering import (
@@ -56,7 +58,7 @@ from torchrouter_core.tiering import (
 
 DEFAULT_CORPUS_PATH: Final = PACKAGE_ROOT / "corpus" / "tiers" / "corpus.jsonl"
 HELD_OUT_SHARE: Final = 0.2
-DEFAULT_BUCKETS: Final = 1 << 18
+DEFAULT_BUCKETS: Final = 1 << 32  # the CRC-32 itself: no folding, no collisions (tier_model docstring)
 C_GRID: Final = (3.0, 10.0, 30.0, 100.0)
 CV_FOLDS: Final = 5
 NAMED_FEATURES: Final = 2_000  # buckets named in the model file (the strongest by lift)
@@ -144,27 +146,31 @@ def split(examples: Sequence[Example]) -> tuple[list[Example], list[Example]]:
 # --- training (scikit-learn) -------------------------------------------------------------------------------
 
 
-def _matrix(examples: Sequence[Example], buckets: int) -> Any:
-    """Rows of unit-length binary vectors over hashed buckets: exactly what TierModel.score computes."""
+def _matrix(examples: Sequence[Example], buckets: int) -> tuple[Any, list[int]]:
+    """Rows of unit-length binary vectors over hashed buckets (exactly what TierModel.score computes), and
+    the bucket of each column: only the buckets the examples have (2**32 columns would not fit)."""
     from scipy.sparse import csr_matrix
 
+    rows = [request_buckets(example.body, buckets) for example in examples]
+    ids = sorted(set().union(*rows))
+    column = {bucket: j for j, bucket in enumerate(ids)}
     indptr = [0]
     indices: list[int] = []
     values: list[float] = []
-    for example in examples:
-        present = sorted(feature_buckets(request_features(example.body), buckets))
-        indices += present
+    for present in rows:
+        indices += sorted(map(column.__getitem__, present))
         values += [1.0 / math.sqrt(len(present))] * len(present)
         indptr.append(len(indices))
-    return csr_matrix((values, indices, indptr), shape=(len(examples), buckets))
+    return csr_matrix((values, indices, indptr), shape=(len(examples), len(ids))), ids
 
 
-def _fit(examples: Sequence[Example], buckets: int, c: float) -> Any:
+def _fit(examples: Sequence[Example], buckets: int, c: float) -> tuple[Any, list[int]]:
     from sklearn.linear_model import LogisticRegression
 
     model = LogisticRegression(C=c, max_iter=5000)
-    model.fit(_matrix(examples, buckets), [e.tier for e in examples])
-    return model
+    x, ids = _matrix(examples, buckets)
+    model.fit(x, [e.tier for e in examples])
+    return model, ids
 
 
 def cross_validate(
@@ -174,7 +180,7 @@ def cross_validate(
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold, cross_val_score
 
-    x = _matrix(examples, buckets)
+    x, _ = _matrix(examples, buckets)  # a bucket no training fold has gets weight 0 there, as if absent
     y = [e.tier for e in examples]
     folds = StratifiedKFold(n_splits=min(CV_FOLDS, min(Counter(y).values())), shuffle=True, random_state=0)
 
@@ -208,9 +214,10 @@ def train(
         raise CorpusError(f"the training part has no example of tier {', '.join(missing)}")
     cv = cross_validate(train_part, buckets=buckets) if c is None else {}
     chosen = c if c is not None else max(cv, key=lambda k: (cv[k], -k))
-    fitted = _fit(train_part, buckets, chosen)
+    fitted, ids = _fit(train_part, buckets, chosen)
     doc = export_model(
         fitted,
+        ids,
         train_part,
         buckets=buckets,
         info={
@@ -226,29 +233,30 @@ def train(
 
 
 def export_model(
-    fitted: Any, examples: Sequence[Example], *, buckets: int, info: Mapping[str, Any]
+    fitted: Any, ids: Sequence[int], examples: Sequence[Example], *, buckets: int, info: Mapping[str, Any]
 ) -> dict[str, Any]:
     """The model file's document (the format :func:`torchrouter_core.tier_model.parse_tier_model` reads).
 
-    Weights are rounded to 5 decimals and a bucket whose weights all round to 0 is left out. ``names``
-    holds, for the :data:`NAMED_FEATURES` buckets that favour one tier most, the training feature string
-    seen most often in that bucket.
+    ``ids[j]`` is the bucket of the fitted model's column ``j`` (:func:`_matrix`). Weights are rounded to 5
+    decimals and a bucket whose weights all round to 0 is left out. ``names`` holds, for the
+    :data:`NAMED_FEATURES` buckets that favour one tier most, the training feature string seen most often
+    in that bucket.
     """
     labels = [str(label) for label in fitted.classes_]
     coef = fitted.coef_
     weights: dict[str, list[float]] = {}
     lift: dict[int, float] = {}
-    columns = coef.nonzero()[1]
     k = len(labels)
-    for bucket in sorted(set(int(b) for b in columns)):
-        row = [round(float(coef[i, bucket]), 5) for i in range(k)]
+    for j in sorted(set(int(c) for c in coef.nonzero()[1])):
+        bucket = ids[j]
+        row = [round(float(coef[i, j]), 5) for i in range(k)]
         if any(row):
             weights[str(bucket)] = row
             total = sum(row)
             lift[bucket] = max(w - (total - w) / (k - 1) for w in row)
     seen: dict[int, Counter[str]] = {}
     for example in examples:
-        for feature in set(request_features(example.body)):
+        for feature in dict.fromkeys(request_features(example.body)):  # distinct, in a fixed order
             bucket = next(iter(feature_buckets([feature], buckets)))
             if bucket in lift:
                 seen.setdefault(bucket, Counter())[feature] += 1
