@@ -77,6 +77,7 @@ from torchrouter_core.events import EventSink, open_sink
 from torchrouter_core.fallbacks import allowed_groups
 from torchrouter_core.identity import GROUPS
 from torchrouter_core.routing import RoutingMode, overflow
+from torchrouter_core.strict_yaml import safe_load_strict
 from torchrouter_core.tier_model import TierModelError, load_tier_model
 from torchrouter_core.tiering import LearnedTiering, Tier
 
@@ -412,7 +413,7 @@ async def queue_status(request: web.Request) -> web.Response:
 def load_litellm_fallbacks(path: Path) -> dict[str, list[str]]:
     """``router_settings.fallbacks`` of litellm_config.yaml (failure, not capacity), for /queue/status."""
     try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        doc = safe_load_strict(path.read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError) as exc:
         log.warning("cannot read LiteLLM fallbacks from %s: %s", path, exc)
         return {}

@@ -80,11 +80,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_sim(args: argparse.Namespace) -> int:
-    import yaml
-
     from torchrouter.sim import fleet_spec_from_matrix, serve_forever
+    from torchrouter_core.strict_yaml import safe_load_strict
 
-    doc = yaml.safe_load(args.matrix.read_text(encoding="utf-8"))
+    doc = safe_load_strict(args.matrix.read_text(encoding="utf-8"))
     spec = fleet_spec_from_matrix(
         doc, cloud_api_key=args.cloud_key, seed=args.seed, time_scale=args.time_scale
     )
@@ -117,6 +116,7 @@ def _agents_problems(agents_path: Path, config_path: Path) -> list[str]:
     import yaml
 
     from torchrouter_core.fallbacks import chain_problems
+    from torchrouter_core.strict_yaml import safe_load_strict
     from torchrouter_core.tiering import DirectoryError, parse_agent_directory_yaml
 
     try:
@@ -126,7 +126,7 @@ def _agents_problems(agents_path: Path, config_path: Path) -> list[str]:
     except (DirectoryError, UnicodeDecodeError) as exc:
         return [f"{agents_path}: {exc}"]
     try:
-        config = yaml.safe_load(config_path.read_bytes())
+        config = safe_load_strict(config_path.read_bytes())
     except (OSError, yaml.YAMLError):
         return []  # validate_files has said what is wrong with the config
     model_list = config.get("model_list") if isinstance(config, dict) else None

@@ -24,7 +24,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
 from aiohttp import web
 
 from capability_matrix import DEFAULT_MATRIX_PATH, load_matrix
@@ -35,6 +34,7 @@ from torchrouter.litellm_process import LiteLLMProcess
 from torchrouter.ports import check_ports, free_ports, render_fleet_files
 from torchrouter.sim import SimFleet, fleet_spec_from_matrix
 from torchrouter.sim.spec import SIM_CLOUD_KEY
+from torchrouter_core.strict_yaml import safe_load_strict
 
 PROD_PORTS = (4001, 4000)  # classifier, LiteLLM
 DEV_PORTS = (4002, 4003)
@@ -108,7 +108,7 @@ async def run_stack(opts: StackOptions, stop: asyncio.Event, say: Callable[[str]
     shared_sim = False
     wanted = [(classifier_port, "classifier"), (litellm_port, "LiteLLM")]
     if opts.sim:
-        doc = yaml.safe_load(opts.matrix_path.read_text(encoding="utf-8"))
+        doc = safe_load_strict(opts.matrix_path.read_text(encoding="utf-8"))
         spec = fleet_spec_from_matrix(
             doc,
             cloud_api_key=env["TORCHROUTER_CLOUD_API_KEY"],

@@ -43,6 +43,7 @@ from typing import Any, Final, Generic, Literal, TypeVar
 import yaml
 
 from torchrouter_core.identity import GROUPS, LOCAL_GROUPS, Identity, IdentityError, sanitize_agent_id
+from torchrouter_core.strict_yaml import describe_yaml_error, safe_load_strict
 from torchrouter_core.tier_model import TierModel, TierScore
 
 SCAN_HEAD_CHARS: Final = 6_000
@@ -111,12 +112,14 @@ def _tier(value: object, where: str) -> Tier:
 def _tier_policy(tier: Tier, entry: object) -> TierPolicy:
     where = f"tiers.{tier}"
     if not isinstance(entry, Mapping):
-        raise DirectoryError(f"{where}: expected a mapping with first_lane and wait_budget_ms")
+        raise DirectoryError(
+            f"{where}: expected a mapping with first_lane, wait_budget_ms and (optional) fallbacks"
+        )
     unknown = set(entry) - {"first_lane", "wait_budget_ms", "fallbacks"}
     if unknown:
         raise DirectoryError(f"{where}: unknown keys {sorted(map(str, unknown))}")
     lane = entry.get("first_lane")
-    if lane not in LOCAL_GROUPS:
+    if not isinstance(lane, str) or lane not in LOCAL_GROUPS:
         raise DirectoryError(f"{where}.first_lane: must be one of {', '.join(LOCAL_GROUPS)}, got {lane!r}")
     budget = entry.get("wait_budget_ms")
     if isinstance(budget, bool) or not isinstance(budget, int) or not 0 <= budget <= MAX_WAIT_BUDGET_MS:
@@ -133,7 +136,7 @@ def _fallbacks(value: object, where: str) -> tuple[str, ...]:
         raise DirectoryError(f"{where}: expected a list of groups in fallback order, got {value!r}")
     chain: list[str] = []
     for index, group in enumerate(value):
-        if group not in GROUPS:
+        if not isinstance(group, str) or group not in GROUPS:
             raise DirectoryError(
                 f"{where}[{index}]: {group!r} is not a group; groups are {', '.join(sorted(GROUPS))}"
             )
@@ -153,7 +156,9 @@ def parse_agent_directory(doc: object) -> AgentDirectory:
 
     raw_tiers = doc.get("tiers")
     if not isinstance(raw_tiers, Mapping):
-        raise DirectoryError("tiers: expected a mapping of H, R and C to {first_lane, wait_budget_ms}")
+        raise DirectoryError(
+            "tiers: expected a mapping of H, R and C to {first_lane, wait_budget_ms, fallbacks (optional)}"
+        )
     tiers: dict[Tier, TierPolicy] = {}
     for key, entry in raw_tiers.items():
         tier = _tier(key, f"tiers.{key}")
@@ -185,9 +190,9 @@ def parse_agent_directory(doc: object) -> AgentDirectory:
 def parse_agent_directory_yaml(text: str) -> AgentDirectory:
     """Parse the YAML text of an agents file (see ``classifier/agents.yaml``)."""
     try:
-        doc = yaml.safe_load(text)
+        doc = safe_load_strict(text)
     except yaml.YAMLError as exc:
-        raise DirectoryError(f"agents document: invalid YAML: {exc}") from None
+        raise DirectoryError(f"agents document: invalid YAML: {describe_yaml_error(exc)}") from None
     return parse_agent_directory(doc)
 
 
