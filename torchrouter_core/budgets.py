@@ -34,6 +34,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 
+from torchrouter_core.env import finite_float
+
 
 @dataclass(frozen=True, slots=True)
 class TimeBudget:
@@ -64,16 +66,19 @@ def budget_for(budgets: Mapping[str, TimeBudget], tier: str | None) -> TimeBudge
 def parse_time_budgets(text: str, base: Mapping[str, TimeBudget] = DEFAULT_BUDGETS) -> dict[str, TimeBudget]:
     """``"R.first_byte_s=1.5,H.total_s=60"`` applied over ``base``; raises ValueError naming the bad part."""
     out = dict(base)
+    seen: set[str] = set()
     for part in filter(None, (p.strip() for p in text.split(","))):
         name, sep, value = part.partition("=")
         tier, dot, field_name = name.strip().partition(".")
-        try:
-            seconds = float(value)
-        except ValueError:
-            seconds = -1.0
-        if not sep or not dot or tier not in out or field_name not in _FIELDS or not seconds > 0:
+        seconds = finite_float(value)
+        if not sep or not dot or tier not in out or field_name not in _FIELDS or not (seconds or 0) > 0:
             raise ValueError(
-                f"time budget {part!r}: expected <H|R|C>.<{'|'.join(sorted(_FIELDS))}>=<positive seconds>"
+                f"time budget {part!r}: expected <H|R|C>.<{'|'.join(sorted(_FIELDS))}>="
+                "<positive finite seconds>"
             )
+        assert seconds is not None
+        if name.strip() in seen:
+            raise ValueError(f"time budget {name.strip()!r} is given twice; give each budget once")
+        seen.add(name.strip())
         out[tier] = replace(out[tier], **{field_name: seconds})
     return out

@@ -105,7 +105,9 @@ def parse_lane_caps(text: str) -> dict[str, int]:
     caps: dict[str, int] = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
         lane, sep, value = part.partition("=")
-        if not sep or not lane.strip() or not value.strip().isdigit():
+        if not sep or not lane.strip() or not value.strip().isascii() or not value.strip().isdigit():
             raise ValueError(f"lane cap {part!r}: expected <lane>=<non-negative integer>")
+        if lane.strip() in caps:
+            raise ValueError(f"lane cap {lane.strip()!r} is given twice; give each lane once")
         caps[lane.strip()] = int(value)
     return caps

@@ -52,6 +52,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Final
 
+from torchrouter_core.env import finite_float, non_negative
+
 MIN_RESIDENCY_S: Final = 60.0
 EVICTOR_HOLD_S: Final = 300.0
 UNLOAD_S: Final = 1.5
@@ -170,20 +172,28 @@ def parse_eviction_rules(text: str) -> EvictionRules:
     """``"off"`` or ``"min_residency_s=60,hold_s=300,unload_s=1.5"`` (any subset; empty: defaults) ->
     :class:`EvictionRules`. Raises ValueError naming the bad part."""
     text = text.strip()
-    if text.lower() in ("off", "false", "0", "no"):
+    off_words = ("off", "false", "0", "no")
+    if text.lower() in off_words:
         return EvictionRules(enabled=False)
     values: dict[str, float] = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        name, eq, raw = part.partition("=")
-        try:
-            number = float(raw)
-        except ValueError:
-            number = -1.0
-        if not eq or name.strip() not in ("min_residency_s", "hold_s", "unload_s") or not number >= 0:
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    for part in parts:
+        if part.lower() in off_words:
             raise ValueError(
-                f"eviction rule {part!r}: expected off, or min_residency_s|hold_s|unload_s=<seconds >= 0>"
+                f"{part!r} stands alone: it turns eviction off and takes no rules beside it (got {text!r})"
             )
-        values[name.strip()] = number
+        name, eq, raw = (x.strip() for x in part.partition("="))
+        number = finite_float(raw)
+        if not eq or name not in ("min_residency_s", "hold_s", "unload_s") or number is None:
+            raise ValueError(
+                f"eviction rule {part!r}: expected off, or "
+                "min_residency_s|hold_s|unload_s=<finite seconds >= 0>"
+            )
+        if not non_negative(number):
+            raise ValueError(f"eviction rule {part!r}: seconds must be >= 0 (no minus sign)")
+        if name in values:
+            raise ValueError(f"eviction rule {name!r} is given twice; give each rule once")
+        values[name] = number
     return EvictionRules(
         min_residency_s=values.get("min_residency_s", MIN_RESIDENCY_S),
         hold_s=values.get("hold_s", EVICTOR_HOLD_S),

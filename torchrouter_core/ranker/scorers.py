@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from capability_matrix.model import Profile, WarmState
+from torchrouter_core.env import finite_float, non_negative
 from torchrouter_core.ranker.interfaces import FleetSnapshot, Scorer
 
 # Defaults before anything is observed. Load time: 2 s + 0.4 s per GB, the simulated fleet's model of
@@ -113,20 +114,26 @@ def parse_tier_weights(text: str) -> dict[str, dict[str, float]]:
     """``"H:ttft=0.4,quality=0.6;R:ttft=0.9,quality=0.1"`` -> per-tier weights (tiers not named keep
     :data:`TIER_WEIGHTS`). Raises ValueError naming the bad part (an unknown scorer, a negative weight)."""
     table = {tier: dict(w) for tier, w in TIER_WEIGHTS.items()}
+    tiers_seen: set[str] = set()
     for part in filter(None, (p.strip() for p in text.split(";"))):
         tier, sep, body = part.partition(":")
         if not sep or tier.strip() not in ("H", "R", "C"):
             raise ValueError(f"ranker weights {part!r}: expected <H|R|C>:<scorer>=<weight>,...")
+        if tier.strip() in tiers_seen:
+            raise ValueError(f"ranker weights: tier {tier.strip()!r} is given twice; give each tier once")
+        tiers_seen.add(tier.strip())
         weights: dict[str, float] = {}
         for item in filter(None, (i.strip() for i in body.split(","))):
             name, eq, value = item.partition("=")
-            try:
-                number = float(value)
-            except ValueError:
-                number = -1.0
-            if not eq or name.strip() not in SCORERS or not number >= 0:
+            number = finite_float(value)
+            if not eq or name.strip() not in SCORERS or number is None or not non_negative(number):
                 raise ValueError(
-                    f"ranker weights {item!r}: expected <scorer>=<weight >= 0>, scorers {sorted(SCORERS)}"
+                    f"ranker weights {item!r}: expected <scorer>=<finite weight >= 0>, "
+                    f"scorers {sorted(SCORERS)}"
+                )
+            if name.strip() in weights:
+                raise ValueError(
+                    f"ranker weights: {tier.strip()}:{name.strip()} is given twice; give each scorer once"
                 )
             weights[name.strip()] = number
         table[tier.strip()] = weights
