@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import pytest
 
+from torchrouter import cli
 from torchrouter_core.breaker import parse_breaker_config
 from torchrouter_core.budgets import parse_time_budgets
 from torchrouter_core.capacity import parse_lane_caps
 from torchrouter_core.env import SettingsError, parse_float
 from torchrouter_core.eviction import parse_eviction_rules
+from torchrouter_core.hooks_settings import HooksSettings
 from torchrouter_core.ranker.scorers import parse_tier_weights
 
 NON_FINITE = ["nan", "NaN", "inf", "-inf", "Infinity", "1e400", "-1e400"]
@@ -100,3 +102,33 @@ def test_plain_numbers_refuse_non_finite_values(raw: str) -> None:
     with pytest.raises(SettingsError, match="TORCHROUTER_LEDGER_LEASE_S="):
         parse_float("TORCHROUTER_LEDGER_LEASE_S", raw, 0)
     assert parse_float("X", "0", 0) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("TORCHROUTER_EVICTION", "hold_s=abc"),
+        ("TORCHROUTER_LEDGER_REDIS_URL", "notaurl"),
+        ("TORCHROUTER_TIME_BUDGETS", "R.total_s=nan"),
+    ],
+)
+def test_validate_parses_the_hooks_settings_from_the_environment(
+    name: str, value: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv(name, value)
+    assert cli.main(["validate"]) == 1
+    (line,) = capsys.readouterr().out.splitlines()
+    assert line.startswith(f"environment: {name}") and value in line, line
+
+
+@pytest.mark.parametrize(
+    "url", ["notaurl", "redis://", "http://127.0.0.1:6379", "redis://127.0.0.1:port", "unix://"]
+)
+def test_hooks_refuse_a_redis_url_redis_cannot_read(url: str) -> None:
+    with pytest.raises(SettingsError, match="TORCHROUTER_LEDGER_REDIS_URL="):
+        HooksSettings.from_env({"TORCHROUTER_LEDGER_REDIS_URL": url})
+
+
+@pytest.mark.parametrize("url", ["redis://127.0.0.1:6379/0", "rediss://cache.internal", "unix:///run/r.sock"])
+def test_hooks_accept_redis_urls(url: str) -> None:
+    assert HooksSettings.from_env({"TORCHROUTER_LEDGER_REDIS_URL": url}).ledger_redis_url == url

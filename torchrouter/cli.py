@@ -52,6 +52,9 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     try:
         return _run_until_signal(lambda stop: run_stack(opts, stop, lambda line: print(line, flush=True)))
+    except SettingsError as exc:  # before anything started: one line, as `serve` says it
+        print(f"torchrouter up: {exc}", file=sys.stderr)
+        return 2
     except (SimFleetError, LiteLLMStartError, MatrixError, PortInUse, OSError) as exc:
         # Everything started so far has been stopped by the stack's exit stack; say why in one place.
         print(f"torchrouter up: {exc}", file=sys.stderr)
@@ -100,14 +103,34 @@ def cmd_sim(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     from capability_matrix import validate_files
 
-    problems = [*validate_files(args.matrix, args.config), *_agents_problems(args.agents, args.config)]
+    problems = [
+        *validate_files(args.matrix, args.config),
+        *_agents_problems(args.agents, args.config),
+        *_environment_problems(),
+    ]
     for line in problems:
         print(line)
     if problems:
-        print(f"{len(problems)} problem(s) in {args.matrix} / {args.config} / {args.agents}", file=sys.stderr)
+        print(
+            f"{len(problems)} problem(s) in {args.matrix} / {args.config} / {args.agents} / the environment",
+            file=sys.stderr,
+        )
         return 1
-    print(f"ok: {args.matrix}, {args.config} and {args.agents} agree")
+    print(f"ok: {args.matrix}, {args.config} and {args.agents} agree; the TORCHROUTER_* environment parses")
     return 0
+
+
+def _environment_problems() -> list[str]:
+    """The TORCHROUTER_* settings as the hooks (inside LiteLLM) and the classifier would read them now."""
+    import os
+
+    from torchrouter.stack import check_environment
+
+    try:
+        check_environment(os.environ)
+    except SettingsError as exc:
+        return [f"environment: {exc}"]
+    return []
 
 
 def _agents_problems(agents_path: Path, config_path: Path) -> list[str]:
