@@ -1,8 +1,9 @@
 """The one place that reads the classifier's environment.
 
 Everything else receives a :class:`Settings`. Each variable, its default and its meaning is listed in
-``ENV_DOCS`` (the README's table is written from it), including the ones the hooks inside LiteLLM read
-in ``litellm_hooks.settings``.
+``ENV_DOCS`` (the README's table has the same rows), including the ones the hooks inside LiteLLM read
+(``torchrouter_core.hooks_settings``) and the one LiteLLM itself reads through ``os.environ/`` in
+``litellm_config.yaml`` (``TORCHROUTER_CLOUD_API_KEY``).
 """
 
 from __future__ import annotations
@@ -40,6 +41,10 @@ ENV_DOCS: dict[str, tuple[str, str]] = {
     "TORCHROUTER_AGENTS_PATH": ("classifier/agents.yaml", "agent -> tier directory (hot-reloaded)"),
     "TORCHROUTER_ALIASES_PATH": ("classifier/aliases.yaml", "model name -> auto or a group (hot-reloaded)"),
     "TORCHROUTER_DAILY_BUDGET_USD": ("(none)", "cloud spend per UTC day after which cloud is locked out"),
+    "TORCHROUTER_CLOUD_API_KEY": (
+        "(none; sim-cloud-key under torchrouter up)",
+        "the cloud provider key LiteLLM itself reads (os.environ/ in litellm_config.yaml)",
+    ),
     "TORCHROUTER_MAX_BODY_BYTES": ("8388608", "larger request bodies get 413"),
     "TORCHROUTER_UPSTREAM_TIMEOUT_S": ("600", "total time allowed for one upstream call"),
     "TORCHROUTER_LITELLM_CONFIG_PATH": ("litellm_config.yaml", "read for the fallbacks /queue/status shows"),
