@@ -110,7 +110,7 @@ def _fallback_problems(fallbacks: object, groups: set[str]) -> list[str]:
             problems.extend(
                 f"router_settings.fallbacks[{i}]: {name!r} is not a model group in model_list"
                 for name in named
-                if name not in groups
+                if not isinstance(name, str) or name not in groups
             )
             if not isinstance(targets, list):
                 problems.append(f"router_settings.fallbacks[{i}]: the fallbacks of {source!r} are not a list")

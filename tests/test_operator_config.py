@@ -18,6 +18,7 @@ from capability_matrix import (
     MatrixError,
     MatrixStore,
     ReloadOutcome,
+    check_consistency,
     parse_matrix,
     parse_matrix_text,
 )
@@ -228,3 +229,24 @@ def test_a_repeated_key_in_the_matrix_is_refused() -> None:
     text = MATRIX_TEXT.replace("gpu_memory_gb: 24,", "gpu_memory_gb: 24, gpu_memory_gb: 48,", 1)
     with pytest.raises(MatrixError, match="key 'gpu_memory_gb' is repeated"):
         parse_matrix_text(text)
+
+
+def test_a_nested_list_in_the_litellm_configs_fallbacks_is_a_problem_not_a_crash() -> None:
+    config = yaml.safe_load((REPO / "litellm_config.yaml").read_text(encoding="utf-8"))
+    config["router_settings"]["fallbacks"] = [{"code": [["balanced"]]}]
+    lines = check_consistency(parse_matrix(copy.deepcopy(MATRIX_DOC)), config)
+    assert "router_settings.fallbacks[0]: ['balanced'] is not a model group in model_list" in lines, lines
+
+
+def test_hot_reload_refuses_nan_in_the_matrix_and_keeps_the_last_good(tmp_path: Path) -> None:
+    path = tmp_path / "matrix.yaml"
+    path.write_text(MATRIX_TEXT)
+    store = MatrixStore(path)
+    good = store.current
+    path.write_text(MATRIX_TEXT.replace("gpu_memory_gb: 24,", "gpu_memory_gb: 24, gpu_overhead_gb: .nan,", 1))
+    assert store.maybe_reload(0.0) == ReloadOutcome.REJECTED
+    assert store.current is good
+    assert store.last_rejection is not None
+    assert (
+        f'hosts["{HOST}"].gpu_overhead_gb: must be a finite number, got nan' in store.last_rejection.lines()
+    )
