@@ -418,7 +418,9 @@ def load_litellm_fallbacks(path: Path) -> dict[str, list[str]]:
         log.warning("cannot read LiteLLM fallbacks from %s: %s", path, exc)
         return {}
     out: dict[str, list[str]] = {}
-    for entry in (doc.get("router_settings") or {}).get("fallbacks") or []:
+    settings = doc.get("router_settings") if isinstance(doc, dict) else None
+    entries = settings.get("fallbacks") if isinstance(settings, dict) else None
+    for entry in entries if isinstance(entries, list) else []:  # a wrong shape: validate says so
         if isinstance(entry, dict):
             out.update({str(k): [str(g) for g in v] for k, v in entry.items() if isinstance(v, list)})
     return out

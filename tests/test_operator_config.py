@@ -22,6 +22,7 @@ from capability_matrix import (
     parse_matrix,
     parse_matrix_text,
 )
+from classifier.app import load_litellm_fallbacks
 from classifier.fleet_status import LedgerMirror, fleet_status
 from torchrouter import cli
 from torchrouter_core.aliases import AliasError, parse_aliases_yaml
@@ -250,3 +251,30 @@ def test_hot_reload_refuses_nan_in_the_matrix_and_keeps_the_last_good(tmp_path: 
     assert (
         f'hosts["{HOST}"].gpu_overhead_gb: must be a finite number, got nan' in store.last_rejection.lines()
     )
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "- a list\n",
+        "router_settings: [1]\n",
+        "router_settings: {fallbacks: {code: [balanced]}}\n",
+        "router_settings: {fallbacks: [{code: [[balanced]]}]}\n",
+    ],
+)
+def test_the_classifier_reads_litellm_fallbacks_of_any_shape_without_crashing(
+    tmp_path: Path, text: str
+) -> None:
+    path = tmp_path / "litellm_config.yaml"
+    path.write_text(text)
+    fallbacks = load_litellm_fallbacks(path)
+    assert all(isinstance(k, str) and all(isinstance(g, str) for g in v) for k, v in fallbacks.items())
+
+
+def test_the_classifier_refuses_a_repeated_key_in_the_litellm_config(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "litellm_config.yaml"
+    path.write_text("router_settings: {fallbacks: [{code: [balanced]}]}\nrouter_settings: {}\n")
+    assert load_litellm_fallbacks(path) == {}
+    assert any("key 'router_settings' is repeated" in r.getMessage() for r in caplog.records)
