@@ -8,8 +8,9 @@ Exceptions:
 This module owns the validation rules: the JSON Schema in `schema.json` (types, enums, ranges, unknown fields,
 key form) and the cross-references a schema cannot express (a profile's key is `host_id/provider/model`; an
 ollama profile's host is declared in `hosts`, shares its `api_base` and fits in its GPU memory less its
-`gpu_overhead_gb`, which must leave some; every number is finite: JSON Schema's ranges let NaN through). YAML
-syntax errors and duplicate keys (which YAML would otherwise resolve silently, last one wins) are problems too.
+`gpu_overhead_gb`, which must leave some; every number is finite: JSON Schema's ranges let NaN through).
+YAML syntax errors and duplicate keys (which YAML would otherwise resolve silently, last one wins) are
+problems too.
 """
 
 from __future__ import annotations
