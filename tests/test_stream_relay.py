@@ -106,7 +106,8 @@ async def test_upstream_dying_mid_stream_ends_the_stream_cleanly(
     assert tail.startswith(b"data: ") and b'"upstream_stream_broken"' in tail
     assert group == "fast-chat" and lanes[group]["active"] == 0  # a local lane: its slot came back
     completed = await wait_for_event(stack.events_path, request_id, "request_completed")
-    assert (completed["outcome"], completed["status"]) == ("upstream_error", 502)
+    # The trail's status is the status line the client got: the 200 went out before the stream broke.
+    assert (completed["outcome"], completed["status"]) == ("upstream_error", 200)
 
 
 async def _close_after(url: str, stop_after: bytes) -> str:
@@ -154,3 +155,30 @@ async def test_a_client_closing_a_stream_is_ok_only_after_done(
         hold_eof.set()
     assert (completed["outcome"], completed["status"]) == (outcome, 200)
     assert completed["ttft_ms"] is not None
+
+
+async def test_a_client_gone_before_the_upstream_breaks_is_cancelled_with_the_200_it_got(
+    stack: Stack, make_classifier: ClassifierFactory
+) -> None:
+    """The client leaves part-way while the upstream goes on (the classifier's write to it fails: once
+    reported as a 502 from LiteLLM); then the upstream dies. The client got a 200: the trail says so."""
+    client_left = asyncio.Event()
+
+    async def upstream_chat(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await resp.write(CHUNKS[0])
+        await asyncio.wait_for(client_left.wait(), 10)
+        for _ in range(20):  # the classifier's writes to the gone client fail; then the upstream dies
+            await resp.write(CHUNKS[1])
+            await asyncio.sleep(0.01)
+        assert request.transport is not None
+        request.transport.abort()
+        return resp
+
+    async with scripted_upstream(upstream_chat) as upstream_url:
+        url = await make_classifier(litellm_url=upstream_url)
+        request_id = await _close_after(url, b"sim:first")
+        client_left.set()
+        completed = await wait_for_event(stack.events_path, request_id, "request_completed")
+    assert (completed["outcome"], completed["status"]) == ("cancelled", 200)
