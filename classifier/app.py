@@ -264,6 +264,7 @@ def create_app(
         app[MATRIX_KEY],
         daily_budget_usd=settings.daily_budget_usd,
         spend_today=app[SPEND_KEY].today,
+        spend_unknown=lambda now: spend_file.unknown_reason(settings.spend_path, app[SPEND_KEY], now),
         on_lockout_change=lockout_changed,
     )
     app[LANES_KEY] = Lanes(enabled=settings.queue_enabled)

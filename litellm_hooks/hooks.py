@@ -104,6 +104,7 @@ class HooksRuntime:
             MatrixStore(settings.matrix_path, min_interval_s=0.0),
             daily_budget_usd=settings.daily_budget_usd,
             spend_today=spend.today,
+            spend_unknown=lambda now: spend_file.unknown_reason(settings.spend_path, spend.daily, now),
         )
         reservations = Reservations(open_ledger(settings), settle_s=2 * settings.probe_interval_s)
         return cls(
