@@ -14,8 +14,10 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from classifier.forwarder import HttpForwarder
 from tests.conftest import ClassifierFactory, Stack
-from tests.harness import served, wait_for_event
+from tests.harness import free_ports, served, wait_for_event
+from torchrouter_core.errors import ApiError, UpstreamUnavailable
 
 CHUNKS = [
     b'data: {"id":"c1","choices":[{"index":0,"delta":{"content":"sim:first"}}]}\n\n',
@@ -182,3 +184,33 @@ async def test_a_client_gone_before_the_upstream_breaks_is_cancelled_with_the_20
         client_left.set()
         completed = await wait_for_event(stack.events_path, request_id, "request_completed")
     assert (completed["outcome"], completed["status"]) == ("cancelled", 200)
+
+
+async def test_a_failed_write_to_the_client_is_not_litellms_failure() -> None:
+    """A burst of cut clients: the classifier's write to a client that had gone failed inside the
+    forwarder's exchange and came out as "LiteLLM unreachable" (502), so a client that had its 200 was
+    recorded as cancelled with 502. The client's reset passes through as itself."""
+
+    async def upstream_chat(request: web.Request) -> web.StreamResponse:
+        return web.json_response({"ok": True})
+
+    async with scripted_upstream(upstream_chat) as upstream_url:
+        forwarder = HttpForwarder(upstream_url, timeout_s=5)
+        try:
+            with pytest.raises(ConnectionResetError) as caught:
+                async with forwarder.open("POST", "/v1/chat/completions", b"{}", {}) as upstream:
+                    assert upstream.status == 200
+                    raise aiohttp.ClientConnectionResetError("Cannot write to closing transport")
+            assert not isinstance(caught.value, ApiError)
+        finally:
+            await forwarder.close()
+
+
+async def test_litellm_refusing_the_connection_is_still_a_502() -> None:
+    forwarder = HttpForwarder(f"http://127.0.0.1:{free_ports(1)[0]}", timeout_s=5)
+    try:
+        with pytest.raises(UpstreamUnavailable):
+            async with forwarder.open("POST", "/v1/chat/completions", b"{}", {}):
+                pass
+    finally:
+        await forwarder.close()
