@@ -9,7 +9,7 @@ import pytest
 
 from capability_matrix import DEFAULT_MATRIX_PATH, MatrixStore, utc_day
 from capability_matrix.view import FleetView
-from tests.conftest import ClassifierFactory
+from tests.conftest import ClassifierFactory, Stack
 from torchrouter_core import spend_file
 from torchrouter_core.spend import DailySpend, SpendBook
 
@@ -166,3 +166,23 @@ async def test_a_restarted_classifier_starts_from_the_durable_book(
     url = await make_classifier(spend_path=path)
     async with aiohttp.ClientSession() as session, session.get(url + "/health") as resp:
         assert (await resp.json())["daily_spend_usd"] == 1.5
+
+
+async def test_a_classifier_started_on_a_corrupt_book_keeps_the_cloud_locked(
+    stack: Stack, make_classifier: ClassifierFactory, tmp_path: Path
+) -> None:
+    import aiohttp
+
+    path = tmp_path / "spend.json"
+    path.write_text("{corrupt")
+    url = await make_classifier(spend_path=path, daily_budget_usd=5.0)
+    body = {"model": "cloud-fast", "messages": [{"role": "user", "content": "hi"}]}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(url + "/v1/chat/completions", json=body) as resp,
+    ):
+        assert resp.status == 200
+        group = resp.headers["X-Router-Group"]
+    assert not group.startswith("cloud"), group  # the cloud is locked: a local lane answered
+    locked = [e for e in stack.events() if e["event"] == "lockout_changed" and "corrupt" in e["reason"]]
+    assert locked and locked[-1]["state"] == "budget" and "spend.json.corrupt-" in locked[-1]["reason"]
