@@ -41,12 +41,15 @@ class FleetView:
         *,
         daily_budget_usd: float | None,
         spend_today: Callable[[float], float],
+        spend_unknown: Callable[[float], str | None] | None = None,
         on_lockout_change: OnLockoutChange | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
         self._budget = daily_budget_usd
         self._spend_today = spend_today
+        self._spend_unknown = spend_unknown  # why today's spend is unknown (a corrupt book), or None
+        self._unknown_why: str | None = None
         self._on_lockout_change = on_lockout_change
         self._clock = clock
         self.observations: dict[str, HostObservation] = {}
@@ -102,6 +105,18 @@ class FleetView:
     def budget_reason(self, now: float) -> str | None:
         if self._budget is None:
             return None
+        # Today's spend unknown (the book was corrupt): the cloud stays locked until the book is fixed or
+        # the UTC day ends, as if the budget were spent; lifted as soon as the book reads again.
+        unknown = self._spend_unknown(now) if self._spend_unknown is not None else None
+        if unknown != self._unknown_why:
+            self._dirty = True
+            self._notify("cloud", "budget" if unknown else "none", unknown or "the spend book reads again")
+            self._unknown_why = unknown
+        if unknown is not None:
+            return (
+                f"today's cloud spend is unknown ({unknown}); the cloud stays locked until the book is "
+                "fixed or the UTC day ends"
+            )
         spend = self._spend_today(now)
         locked = budget_lockout(spend, self._budget, utc_day(now), self._budget_locked_day)
         if locked != self._budget_locked_day:

@@ -265,6 +265,10 @@ def create_app(
         app[MATRIX_KEY],
         daily_budget_usd=settings.daily_budget_usd,
         spend_today=app[SPEND_KEY].today,
+        # The file is the book only without Redis (TORCHROUTER_LEDGER_REDIS_URL): only then can it be unknown.
+        spend_unknown=None
+        if settings.spend_redis_url
+        else lambda now: spend_file.unknown_reason(settings.spend_path, app[SPEND_KEY], now),
         on_lockout_change=lockout_changed,
     )
     app[LANES_KEY] = Lanes(enabled=settings.queue_enabled)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -46,10 +47,16 @@ from torchrouter_core.decide import CloudLocked, RouteDecision, decide
 from torchrouter_core.errors import ApiError, PayloadTooLarge, QueueFull, UpstreamTimeout, verdict_error
 from torchrouter_core.fallbacks import failure_chain
 from torchrouter_core.feasibility import explain_no_deployment
+from torchrouter_core.identity import IdentityError, identify
 from torchrouter_core.queue_policy import GroupSnapshot, finite_ms
 from torchrouter_core.routing import ladder_step_kind
 
 log = logging.getLogger("torchrouter.classifier")
+
+
+# The trail's ``status`` is the status line the client was sent; a client that left before one went out is
+# recorded with nginx's 499 "client closed request".
+CLIENT_CLOSED = 499
 
 
 def too_large_message(request: web.Request) -> str:
@@ -62,6 +69,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     settings, metrics, events = app[SETTINGS_KEY], app[METRICS_KEY], app[EVENTS_KEY]
     trace = RouteTrace(request_id=app[REQUEST_IDS_KEY].new())
     client_request_id = request_id_from(request.headers)
+    body: dict[str, Any] | None = None
     try:
         body = parse_chat_body(
             await read_body(request, settings.max_body_bytes), request.headers.get("Content-Type")
@@ -86,7 +94,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         events.emit(
             "queue_rejected",
             request_id=trace.request_id,
-            agent_id=None,
+            agent_id=agent_of(request.headers, body),
             tier=None,
             group=None,
             status=exc.status,
@@ -95,10 +103,10 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         )
         return error_response(exc, trace.headers())
     except ApiError as exc:
-        return _refused(request, exc, trace, client_request_id, started)
+        return _refused(request, exc, trace, client_request_id, started, body)
     except web.HTTPRequestEntityTooLarge:
         return _refused(
-            request, PayloadTooLarge(too_large_message(request)), trace, client_request_id, started
+            request, PayloadTooLarge(too_large_message(request)), trace, client_request_id, started, body
         )
 
     trace.tier, trace.group, trace.canary = decision.tier.value, decision.first_group, decision.canary
@@ -167,8 +175,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             trace.fallback = "ladder:" + "->".join([*(g for g, _ in admission.diverts), admission.group])
         fallbacks = _failure_chain(app, decision, admission)
         response = await _forward(request, body, decision, admission.group, trace, started, relay, fallbacks)
-        status = relay.status
-        outcome = "upstream_error" if status >= 400 else "ok"
+        outcome = "upstream_error" if relay.status >= 400 else "ok"
+        status = relay.sent or relay.status
         return response
     except QueueFull as exc:
         outcome, status = "shed", exc.status
@@ -184,18 +192,21 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         return error_response(exc, trace.headers())
     except ApiError as exc:
         outcome = "timeout" if exc.status == 504 else "upstream_unavailable"
-        if request.transport is None or request.transport.is_closing():
-            outcome = "cancelled"  # the client left first; what failed upstream is a consequence"
         status = exc.status
+        if request.transport is None or request.transport.is_closing():
+            # The client left first; what failed upstream is a consequence. Nothing went out to it.
+            outcome, status = "cancelled", relay.sent or CLIENT_CLOSED
         trace.total_ms = (time.perf_counter() - started) * 1e3
         return error_response(exc, trace.headers())
     except (asyncio.CancelledError, ConnectionResetError):
         # A client that closes once it has read the stream's last event (the OpenAI SDK does, without
         # waiting for the chunked terminator) was answered in full: that is a success, not a cancel.
-        # ``status`` is what went out before the client left (0: nothing had).
-        outcome, status = ("ok" if relay.complete else "cancelled"), relay.status
+        # ``status`` is the status line that went out before the client left (499: none had).
+        outcome, status = ("ok" if relay.complete else "cancelled"), relay.sent or CLIENT_CLOSED
         raise
     finally:
+        if outcome == "error":  # an unexpected exception: the middleware answers 500 unless a stream began
+            status = relay.sent or 500
         if admission is not None:
             # Only a model that was resident (warm or hot) measures the lane: a cold load would teach
             # the estimator seconds of load as if every request took that long.
@@ -212,7 +223,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             group=trace.group,
             outcome=outcome,
             status=status,
-            deployment=trace.model,
+            deployment=None if trace.model == "none" else trace.model,
             fallback=trace.fallback,
             total_ms=round(total_s * 1e3, 1),
             ttft_ms=None if relay.ttft_s is None else round(relay.ttft_s * 1e3, 1),
@@ -351,18 +362,35 @@ def _failure_chain(app: web.Application, decision: RouteDecision, admission: Adm
     return chain
 
 
+def agent_of(headers: Mapping[str, str], body: Mapping[str, Any] | None) -> str | None:
+    """The caller's agent id for a request refused before it was routed: from ``X-Agent-Id`` (or the
+    body's ``agent:group`` model) when they name one validly, whatever else was wrong with the request."""
+    try:
+        return identify(headers, body.get("model") if body is not None else None).agent_id
+    except IdentityError:
+        if body is not None:
+            return agent_of(headers, None)  # the model field was the fault: the header may still name it
+        return None
+
+
 def _refused(
-    request: web.Request, exc: ApiError, trace: RouteTrace, client_request_id: str | None, started: float
+    request: web.Request,
+    exc: ApiError,
+    trace: RouteTrace,
+    client_request_id: str | None,
+    started: float,
+    body: Mapping[str, Any] | None = None,
 ) -> web.Response:
     """A request answered before it was routed (bad body, unknown model, impossible): counted, and one
-    ``request_completed`` line in the trail like every other request."""
+    ``request_completed`` line in the trail like every other request, with the agent its headers (or its
+    body's model) name."""
     app = request.app
     app[METRICS_KEY].requests.labels("none", "none", "bad_request").inc()
     trace.total_ms = (time.perf_counter() - started) * 1e3
     app[EVENTS_KEY].emit(
         "request_completed",
         request_id=trace.request_id,
-        agent_id=None,
+        agent_id=agent_of(request.headers, body),
         tier=None,
         group=None,
         client_request_id=client_request_id,
@@ -370,7 +398,7 @@ def _refused(
         status=exc.status,
         code=exc.code,
         param=exc.param,
-        deployment=trace.model,
+        deployment=None,
         fallback=trace.fallback,
         total_ms=round(trace.total_ms, 1),
         ttft_ms=None,

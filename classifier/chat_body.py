@@ -17,6 +17,7 @@ from classifier.body_decode import judge_content_type
 from classifier.nesting import MAX_JSON_DEPTH, may_be_too_deep, too_deep
 from classifier.nulls import drop_optional_nulls
 from torchrouter_core.errors import BadRequest, UnsupportedMediaType
+from torchrouter_core.privileged import privileged_field
 
 # A content part: OpenAI's part types, each carried in the field of its name (openai_chat_request.schema.json
 # has the full shapes). Checked here because LiteLLM answers a malformed part with a 500, a 400 carrying its
@@ -74,6 +75,10 @@ _TOOL_CHOICE = {
     },
 }
 
+# A bound on max_tokens / max_completion_tokens far above any model's output (a JSON number past 64 bits
+# arrives as a float: 1e308 is an "integer" to JSON Schema, and its 309 digits ended up in an error message).
+MAX_OUTPUT_TOKENS = 2**31 - 1
+
 _MESSAGE = {
     "type": "object",
     "required": ["role"],
@@ -96,8 +101,8 @@ CHAT_SCHEMA: dict[str, Any] = {
         "stream_options": {"type": ["object", "null"]},
         "tools": {"type": "array", "items": _TOOL},
         "tool_choice": _TOOL_CHOICE,
-        "max_tokens": {"type": ["integer", "null"], "minimum": 1},
-        "max_completion_tokens": {"type": ["integer", "null"], "minimum": 1},
+        "max_tokens": {"type": ["integer", "null"], "minimum": 1, "maximum": MAX_OUTPUT_TOKENS},
+        "max_completion_tokens": {"type": ["integer", "null"], "minimum": 1, "maximum": MAX_OUTPUT_TOKENS},
         "temperature": {"type": ["number", "null"], "minimum": 0, "maximum": 2},
         "top_p": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
         "n": {"type": ["integer", "null"], "minimum": 1, "maximum": 1},
@@ -147,6 +152,12 @@ def parse_chat_body(raw: bytes, content_type: str | None = None) -> dict[str, An
         fast_message = str(exc)
     else:
         _check_parts(body["messages"])
+        if (field := privileged_field(body)) is not None:
+            raise BadRequest(
+                f"{field} may not be sent in a request body: the router and LiteLLM's configuration set it",
+                param=field,
+                code="field_not_allowed",
+            )
         return body
     errors = sorted(_VALIDATOR.iter_errors(body), key=lambda e: list(e.absolute_path))
     if not errors:  # the two libraries disagree: trust the rejection, say what the fast one saw

@@ -58,11 +58,20 @@ class HttpForwarder:
     async def open(
         self, method: str, path: str, body: bytes | None, headers: Mapping[str, str]
     ) -> AsyncIterator[UpstreamResponse]:
+        answered = False
         try:
             async with self._session.request(
                 method, self.base_url + path, data=body, headers=headers
             ) as resp:
+                answered = True
                 yield UpstreamResponse(resp.status, resp.headers, resp)
+        except ConnectionResetError:
+            # Raised by the caller's block after LiteLLM answered: a write to the *client* that has gone
+            # (aiohttp's ClientConnectionResetError is a ClientError too). Not LiteLLM's failure: a 502 here
+            # recorded a client that had its 200 as "cancelled, 502".
+            if answered:
+                raise
+            raise UpstreamUnavailable("the connection to LiteLLM was reset") from None
         except aiohttp.ClientConnectorError as exc:
             raise UpstreamUnavailable(
                 f"the router's LiteLLM proxy is unreachable ({exc.os_error.strerror})"

@@ -97,6 +97,7 @@ class HooksRuntime:
 
     @classmethod
     def build(cls, settings: HooksSettings) -> HooksRuntime:
+        shared_spend = open_shared_spend(settings)
         spend = SpendBook(daily=spend_file.load(settings.spend_path, time.time()))
         fleet = FleetView(
             # Checked on every routing call (a stat, about a microsecond against LiteLLM's milliseconds per
@@ -104,6 +105,10 @@ class HooksRuntime:
             MatrixStore(settings.matrix_path, min_interval_s=0.0),
             daily_budget_usd=settings.daily_budget_usd,
             spend_today=spend.today,
+            # The file is the book only without the shared book in Redis: only then can it be unknown.
+            spend_unknown=None
+            if shared_spend
+            else lambda now: spend_file.unknown_reason(settings.spend_path, spend.daily, now),
         )
         reservations = Reservations(open_ledger(settings), settle_s=2 * settings.probe_interval_s)
         return cls(
@@ -113,7 +118,7 @@ class HooksRuntime:
             spend,
             reservations,
             breakers=Breakers(settings.breaker),
-            shared_spend=open_shared_spend(settings),
+            shared_spend=shared_spend,
             evictions=EvictionLog(hold_s=settings.eviction.hold_s),
         )
 

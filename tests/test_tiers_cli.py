@@ -4,6 +4,7 @@ scikit-learn, real files in tmp_path), the fixed split, and the corpus itself.""
 from __future__ import annotations
 
 import itertools
+import os
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -181,3 +182,27 @@ def test_eval_refuses_a_broken_model(tmp_path: Path, capsys: pytest.CaptureFixtu
     (tmp_path / "m.json").write_text("{}")
     assert main(["tiers", "eval", "--model", str(tmp_path / "m.json")]) == 1
     assert "not a torchrouter-tier-model/2" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("where", ["missing folder", "a folder", "read-only folder"])
+def test_an_unwritable_out_is_refused_before_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], where: str
+) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    out = {
+        "missing folder": tmp_path / "nonexistent" / "dir" / "x.json",
+        "a folder": tmp_path,
+        "read-only folder": locked / "x.json",
+    }[where]
+    if where == "read-only folder":
+        locked.chmod(0o500)
+        if os.access(locked, os.W_OK):  # root writes anywhere
+            pytest.skip("running as root: a read-only folder is still writable")
+    # The corpus does not exist either: the answer names --out, so nothing was read or trained first.
+    try:
+        code = main(["tiers", "train", "--corpus", str(tmp_path / "none.jsonl"), "--out", str(out)])
+    finally:
+        locked.chmod(0o700)
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "--out" in err and "Traceback" not in err, err

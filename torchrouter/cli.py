@@ -175,18 +175,37 @@ def cmd_explain(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"torchrouter explain: cannot read the trail {path}: {exc.strerror}", file=sys.stderr)
         return 1
-    events = []
-    for line in raw.splitlines():
-        try:
-            events.append(orjson.loads(line))
-        except orjson.JSONDecodeError:
-            continue  # a line being written right now, or a torn one: the rest still tells the story
-    request_id = trail.last_request_id(events) if args.last else args.request_id
-    if not request_id:
+    if args.last and args.request_id:
+        print("torchrouter explain: give a REQUEST_ID or --last, not both", file=sys.stderr)
+        return 2
+    if not args.last and not args.request_id:
         print("torchrouter explain: give a REQUEST_ID (X-Router-Request-Id) or --last", file=sys.stderr)
         return 2
+    events, skipped = [], 0
+    for line in raw.splitlines():
+        if not line.strip():
+            continue
+        try:
+            event = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            event = None  # a line being written right now, or a torn one: the rest still tells the story
+        if isinstance(event, dict):
+            events.append(event)
+        else:
+            skipped += 1
+    if skipped:
+        print(f"note: skipped {skipped} trail line(s) that are not JSON objects", file=sys.stderr)
+    request_id = trail.last_request_id(events) if args.last else args.request_id
+    if not request_id:
+        print(f"torchrouter explain: the trail {path} has no requests", file=sys.stderr)
+        return 1
     story = trail.story(events, request_id)
-    print(json.dumps(story, indent=2, sort_keys=True) if args.json else trail.render(story))
+    try:
+        print(json.dumps(story, indent=2, sort_keys=True) if args.json else trail.render(story))
+        sys.stdout.flush()
+    except BrokenPipeError:  # `| head`: the reader has gone; say nothing more (and nothing at exit)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     return 0 if story["found"] else 1
 
 

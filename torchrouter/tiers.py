@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import math
+import os
 import sys
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -357,7 +358,23 @@ def _shown(path: Path) -> str:
     return str(resolved.relative_to(PACKAGE_ROOT)) if resolved.is_relative_to(PACKAGE_ROOT) else str(path)
 
 
+def output_problem(path: Path) -> str | None:
+    """Why the model cannot be written to ``path`` (checked before training, which takes a minute), or None:
+    its folder must exist and be writable, and the path must not be a folder."""
+    folder = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        return f"--out {path} is a folder; give a file path"
+    if not folder.is_dir():
+        return f"--out {path}: the folder {folder} does not exist"
+    if not os.access(folder, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        return f"--out {path}: not writable"
+    return None
+
+
 def cmd_train(args: Any) -> int:
+    if (problem := output_problem(Path(args.out))) is not None:
+        print(f"torchrouter tiers train: {problem}", file=sys.stderr)
+        return 2
     try:
         paths = [args.corpus, *args.extra]
         examples = load_corpora(paths)
@@ -370,7 +387,11 @@ def cmd_train(args: Any) -> int:
             f"torchrouter tiers train: needs the dev extra (pip install -e '.[dev]'): {exc}", file=sys.stderr
         )
         return 1
-    write_model(report.model_doc, args.out)
+    try:
+        write_model(report.model_doc, args.out)
+    except OSError as exc:  # the folder went away (or filled up) while training
+        print(f"torchrouter tiers train: cannot write {args.out}: {exc.strerror}", file=sys.stderr)
+        return 1
     for c, accuracy in report.cv_accuracy.items():
         print(f"cv C={c:g}: accuracy {accuracy:.3f}")
     print(f"trained on {report.trained_on} (C={report.chosen_c:g}); held out {report.held_out}")

@@ -46,6 +46,8 @@ class DailySpend:
     day: dt.date | None = None
     total_usd: float = 0.0
     _day_ends: float = float("-inf")  # the current day's end as a timestamp: one float compare per call
+    unknown_why: str | None = None  # why this day's total is unknown (a corrupt book); cleared with the day
+    checked_at: float = float("-inf")  # when the book's file was last read again while unknown
 
     def add(self, cost_usd: float, now: float) -> None:
         """One answer's cost; only a finite, positive amount counts (a garbage cost is no spend)."""
@@ -63,6 +65,11 @@ class DailySpend:
     def today(self, now: float) -> float:
         self._roll(now)
         return self.total_usd
+
+    def unknown(self, now: float) -> str | None:
+        """Why today's total is unknown (the saved book was corrupt), or None: it is known."""
+        self._roll(now)
+        return self.unknown_why
 
     def to_record(self, now: float) -> dict[str, object]:
         self._roll(now)
@@ -84,6 +91,8 @@ class DailySpend:
             return
         day = utc_day(now)
         if day != self.day:
+            if self.day is not None:
+                self.unknown_why = None  # a new day's spend starts at 0, known
             self.day, self.total_usd = day, 0.0
         midnight = dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC)
         self._day_ends = (midnight + dt.timedelta(days=1)).timestamp()
