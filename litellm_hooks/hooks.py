@@ -228,15 +228,43 @@ def _attempt_of(ctx: dict[str, Any], reported: str | None, *, failed: bool) -> s
     """Which of this request's attempts an outcome belongs to. LiteLLM's attempts for one request run one
     after another, but it may log an attempt's failure after the next one started, with the next one's
     deployment in the call's parameters (a stream cut midway that it continued from its fallback group):
-    a failure belongs to the oldest attempt not yet reported; a success to the deployment it names."""
+    a failure belongs to the oldest attempt not yet reported; a success to the deployment it names. A
+    failure when every attempt has been reported already is the same failure told twice: ``None``."""
     pending = ctx.get("pending")
-    if not isinstance(pending, list) or not pending:
+    if not isinstance(pending, list):
         return reported
+    if not pending:
+        return None if failed and ctx.get("tried") else reported
     if not failed and reported in pending:
         pending.remove(reported)
         return reported
     attempt = pending.pop(0)
     return attempt if isinstance(attempt, str) else reported
+
+
+def _first_report(ctx: dict[str, Any], exc: object) -> bool:
+    """True the first time this request's failure ``exc`` is seen (LiteLLM may pass the same exception
+    twice: the request's exceptions stay alive while it runs, so their ids name them)."""
+    if exc is None:
+        return True
+    seen = ctx.setdefault("failures_seen", [])
+    if not isinstance(seen, list):
+        return True
+    if id(exc) in seen:
+        return False
+    seen.append(id(exc))
+    return True
+
+
+def _rearm_failure_log(kwargs: Mapping[str, Any]) -> None:
+    """LiteLLM 1.102.4 keeps one logging object for a request's whole fallback chain and logs its failure
+    once (``has_logged_async_failure``): every later hop's failure would never reach
+    ``async_log_failure_event``. A new attempt starts after the previous one's failure was logged (LiteLLM
+    awaits that log before falling back), so the flag is cleared here for this attempt's own failure."""
+    logging_obj = kwargs.get("litellm_logging_obj")
+    details = getattr(logging_obj, "model_call_details", None)
+    if isinstance(details, dict):
+        details.pop("has_logged_async_failure", None)
 
 
 def _status_of(exc: object) -> int | None:
@@ -360,6 +388,8 @@ class RouterHooks(CustomLogger):
                     await asyncio.wait_for(runtime.first_round.wait(), FIRST_ROUND_WAIT_S)
             kwargs = request_kwargs or {}
             ctx = _ctx_of(kwargs)
+            if ctx.get("tried"):  # a later attempt of this request: its failure must be logged too
+                _rearm_failure_log(kwargs)
             now = time.time()
             if runtime.shared_spend is not None and not runtime.spend_synced:  # after a restart: the book
                 await runtime.sync_spend(now)
@@ -607,7 +637,8 @@ class RouterHooks(CustomLogger):
             self.client_watches.take(kwargs.get("litellm_call_id"))  # a stream that never started
             await self._release(kwargs)
             exc = kwargs.get("exception")
-            self._finished(kwargs, _status_of(exc) or 0, exc)
+            if _first_report(_ctx_of(kwargs), exc):
+                self._finished(kwargs, _status_of(exc) or 0, exc)
         except Exception:
             self._failed("log_failure")
 
@@ -668,6 +699,12 @@ class RouterHooks(CustomLogger):
             token, request_id = ctx.get("lease_token"), ctx.get("request_id")
             if isinstance(token, str):
                 await runtime.reservations.release(token, None, time.time())
+            pending = ctx.get("pending")
+            failure, _ = classify(original_exception, time.time())
+            left = isinstance(pending, list) and bool(pending)
+            if failure is not None and left and _first_report(ctx, original_exception):
+                # The last attempt's failure that no failure log told (a catch-up; normally none is left).
+                self._finished(request_data, _status_of(original_exception) or 0, original_exception)
             if request_id:
                 runtime.in_flight.finish_request(str(request_id))
         except Exception:
