@@ -39,7 +39,7 @@ from capability_matrix.live import sharing_credentials
 from capability_matrix.probe import FleetProbe
 from litellm_hooks.client_watch import ClientWatches, watch_current_client
 from litellm_hooks.failures import classify
-from litellm_hooks.reservations import Reservations, host_reports, open_ledger
+from litellm_hooks.reservations import Reservations, host_reports, open_ledger, own_report
 from litellm_hooks.settings import HooksSettings
 from litellm_hooks.streams import name_the_group, shaped_stream
 from torchrouter_core import spend_file
@@ -177,9 +177,12 @@ class HooksRuntime:
                     self.unbooked.insert(0, call)
                     raise
             total = await shared.today(now)
-        except Exception:
-            log.warning("spend book in Redis did not answer; this worker counts on its own", exc_info=True)
+        except Exception as exc:
+            # The last shared total this worker saw plus what it booked since stands (never less); the
+            # report says the book is degraded, so the classifier keeps the higher total it knew.
+            self.reservations.faults.failed("spend_book", "this worker counts on its own", exc)
             return
+        self.reservations.faults.ok("spend_book")
         if not self.unbooked:  # booked meanwhile by another task: it mirrors after its own booking
             self.spend.daily.mirror(total, now)
         self.spend_synced = True
@@ -659,11 +662,17 @@ class RouterHooks(CustomLogger):
                 runtime.book(data.get("litellm_call_id"), _response_cost(response), now)
                 await runtime.sync_spend(now)  # the shared book's total (other workers' spend included)
             warm = ctx.get("warm_state")
-            ledger = None
+            ledger = own = None
             if runtime is not None:
                 matrix = runtime.fleet.matrix(now)
                 ledger = host_reports(
                     matrix, await runtime.reservations.view(matrix, now), runtime.in_flight.counts(now)
+                )
+                token, request_id = ctx.get("lease_token"), ctx.get("request_id")
+                own = own_report(
+                    matrix,
+                    runtime.reservations.of_token(token) if isinstance(token, str) else [],
+                    runtime.in_flight.of_request(str(request_id)) if request_id else [],
                 )
             report = RouteReport(
                 deployment=ctx.get("deployment"),
@@ -676,6 +685,8 @@ class RouterHooks(CustomLogger):
                 ledger=ledger,
                 breakers=frozenset(runtime.blocked(runtime.fleet.store.current, now)) if runtime else None,
                 groups=tuple(ctx.get("groups") or ()),
+                degraded=runtime.reservations.faults.report() if runtime is not None else None,
+                own=own,
             )
             return report.to_headers()
         except Exception:
