@@ -396,7 +396,9 @@ def _is_hop(event: dict[str, Any]) -> bool:
     return bool(event["event"] == "fallback_selected")
 
 
-async def test_every_failed_hop_of_a_chain_is_recorded_once(fault_stack: Stack, fault_url: str) -> None:
+async def test_every_failed_hop_of_a_chain_is_recorded_once(
+    fault_stack: Stack, fault_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Every step of tier H's chain fails once (a 500 from every host and the cloud): each attempt's failure
     is its own ``attempt_failed`` (LiteLLM logs only the first failure of a request's shared logging object
     unless the hooks re-arm it for the next attempt), once each, and ``explain`` names every one."""
@@ -412,6 +414,9 @@ async def test_every_failed_hop_of_a_chain_is_recorded_once(fault_stack: Stack, 
     assert len(picked) >= 2, picked
     assert failed == picked, (picked, failed)
     assert all(e["failure"] == "server_error" for e in mine if e["event"] == "attempt_failed")
+    assert cli.main(["explain", answer.request_id, "--events", str(fault_stack.events_path)]) == 0
+    text = capsys.readouterr().out
+    assert text.count("failed: server_error") == len(picked), text
     fault_stack.sim.reset()
     await breakers_clear(fault_url)
 
