@@ -4,11 +4,13 @@ report it, requests in flight and resident models, through the real stack."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import aiohttp
 
-from tests.conftest import Stack
+from tests.conftest import Stack, classifiers_for, running_stack
 from tests.harness import eventually
+from tests.redis_server import RedisServer
 
 
 async def test_fleet_shows_every_host_its_memory_ledger_and_resident_models(
@@ -51,6 +53,17 @@ async def test_fleet_keeps_no_reservation_or_request_in_flight_after_requests_en
     ended, /fleet and the metrics show no reservation and no request in flight for them, with no further
     request to refresh the view (the last report was taken while its own request still ran)."""
     stack.sim.reset()
+    await _burst_then_idle(classifier_url)
+
+
+async def test_the_same_with_the_ledger_in_redis(tmp_path: Path, redis_server: RedisServer) -> None:
+    url = redis_server.url.rsplit("/", 1)[0] + "/7"  # a database of its own: no other test's leases
+    with running_stack(tmp_path, {"TORCHROUTER_LEDGER_REDIS_URL": url}) as stack:
+        async with classifiers_for(stack) as factory:
+            await _burst_then_idle(await factory(spend_redis_url=url))
+
+
+async def _burst_then_idle(classifier_url: str) -> None:
 
     async def one(session: aiohttp.ClientSession, n: int) -> None:
         body = {
