@@ -189,6 +189,18 @@ class Job:
     logprobs: int | None = None  # top log probabilities per token; None: not asked for
 
 
+LABEL_CHARS = 64
+
+
+def job_label(job: Job) -> str:
+    """How the host's request history names a request: the start of its last user message (a benchmark puts
+    its own request id there to find its requests again)."""
+    last_user = next(
+        (m for m in reversed(job.messages) if isinstance(m, dict) and m.get("role") == "user"), None
+    )
+    return message_text(last_user)[:LABEL_CHARS]
+
+
 def wants_thinking(think: object, reasoning: bool) -> bool:
     if think is None:
         return reasoning  # a reasoning model thinks unless told not to
@@ -301,7 +313,7 @@ class HostRuntime(SimRuntime):
     @asynccontextmanager
     async def run(self, job: Job) -> AsyncIterator[Run]:
         arrived = self.clock()
-        ticket = self.sched.submit(job.model, arrived, keep_alive_s=job.keep_alive_s)
+        ticket = self.sched.submit(job.model, arrived, keep_alive_s=job.keep_alive_s, label=job_label(job))
         try:
             while not isinstance(decision := self.sched.try_start(ticket, self.clock()), Start):
                 await self._changed.wait()

@@ -1,12 +1,14 @@
 """The memory and slot model of one simulated Ollama host, pure and synchronous.
 
 Owns which models are resident, how much GPU memory they hold, who may run now and who waits, keep-alive
-expiry, and the counters tests read (loads, evictions, spills, ...). It imitates Ollama's scheduler:
-`num_parallel` slots per model, at most `max_loaded_models` resident, idle models evicted before a load
-(shortest remaining keep-alive first: the least recently used when keep-alives are equal, the order the
-router's eviction planner walks, `torchrouter_core.eviction`), a load that cannot fit waits for busy
-models, and a model that can never fit loads partly on the GPU ("spill") and runs at a fifth of its speed.
-A host's `gpu_overhead_gb` (Ollama's OLLAMA_GPU_OVERHEAD) is kept free, as Ollama's memory estimate does.
+expiry, the counters tests read (loads, evictions, spills, ...) and a per-request history (what each
+request waited for, when it started, whether it loaded its model). It imitates Ollama's scheduler:
+`num_parallel` slots per model (the model's own value, else the host's), at most `max_loaded_models`
+resident, idle models evicted before a load (shortest remaining keep-alive first: the least recently used
+when keep-alives are equal, the order the router's eviction planner walks, `torchrouter_core.eviction`), a
+load that cannot fit waits for busy models, and a model that can never fit loads partly on the GPU
+("spill") and runs at a fifth of its speed. A host's `gpu_overhead_gb` (Ollama's OLLAMA_GPU_OVERHEAD) is
+kept free, as Ollama's memory estimate does.
 
 Every method takes `now` (seconds on any monotonic clock); nothing here sleeps or does I/O. The async edge
 drives it with submit -> try_start (until Start) -> release, and re-tries waiting tickets whenever anything
@@ -18,6 +20,7 @@ from __future__ import annotations
 import itertools
 import math
 import re
+from collections import deque
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -26,6 +29,7 @@ from torchrouter.sim.spec import HostSpec, ModelSpec
 DEFAULT_KEEP_ALIVE_S = 300.0  # Ollama's default: 5 minutes
 NEVER = math.inf
 SPILL_SPEED_FACTOR = 0.2
+HISTORY_LEN = 10_000  # finished requests kept in HostScheduler.history (oldest dropped first)
 _EPS = 1e-9
 
 _GO_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -97,6 +101,15 @@ class Counters:
 
 
 @dataclass
+class HostCounters(Counters):
+    # Evictions of a model that still had requests waiting for it on this host (submitted, not started). Real
+    # Ollama hands such requests to the loaded runner, which then counts as busy and is never evicted; this
+    # simulator leaves them queued, so a load can take the model from under them (they must reload it). A
+    # router causes one by sending a load to a host whose models have work queued.
+    busy_evictions: int = 0
+
+
+@dataclass
 class Resident:
     """A loaded (or loading) model. Memory is held from the moment the load starts."""
 
@@ -117,9 +130,26 @@ class Resident:
 
 @dataclass
 class Ticket:
+    """One request on the host, and what happened to it (times on the scheduler's clock)."""
+
     id: int
     model: str
     keep_alive_s: float
+    label: str = ""  # the caller's name for the request (the simulated Ollama: the start of its prompt)
+    submitted_at: float = 0.0
+    started_at: float | None = None  # got its slot (and began loading, when `loaded`)
+    ready_at: float | None = None  # could generate from here on (after the load it started or joined)
+    finished_at: float | None = None  # released: answered, failed or gone
+    loaded: bool = False  # this request's start loaded the model
+    evicted: tuple[str, ...] = ()  # idle models its load evicted
+    waited_s: dict[str, float] = field(default_factory=dict)  # Wait reason -> seconds spent waiting for it
+    _wait: tuple[str, float] | None = field(default=None, repr=False)  # the open wait: reason, since
+
+    def _close_wait(self, now: float) -> None:
+        if self._wait is not None:
+            reason, since = self._wait
+            self.waited_s[reason] = self.waited_s.get(reason, 0.0) + max(0.0, now - since)
+            self._wait = None
 
 
 @dataclass(frozen=True)
@@ -148,7 +178,9 @@ class HostScheduler:
         self.time_scale = time_scale
         self.external_gb = 0.0  # memory used by something else on the GPU (operator/test knob)
         self.resident: dict[str, Resident] = {}
-        self.counters = Counters()
+        self.counters = HostCounters()
+        # Finished requests, oldest first (every ticket released after it was submitted).
+        self.history: deque[Ticket] = deque(maxlen=HISTORY_LEN)
         self._waiting: dict[int, Ticket] = {}  # insertion order is arrival order
         self._running: dict[int, Ticket] = {}
         self._ids = itertools.count(1)  # survives reset so stale tickets never alias new ones
@@ -174,10 +206,12 @@ class HostScheduler:
         return sum(1 for t in self._waiting.values() if t.model == model)
 
     # -- the request life cycle ---------------------------------------------------------------------------
-    def submit(self, model: str, now: float, *, keep_alive_s: float = DEFAULT_KEEP_ALIVE_S) -> Ticket:
+    def submit(
+        self, model: str, now: float, *, keep_alive_s: float = DEFAULT_KEEP_ALIVE_S, label: str = ""
+    ) -> Ticket:
         if self.spec.model(model) is None:
             raise UnknownModel(model)
-        ticket = Ticket(next(self._ids), model, keep_alive_s)
+        ticket = Ticket(next(self._ids), model, keep_alive_s, label=label, submitted_at=now)
         self._waiting[ticket.id] = ticket
         return ticket
 
@@ -186,13 +220,20 @@ class HostScheduler:
         if ticket.id not in self._waiting:
             raise ValueError(f"ticket {ticket.id} is not waiting")
         self._expire(now)
+        ticket._close_wait(now)
+        decision = self._decide(ticket, now)
+        if isinstance(decision, Wait):
+            ticket._wait = (decision.reason, now)
+        return decision
+
+    def _decide(self, ticket: Ticket, now: float) -> Start | Wait:
         earlier = [t for t in self._waiting.values() if t.id < ticket.id]
         res = self.resident.get(ticket.model)
         if res is not None:
             # Slots are handed out in arrival order, as Ollama's per-runner semaphore does.
-            if res.active >= self.spec.num_parallel or any(t.model == ticket.model for t in earlier):
+            if res.active >= self.spec.slots(res.model) or any(t.model == ticket.model for t in earlier):
                 return Wait("slot")
-            return self._begin(ticket, res, loaded=False, evicted=())
+            return self._begin(ticket, res, now, loaded=False, evicted=())
         # Ollama handles loads one at a time in arrival order: a load waiting for memory holds up later ones.
         if any(t.model not in self.resident for t in earlier):
             return Wait("queue")
@@ -201,9 +242,14 @@ class HostScheduler:
     def release(self, ticket: Ticket, now: float) -> None:
         """The request finished, failed or went away (waiting or running). Unknown tickets are ignored."""
         if self._waiting.pop(ticket.id, None) is not None:
+            ticket._close_wait(now)
+            ticket.finished_at = now
+            self.history.append(ticket)
             return
         if self._running.pop(ticket.id, None) is None:
             return
+        ticket.finished_at = now
+        self.history.append(ticket)
         res = self.resident.get(ticket.model)
         if res is None:  # unloaded by reset() while it ran
             return
@@ -217,10 +263,12 @@ class HostScheduler:
         self.external_gb = max(0.0, gb)
 
     def reset(self) -> None:
-        """Unload everything and zero counters. Waiting tickets stay queued; running ones are forgotten."""
+        """Unload everything, zero counters and forget the history. Waiting tickets stay queued; running ones
+        are forgotten."""
         self.resident.clear()
         self._running.clear()
-        self.counters = Counters()
+        self.counters = HostCounters()
+        self.history.clear()
         self.external_gb = 0.0
 
     def loaded(self, now: float) -> list[Resident]:
@@ -260,9 +308,13 @@ class HostScheduler:
         }
 
     # -- internals ----------------------------------------------------------------------------------------
-    def _begin(self, ticket: Ticket, res: Resident, *, loaded: bool, evicted: tuple[str, ...]) -> Start:
+    def _begin(
+        self, ticket: Ticket, res: Resident, now: float, *, loaded: bool, evicted: tuple[str, ...]
+    ) -> Start:
         del self._waiting[ticket.id]
         self._running[ticket.id] = ticket
+        ticket.started_at, ticket.ready_at = now, max(now, res.ready_at)
+        ticket.loaded, ticket.evicted = loaded, evicted
         res.active += 1
         res.keep_alive_s = ticket.keep_alive_s
         res.expires_at = NEVER
@@ -295,6 +347,8 @@ class HostScheduler:
         for v in victims:
             del self.resident[v.model.name]
             self.counters.evictions += 1
+            if any(t.model == v.model.name for t in self._waiting.values() if t.id != ticket.id):
+                self.counters.busy_evictions += 1
         vram = model.size_gb if not spilled else max(0.0, min(model.size_gb, self.free_gb))
         res = Resident(
             model=model,
@@ -306,7 +360,7 @@ class HostScheduler:
         self.resident[model.name] = res
         self.counters.loads += 1
         self.counters.spills += int(spilled)
-        return self._begin(ticket, res, loaded=True, evicted=tuple(v.model.name for v in victims))
+        return self._begin(ticket, res, now, loaded=True, evicted=tuple(v.model.name for v in victims))
 
     def _expire(self, now: float) -> None:
         for name, r in list(self.resident.items()):

@@ -25,6 +25,8 @@ class ModelSpec:
     # A reasoning model thinks unless the request says think:false, as qwen3 does on Ollama; the thinking
     # costs tokens and time, which is what makes think:false worth checking for.
     reasoning: bool = False
+    # Ollama's parallel slots for this model (a profile's num_parallel); None: the host's num_parallel.
+    num_parallel: int | None = None
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,10 @@ class HostSpec:
 
     def model(self, name: str) -> ModelSpec | None:
         return next((m for m in self.models if m.name == name), None)
+
+    def slots(self, model: ModelSpec) -> int:
+        """Parallel slots of ``model`` on this host: its own num_parallel, else the host's."""
+        return model.num_parallel or self.num_parallel
 
 
 @dataclass(frozen=True)
@@ -76,8 +82,8 @@ def fleet_spec_from_matrix(
     """Build the fleet the capability matrix describes: one simulated Ollama per host, one cloud.
 
     Profiles with provider "ollama" become models on their host (size = vram_gb, speed and load time derived
-    from speed_score and vram_gb); profiles with provider "openai" become models of the one cloud, whose port
-    comes from their shared api_base.
+    from speed_score and vram_gb, parallel slots from the profile's num_parallel when it has one); profiles
+    with provider "openai" become models of the one cloud, whose port comes from their shared api_base.
     """
     hosts_doc: Mapping[str, Any] = doc.get("hosts") or {}
     profiles: Mapping[str, Any] = doc.get("profiles") or {}
@@ -96,6 +102,7 @@ def fleet_spec_from_matrix(
                     load_s=2.0 + 0.4 * vram,
                     context_window=int(p.get("context_window", 32768)),
                     reasoning=bool(p.get("reasoning", False) or p.get("requires_think_false", False)),
+                    num_parallel=int(p["num_parallel"]) if p.get("num_parallel") is not None else None,
                 )
             )
         elif provider == "openai":
