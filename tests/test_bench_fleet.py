@@ -1,0 +1,119 @@
+"""The fleet benchmark's own parts: its fleet files, its workload, its reference replay and its hooks shim.
+
+Cheap checks that keep ``python -m benchmarks.bench_fleet`` runnable: the hard fleet validates as the
+shipped one does, the workload is deterministic and shaped as BENCHMARKS.md says, the pure-simulation
+reference runs, and the ranker still has the time constants the shim scales (a rename fails here, not as a
+silently wrong benchmark).
+"""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import yaml
+
+from benchmarks import fleet_reference, scaled_hooks
+from benchmarks.bench_fleet import FLEET_DIR
+from benchmarks.fleet_workload import KINDS, PHASES, lower_bound_s, percentile, service_s, workload
+from capability_matrix.consistency import validate_files
+from capability_matrix.loader import load_matrix
+from torchrouter.sim.spec import fleet_spec_from_matrix
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def matrix_doc() -> dict[str, object]:
+    doc: dict[str, object] = yaml.safe_load((FLEET_DIR / "matrix.yaml").read_text())
+    return doc
+
+
+def test_the_hard_fleet_validates_as_the_shipped_one_does() -> None:
+    assert validate_files(FLEET_DIR / "matrix.yaml", FLEET_DIR / "litellm_config.yaml") == []
+    matrix = load_matrix(FLEET_DIR / "matrix.yaml")
+    assert len(matrix.hosts) == 4 and len(matrix.profiles) == 12
+    assert all(p.num_parallel is not None for p in matrix.profiles.values())
+
+
+def test_the_hard_fleet_cannot_hold_every_deployment_at_once() -> None:
+    spec = fleet_spec_from_matrix(matrix_doc(), cloud_api_key="unused")
+    capacity = sum(h.gpu_memory_gb for h in spec.hosts)
+    deployed = sum(m.size_gb for h in spec.hosts for m in h.models)
+    assert deployed > capacity
+    fits_all = [h.host_id for h in spec.hosts if sum(m.size_gb for m in h.models) <= h.gpu_memory_gb]
+    assert fits_all == ["a100-10.0.0.24"]
+
+
+def test_the_workload_is_seeded_and_shaped_as_documented() -> None:
+    requests = workload(7)
+    assert requests == workload(7) and requests != workload(8)
+    assert len(requests) >= 300
+    assert [r.at for r in requests] == sorted(r.at for r in requests)
+    assert {r.phase for r in requests} == {p.name for p in PHASES}
+    leading = {p.name: p.leading for p in PHASES}
+    for phase in PHASES:
+        kinds = Counter(r.kind for r in requests if r.phase == phase.name)
+        assert kinds.most_common(1)[0][0] == leading[phase.name]
+    assert sum(r.burst for r in requests) >= len(PHASES) * 2 * 3
+    for r in requests:
+        kind = KINDS[r.kind]
+        assert kind.prompt_tokens[0] <= r.prompt_tokens <= kind.prompt_tokens[1]
+        assert 4 + math.ceil(len(r.prompt()) / 4) == r.prompt_tokens  # as the simulated Ollama counts
+        assert r.prompt().startswith(r.label + " ")
+
+
+def test_the_lower_bound_is_the_group_s_fastest_deployment() -> None:
+    doc = matrix_doc()
+    request = workload(7)[0]
+    profiles = doc["profiles"]
+    assert isinstance(profiles, dict)
+    times = [
+        service_s(p, request.prompt_tokens, request.max_tokens)
+        for p in profiles.values()
+        if p["lane"] == request.group
+    ]
+    assert lower_bound_s(doc, request) == min(times) < max(times)
+
+
+def test_percentile_is_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert (percentile(values, 0.5), percentile(values, 0.95), percentile(values, 1.0)) == (50, 95, 100)
+    assert math.isnan(percentile([], 0.5))
+
+
+def test_the_reference_replay_serves_every_request_and_the_informed_policy_beats_shuffle() -> None:
+    doc = matrix_doc()
+    requests = workload(7, PHASES[:2])
+    informed = fleet_reference.simulate(doc, requests, fleet_reference.informed)
+    shuffled = fleet_reference.simulate(doc, requests, fleet_reference.shuffle)
+    for outcome in (informed, shuffled):
+        assert set(outcome.latency_s) == {r.index for r in requests}
+        assert all(outcome.latency_s[r.index] >= lower_bound_s(doc, r) - 1e-9 for r in requests)
+        assert set(outcome.history) == {r.label for r in requests}
+        assert outcome.counters["spills"] == 0
+    p95 = [percentile(list(o.latency_s.values()), 0.95) for o in (informed, shuffled)]
+    assert p95[0] < p95[1]
+    assert informed.counters["loads"] < shuffled.counters["loads"]
+
+
+def test_the_shim_scales_the_ranker_s_time_priors() -> None:
+    # In a fresh interpreter: the shim changes the ranker's module constants for the whole process.
+    code = (
+        "from torchrouter_core.ranker import scorers as s\n"
+        "before = (s.LOAD_BASE_S, s.PROMPT_TOKENS_PER_S)\n"
+        "from benchmarks import scaled_hooks\n"
+        "print(before, (s.LOAD_BASE_S, s.PROMPT_TOKENS_PER_S), scaled_hooks.router_hooks is not None)\n"
+    )
+    env = {"TORCHROUTER_BENCH_TIME_SCALE": "0.1", "PYTHONPATH": str(REPO), "PATH": ""}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["(2.0,", "2000.0)", "(0.2,", "20000.0)", "True"]
+
+
+def test_the_shim_knows_every_time_constant_it_scales() -> None:
+    from torchrouter_core.ranker import scorers
+
+    for name in scaled_hooks.SECONDS + scaled_hooks.RATES:
+        assert isinstance(getattr(scorers, name), float), name
