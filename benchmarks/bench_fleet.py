@@ -21,7 +21,9 @@ Routers (``--routers``), each with a fresh LiteLLM and a fresh simulated fleet:
 - ``simple-shuffle``, ``least-busy``, ``latency-based-routing``: LiteLLM without our hooks, with that
   ``routing_strategy`` (and ``think: false`` for the profiles that require it, as our hooks add it).
 
-Each run starts with one tiny request per group through LiteLLM (its first-call start-up: lazy imports,
+Every deployment sends ``keep_alive`` = 300 s x the time scale (Ollama's default five minutes, in simulated
+time: the simulated Ollama's keep-alive is wall-clock, so without it nothing would ever unload during a
+run). Each run starts with one tiny request per group through LiteLLM (its first-call start-up: lazy imports,
 clients, ``/api/show``), then the simulated fleet is reset (everything unloaded, counters and history
 zeroed), so every router starts cold and none pays LiteLLM's start-up inside the measured run.
 
@@ -95,6 +97,7 @@ RETRY_S = 2.0  # simulated seconds before a refused request is sent again
 GIVE_UP_S = 1200.0  # simulated seconds after which a request that keeps being refused counts as failed
 PROBE_INTERVAL_S = 0.2  # wall seconds between our hooks' /api/ps polls: 2 s of simulated time at scale 0.1
 FLOOR_SLOTS = 256
+KEEP_ALIVE_S = 300.0  # Ollama's default keep-alive, in simulated seconds (sent as keep_alive x time scale)
 QUANTILES = ((0.5, "p50"), (0.95, "p95"), (0.99, "p99"))
 
 
@@ -130,11 +133,18 @@ def render_fleet(fleet_dir: Path, dst: Path) -> dict[str, Any]:
 
 
 def config_for(
-    src: Path, dst: Path, matrix: Mapping[str, Any], strategy: str | None, callbacks: str | None = None
+    src: Path,
+    dst: Path,
+    matrix: Mapping[str, Any],
+    strategy: str | None,
+    callbacks: str | None = None,
+    keep_alive_s: float | None = None,
 ) -> None:
     """LiteLLM config: ours (strategy None; ``callbacks`` in place of the config's when given), or without
-    our hooks and with ``strategy``."""
+    our hooks and with ``strategy``; every deployment sends ``keep_alive_s`` (wall seconds) when given."""
     doc = yaml.safe_load(src.read_text())
+    for d in doc["model_list"] if keep_alive_s is not None else ():
+        d["litellm_params"]["keep_alive"] = f"{keep_alive_s:g}s"
     if strategy is None and callbacks is not None:
         doc["litellm_settings"]["callbacks"] = callbacks
     if strategy is not None:
@@ -269,7 +279,8 @@ async def run_router(name: str, requests: Sequence[Request], scale: float, fleet
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         matrix = render_fleet(fleet_dir, tmp)
-        config_for(tmp / "litellm_config.yaml", tmp / "bench_config.yaml", matrix, strategy, callbacks)
+        config = tmp / "bench_config.yaml"
+        config_for(tmp / "litellm_config.yaml", config, matrix, strategy, callbacks, KEEP_ALIVE_S * scale)
         spec = fleet_spec_from_matrix(matrix, cloud_api_key="unused", seed=5, time_scale=scale)
         events_path = tmp / "events.jsonl"
         env = {
@@ -279,9 +290,7 @@ async def run_router(name: str, requests: Sequence[Request], scale: float, fleet
             "TORCHROUTER_BENCH_TIME_SCALE": str(scale),  # read by benchmarks.scaled_hooks only
             "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
         }
-        answers, counters, history = await _serve_and_drive(
-            spec, tmp / "bench_config.yaml", env, requests, scale
-        )
+        answers, counters, history = await _serve_and_drive(spec, config, env, requests, scale)
         events = (
             [json.loads(line) for line in events_path.read_text().splitlines()]
             if events_path.exists()
@@ -353,6 +362,7 @@ class Row:
     busy_evictions: int | None
     spills: int | None
     memory_waits: int | None
+    unloads: int | None = None  # keep-alive expiries
     overhead_p95: float | None = None  # outside the hosts: LiteLLM, HTTP, this client, retries (simulated s)
 
 
@@ -385,6 +395,7 @@ def row_of(
         c.get("busy_evictions") if counters is not None else None,
         c.get("spills") if counters is not None else None,
         memory_waits,
+        c.get("unloads") if counters is not None else None,
     )
 
 
@@ -448,6 +459,7 @@ def fmt_row(r: Row) -> str:
         + " | "
         + " | ".join(f"{r.vs_lb[n]:.2f}" for _, n in QUANTILES)
         + f" | {'-' if vs_floor is None else f'{vs_floor:.2f}'} | {num(r.loads)} | {num(r.evictions)} | "
+        f"{num(r.unloads)} | "
         f"{num(r.busy_evictions)} | {num(r.spills)} | {num(r.memory_waits)} | "
         f"{'-' if r.overhead_p95 is None else f'{r.overhead_p95:.2f}'} |"
     )
@@ -455,8 +467,8 @@ def fmt_row(r: Row) -> str:
 
 HEADER = (
     "| router | ok | failed | retried | p50 s | p95 s | p99 s | p50/lb | p95/lb | p99/lb | p95/floor "
-    "| cold loads | evictions | busy-ev | spills | mem-wait | outside p95 s |\n"
-    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    "| cold loads | evictions | unloads | busy-ev | spills | mem-wait | outside p95 s |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
