@@ -422,7 +422,7 @@ def tail_parts(answer: Answer, record: Mapping[str, Any] | None, scale: float) -
     return parts
 
 
-def tail_report(result: RunResult, scale: float, bounds: Mapping[int, float]) -> list[str]:
+def tail_report(result: RunResult, scale: float) -> list[str]:
     ok = [a for a in result.answers if a.status == 200]
     if not ok:
         return [f"{result.router}: no answers"]
@@ -539,7 +539,7 @@ async def main_async(args: argparse.Namespace) -> None:
         ]
         row = dataclasses.replace(row, overhead_p95=percentile(outside, 0.95))
         rows.append(row)
-        tails += tail_report(result, args.time_scale, bounds)
+        tails += tail_report(result, args.time_scale)
         print(f"{name} ({time.monotonic() - t:.0f} s):", fmt_row(row), flush=True)
         if args.dump:
             dump(Path(args.dump) / f"{name}.json", result, bounds)
