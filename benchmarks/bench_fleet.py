@@ -14,10 +14,12 @@ are not streamed; a refused request (LiteLLM's 429 when no deployment can take i
 Routers (``--routers``), each with a fresh LiteLLM and a fresh simulated fleet:
 
 - ``torchrouter``: LiteLLM with our hooks, loaded through ``benchmarks.scaled_hooks``, which multiplies
-  the ranker's time priors (seconds of real time) by the time scale so that it decides as it would on the
-  same fleet in real time (``routing_strategy`` left at LiteLLM's default; our filter leaves one deployment);
-- ``torchrouter-unscaled`` (not run by default): our hooks as configured, priors in real seconds against
-  a fleet that runs ten times faster: shows what that mismatch costs;
+  the router's time constants (seconds of real time: priors, hot window, eviction charge windows) by the
+  time scale, with the eviction rules' seconds scaled too (``TORCHROUTER_EVICTION``), so that it decides
+  as it would on the same fleet in real time (``routing_strategy`` left at LiteLLM's default; our filter
+  leaves one deployment);
+- ``torchrouter-unscaled`` (not run by default): our hooks as configured, constants in real seconds
+  against a fleet that runs ten times faster: shows what that mismatch costs;
 - ``simple-shuffle``, ``least-busy``, ``latency-based-routing``: LiteLLM without our hooks, with that
   ``routing_strategy`` (and ``think: false`` for the profiles that require it, as our hooks add it).
 
@@ -81,6 +83,7 @@ from torchrouter import ports
 from torchrouter.litellm_process import LiteLLMProcess
 from torchrouter.sim import FleetSpec, HostSpec, ModelSpec, fleet_spec_from_matrix
 from torchrouter.sim.ollama_app import HostRuntime
+from torchrouter_core import eviction
 
 FLEET_DIR = Path(__file__).resolve().parent / "fleets" / "hard"
 REPO = Path(__file__).resolve().parent.parent
@@ -119,6 +122,15 @@ class RunResult:
     counters: dict[str, int]
     history: dict[str, dict[str, Any]]  # request label -> its host record (the last one)
     events: list[dict[str, Any]] = field(default_factory=list)
+
+
+def eviction_setting(scale: float) -> str:
+    """``TORCHROUTER_EVICTION`` with the eviction rules' default seconds multiplied by ``scale`` (the rest
+    of the router's time constants: ``benchmarks.scaled_hooks``)."""
+    return (
+        f"min_residency_s={eviction.MIN_RESIDENCY_S * scale:g},hold_s={eviction.EVICTOR_HOLD_S * scale:g},"
+        f"unload_s={eviction.UNLOAD_S * scale:g}"
+    )
 
 
 # -- fleet files --------------------------------------------------------------------------------------------
@@ -288,6 +300,7 @@ async def run_router(name: str, requests: Sequence[Request], scale: float, fleet
             "TORCHROUTER_PROBE_INTERVAL_S": str(PROBE_INTERVAL_S),
             "TORCHROUTER_ROUTING_CONTINUITY_EVENT_PATH": str(events_path),
             "TORCHROUTER_BENCH_TIME_SCALE": str(scale),  # read by benchmarks.scaled_hooks only
+            **({"TORCHROUTER_EVICTION": eviction_setting(scale)} if callbacks == SCALED_HOOKS else {}),
             "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
         }
         answers, counters, history = await _serve_and_drive(spec, config, env, requests, scale)

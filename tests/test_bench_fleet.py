@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from benchmarks import fleet_reference, scaled_hooks
-from benchmarks.bench_fleet import FLEET_DIR
+from benchmarks.bench_fleet import FLEET_DIR, eviction_setting
 from benchmarks.fleet_workload import KINDS, PHASES, lower_bound_s, percentile, service_s, workload
 from capability_matrix.consistency import validate_files
 from capability_matrix.loader import load_matrix
@@ -99,21 +99,34 @@ def test_the_reference_replay_serves_every_request_and_the_informed_policy_beats
     assert informed.counters["loads"] < shuffled.counters["loads"]
 
 
-def test_the_shim_scales_the_ranker_s_time_priors() -> None:
-    # In a fresh interpreter: the shim changes the ranker's module constants for the whole process.
+def test_the_shim_scales_the_router_s_time_constants() -> None:
+    # In a fresh interpreter: the shim changes the router's constants for the whole process.
     code = (
+        "from capability_matrix import live\n"
+        "from torchrouter_core import eviction\n"
         "from torchrouter_core.ranker import scorers as s\n"
-        "before = (s.LOAD_BASE_S, s.PROMPT_TOKENS_PER_S)\n"
         "from benchmarks import scaled_hooks\n"
-        "print(before, (s.LOAD_BASE_S, s.PROMPT_TOKENS_PER_S), scaled_hooks.router_hooks is not None)\n"
+        "print(s.LOAD_BASE_S, s.PROMPT_TOKENS_PER_S, eviction.RecentUse().window_s,\n"
+        "      live.build_overlay.__kwdefaults__['hot_window_s'], eviction.KEEP_ALIVE_HORIZON_S,\n"
+        "      scaled_hooks.router_hooks is not None)\n"
     )
-    env = {"TORCHROUTER_BENCH_TIME_SCALE": "0.1", "PYTHONPATH": str(REPO), "PATH": ""}
+    env = {
+        "TORCHROUTER_BENCH_TIME_SCALE": "0.1",
+        "PYTHONPATH": str(REPO),
+        "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+        "PATH": "",
+    }
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["(2.0,", "2000.0)", "(0.2,", "20000.0)", "True"]
+    assert out.stdout.split() == [
+        "0.2",
+        "20000.0",
+        "30.0",
+        "3.0",
+        "30.0",
+        "True",
+    ]
+    assert eviction_setting(0.1) == "min_residency_s=6,hold_s=30,unload_s=0.15"
 
 
-def test_the_shim_knows_every_time_constant_it_scales() -> None:
-    from torchrouter_core.ranker import scorers
-
-    for name in scaled_hooks.SECONDS + scaled_hooks.RATES:
-        assert isinstance(getattr(scorers, name), float), name
+def test_the_shim_finds_every_time_constant_it_scales() -> None:
+    assert len(scaled_hooks.slots()) == 10  # raises when one of them was renamed or removed
