@@ -1,6 +1,6 @@
 """Fleet outcome: TorchRouter's hooks against LiteLLM's own strategies on a fleet built to make routing hard.
 
-    .venv/bin/python -m benchmarks.bench_fleet            # about 12 minutes on 2 cores
+    .venv/bin/python -m benchmarks.bench_fleet            # about 11 minutes on 2 cores
     .venv/bin/python -m benchmarks.bench_fleet --phases 2 --routers torchrouter --no-floor   # a quick look
 
 The fleet is ``benchmarks/fleets/hard`` (its matrix says why it is shaped as it is): four simulated Ollama
