@@ -191,6 +191,11 @@ class RouteReport:
     def from_headers(cls, headers: Mapping[str, str], *, problem: Problem = log_problem) -> RouteReport:
         """Never raises. The deployment falls back to LiteLLM's ``x-litellm-model-id`` (our deployments'
         ``model_info.id`` is the profile key) when the hooks did not name one."""
+        # One lookup per name this reads (each field reader then looks in a small plain dict); a response
+        # that carries none of them (one the hooks never saw) is the shared "nothing reported".
+        headers = {name: value for name in _REPORT_READS if (value := headers.get(name)) is not None}
+        if not headers:
+            return _NOTHING_REPORTED
         if any(h in headers for h in _OUR_REPORT_HEADERS):
             _check_version(headers, problem)  # a response the hooks never saw carries none of ours
         warm = _choice(headers, WARM_STATE_HEADER, _WARM_VALUES, problem)
@@ -210,6 +215,7 @@ class RouteReport:
 
 
 _WARM_VALUES = frozenset(s.value for s in WarmState)
+_NOTHING_REPORTED = RouteReport()
 _OUR_REQUEST_HEADERS = (
     REQUEST_ID_HEADER,
     GROUP_HEADER,
@@ -229,6 +235,8 @@ _OUR_REPORT_HEADERS = (
     LEDGER_HEADER,
     BREAKERS_HEADER,
 )
+# Every response header RouteReport.from_headers reads.
+_REPORT_READS = (VERSION_HEADER, *_OUR_REPORT_HEADERS, LITELLM_MODEL_ID_HEADER, LITELLM_FALLBACKS_HEADER)
 
 
 # --- request needs: "prompt_tokens=<int>;max_output_tokens=<int>;tools=<0|1>[;modalities=<m>+<m>...]" ------
