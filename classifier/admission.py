@@ -8,6 +8,7 @@ wait runs past it (the estimate was wrong) the request moves on down the ladder 
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -72,14 +73,7 @@ class Lanes:
         queue = self.queues.get(group)
         if queue is None:  # cloud groups carry no local capacity limit
             return GroupSnapshot.unlimited(group, service_ms)
-        priced: dict[int | None, float] = {}  # sizes repeat; price each once per snapshot
-
-        def service_of(size: int | None) -> float:
-            if size not in priced:
-                priced[size] = self.estimator.service_for(group, size)
-            return priced[size]
-
-        return queue.snapshot(service_ms, service_of)
+        return queue.snapshot(service_ms, functools.partial(self.estimator.service_for, group))
 
     async def admit(self, decision: RouteDecision, on_divert: OnDivert | None = None) -> Admission:
         started = time.perf_counter()

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import operator
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -33,6 +34,11 @@ from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 
 from torchrouter_core.queue_policy import GroupSnapshot
+
+# Waiters are the loop's futures (``loop.create_future()``); their ``done`` as a plain function lets the
+# line be counted and filtered in C rather than a Python loop over every waiter on each arrival.
+_done = asyncio.Future.done
+_size_of: Callable[[tuple[float, int | None]], int | None] = operator.itemgetter(1)
 
 
 class LaneFullError(Exception):
@@ -87,23 +93,27 @@ class LaneQueue:
     @property
     def depth(self) -> int:
         # A cancelled waiter's future is done at once, before its task runs again: don't count it.
-        return sum(1 for waiter in self._waiters if not waiter.done())
+        return len(self._waiters) - sum(map(_done, self._waiters))
 
     def snapshot(
         self, est_service_ms: float, service_of: Callable[[int | None], float] | None = None
     ) -> GroupSnapshot:
-        """The line as the policy sees it; ``service_of`` prices one request by its size (else the mean)."""
+        """The line as the policy sees it; ``service_of`` prices one request by its size (else the mean),
+        called once per distinct size."""
         now = time.monotonic()
         held = list(self._held.values())
         elapsed = tuple([(now - start) * 1e3 for start, _ in held])
-        live = [w for w in self._waiters if not w.done()]
+        live = list(itertools.filterfalse(_done, self._waiters))
         busy: tuple[float, ...] = ()
         line: tuple[float, ...] = ()
         if service_of is not None and len(held) + len(live) >= self._limit:
-            # Only a full lane needs its line priced (the estimate is 0 while a slot is free).
-            busy = tuple([service_of(size) for _, size in held])
-            sizes = self._sizes
-            line = tuple([service_of(sizes.get(w)) for w in live])
+            # Only a full lane needs its line priced (the estimate is 0 while a slot is free). Sizes
+            # repeat (most requests give the same max_tokens or none): price each once.
+            held_sizes = list(map(_size_of, held))
+            line_sizes = list(map(self._sizes.get, live))
+            price = {size: service_of(size) for size in {*held_sizes, *line_sizes}}
+            busy = tuple(map(price.__getitem__, held_sizes))
+            line = tuple(map(price.__getitem__, line_sizes))
         return GroupSnapshot(
             self.group,
             self._limit,
