@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 from collections.abc import Callable, Mapping
@@ -70,7 +69,7 @@ class RouteDecision:
     def first_group(self) -> str:
         return self.ladder[0].group
 
-    @functools.cached_property
+    @property
     def ladder_groups(self) -> tuple[str, ...]:
         return tuple(step.group for step in self.ladder)
 
