@@ -19,6 +19,7 @@ from aiohttp import web
 from capability_matrix import MatrixStore
 from classifier.admission import Admission
 from classifier.chat_body import parse_chat_body
+from classifier.deadlines import deadlines_of
 from classifier.http_errors import error_response
 from classifier.keys import (
     AGENTS_KEY,
@@ -261,7 +262,9 @@ async def _forward(
 class _Deadline:
     """The tier's total budget as one plain timer that cancels the handler's task when it fires (as the
     lane waiters' timers do): on every request it is cheaper than ``asyncio.timeout``'s context manager,
-    ``Timeout`` object and reschedule. ``expired`` tells the caller the cancellation was the budget's."""
+    ``Timeout`` object and reschedule, and as one of the loop's shared deadlines (classifier.deadlines)
+    cheaper than a ``TimerHandle`` of its own. ``expired`` tells the caller the cancellation was the
+    budget's."""
 
     __slots__ = ("_handle", "expired", "task")
 
@@ -271,7 +274,7 @@ class _Deadline:
             raise RuntimeError("_Deadline needs a running task (a request handler)")
         self.task = task
         self.expired = False
-        self._handle = asyncio.get_running_loop().call_later(delay_s, self._expire)
+        self._handle = deadlines_of(asyncio.get_running_loop()).call_later(delay_s, self._expire)
 
     def _expire(self) -> None:
         self.expired = True
