@@ -79,6 +79,17 @@ class Lanes:
         started = time.perf_counter()
         if not self.enabled:
             return Admission(decision.ladder[0], None, 0.0, admitted_at=started)
+        if decision.ladder and decision.wait_budget_ms >= 0:
+            # The first step has room now (a cloud group always has): the policy would admit there, so
+            # skip pricing the ladder. What follows is the same walk, for a lane that is full or has a line.
+            first = decision.ladder[0]
+            queue = self.queues.get(first.group)
+            held = None if queue is None else queue.grant_now(decision.output_tokens)
+            if queue is None or held is not None:
+                now = time.perf_counter()
+                service_ms = self.estimator.service_ms(first.group)
+                waited_ms = (now - started) * 1e3
+                return Admission(first, held, waited_ms, [], now, 0.0, service_ms, decision.output_tokens)
         budget_ms = float(decision.wait_budget_ms)
         steps = list(decision.ladder)
         diverts: list[tuple[str, str]] = []

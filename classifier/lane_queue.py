@@ -140,6 +140,12 @@ class LaneQueue:
             if not waiter.done():
                 waiter.set_result(self._grant(size))
 
+    def grant_now(self, size: int | None = None) -> Ticket | None:
+        """A slot at once if one is free and nobody is waiting (as ``acquire`` would grant it), else None."""
+        if len(self._held) < self._limit and self.depth == 0:
+            return self._grant(size)
+        return None
+
     async def acquire(self, timeout_s: float | None = None, *, size: int | None = None) -> Ticket:
         """Wait for a slot, first come first served. Raises LaneFullError or TimeoutError.
 
