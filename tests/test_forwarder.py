@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 import pytest
 from aiohttp import web
@@ -15,7 +16,7 @@ from torchrouter_core.errors import UpstreamTimeout, UpstreamUnavailable
 PATH = "/v1/chat/completions"
 
 
-def upstream(handler: web.Handler) -> web.Application:
+def upstream(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.Application:
     app = web.Application()
     app.router.add_post(PATH, handler)
     return app
