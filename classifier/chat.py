@@ -19,11 +19,12 @@ from aiohttp import web
 from capability_matrix import MatrixStore
 from classifier.admission import Admission
 from classifier.chat_body import parse_chat_body
-from classifier.deadlines import deadlines_of
+from classifier.deadlines import Deadlines
 from classifier.http_errors import error_response
 from classifier.keys import (
     AGENTS_KEY,
     ALIASES_KEY,
+    DEADLINES_KEY,
     EVENTS_KEY,
     FLEET_KEY,
     FORWARDER_KEY,
@@ -244,7 +245,7 @@ async def _forward(
     # The tier's total budget bounds everything until LiteLLM's answer starts (queue wait and every failed
     # hop included); a non-streamed answer is whole by then, a stream runs on LiteLLM's inter-chunk budget.
     total_s = budget_for(settings.time_budgets, trace.tier).total_s
-    deadline = _Deadline(max(0.001, total_s - (sent - started)))
+    deadline = _Deadline(app[DEADLINES_KEY], max(0.001, total_s - (sent - started)))
     try:
         return await _exchange(
             request, upstream_body, headers, trace, group, (started, sent), relay, deadline
@@ -268,13 +269,13 @@ class _Deadline:
 
     __slots__ = ("_handle", "expired", "task")
 
-    def __init__(self, delay_s: float) -> None:
+    def __init__(self, deadlines: Deadlines, delay_s: float) -> None:
         task = asyncio.current_task()
         if task is None:
             raise RuntimeError("_Deadline needs a running task (a request handler)")
         self.task = task
         self.expired = False
-        self._handle = deadlines_of(asyncio.get_running_loop()).call_later(delay_s, self._expire)
+        self._handle = deadlines.call_later(delay_s, self._expire)
 
     def _expire(self) -> None:
         self.expired = True

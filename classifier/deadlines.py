@@ -8,9 +8,12 @@ rebuilds the heap: several microseconds a request, measured (BENCHMARKS.md). Her
 on a heap of our own (compared in C) and the loop holds one timer, for the earliest; a cancelled deadline
 is marked and dropped when it reaches the top, or when the dead outnumber the live.
 
-A deadline still fires when the loop reaches its time, as its own ``call_at`` would: the loop timer is
+A deadline still fires when the loop reaches its time, as its own ``call_later`` would: the loop timer is
 always set for the earliest deadline still held, and each firing re-arms it for the next. Callbacks run
 in deadline order; one that raises is reported to the loop's exception handler, as a handle's would be.
+
+A :class:`Deadlines` is owned by what uses it (the application for the tier budgets, each lane queue for
+its waiters) and works on the loop that is running when it is called (it starts over on another one).
 """
 
 from __future__ import annotations
@@ -19,7 +22,6 @@ import asyncio
 import heapq
 import itertools
 import math
-import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -33,54 +35,61 @@ class Deadline:
     __slots__ = ("_args", "_callback", "_owner", "done")
 
     def __init__(self, owner: Deadlines, callback: Callable[..., object], args: tuple[Any, ...]) -> None:
-        self._owner = owner
-        self._callback = callback
+        self._owner: Deadlines | None = owner
+        self._callback: Callable[..., object] | None = callback
         self._args = args
         self.done = False  # fired or cancelled
 
     def cancel(self) -> None:
         if not self.done:
             self.done = True
-            self._owner._one_cancelled()
+            owner, self._owner, self._callback, self._args = self._owner, None, None, ()
+            if owner is not None:
+                owner._one_cancelled()
 
 
 class Deadlines:
-    """The deadlines of one event loop (:func:`deadlines_of`)."""
+    """Deadlines on the running loop; see the module docstring."""
 
-    __slots__ = ("__weakref__", "_armed_at", "_dead", "_handle", "_heap", "_loop", "_serial")
+    __slots__ = ("_armed_at", "_dead", "_handle", "_heap", "_loop", "_serial")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._heap: list[tuple[float, int, Deadline]] = []
         self._serial = itertools.count()
         self._handle: asyncio.TimerHandle | None = None
         self._armed_at = math.inf
         self._dead = 0
 
-    def call_at(self, when: float, callback: Callable[..., object], *args: Any) -> Deadline:
-        """``callback(*args)`` at ``when`` (the loop's clock), unless cancelled first."""
+    def call_later(self, delay: float, callback: Callable[..., object], *args: Any) -> Deadline:
+        """``callback(*args)`` after ``delay`` seconds on the running loop, unless cancelled first."""
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            self._start_on(loop)
+        when = loop.time() + delay
         deadline = Deadline(self, callback, args)
         heapq.heappush(self._heap, (when, next(self._serial), deadline))
         if when < self._armed_at:
-            self._arm(when)
+            self._arm(loop, when)
         return deadline
 
-    def call_later(self, delay: float, callback: Callable[..., object], *args: Any) -> Deadline:
-        return self.call_at(self._loop.time() + delay, callback, *args)
+    def _start_on(self, loop: asyncio.AbstractEventLoop) -> None:
+        # The deadlines of another loop cannot fire any more (their loop is gone or not running).
+        if self._handle is not None:
+            self._handle.cancel()
+        self._loop, self._heap, self._handle, self._armed_at, self._dead = loop, [], None, math.inf, 0
 
-    def _arm(self, when: float) -> None:
+    def _arm(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
         if self._handle is not None:
             self._handle.cancel()
         self._armed_at = when
-        self._handle = self._loop.call_at(when, self._fire)
+        self._handle = loop.call_at(when, self._fire, loop)
 
-    @property
-    def loop(self) -> asyncio.AbstractEventLoop:
-        return self._loop
-
-    def _fire(self) -> None:
+    def _fire(self, loop: asyncio.AbstractEventLoop) -> None:
+        if loop is not self._loop:
+            return  # armed on a loop since left behind
         # The loop judged the armed deadline due (to its clock's resolution): it and all before now are.
-        due = max(self._armed_at, self._loop.time())
+        due = max(self._armed_at, loop.time())
         self._handle, self._armed_at = None, math.inf
         heap = self._heap
         while heap and heap[0][0] <= due:
@@ -88,15 +97,16 @@ class Deadlines:
             if deadline.done:
                 self._dead -= 1
                 continue
-            deadline.done = True
+            callback, args = deadline._callback, deadline._args
+            deadline.done, deadline._owner, deadline._callback, deadline._args = True, None, None, ()
             try:
-                deadline._callback(*deadline._args)
+                callback(*args)  # type: ignore[misc]  # set until done
             except Exception as exc:  # as asyncio reports a failing handle, and go on with the rest
-                self._loop.call_exception_handler(
-                    {"message": f"Exception in deadline callback {deadline._callback!r}", "exception": exc}
+                loop.call_exception_handler(
+                    {"message": f"Exception in deadline callback {callback!r}", "exception": exc}
                 )
         if heap:
-            self._arm(heap[0][0])
+            self._arm(loop, heap[0][0])
 
     def _one_cancelled(self) -> None:
         self._dead += 1
@@ -114,14 +124,3 @@ class Deadlines:
     def __len__(self) -> int:
         """Deadlines held (cancelled ones not yet dropped included)."""
         return len(self._heap)
-
-
-_by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Deadlines] = weakref.WeakKeyDictionary()
-
-
-def deadlines_of(loop: asyncio.AbstractEventLoop) -> Deadlines:
-    """The one :class:`Deadlines` of ``loop`` (made on first use, gone with the loop)."""
-    found = _by_loop.get(loop)
-    if found is None:
-        found = _by_loop[loop] = Deadlines(loop)
-    return found

@@ -33,7 +33,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 
-from classifier.deadlines import Deadlines, deadlines_of
+from classifier.deadlines import Deadlines
 from torchrouter_core.queue_policy import GroupSnapshot
 
 # Waiters are the loop's futures (``loop.create_future()``); their ``done`` as a plain function lets the
@@ -69,7 +69,7 @@ class LaneQueue:
         self._held: dict[int, tuple[float, int | None]] = {}  # serial -> (granted at, monotonic s; size)
         self._sizes: dict[asyncio.Future[Ticket], int | None] = {}  # each waiter's request size
         self._serials = itertools.count(1)
-        self._timers: Deadlines | None = None  # the running loop's (classifier.deadlines), once one waits
+        self._timers = Deadlines()  # the waiters' timeouts (classifier.deadlines)
 
     @property
     def limit(self) -> int:
@@ -161,11 +161,9 @@ class LaneQueue:
         self._sizes[waiter] = size
         # A plain timer rather than asyncio.timeout(): on expiry it takes the waiter out of the line and
         # fails its future with TimeoutError, which costs the waiting task nothing extra per wake-up. It is
-        # one of the loop's shared deadlines (almost every wait ends with a grant long before it is due).
+        # one of the lane's shared deadlines (almost every wait ends with a grant long before it is due).
         timer = (
-            None
-            if timeout_s is None
-            else self._deadlines(loop).call_later(timeout_s, self._expire, waiter, timeout_s)
+            None if timeout_s is None else self._timers.call_later(timeout_s, self._expire, waiter, timeout_s)
         )
         try:
             return await waiter
@@ -182,12 +180,6 @@ class LaneQueue:
             if timer is not None:
                 timer.cancel()
             self._sizes.pop(waiter, None)
-
-    def _deadlines(self, loop: asyncio.AbstractEventLoop) -> Deadlines:
-        deadlines = self._timers
-        if deadlines is None or deadlines.loop is not loop:
-            deadlines = self._timers = deadlines_of(loop)
-        return deadlines
 
     def _expire(self, waiter: asyncio.Future[Ticket], timeout_s: float) -> None:
         if waiter.done():

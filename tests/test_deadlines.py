@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
-from classifier.deadlines import Deadlines, deadlines_of
+from classifier.deadlines import Deadlines
 
 
 async def test_fires_when_due_in_deadline_order() -> None:
     loop = asyncio.get_running_loop()
-    deadlines = Deadlines(loop)
+    deadlines = Deadlines()
     fired: list[tuple[str, float]] = []
     start = loop.time()
     for name, delay in (("c", 0.06), ("a", 0.02), ("b", 0.04)):
@@ -22,8 +22,7 @@ async def test_fires_when_due_in_deadline_order() -> None:
 
 
 async def test_a_cancelled_deadline_never_fires_and_a_late_cancel_is_harmless() -> None:
-    loop = asyncio.get_running_loop()
-    deadlines = Deadlines(loop)
+    deadlines = Deadlines()
     fired: list[str] = []
     early = deadlines.call_later(0.01, fired.append, "early")
     later = deadlines.call_later(0.03, fired.append, "later")
@@ -35,8 +34,7 @@ async def test_a_cancelled_deadline_never_fires_and_a_late_cancel_is_harmless() 
 
 
 async def test_an_earlier_deadline_rearms_the_loop_timer() -> None:
-    loop = asyncio.get_running_loop()
-    deadlines = Deadlines(loop)
+    deadlines = Deadlines()
     fired: list[str] = []
     deadlines.call_later(10.0, fired.append, "far")
     deadlines.call_later(0.01, fired.append, "near")
@@ -45,8 +43,7 @@ async def test_an_earlier_deadline_rearms_the_loop_timer() -> None:
 
 
 async def test_cancelled_deadlines_do_not_pile_up() -> None:
-    loop = asyncio.get_running_loop()
-    deadlines = Deadlines(loop)
+    deadlines = Deadlines()
     for _ in range(10_000):
         deadlines.call_later(300.0, lambda: None).cancel()
     assert len(deadlines) < 200  # the dead are dropped once they outnumber the live
@@ -61,7 +58,7 @@ async def test_a_failing_callback_is_reported_and_the_others_still_fire() -> Non
     reported: list[BaseException] = []
     loop.set_exception_handler(lambda _, context: reported.append(context["exception"]))
     try:
-        deadlines = Deadlines(loop)
+        deadlines = Deadlines()
         fired: list[str] = []
 
         def fail() -> None:
@@ -76,7 +73,17 @@ async def test_a_failing_callback_is_reported_and_the_others_still_fire() -> Non
     assert [str(e) for e in reported] == ["boom"]
 
 
-async def test_one_per_loop() -> None:
-    loop = asyncio.get_running_loop()
-    assert deadlines_of(loop) is deadlines_of(loop)
-    assert deadlines_of(loop).loop is loop
+def test_a_deadline_after_its_loop_is_gone_starts_over_on_the_running_one() -> None:
+    deadlines = Deadlines()
+    fired: list[str] = []
+
+    async def first() -> None:
+        deadlines.call_later(300.0, fired.append, "never")  # its loop ends long before
+
+    async def second() -> None:
+        deadlines.call_later(0.01, fired.append, "here")
+        await asyncio.sleep(0.03)
+
+    asyncio.run(first())
+    asyncio.run(second())
+    assert fired == ["here"] and len(deadlines) == 0
