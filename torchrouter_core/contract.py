@@ -34,6 +34,7 @@ from torchrouter_core.ranker.interfaces import RequestNeeds
 log = logging.getLogger("torchrouter.contract")
 
 PROTOCOL_VERSION = 1
+_VERSION_TEXT = str(PROTOCOL_VERSION)
 
 # Both directions.
 VERSION_HEADER = "x-torchrouter-protocol"
@@ -89,7 +90,7 @@ class RouteRequest:
 
     def to_headers(self) -> dict[str, str]:
         headers = {
-            VERSION_HEADER: str(PROTOCOL_VERSION),
+            VERSION_HEADER: _VERSION_TEXT,
             REQUEST_ID_HEADER: self.request_id,
             GROUP_HEADER: self.group,
         }
@@ -166,7 +167,7 @@ class RouteReport:
 
     def to_headers(self) -> dict[str, str]:
         """The hooks' headers (``fallbacks`` is LiteLLM's own header and is not written here)."""
-        headers = {VERSION_HEADER: str(PROTOCOL_VERSION)}
+        headers = {VERSION_HEADER: _VERSION_TEXT}
         if self.deployment is not None:
             headers[DEPLOYMENT_HEADER] = self.deployment
         if self.warm_state is not None:
