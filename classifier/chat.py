@@ -319,9 +319,7 @@ async def _exchange(
         if upstream.status == 429 and b"No deployments available" in payload:
             # LiteLLM's "no deployments" is not "busy": say what it really is (torchrouter_core.feasibility).
             verdict = explain_no_deployment(group, report.no_candidate, upstream.headers.get("Retry-After"))
-            error = verdict_error(
-                verdict.status, verdict.code, verdict.message, verdict.param, verdict.retry_after
-            )
+            error = verdict_error(verdict)
             relay.status = error.status
             return error_response(error, trace.headers())
         return web.Response(status=upstream.status, body=payload, headers={**out_headers, **trace.headers()})
