@@ -3,12 +3,19 @@ shipped 23-profile matrix and a generated 1,000-profile one, against a baseline 
 
     .venv/bin/python -m benchmarks.bench_ranker [--quick]
 
-The decision is what `async_filter_deployments` runs per attempt: build the fleet snapshot (rooms less
-reservations, slots, observed times), filter, score by expected time to first token and quality, pick.
-Every profile of the matrix is a candidate (one group holding all of them: the worst case). The baseline is
-a bare loop over the same candidates reading one attribute each (the floor any per-candidate rule pays).
-Per-decision microseconds are medians of several timed batches; the 1,000 / 23 ratio shows the growth
-(linear would be about 43x).
+The decision is what `async_filter_deployments` runs per attempt, with the same inputs: the live matrix and
+overlay, requests in flight, the ledger's view, observed times, the clock, the eviction log and recent use
+(eviction charges): filter (room included: a cold candidate that does not fit in free memory walks its
+host's residents for an eviction), score by expected time to first token and quality, pick. Every profile
+of the matrix is a candidate (one group holding all of them: the worst case). The baseline is a bare loop
+over the same candidates reading one attribute each (the floor any per-candidate rule pays).
+
+Columns: `decision` (wall clock, what the benchmark has always reported) and `cpu` (this process's CPU time,
+steadier on a shared machine) per `select()`, medians of several timed batches; `+event` adds building the
+`route_selected` event's fields; `plain` is the readable cycle (`rank()` over a `FleetSnapshot`, the
+reference the compiled one answers exactly as) for comparison; `compile` is the one-off cost of compiling a
+new live matrix and overlay (each probe round or warm-state change), per compile. The 1,000 / 23 ratio
+shows the growth (linear would be about 43x).
 """
 
 from __future__ import annotations
@@ -29,11 +36,13 @@ from capability_matrix import (
     load_matrix,
     parse_matrix,
 )
+from torchrouter_core.eviction import EvictionLog, EvictionRules, RecentUse
 from torchrouter_core.ledger import HostLedger
 from torchrouter_core.ranker import RequestNeeds
+from torchrouter_core.ranker.compiled import Compiled
 from torchrouter_core.ranker.observed import ObservedTimes
 from torchrouter_core.ranker.scorers import TIER_WEIGHTS
-from torchrouter_core.ranker.select import select
+from torchrouter_core.ranker.select import _select_plain, select
 
 
 def generated(n_hosts: int, per_host: int) -> Matrix:
@@ -72,13 +81,15 @@ def live(matrix: Matrix) -> tuple[Matrix, LiveOverlay, dict[str, int], dict[str,
     return matrix.with_live(overlay), overlay, in_flight, reserved, observed
 
 
-def per_call_us(fn: Callable[[], Any], batch: int, repeats: int) -> float:
+def per_call_us(
+    fn: Callable[[], Any], batch: int, repeats: int, clock: Callable[[], float] = time.perf_counter
+) -> float:
     runs = []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0 = clock()
         for _ in range(batch):
             fn()
-        runs.append((time.perf_counter() - t0) / batch * 1e6)
+        runs.append((clock() - t0) / batch * 1e6)
     return statistics.median(runs)
 
 
@@ -86,12 +97,24 @@ def measure(name: str, matrix: Matrix, batch: int, repeats: int) -> float:
     live_matrix, overlay, in_flight, reserved, observed = live(matrix)
     keys: list[str | None] = list(live_matrix.profiles)
     needs = RequestNeeds(prompt_tokens=1200, max_output_tokens=256)
+    now = time.time()
+    use, log = RecentUse(), EvictionLog()
+    for i, p in enumerate(live_matrix.profiles.values()):  # some recent use: evictions are charged
+        if p.is_local and i % 2 == 0:
+            use.record(p.host_id, p.model, now - i % 60)
+    inputs: dict[str, Any] = dict(
+        matrix=live_matrix, overlay=overlay, in_flight=in_flight, reserved=reserved,
+        weights=TIER_WEIGHTS["R"], observed=observed, now=now, evicted_at=log.evicted_at, use=use,
+    )  # fmt: skip
 
     def decide() -> Any:
-        return select(
-            "balanced", keys, needs, matrix=live_matrix, overlay=overlay, in_flight=in_flight,
-            reserved=reserved, weights=TIER_WEIGHTS["R"], observed=observed,
-        )  # fmt: skip
+        return select("balanced", keys, needs, **inputs)
+
+    def with_event() -> Any:
+        return select("balanced", keys, needs, **inputs).event_fields()
+
+    def plain() -> Any:
+        return _select_plain("balanced", keys, needs, **inputs, breakers=None, rules=EvictionRules())
 
     def baseline() -> int:
         return sum(1 for k in keys if k is not None and live_matrix.profiles[k].vram_gb >= 0)
@@ -99,10 +122,15 @@ def measure(name: str, matrix: Matrix, batch: int, repeats: int) -> float:
     selection = decide()
     assert selection.chosen is not None, selection.reason
     decision = per_call_us(decide, batch, repeats)
+    cpu = per_call_us(decide, batch, repeats, time.process_time)
+    event = per_call_us(with_event, batch, repeats, time.process_time)
+    reference = per_call_us(plain, max(batch // 10, 5), repeats, time.process_time)
+    compile_us = per_call_us(lambda: Compiled.build(live_matrix, overlay), max(batch // 20, 5), repeats)
     floor = per_call_us(baseline, batch, repeats)
     print(
-        f"{name:>28}: {len(keys):5d} profiles  decision {decision:9.1f} us  "
-        f"(bare loop {floor:7.1f} us, ratio {decision / floor:5.1f}x)"
+        f"{name:>24}: {len(keys):5d} profiles  decision {decision:8.1f} us  cpu {cpu:8.1f} us  "
+        f"+event {event:8.1f} us  plain {reference:8.1f} us  compile {compile_us:8.1f} us  "
+        f"(bare loop {floor:6.1f} us, ratio {decision / floor:5.1f}x)"
     )
     return decision
 

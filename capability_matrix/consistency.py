@@ -18,6 +18,7 @@ import yaml
 
 from capability_matrix.loader import MatrixError, describe_yaml_error, load_matrix
 from capability_matrix.model import Matrix, Profile
+from torchrouter_core.strict_yaml import safe_load_strict
 
 _ENV_REF = "os.environ/"
 
@@ -109,7 +110,7 @@ def _fallback_problems(fallbacks: object, groups: set[str]) -> list[str]:
             problems.extend(
                 f"router_settings.fallbacks[{i}]: {name!r} is not a model group in model_list"
                 for name in named
-                if name not in groups
+                if not isinstance(name, str) or name not in groups
             )
             if not isinstance(targets, list):
                 problems.append(f"router_settings.fallbacks[{i}]: the fallbacks of {source!r} are not a list")
@@ -129,7 +130,7 @@ def validate_files(matrix_path: str | Path, litellm_config_path: str | Path) -> 
     except MatrixError as exc:
         problems.extend(f"{matrix_path}: {line}" for line in exc.lines())
     try:
-        config = yaml.safe_load(Path(litellm_config_path).read_bytes())
+        config = safe_load_strict(Path(litellm_config_path).read_bytes())
     except OSError as exc:
         return [*problems, f"{litellm_config_path}: cannot read: {exc.strerror or exc}"]
     except yaml.YAMLError as exc:

@@ -42,6 +42,19 @@ class LoadedModel:
 
 
 @dataclass(frozen=True, slots=True)
+class ResidentModel:
+    """A model the last poll of its host lists as loaded, as the fit rule reads it: ``size_vram`` (GB),
+    Ollama's ``expires_at`` (when it unloads if it stays idle; ``None`` when not said) and ``since``, when
+    a poll first listed it (``None``: the first poll of the host this process made listed it, so it was
+    loaded before anyone here watched)."""
+
+    name: str
+    gb: float
+    expires_at: float | None
+    since: float | None
+
+
+@dataclass(frozen=True, slots=True)
 class GpuDevice:
     index: int
     name: str
@@ -104,15 +117,20 @@ class Lockout:
 
 @dataclass(frozen=True, slots=True)
 class LiveOverlay:
-    """Run-time state for one matrix: warm states (local profiles), live lockouts, GPU memory per host."""
+    """Run-time state for one matrix: warm states (local profiles), live lockouts, GPU memory per host,
+    the models each host lists as loaded (host id -> tagged model name -> :class:`ResidentModel`), and
+    every ``size_vram`` seen (``(host id, model)`` -> GB, kept after the model unloads: the claim of its
+    next load there; :func:`torchrouter_core.memory.claim_gb`)."""
 
     warm_states: Mapping[str, WarmState] = field(default_factory=dict)
     lockouts: Mapping[str, Lockout] = field(default_factory=dict)
     memory: Mapping[str, HostMemory] = field(default_factory=dict)
     observed_at: float | None = None
+    resident: Mapping[str, Mapping[str, ResidentModel]] = field(default_factory=dict)
+    observed_gb: Mapping[tuple[str, str], float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for name in ("warm_states", "lockouts", "memory"):
+        for name in ("warm_states", "lockouts", "memory", "resident", "observed_gb"):
             object.__setattr__(self, name, MappingProxyType(dict(getattr(self, name))))
 
     @property
@@ -158,7 +176,7 @@ def derive_warm_states(
         obs = observations.get(p.host_id)
         if obs is None or not obs.reachable or (max_age_s is not None and now - obs.observed_at > max_age_s):
             states[p.key] = WarmState.UNKNOWN
-        elif _tagged(p.model) not in resident[p.host_id]:
+        elif tagged(p.model) not in resident[p.host_id]:
             states[p.key] = WarmState.COLD
         elif p.key in in_flight or now - last_served.get(p.key, -math.inf) <= hot_window_s:
             states[p.key] = WarmState.HOT
@@ -170,27 +188,98 @@ def derive_warm_states(
 def _resident_names(obs: HostObservation, now: float) -> frozenset[str]:
     if not obs.reachable:
         return frozenset()
-    return frozenset(_tagged(m.name) for m in obs.loaded if m.expires_at is None or m.expires_at > now)
+    return frozenset(tagged(m.name) for m in obs.loaded if m.expires_at is None or m.expires_at > now)
 
 
-def _tagged(model: str) -> str:
+def tagged(model: str) -> str:
     """Ollama lists `llama3` as `llama3:latest`; compare names with the tag made explicit."""
     return model if ":" in model.rsplit("/", 1)[-1] else f"{model}:latest"
+
+
+# --- what each host has loaded, and since when --------------------------------------------------------------
+
+
+def next_since(
+    previous: Mapping[str, Mapping[str, float | None]],
+    observations: Mapping[str, HostObservation],
+) -> dict[str, dict[str, float | None]]:
+    """Host id -> tagged model name -> when a poll first listed it, after one round of ``observations``.
+
+    A model listed by the first poll of its host gets ``None`` (loaded before this process watched); one
+    that appears later gets that poll's ``observed_at``; one no longer listed is forgotten (its next load
+    starts over). An unreachable host keeps what was known."""
+    out = {host: dict(models) for host, models in previous.items()}
+    for host_id, obs in observations.items():
+        if not obs.reachable:
+            continue
+        before = previous.get(host_id)
+        names = {tagged(m.name) for m in obs.loaded}
+        if before is None:
+            out[host_id] = dict.fromkeys(names)
+        else:
+            out[host_id] = {n: before.get(n, obs.observed_at) for n in names}
+    return out
+
+
+def observed_sizes(
+    previous: Mapping[tuple[str, str], float], observations: Mapping[str, HostObservation]
+) -> dict[tuple[str, str], float]:
+    """``(host id, model)`` -> the last ``size_vram`` (GB) seen, updated with one round of observations;
+    a model listed as ``name:latest`` is recorded under ``name`` too (the matrix may omit the tag)."""
+    out = dict(previous)
+    for host_id, obs in observations.items():
+        for loaded in obs.loaded:
+            gb = loaded.size_vram_bytes / BYTES_PER_GB
+            if gb > 0:
+                out[(host_id, loaded.name)] = gb
+                if loaded.name.endswith(":latest"):
+                    out[(host_id, loaded.name.removesuffix(":latest"))] = gb
+    return out
+
+
+def derive_resident(
+    observations: Mapping[str, HostObservation],
+    since: Mapping[str, Mapping[str, float | None]],
+    now: float,
+) -> dict[str, dict[str, ResidentModel]]:
+    """Host id -> tagged model name -> :class:`ResidentModel`, for reachable hosts, models whose
+    keep-alive has not run out (as warm states count them)."""
+    out: dict[str, dict[str, ResidentModel]] = {}
+    for host_id, obs in observations.items():
+        if not obs.reachable:
+            continue
+        first = since.get(host_id, {})
+        out[host_id] = {
+            tagged(m.name): ResidentModel(
+                tagged(m.name), m.size_vram_bytes / BYTES_PER_GB, m.expires_at, first.get(tagged(m.name))
+            )
+            for m in obs.loaded
+            if m.expires_at is None or m.expires_at > now
+        }
+    return out
 
 
 # --- GPU memory ------------------------------------------------------------------------------------------
 
 
 def derive_host_memory(matrix: Matrix, observations: Mapping[str, HostObservation]) -> dict[str, HostMemory]:
-    """GPU memory per declared host: NVML where it read this host, else `/api/ps` usage, else declared."""
+    """GPU memory per declared host: NVML where it read this host, else `/api/ps` usage, else declared.
+
+    With both NVML and a poll, used memory is the larger of the driver's figure and the sum of the loaded
+    models' ``size_vram``, so free memory is Ollama's own: the smaller of what the driver reports and total
+    minus the loaded models' predicted sizes (``server/sched.go`` ``updateFreeSpace``: "picking the
+    smallest free value seems prudent", the driver's figure lags an unload)."""
     memory: dict[str, HostMemory] = {}
     for host_id, host in matrix.hosts.items():
         obs = observations.get(host_id)
         gpu = obs.gpu if obs is not None else None
         if gpu is not None and gpu.available and gpu.devices:
+            used = sum(d.used_bytes for d in gpu.devices) / BYTES_PER_GB
+            if obs is not None and obs.reachable:
+                used = max(used, sum(m.size_vram_bytes for m in obs.loaded) / BYTES_PER_GB)
             memory[host_id] = HostMemory(
                 total_gb=sum(d.total_bytes for d in gpu.devices) / BYTES_PER_GB,
-                used_gb=sum(d.used_bytes for d in gpu.devices) / BYTES_PER_GB,
+                used_gb=used,
                 source=MemorySource.NVML,
             )
         else:
@@ -296,8 +385,12 @@ def build_overlay(
     max_age_s: float | None = None,
     auth: Mapping[str, str] = MappingProxyType({}),
     budget_reason: str | None = None,
+    since: Mapping[str, Mapping[str, float | None]] = MappingProxyType({}),
+    observed_gb: Mapping[tuple[str, str], float] | None = None,
 ) -> LiveOverlay:
-    """One overlay from one round of observations and the current lockout inputs."""
+    """One overlay from one round of observations and the current lockout inputs; ``since`` and
+    ``observed_gb`` are what the process kept across rounds (:func:`next_since`, :func:`observed_sizes`;
+    ``observed_gb`` ``None``: this round's sizes only)."""
     return LiveOverlay(
         warm_states=derive_warm_states(
             matrix, observations, last_served, now, hot_window_s, in_flight=in_flight, max_age_s=max_age_s
@@ -305,4 +398,6 @@ def build_overlay(
         lockouts=resolve_lockouts(matrix, auth=auth, budget_reason=budget_reason),
         memory=derive_host_memory(matrix, observations),
         observed_at=max((o.observed_at for o in observations.values()), default=None),
+        resident=derive_resident(observations, since, now),
+        observed_gb=observed_sizes({}, observations) if observed_gb is None else observed_gb,
     )

@@ -7,8 +7,10 @@ Exceptions:
 
 This module owns the validation rules: the JSON Schema in `schema.json` (types, enums, ranges, unknown fields,
 key form) and the cross-references a schema cannot express (a profile's key is `host_id/provider/model`; an
-ollama profile's host is declared in `hosts`, shares its `api_base` and fits in its GPU memory). YAML syntax
-errors and duplicate keys (which YAML would otherwise resolve silently, last one wins) are problems too.
+ollama profile's host is declared in `hosts`, shares its `api_base` and fits in its GPU memory less its
+`gpu_overhead_gb`, which must leave some; every number is finite: JSON Schema's ranges let NaN through).
+YAML syntax errors and duplicate keys (which YAML would otherwise resolve silently, last one wins) are
+problems too.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import difflib
 import functools
 import json
+import math
 from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +38,8 @@ from capability_matrix.model import (
     WarmState,
     profile_key,
 )
+from torchrouter_core.strict_yaml import describe_yaml_error as describe_yaml_error
+from torchrouter_core.strict_yaml import duplicate_key_message
 
 try:  # libyaml parses the 2,000-profile benchmark matrix several times faster; fall back when absent
     from yaml import CSafeLoader as _BaseLoader
@@ -143,6 +148,7 @@ def parse_matrix_text(text: str | bytes, *, source: str | None = None) -> Matrix
 def parse_matrix(doc: object) -> Matrix:
     """Validate an already-parsed document (dicts and lists, as from YAML or JSON) and build the Matrix."""
     problems = [p for err in _validator().iter_errors(doc) for p in _schema_problems(err)]
+    problems.extend(_non_finite_problems(doc, []))
     problems.extend(_cross_reference_problems(doc))
     if problems:
         raise MatrixError(_dedupe(_in_document_order(problems, doc)))
@@ -158,6 +164,7 @@ def _build(doc: Mapping[str, Any]) -> Matrix:
             gpu_memory_gb=float(h["gpu_memory_gb"]),
             num_parallel=h["num_parallel"],
             max_loaded_models=h["max_loaded_models"],
+            gpu_overhead_gb=float(h.get("gpu_overhead_gb", 0.0)),
         )
         for host_id, h in doc["hosts"].items()
     }
@@ -253,11 +260,49 @@ def _shorten(message: str) -> str:
 # --- rules the schema cannot express ---------------------------------------------------------------------
 
 
+def _non_finite_problems(node: object, path: list[Any]) -> Iterator[Problem]:
+    """NaN and +-inf anywhere (YAML's ``.nan``, ``.inf``, ``1e400``): JSON Schema's ranges cannot refuse NaN
+    (every comparison with it is false), and one would make a host refuse every load or a profile's score
+    null, silently."""
+    if isinstance(node, float) and not math.isfinite(node):
+        yield _at(path, f"must be a finite number, got {node}")
+    elif isinstance(node, dict):
+        for key, value in node.items():
+            yield from _non_finite_problems(value, [*path, key])
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            yield from _non_finite_problems(value, [*path, index])
+
+
+def _finite(value: object) -> float | None:
+    """A finite number (not a bool) as a float, else None."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def _host_problems(hosts: Mapping[Any, Any]) -> Iterator[Problem]:
+    for host_id, host in hosts.items():
+        if not isinstance(host, dict):
+            continue
+        capacity, overhead = _finite(host.get("gpu_memory_gb")), _finite(host.get("gpu_overhead_gb"))
+        if capacity is not None and overhead is not None and overhead >= capacity:
+            yield Problem(
+                None,
+                f'hosts["{host_id}"].gpu_overhead_gb',
+                f"{host.get('gpu_overhead_gb')} leaves no GPU memory: it must be less than gpu_memory_gb "
+                f"{host.get('gpu_memory_gb')} (Ollama keeps this much free, so no model could load)",
+            )
+
+
 def _cross_reference_problems(doc: object) -> Iterator[Problem]:
-    if not isinstance(doc, dict) or not isinstance(doc.get("profiles"), dict):
+    if not isinstance(doc, dict):
         return
     hosts = doc.get("hosts") if isinstance(doc.get("hosts"), dict) else {}
     assert isinstance(hosts, dict)
+    yield from _host_problems(hosts)
+    if not isinstance(doc.get("profiles"), dict):
+        return
     for key, p in doc["profiles"].items():
         if not isinstance(p, dict):
             continue
@@ -284,13 +329,24 @@ def _cross_reference_problems(doc: object) -> Iterator[Problem]:
             yield Problem(
                 str(key), "api_base", f"{api_base!r} differs from hosts[{host_id!r}].api_base {host_base!r}"
             )
-        vram, capacity = p.get("vram_gb"), host.get("gpu_memory_gb")
-        if isinstance(vram, int | float) and isinstance(capacity, int | float) and vram > capacity:
+        vram, capacity = _finite(p.get("vram_gb")), _finite(host.get("gpu_memory_gb"))
+        overhead = _finite(host.get("gpu_overhead_gb")) or 0.0
+        memory = f"hosts[{host_id!r}].gpu_memory_gb {host.get('gpu_memory_gb')}"
+        if vram is None or capacity is None:
+            continue
+        if vram > capacity:
             yield Problem(
                 str(key),
                 "vram_gb",
-                f"{vram} is more than hosts[{host_id!r}].gpu_memory_gb {capacity} "
+                f"{p.get('vram_gb')} is more than {memory} "
                 "(for a model that spills to system RAM, declare hardware_class offload and its GPU part)",
+            )
+        elif 0 < overhead < capacity and vram > capacity - overhead:
+            yield Problem(
+                str(key),
+                "vram_gb",
+                f"{p.get('vram_gb')} is more than {memory} "
+                f"less its gpu_overhead_gb {host.get('gpu_overhead_gb')}: it could never load there",
             )
 
 
@@ -307,14 +363,6 @@ def _dedupe(problems: Iterable[Problem]) -> list[Problem]:
 
 
 # --- YAML ------------------------------------------------------------------------------------------------
-
-
-def describe_yaml_error(exc: yaml.YAMLError) -> str:
-    """One line with the line and column of a YAML syntax error."""
-    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-    what = ": ".join(str(s) for s in (getattr(exc, "context", None), getattr(exc, "problem", None)) if s)
-    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-    return f"YAML syntax error{where}: {what or str(exc).splitlines()[0]}"
 
 
 class _StrictLoader(_BaseLoader):
@@ -337,8 +385,7 @@ class _StrictLoader(_BaseLoader):
                         Problem(
                             None,
                             None,
-                            f"line {line}: key {key_node.value!r} is repeated (first at line "
-                            f"{first_line[key_node.value]}); YAML would silently keep only the last one",
+                            duplicate_key_message(key_node.value, line, first_line[key_node.value]),
                         )
                     )
                 else:

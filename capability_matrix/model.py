@@ -57,6 +57,8 @@ class Host:
     gpu_memory_gb: float
     num_parallel: int
     max_loaded_models: int
+    # Ollama's OLLAMA_GPU_OVERHEAD on this host (GB kept free on the GPU; Ollama's default 0)
+    gpu_overhead_gb: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

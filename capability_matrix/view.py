@@ -1,7 +1,8 @@
 """A process's live view of the fleet: the matrix store plus what the probe and the answers told it.
 
 Both processes keep one (DESIGN: each may keep its own view refreshed from the fleet). Inputs: probe
-observations (Ollama ``/api/ps`` every interval), the deployments that just answered (hot window, and
+observations (Ollama ``/api/ps`` every interval; when each model was first listed and every ``size_vram``
+seen are kept across rounds), the deployments that just answered (hot window, and
 "answered after the last poll"), auth lockouts, and the day's cloud spend against a budget. Outputs: the
 :class:`LiveOverlay` and the live :class:`Matrix`, rebuilt only when an input that can change them
 changed, so a request pays a dictionary lookup, not a rebuild.
@@ -21,6 +22,8 @@ from capability_matrix.live import (
     LiveOverlay,
     budget_lockout,
     build_overlay,
+    next_since,
+    observed_sizes,
     utc_day,
 )
 from capability_matrix.model import Matrix
@@ -38,15 +41,21 @@ class FleetView:
         *,
         daily_budget_usd: float | None,
         spend_today: Callable[[float], float],
+        spend_unknown: Callable[[float], str | None] | None = None,
         on_lockout_change: OnLockoutChange | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
         self._budget = daily_budget_usd
         self._spend_today = spend_today
+        self._spend_unknown = spend_unknown  # why today's spend is unknown (a corrupt book), or None
+        self._unknown_why: str | None = None
         self._on_lockout_change = on_lockout_change
         self._clock = clock
         self.observations: dict[str, HostObservation] = {}
+        # Kept across rounds: when each model was first listed per host, every size_vram seen.
+        self._since: dict[str, dict[str, float | None]] = {}
+        self._observed_gb: dict[tuple[str, str], float] = {}
         self._last_served: dict[str, float] = {}
         self._auth: dict[str, str] = {}
         self._budget_locked_day: date | None = None
@@ -58,6 +67,8 @@ class FleetView:
     # --- inputs ---------------------------------------------------------------------------------------
     def on_observations(self, observations: dict[str, HostObservation]) -> None:
         self.observations = observations
+        self._since = next_since(self._since, observations)
+        self._observed_gb = observed_sizes(self._observed_gb, observations)
         self._dirty = True
 
     def served(self, profile_key: str) -> None:
@@ -94,6 +105,18 @@ class FleetView:
     def budget_reason(self, now: float) -> str | None:
         if self._budget is None:
             return None
+        # Today's spend unknown (the book was corrupt): the cloud stays locked until the book is fixed or
+        # the UTC day ends, as if the budget were spent; lifted as soon as the book reads again.
+        unknown = self._spend_unknown(now) if self._spend_unknown is not None else None
+        if unknown != self._unknown_why:
+            self._dirty = True
+            self._notify("cloud", "budget" if unknown else "none", unknown or "the spend book reads again")
+            self._unknown_why = unknown
+        if unknown is not None:
+            return (
+                f"today's cloud spend is unknown ({unknown}); the cloud stays locked until the book is "
+                "fixed or the UTC day ends"
+            )
         spend = self._spend_today(now)
         locked = budget_lockout(spend, self._budget, utc_day(now), self._budget_locked_day)
         if locked != self._budget_locked_day:
@@ -119,6 +142,8 @@ class FleetView:
                 last_served=self._last_served,
                 auth=self._auth,
                 budget_reason=budget,
+                since=self._since,
+                observed_gb=self._observed_gb,
             )
             self._live = self.store.current.with_live(self._overlay)
             self._dirty = False

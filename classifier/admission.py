@@ -37,6 +37,7 @@ DEPTH_PER_SLOT = 4
 MIN_DEPTH = 4
 
 OnDivert = Callable[[str, str, str, float], None]  # (from group, to group or "", reason, estimated ms)
+OnWait = Callable[[str, GroupSnapshot, float], None]  # (group, its queue as the policy saw it, estimated ms)
 
 
 @dataclass
@@ -75,7 +76,11 @@ class Lanes:
             return GroupSnapshot.unlimited(group, service_ms)
         return queue.snapshot(service_ms, functools.partial(self.estimator.service_for, group))
 
-    async def admit(self, decision: RouteDecision, on_divert: OnDivert | None = None) -> Admission:
+    async def admit(
+        self, decision: RouteDecision, on_divert: OnDivert | None = None, on_wait: OnWait | None = None
+    ) -> Admission:
+        """Walk the ladder: ``on_divert`` hears every step passed over, ``on_wait`` a step the policy chose
+        to wait for, as the wait starts (both in the order they happen)."""
         started = time.perf_counter()
         if not self.enabled:
             return Admission(decision.ladder[0], None, 0.0, admitted_at=started)
@@ -105,7 +110,13 @@ class Lanes:
                 on_divert(group, next_group, reason, est_ms)
 
         while steps:
-            outcome = plan_ladder(((s, self.snapshot(s.group)) for s in steps), budget_ms)
+            seen: list[GroupSnapshot] = []  # the snapshots the policy walked, one per step, in order
+
+            def snapshot(step: LadderStep, seen: list[GroupSnapshot] = seen) -> GroupSnapshot:
+                seen.append(self.snapshot(step.group))
+                return seen[-1]
+
+            outcome = plan_ladder(((s, snapshot(s)) for s in steps), budget_ms)
             for index, step_decision in enumerate(outcome.decisions):
                 if isinstance(step_decision, Divert):
                     following = steps[index + 1].group if index + 1 < len(steps) else ""
@@ -115,6 +126,9 @@ class Lanes:
             step, rest = steps[outcome.chosen], steps[outcome.chosen + 1 :]
             chosen = outcome.decisions[outcome.chosen]
             estimated_ms = chosen.est_ms if isinstance(chosen, Wait) else 0.0
+            if on_wait is not None and isinstance(chosen, Wait):
+                # The lane as the policy just saw it (nothing has run since: the same slots, busy and line).
+                on_wait(step.group, seen[outcome.chosen], estimated_ms)
             service_ms = self.estimator.service_ms(step.group)
             queue = self.queues.get(step.group)
             ticket: Ticket | None = None

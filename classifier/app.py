@@ -76,8 +76,10 @@ from torchrouter_core.errors import (
     Unauthorized,
 )
 from torchrouter_core.events import EventSink, open_sink
+from torchrouter_core.fallbacks import allowed_groups
 from torchrouter_core.identity import GROUPS
 from torchrouter_core.routing import RoutingMode, overflow
+from torchrouter_core.strict_yaml import safe_load_strict
 from torchrouter_core.tier_model import TierModelError, load_tier_model
 from torchrouter_core.tiering import LearnedTiering, Tier
 
@@ -205,6 +207,25 @@ async def _events_ctx(app: web.Application) -> AsyncIterator[None]:
     app[EVENTS_KEY].close()
 
 
+async def _spend_ctx(app: web.Application) -> AsyncIterator[None]:
+    """With the spend book in Redis (TORCHROUTER_LEDGER_REDIS_URL), start from today's total there, as a
+    restarted classifier does from the file otherwise; responses keep it mirrored from then on. Redis not
+    answering is logged and the classifier starts at 0 until the first response reports the book."""
+    url = app[SETTINGS_KEY].spend_redis_url
+    if url:
+        from torchrouter.redis_spend import RedisSpendBook  # only when configured: redis stays optional
+
+        book = RedisSpendBook(url)
+        now = time.time()
+        try:
+            app[SPEND_KEY].mirror(await book.today(now), now)
+        except Exception as exc:
+            log.warning("spend book in Redis unreadable at start (%s); daily spend starts at 0", exc)
+        finally:
+            await book.close()
+    yield
+
+
 def create_app(
     settings: Settings,
     *,
@@ -246,6 +267,10 @@ def create_app(
         app[MATRIX_KEY],
         daily_budget_usd=settings.daily_budget_usd,
         spend_today=app[SPEND_KEY].today,
+        # The file is the book only without Redis (TORCHROUTER_LEDGER_REDIS_URL): only then can it be unknown.
+        spend_unknown=None
+        if settings.spend_redis_url
+        else lambda now: spend_file.unknown_reason(settings.spend_path, app[SPEND_KEY], now),
         on_lockout_change=lockout_changed,
     )
     app[LANES_KEY] = Lanes(enabled=settings.queue_enabled)
@@ -276,6 +301,7 @@ def create_app(
     app.cleanup_ctx.append(_watchers_ctx)
     app.cleanup_ctx.append(_probe_ctx(probe))
     app.cleanup_ctx.append(_events_ctx)
+    app.cleanup_ctx.append(_spend_ctx)
     app.router.add_get("/health", health, expect_handler=expect_handler)
     app.router.add_get("/capability-matrix", capability_matrix, expect_handler=expect_handler)
     app.router.add_get("/queue/status", queue_status, expect_handler=expect_handler)
@@ -371,11 +397,21 @@ async def queue_status(request: web.Request) -> web.Response:
     mode = RoutingMode(settings.routing_mode)
 
     def fallback(group: str) -> dict[str, object]:
-        tier, next_group = overflow(group, directory=agents, mode=mode, cloud_locked=cloud_locked is not None)
+        locked = cloud_locked is not None
+        tier, next_group = overflow(group, directory=agents, mode=mode, cloud_locked=locked)
         return {
             "overflow": next_group,
             "tier": tier.value if tier else None,
-            "on_failure": app[LITELLM_FALLBACKS_KEY].get(group, []),
+            # Per tier: where a request of that tier sent to this group goes when its attempt fails (the
+            # agents file's chain as the mode and budget allow; feasibility may drop more per request).
+            "on_failure": {
+                t.value: list(
+                    allowed_groups(agents.fallbacks(t), group=group, mode=mode, cloud_locked=locked)
+                )
+                for t in Tier
+            },
+            # LiteLLM's own, for requests sent to it directly (the classifier's carry the chain above).
+            "litellm_on_failure": app[LITELLM_FALLBACKS_KEY].get(group, []),
         }
 
     return _json(app[LANES_KEY].status(budget_ms, fallback))
@@ -384,12 +420,14 @@ async def queue_status(request: web.Request) -> web.Response:
 def load_litellm_fallbacks(path: Path) -> dict[str, list[str]]:
     """``router_settings.fallbacks`` of litellm_config.yaml (failure, not capacity), for /queue/status."""
     try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        doc = safe_load_strict(path.read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError) as exc:
         log.warning("cannot read LiteLLM fallbacks from %s: %s", path, exc)
         return {}
     out: dict[str, list[str]] = {}
-    for entry in (doc.get("router_settings") or {}).get("fallbacks") or []:
+    settings = doc.get("router_settings") if isinstance(doc, dict) else None
+    entries = settings.get("fallbacks") if isinstance(settings, dict) else None
+    for entry in entries if isinstance(entries, list) else []:  # a wrong shape: validate says so
         if isinstance(entry, dict):
             out.update({str(k): [str(g) for g in v] for k, v in entry.items() if isinstance(v, list)})
     return out

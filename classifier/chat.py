@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -46,11 +47,18 @@ from torchrouter_core.budgets import budget_for
 from torchrouter_core.contract import RouteReport, RouteRequest
 from torchrouter_core.decide import CloudLocked, RouteDecision, decide
 from torchrouter_core.errors import ApiError, PayloadTooLarge, QueueFull, UpstreamTimeout, verdict_error
+from torchrouter_core.fallbacks import failure_chain
 from torchrouter_core.feasibility import explain_no_deployment
-from torchrouter_core.queue_policy import finite_ms
+from torchrouter_core.identity import IdentityError, identify
+from torchrouter_core.queue_policy import GroupSnapshot, finite_ms
 from torchrouter_core.routing import ladder_step_kind
 
 log = logging.getLogger("torchrouter.classifier")
+
+
+# The trail's ``status`` is the status line the client was sent; a client that left before one went out is
+# recorded with nginx's 499 "client closed request".
+CLIENT_CLOSED = 499
 
 
 def too_large_message(request: web.Request) -> str:
@@ -63,6 +71,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     settings, metrics, events = app[SETTINGS_KEY], app[METRICS_KEY], app[EVENTS_KEY]
     trace = RouteTrace(request_id=app[REQUEST_IDS_KEY].new())
     client_request_id = request_id_from(request.headers)
+    body: dict[str, Any] | None = None
     try:
         body = parse_chat_body(
             await read_body(request, settings.max_body_bytes), request.headers.get("Content-Type")
@@ -87,7 +96,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         events.emit(
             "queue_rejected",
             request_id=trace.request_id,
-            agent_id=None,
+            agent_id=agent_of(request.headers, body),
             tier=None,
             group=None,
             status=exc.status,
@@ -96,10 +105,10 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         )
         return error_response(exc, trace.headers())
     except ApiError as exc:
-        return _refused(request, exc, trace, client_request_id, started)
+        return _refused(request, exc, trace, client_request_id, started, body)
     except web.HTTPRequestEntityTooLarge:
         return _refused(
-            request, PayloadTooLarge(too_large_message(request)), trace, client_request_id, started
+            request, PayloadTooLarge(too_large_message(request)), trace, client_request_id, started, body
         )
 
     trace.tier, trace.group, trace.canary = decision.tier.value, decision.first_group, decision.canary
@@ -137,31 +146,39 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             step=ladder_step_kind(to_group or None),
         )
 
+    def on_wait(group: str, lane: GroupSnapshot, est_ms: float) -> None:
+        # Every slot of the lane is taken and the estimate is within the tier's wait budget: it waits.
+        events.emit(
+            "degradation_ladder_step",
+            **who,
+            group=decision.first_group,
+            from_group=group,
+            to_group=group,
+            reason="slots_busy",
+            estimated_wait_ms=finite_ms(est_ms),
+            step="wait",
+            slots=lane.limit,
+            busy=lane.active,
+            ahead=lane.depth,
+            wait_budget_ms=decision.wait_budget_ms,
+        )
+
     outcome = "error"  # until a path below says otherwise: an unexpected exception is never a success
     status = 0
+    fallbacks: tuple[str, ...] = ()  # the failure chain sent to LiteLLM (torchrouter_core.fallbacks)
     relay = Relay()
     admission: Admission | None = None
     try:
-        admission = await app[LANES_KEY].admit(decision, on_divert)
-        if admission.estimated_ms > 0:  # the policy chose to wait for this lane rather than step down
-            events.emit(
-                "degradation_ladder_step",
-                **who,
-                group=decision.first_group,
-                from_group=admission.group,
-                to_group=admission.group,
-                reason="wait",
-                estimated_wait_ms=finite_ms(admission.estimated_ms),
-                step="wait",
-            )
+        admission = await app[LANES_KEY].admit(decision, on_divert, on_wait)
         trace.group = admission.group
         trace.queue_ms = admission.queue_ms
         metrics.child(metrics.queue_wait, admission.group).observe(admission.queue_ms / 1e3)
         if admission.diverts:
             trace.fallback = "ladder:" + "->".join([*(g for g, _ in admission.diverts), admission.group])
-        response = await _forward(request, body, decision, admission.group, trace, started, relay)
-        status = relay.status
-        outcome = "upstream_error" if status >= 400 else "ok"
+        fallbacks = _failure_chain(app, decision, admission)
+        response = await _forward(request, body, decision, admission.group, trace, started, relay, fallbacks)
+        outcome = "upstream_error" if relay.status >= 400 else "ok"
+        status = relay.sent or relay.status
         return response
     except QueueFull as exc:
         outcome, status = "shed", exc.status
@@ -177,18 +194,21 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         return error_response(exc, trace.headers())
     except ApiError as exc:
         outcome = "timeout" if exc.status == 504 else "upstream_unavailable"
-        if request.transport is None or request.transport.is_closing():
-            outcome = "cancelled"  # the client left first; what failed upstream is a consequence"
         status = exc.status
+        if request.transport is None or request.transport.is_closing():
+            # The client left first; what failed upstream is a consequence. Nothing went out to it.
+            outcome, status = "cancelled", relay.sent or CLIENT_CLOSED
         trace.total_ms = (time.perf_counter() - started) * 1e3
         return error_response(exc, trace.headers())
     except (asyncio.CancelledError, ConnectionResetError):
         # A client that closes once it has read the stream's last event (the OpenAI SDK does, without
         # waiting for the chunked terminator) was answered in full: that is a success, not a cancel.
-        # ``status`` is what went out before the client left (0: nothing had).
-        outcome, status = ("ok" if relay.complete else "cancelled"), relay.status
+        # ``status`` is the status line that went out before the client left (499: none had).
+        outcome, status = ("ok" if relay.complete else "cancelled"), relay.sent or CLIENT_CLOSED
         raise
     finally:
+        if outcome == "error":  # an unexpected exception: the middleware answers 500 unless a stream began
+            status = relay.sent or 500
         if admission is not None:
             # Only a model that was resident (warm or hot) measures the lane: a cold load would teach
             # the estimator seconds of load as if every request took that long.
@@ -205,7 +225,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             group=trace.group,
             outcome=outcome,
             status=status,
-            deployment=trace.model,
+            deployment=None if trace.model == "none" else trace.model,
             fallback=trace.fallback,
             total_ms=round(total_s * 1e3, 1),
             ttft_ms=None if relay.ttft_s is None else round(relay.ttft_s * 1e3, 1),
@@ -213,6 +233,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             warm_state=trace.warm_state,
             estimated_wait_ms=None if admission is None else round(admission.estimated_ms, 1),
             service_estimate_ms=None if admission is None else round(admission.service_ms, 1),
+            fallbacks=list(fallbacks),
         )
 
 
@@ -224,12 +245,15 @@ async def _forward(
     trace: RouteTrace,
     started: float,
     relay: Relay,
+    fallbacks: tuple[str, ...] = (),
 ) -> web.StreamResponse:
     """Forward to LiteLLM with model=group and relay the answer, recording its progress in ``relay`` (which
-    the caller still reads when the client goes away part-way)."""
+    the caller still reads when the client goes away part-way). ``fallbacks``: the failure chain, sent as
+    LiteLLM's own per-request ``fallbacks`` (none: ``disable_fallbacks``)."""
     app = request.app
     settings = app[SETTINGS_KEY]
-    upstream_body = orjson.dumps({**body, "model": group, **decision.upstream_extras})
+    chain: dict[str, Any] = {"fallbacks": list(fallbacks)} if fallbacks else {"disable_fallbacks": True}
+    upstream_body = orjson.dumps({**body, "model": group, **decision.upstream_extras, **chain})
     route = RouteRequest(
         request_id=trace.request_id,
         group=group,
@@ -325,18 +349,50 @@ async def _exchange(
         return web.Response(status=upstream.status, body=payload, headers={**out_headers, **trace.headers()})
 
 
+def _failure_chain(app: web.Application, decision: RouteDecision, admission: Admission) -> tuple[str, ...]:
+    """Where LiteLLM may go after the admitted group fails: the tier's chain from the agents file, without
+    the groups the ladder passed over and what the mode, the budget and feasibility rule out."""
+    chain, _ = failure_chain(
+        app[AGENTS_KEY].current.fallbacks(decision.tier),
+        group=admission.group,
+        mode=app[SETTINGS_KEY].routing_mode,
+        cloud_locked=app[FLEET_KEY].budget_reason(time.time()) is not None,
+        matrix=app[MATRIX_KEY].current,
+        needs=decision.needs,
+        passed=[group for group, _ in admission.diverts],
+    )
+    return chain
+
+
+def agent_of(headers: Mapping[str, str], body: Mapping[str, Any] | None) -> str | None:
+    """The caller's agent id for a request refused before it was routed: from ``X-Agent-Id`` (or the
+    body's ``agent:group`` model) when they name one validly, whatever else was wrong with the request."""
+    try:
+        return identify(headers, body.get("model") if body is not None else None).agent_id
+    except IdentityError:
+        if body is not None:
+            return agent_of(headers, None)  # the model field was the fault: the header may still name it
+        return None
+
+
 def _refused(
-    request: web.Request, exc: ApiError, trace: RouteTrace, client_request_id: str | None, started: float
+    request: web.Request,
+    exc: ApiError,
+    trace: RouteTrace,
+    client_request_id: str | None,
+    started: float,
+    body: Mapping[str, Any] | None = None,
 ) -> web.Response:
     """A request answered before it was routed (bad body, unknown model, impossible): counted, and one
-    ``request_completed`` line in the trail like every other request."""
+    ``request_completed`` line in the trail like every other request, with the agent its headers (or its
+    body's model) name."""
     app = request.app
     app[METRICS_KEY].requests.labels("none", "none", "bad_request").inc()
     trace.total_ms = (time.perf_counter() - started) * 1e3
     app[EVENTS_KEY].emit(
         "request_completed",
         request_id=trace.request_id,
-        agent_id=None,
+        agent_id=agent_of(request.headers, body),
         tier=None,
         group=None,
         client_request_id=client_request_id,
@@ -344,7 +400,7 @@ def _refused(
         status=exc.status,
         code=exc.code,
         param=exc.param,
-        deployment=trace.model,
+        deployment=None,
         fallback=trace.fallback,
         total_ms=round(trace.total_ms, 1),
         ttft_ms=None,
@@ -383,7 +439,11 @@ def _annotate(trace: RouteTrace, report: RouteReport, matrix: MatrixStore, group
         trace.warm_state = report.warm_state.value
     if report.score_ms is not None:
         trace.score_ms = report.score_ms
-    if report.fallbacks > 0:  # LiteLLM's own count of failure fallbacks; the deployment names the group
+    if len(report.groups) > 1:  # the hooks' record of every hop's group, in order
+        step = "fallback:" + "->".join(report.groups)
+    elif report.fallbacks > 0:  # LiteLLM's own count of failure fallbacks; the deployment names the group
         profile = matrix.current.profiles.get(trace.model)
         step = f"fallback:{group}->{profile.lane if profile is not None else 'unknown'}"
-        trace.fallback = step if trace.fallback == "none" else f"{trace.fallback};{step}"
+    else:
+        return
+    trace.fallback = step if trace.fallback == "none" else f"{trace.fallback};{step}"

@@ -18,6 +18,7 @@ from classifier.body_decode import judge_content_type
 from classifier.nesting import MAX_JSON_DEPTH, may_be_too_deep, too_deep
 from classifier.nulls import drop_optional_nulls
 from torchrouter_core.errors import BadRequest, UnsupportedMediaType
+from torchrouter_core.privileged import privileged_field
 
 # A content part: OpenAI's part types, each carried in the field of its name (openai_chat_request.schema.json
 # has the full shapes). Checked here because LiteLLM answers a malformed part with a 500, a 400 carrying its
@@ -75,6 +76,10 @@ _TOOL_CHOICE = {
     },
 }
 
+# A bound on max_tokens / max_completion_tokens far above any model's output (a JSON number past 64 bits
+# arrives as a float: 1e308 is an "integer" to JSON Schema, and its 309 digits ended up in an error message).
+MAX_OUTPUT_TOKENS = 2**31 - 1
+
 _ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 _MESSAGE = {
     "type": "object",
@@ -98,8 +103,8 @@ CHAT_SCHEMA: dict[str, Any] = {
         "stream_options": {"type": ["object", "null"]},
         "tools": {"type": "array", "items": _TOOL},
         "tool_choice": _TOOL_CHOICE,
-        "max_tokens": {"type": ["integer", "null"], "minimum": 1},
-        "max_completion_tokens": {"type": ["integer", "null"], "minimum": 1},
+        "max_tokens": {"type": ["integer", "null"], "minimum": 1, "maximum": MAX_OUTPUT_TOKENS},
+        "max_completion_tokens": {"type": ["integer", "null"], "minimum": 1, "maximum": MAX_OUTPUT_TOKENS},
         "temperature": {"type": ["number", "null"], "minimum": 0, "maximum": 2},
         "top_p": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
         "n": {"type": ["integer", "null"], "minimum": 1, "maximum": 1},
@@ -130,8 +135,8 @@ _PLAIN_OPTIONS: dict[str, Callable[[object], bool]] = {
     "model": lambda v: type(v) is str and len(v) <= 256,
     "messages": lambda v: True,  # checked on its own, below
     "stream": lambda v: type(v) is bool,
-    "max_tokens": lambda v: type(v) is int and v >= 1,
-    "max_completion_tokens": lambda v: type(v) is int and v >= 1,
+    "max_tokens": lambda v: type(v) is int and 1 <= v <= MAX_OUTPUT_TOKENS,
+    "max_completion_tokens": lambda v: type(v) is int and 1 <= v <= MAX_OUTPUT_TOKENS,
     "temperature": _number_in(0, 2),
     "top_p": _number_in(0, 1),
     "n": lambda v: type(v) is int and v == 1,
@@ -191,14 +196,22 @@ def parse_chat_body(raw: bytes, content_type: str | None = None) -> dict[str, An
         raise _deep(where)
     if b"null" in raw:  # most bodies have none: skip the walk
         drop_optional_nulls(body)
-    if _plain_body(body):
-        return body  # valid by construction, and without content parts to check
-    try:
-        _FAST(body)
-    except fastjsonschema.JsonSchemaException as exc:
-        fast_message = str(exc)
-    else:
-        _check_parts(body["messages"])
+    valid = _plain_body(body)  # valid by construction, and without content parts to check
+    if not valid:
+        try:
+            _FAST(body)
+        except fastjsonschema.JsonSchemaException as exc:
+            fast_message = str(exc)
+        else:
+            _check_parts(body["messages"])
+            valid = True
+    if valid:
+        if (field := privileged_field(body)) is not None:
+            raise BadRequest(
+                f"{field} may not be sent in a request body: the router and LiteLLM's configuration set it",
+                param=field,
+                code="field_not_allowed",
+            )
         return body
     errors = sorted(_VALIDATOR.iter_errors(body), key=lambda e: list(e.absolute_path))
     if not errors:  # the two libraries disagree: trust the rejection, say what the fast one saw

@@ -70,6 +70,8 @@ def fleet_status(fleet: FleetView, mirror: LedgerMirror) -> dict[str, Any]:
         ]
         hosts[host_id] = {
             "capacity_gb": round(memory.total_gb if memory else host.gpu_memory_gb, 3),
+            # OLLAMA_GPU_OVERHEAD as the matrix declares it: kept free, so a load fits in capacity less this.
+            "gpu_overhead_gb": host.gpu_overhead_gb,
             "used_gb": None if memory is None or memory.used_gb is None else round(memory.used_gb, 3),
             "memory_source": memory.source.value if memory else None,
             "reserved_gb": round(report.reserved_gb, 3),

@@ -57,6 +57,8 @@ class _Exchange:
         self._request = self._forwarder._session.request(method, url, data=body, headers=headers)
         try:
             resp = await self._request.__aenter__()
+        except ConnectionResetError:  # before ClientError: aiohttp's ClientConnectionResetError is both
+            raise UpstreamUnavailable("the connection to LiteLLM was reset") from None
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise self._forwarder._upstream_error(exc) from None
         return UpstreamResponse(resp.status, resp.headers, resp)
@@ -64,11 +66,16 @@ class _Exchange:
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        # LiteLLM has answered by now: a ConnectionResetError from here on is a write to the *client* that
+        # has gone (the caller's block relays to it), not LiteLLM's failure, and passes through as itself
+        # (a 502 recorded a client that had its 200 as "cancelled, 502").
         try:
             await self._request.__aexit__(exc_type, exc, tb)
+        except ConnectionResetError:
+            raise
         except (aiohttp.ClientError, TimeoutError) as raised:
             raise self._forwarder._upstream_error(raised) from None
-        if isinstance(exc, aiohttp.ClientError | TimeoutError):
+        if isinstance(exc, aiohttp.ClientError | TimeoutError) and not isinstance(exc, ConnectionResetError):
             raise self._forwarder._upstream_error(exc) from None
 
 

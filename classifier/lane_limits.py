@@ -21,5 +21,17 @@ def refresh_lane_limits(app: web.Application) -> None:
     overlay, live = fleet.overlay(), fleet.matrix()
     refused = app[HOOKS_SEEN_KEY].refused(time.time())
     reserved = app[LEDGER_KEY].reserved() if LEDGER_KEY in app else None
-    caps = app[SETTINGS_KEY].lane_caps
-    app[LANES_KEY].set_limits(lane_limits(live, overlay, LOCAL_GROUPS, caps, reserved, refused))
+    settings = app[SETTINGS_KEY]
+    # The same fit rule and eviction rules as the hooks' ranker; the classifier has no per-deployment
+    # in-flight counts (a model served within the hot window counts as kept, as there).
+    limits = lane_limits(
+        live,
+        overlay,
+        LOCAL_GROUPS,
+        settings.lane_caps,
+        reserved,
+        refused,
+        now=time.time(),
+        rules=settings.eviction,
+    )
+    app[LANES_KEY].set_limits(limits)

@@ -135,6 +135,9 @@ async def read_body(request: web.Request, max_bytes: int) -> bytes:
     """The request body, Content-Encoding undone, at most ``max_bytes`` long (before and after decoding).
 
     Raises :class:`PayloadTooLarge` (413), :class:`UnsupportedMediaType` (415) or :class:`BadRequest`."""
+    declared = request.content_length
+    if declared is not None and declared > max_bytes:  # answer now, not after waiting for the body
+        raise PayloadTooLarge(f"Content-Length exceeds the limit of {max_bytes} bytes for a request body")
     try:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge:

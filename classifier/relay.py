@@ -40,7 +40,8 @@ _SSE_DONE = b"data: [DONE]"
 class Relay:
     """How far the answer got to the client: status, time to its first byte, and whether it was whole."""
 
-    status: int = 0
+    status: int = 0  # the answer's status (502 for a stream that broke after its 200 went out)
+    sent: int = 0  # the status line that went out to the client (0: none yet)
     ttft_s: float | None = None
     complete: bool = False  # the upstream stream ended, or its ``data: [DONE]`` sentinel was relayed
     _tail: bytes = b""
@@ -63,6 +64,7 @@ async def relay_stream(
     response = web.StreamResponse(status=200, headers=headers)
     relay.status = 200
     await response.prepare(request)
+    relay.sent = 200
     try:
         async for chunk in upstream.iter_chunks():
             if relay.ttft_s is None:
@@ -72,6 +74,8 @@ async def relay_stream(
     except ConnectionResetError:
         raise  # the client went away: nothing to tell it (the request is recorded as cancelled)
     except Exception as exc:
+        if request.transport is None or request.transport.is_closing():
+            raise ConnectionResetError("the client left before the stream broke") from None
         # The 200 and part of the body are already out: end the stream with an error event the
         # client's SDK understands, and close; a second status line would corrupt the response.
         if not isinstance(exc, ApiError | aiohttp.ClientError | TimeoutError):

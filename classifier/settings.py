@@ -1,8 +1,9 @@
 """The one place that reads the classifier's environment.
 
 Everything else receives a :class:`Settings`. Each variable, its default and its meaning is listed in
-``ENV_DOCS`` (the README's table is written from it), including the ones the hooks inside LiteLLM read
-in ``litellm_hooks.settings``.
+``ENV_DOCS`` (the README's table has the same rows), including the ones the hooks inside LiteLLM read
+(``torchrouter_core.hooks_settings``) and the one LiteLLM itself reads through ``os.environ/`` in
+``litellm_config.yaml`` (``TORCHROUTER_CLOUD_API_KEY``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from torchrouter_core.capacity import parse_lane_caps
 from torchrouter_core.env import SettingsError
 from torchrouter_core.env import parse_bool as _bool
 from torchrouter_core.env import parse_float as _float
+from torchrouter_core.eviction import EvictionRules, parse_eviction_rules
 from torchrouter_core.routing import parse_routing_mode
 from torchrouter_core.tier_model import DEFAULT_MODEL_PATH as DEFAULT_TIER_MODEL_PATH
 
@@ -39,6 +41,10 @@ ENV_DOCS: dict[str, tuple[str, str]] = {
     "TORCHROUTER_AGENTS_PATH": ("classifier/agents.yaml", "agent -> tier directory (hot-reloaded)"),
     "TORCHROUTER_ALIASES_PATH": ("classifier/aliases.yaml", "model name -> auto or a group (hot-reloaded)"),
     "TORCHROUTER_DAILY_BUDGET_USD": ("(none)", "cloud spend per UTC day after which cloud is locked out"),
+    "TORCHROUTER_CLOUD_API_KEY": (
+        "(none; sim-cloud-key under torchrouter up)",
+        "the cloud provider key LiteLLM itself reads (os.environ/ in litellm_config.yaml)",
+    ),
     "TORCHROUTER_MAX_BODY_BYTES": ("8388608", "larger request bodies get 413"),
     "TORCHROUTER_UPSTREAM_TIMEOUT_S": ("600", "total time allowed for one upstream call"),
     "TORCHROUTER_LITELLM_CONFIG_PATH": ("litellm_config.yaml", "read for the fallbacks /queue/status shows"),
@@ -60,7 +66,8 @@ ENV_DOCS: dict[str, tuple[str, str]] = {
     "TORCHROUTER_TIER_DEFAULT": ("H", "tier (H, R or C) of a request the learned model is unsure of"),
     "TORCHROUTER_LEDGER_REDIS_URL": (
         "(none: in-process)",
-        "the VRAM ledger's backend: redis://host:port/db shares it across LiteLLM workers",
+        "redis://host:port/db: the VRAM ledger and the daily spend book shared across LiteLLM workers "
+        "(the classifier reads the spend at start)",
     ),
     "TORCHROUTER_LEDGER_LEASE_S": ("60", "seconds a VRAM reservation lives unless renewed (streams renew)"),
     "TORCHROUTER_RANKER_WEIGHTS": (
@@ -78,6 +85,10 @@ ENV_DOCS: dict[str, tuple[str, str]] = {
     "TORCHROUTER_TIME_BUDGETS": (
         "(defaults)",
         "per-tier time budgets, e.g. R.first_byte_s=8,H.total_s=300 (first byte: hooks; total: both)",
+    ),
+    "TORCHROUTER_EVICTION": (
+        "min_residency_s=60,hold_s=300,unload_s=1.5",
+        "the eviction rules (placement and lane capacity): off, or any of min_residency_s, hold_s, unload_s",
     ),
 }
 
@@ -125,7 +136,9 @@ class Settings:
     litellm_config_path: Path = PACKAGE_ROOT / "litellm_config.yaml"
     lane_caps: Mapping[str, int] = field(default_factory=dict)
     time_budgets: Mapping[str, TimeBudget] = field(default_factory=lambda: dict(DEFAULT_BUDGETS))
+    eviction: EvictionRules = field(default_factory=EvictionRules)
     spend_path: Path | None = None
+    spend_redis_url: str | None = None  # TORCHROUTER_LEDGER_REDIS_URL: the spend book is in Redis
     probe_interval_s: float = 2.0
     local_host_id: str | None = None
     client_keys: tuple[Secret, ...] = ()
@@ -183,11 +196,18 @@ class Settings:
                 raise SettingsError(f"TORCHROUTER_LANE_LIMITS: {exc}") from None
         if env.get("TORCHROUTER_SPEND_PATH"):
             values["spend_path"] = Path(env["TORCHROUTER_SPEND_PATH"])
+        if env.get("TORCHROUTER_LEDGER_REDIS_URL"):
+            values["spend_redis_url"] = env["TORCHROUTER_LEDGER_REDIS_URL"]
         if env.get("TORCHROUTER_TIME_BUDGETS"):
             try:
                 values["time_budgets"] = parse_time_budgets(env["TORCHROUTER_TIME_BUDGETS"])
             except ValueError as exc:
                 raise SettingsError(f"TORCHROUTER_TIME_BUDGETS: {exc}") from None
+        if env.get("TORCHROUTER_EVICTION"):
+            try:
+                values["eviction"] = parse_eviction_rules(env["TORCHROUTER_EVICTION"])
+            except ValueError as exc:
+                raise SettingsError(f"TORCHROUTER_EVICTION: {exc}") from None
         if env.get("TORCHROUTER_CLIENT_KEYS"):
             values["client_keys"] = tuple(
                 Secret(k.strip()) for k in env["TORCHROUTER_CLIENT_KEYS"].split(",") if k.strip()

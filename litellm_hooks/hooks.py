@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 import uuid
 from collections.abc import AsyncGenerator, Callable, Mapping
@@ -46,6 +47,7 @@ from torchrouter_core.breaker import Breakers, Failure, Scope, State, Transition
 from torchrouter_core.budgets import budget_for
 from torchrouter_core.contract import RouteReport, RouteRequest, decode_needs, encode_needs
 from torchrouter_core.events import EventKind, EventSink, open_sink
+from torchrouter_core.eviction import EvictionLog, RecentUse
 from torchrouter_core.inflight import InFlight
 from torchrouter_core.needs import request_needs
 from torchrouter_core.ranker.interfaces import RequestNeeds
@@ -53,13 +55,23 @@ from torchrouter_core.ranker.observed import ObservedTimes
 from torchrouter_core.ranker.scorers import weights_for
 from torchrouter_core.ranker.select import select
 from torchrouter_core.routing import ladder_step_kind
-from torchrouter_core.spend import SpendBook
-from torchrouter_core.usability import RESIDENT, host_rooms
+from torchrouter_core.spend import SharedSpend, SpendBook
+from torchrouter_core.usability import FITS, RESIDENT, host_rooms
 
 log = logging.getLogger("torchrouter.hooks")
 
 _CTX = "torchrouter"  # key inside LiteLLM's request metadata: plain values only (LiteLLM copies it)
 FIRST_ROUND_WAIT_S = 2.0  # the first ranking waits at most this long for the probe's first round
+MAX_UNBOOKED = 100_000  # calls kept for the shared spend book while Redis does not answer
+
+
+def open_shared_spend(settings: HooksSettings) -> SharedSpend | None:
+    """The shared spend book when Redis is configured (the VRAM ledger's URL), else None (the file)."""
+    if not settings.ledger_redis_url:
+        return None
+    from torchrouter.redis_spend import RedisSpendBook  # only when configured: redis stays optional
+
+    return RedisSpendBook(settings.ledger_redis_url)
 
 
 @dataclass
@@ -67,9 +79,11 @@ class HooksRuntime:
     settings: HooksSettings
     fleet: FleetView  # the matrix store plus probe observations, answers and lockouts, cached
     events: EventSink
-    spend: SpendBook
+    spend: SpendBook  # this worker's view of today's spend (the whole book unless `shared` is set)
     reservations: Reservations  # the VRAM ledger (in-process or Redis) and what this worker holds in it
     observed: ObservedTimes = field(default_factory=ObservedTimes)  # service and load times per deployment
+    use: RecentUse = field(default_factory=RecentUse)  # recent picks per (host, model): eviction charges
+    evictions: EvictionLog = field(default_factory=EvictionLog)  # whose load evicted what, when
     # A lease as long as LiteLLM's own request timeout (litellm_config.yaml): a request LiteLLM never
     # reports back on (a client gone before the first chunk) stops counting as load after that.
     in_flight: InFlight = field(default_factory=lambda: InFlight(ttl_s=300.0))
@@ -77,9 +91,13 @@ class HooksRuntime:
     probe_task: asyncio.Task[None] | None = None
     generation: int = 0
     breakers: Breakers = field(default_factory=Breakers)
+    shared_spend: SharedSpend | None = None  # the book in Redis (TORCHROUTER_LEDGER_REDIS_URL), shared
+    unbooked: list[tuple[str, float, float]] = field(default_factory=list)  # (call, USD, ts) not in Redis yet
+    spend_synced: bool = False  # today's shared total read at least once since start
 
     @classmethod
     def build(cls, settings: HooksSettings) -> HooksRuntime:
+        shared_spend = open_shared_spend(settings)
         spend = SpendBook(daily=spend_file.load(settings.spend_path, time.time()))
         fleet = FleetView(
             # Checked on every routing call (a stat, about a microsecond against LiteLLM's milliseconds per
@@ -87,6 +105,10 @@ class HooksRuntime:
             MatrixStore(settings.matrix_path, min_interval_s=0.0),
             daily_budget_usd=settings.daily_budget_usd,
             spend_today=spend.today,
+            # The file is the book only without the shared book in Redis: only then can it be unknown.
+            spend_unknown=None
+            if shared_spend
+            else lambda now: spend_file.unknown_reason(settings.spend_path, spend.daily, now),
         )
         reservations = Reservations(open_ledger(settings), settle_s=2 * settings.probe_interval_s)
         return cls(
@@ -96,6 +118,8 @@ class HooksRuntime:
             spend,
             reservations,
             breakers=Breakers(settings.breaker),
+            shared_spend=shared_spend,
+            evictions=EvictionLog(hold_s=settings.eviction.hold_s),
         )
 
     # --- circuit breakers (torchrouter_core.breaker): state here, decisions there ---------------------------
@@ -128,9 +152,42 @@ class HooksRuntime:
         return blocked
 
     def book(self, call_id: object, cost: object, now: float) -> None:
-        """Book one call's cost once; a change is saved to the durable book (TORCHROUTER_SPEND_PATH)."""
-        if self.spend.record(call_id if isinstance(call_id, str) else None, cost, now):
+        """Book one call's cost (USD) once: in this worker's book, then saved to the durable file
+        (TORCHROUTER_SPEND_PATH), or, with the shared book in Redis, queued for :meth:`sync_spend`."""
+        key = call_id if isinstance(call_id, str) else None
+        if not self.spend.record(key, cost, now):
+            return
+        if self.shared_spend is None:
             spend_file.save(self.settings.spend_path, self.spend.daily, now)
+            return
+        if len(self.unbooked) >= MAX_UNBOOKED:  # Redis has been away for a long time: keep the newest
+            log.warning("spend book: %d calls not yet in Redis; forgetting the oldest", len(self.unbooked))
+            del self.unbooked[0]
+        self.unbooked.append((key or uuid.uuid4().hex, float(cost), now))  # type: ignore[arg-type]
+
+    async def sync_spend(self, now: float) -> None:
+        """With the shared book: book what Redis has not taken yet (idempotent per call id, so a retry
+        never counts twice), then mirror today's shared total into this worker's view. Redis not
+        answering is logged; this worker's own count (the shared total it last saw plus what it booked
+        since) stands until Redis answers again."""
+        shared = self.shared_spend
+        if shared is None:
+            return
+        try:
+            while self.unbooked:
+                call = self.unbooked.pop(0)
+                try:
+                    await shared.book(*call)
+                except BaseException:
+                    self.unbooked.insert(0, call)
+                    raise
+            total = await shared.today(now)
+        except Exception:
+            log.warning("spend book in Redis did not answer; this worker counts on its own", exc_info=True)
+            return
+        if not self.unbooked:  # booked meanwhile by another task: it mirrors after its own booking
+            self.spend.daily.mirror(total, now)
+        self.spend_synced = True
 
     def live_matrix(self, now: float) -> Matrix:
         store = self.fleet.store
@@ -148,7 +205,6 @@ class HooksRuntime:
 
             def on_update(observations: dict[str, Any]) -> None:
                 self.fleet.on_observations(observations)
-                self.reservations.observe(observations)
                 now = time.time()
                 for host_id, seen in observations.items():  # the probe breaker
                     self.breaker_changes(self.breakers.probed(host_id, bool(seen.reachable), now))
@@ -254,6 +310,8 @@ class RouterHooks(CustomLogger):
                 probe_interval_s=settings.probe_interval_s,
                 daily_budget_usd=settings.daily_budget_usd,
                 started_by=started_by,
+                spend_book="redis" if runtime.shared_spend else "file" if settings.spend_path else "memory",
+                worker=os.getpid(),
             )
         return runtime
 
@@ -274,12 +332,14 @@ class RouterHooks(CustomLogger):
                 default_group=str(data.get("model") or ""),
             )
             needs = request.needs or request_needs(data)  # a request that bypassed the classifier
+            chain = data.get("fallbacks")  # the tier's failure chain, as the classifier sent it
             data.setdefault("metadata", {})[_CTX] = {
                 "request_id": request.request_id or None,
                 "agent_id": request.agent_id,
                 "tier": request.tier,
                 "group": request.group,
                 "route": list(request.route),
+                "chain": [g for g in chain if isinstance(g, str)] if isinstance(chain, list) else [],
                 "needs": encode_needs(needs),
                 "lease_token": uuid.uuid4().hex,  # names this request's VRAM reservations (every attempt)
             }
@@ -306,15 +366,18 @@ class RouterHooks(CustomLogger):
             kwargs = request_kwargs or {}
             ctx = _ctx_of(kwargs)
             now = time.time()
+            if runtime.shared_spend is not None and not runtime.spend_synced:  # after a restart: the book
+                await runtime.sync_spend(now)
             matrix, overlay = runtime.live_matrix(now), runtime.fleet.overlay(now)
             keys = [(d.get("model_info") or {}).get("id") for d in healthy_deployments]
             needs = _needs_of(ctx, kwargs, messages)
             reservations = runtime.reservations
             token = str(ctx.get("lease_token") or uuid.uuid4().hex)
             in_flight = runtime.in_flight.counts(now)
-            # The ranker's rooms have the ledger's reservations taken off; a pick that must load a model
-            # reserves its memory, and a refusal (another request or worker took it first) ranks again
-            # without that candidate.
+            # The ranker's rooms have the ledger's reservations taken off (and its planned evictions'
+            # memory added); a pick that must load a model reserves its memory (naming what it evicts, if
+            # anything), and a refusal (another request or worker took it first) ranks again without
+            # that candidate.
             # A deployment this request already tried is never tried again (a later hop may hold it).
             breakers = {
                 **dict.fromkeys(ctx.get("tried") or (), "already_tried"),
@@ -333,11 +396,24 @@ class RouterHooks(CustomLogger):
                     weights=weights_for(ctx.get("tier"), runtime.settings.tier_weights),
                     observed=runtime.observed,
                     breakers=breakers,
+                    now=now,
+                    rules=runtime.settings.eviction,
+                    evicted_at=runtime.evictions.evicted_at,
+                    use=runtime.use,
                 )
                 if selection.chosen is None:
                     break
-                room = host_rooms(matrix, overlay).get(selection.chosen.host_id)
-                outcome = await reservations.reserve(token, selection.chosen, room, matrix, now)
+                host_id = selection.chosen.host_id
+                room = host_rooms(matrix, overlay, hosts=(host_id,)).get(host_id)
+                outcome = await reservations.reserve(
+                    token,
+                    selection.chosen,
+                    room,
+                    matrix,
+                    now,
+                    placement=selection.placement or FITS,
+                    observed_gb=overlay.observed_gb,
+                )
                 if outcome is not False:
                     held = outcome
                     break
@@ -345,39 +421,57 @@ class RouterHooks(CustomLogger):
             who = {k: ctx.get(k) for k in ("request_id", "agent_id", "tier")}
             first_group = ctx.get("group")
             last_group = ctx.get("last_group") or first_group
-            if first_group and first_group != model:
+            if last_group and last_group != model:  # a failure hop: one fallback and one ladder step each
+                hop = int(ctx.get("hops") or 0) + 1
+                ctx["hops"] = hop
+                reason = f"attempt_failed:{ctx.get('last_failure') or 'unknown'}"
                 runtime.events.emit(
-                    "fallback_selected",
+                    EventKind.FALLBACK_SELECTED,
                     **who,
                     group=first_group,
-                    from_group=first_group,
+                    from_group=last_group,
                     to_group=model,
-                    planned=model in (ctx.get("route") or ()),
+                    planned=model in (ctx.get("chain") or ()) or model in (ctx.get("route") or ()),
+                    hop=hop,
+                    reason=reason,
                 )
-            if last_group and last_group != model:  # a failure hop: one ladder step per hop
                 runtime.events.emit(
                     EventKind.DEGRADATION_LADDER_STEP,
                     **who,
                     group=first_group,
                     from_group=last_group,
                     to_group=model,
-                    reason=f"attempt_failed:{ctx.get('last_failure') or 'unknown'}",
+                    reason=reason,
                     estimated_wait_ms=None,
                     step=ladder_step_kind(model),
                 )
             ctx["last_group"] = model
+            groups = ctx.setdefault("groups", [])
+            if not groups or groups[-1] != model:
+                groups.append(model)
             fields = selection.event_fields()
             fields["rejected"] = {**fields["rejected"], **refused}
             fields["reservation"] = (
-                None if held is None else {"host_id": held.host_id, "model": held.model, "gb": held.gb}
+                None
+                if held is None
+                else {
+                    "host_id": held.host_id,
+                    "model": held.model,
+                    "gb": held.gb,
+                    "victims": [model for model, _ in held.victims],
+                }
             )
-            runtime.events.emit("route_selected", **who, **fields)
+            if held is not None and held.victims:  # the evicted-recently rule's memory
+                runtime.evictions.record(held.host_id, held.model, now)
+            runtime.events.emit("route_selected", **who, **fields, worker=os.getpid())
             chosen = selection.chosen
             if chosen is None:
                 # Why, for the classifier: a static reason is a 400 there, a lockout a 503 (feasibility).
                 ctx["no_candidate"] = ",".join(sorted(set(selection.rejected.values())))
                 return []
             ctx.update(deployment=chosen.key, warm_state=chosen.warm_state.value, score_ms=selection.score_ms)
+            if chosen.is_local:  # recent use prices evicting this model later
+                runtime.use.record(chosen.host_id, chosen.model, now)
             breaker_refused = sorted(k for k, why in selection.rejected_now().items() if "breaker" in why)
             if breaker_refused:  # a breaker sent this attempt past a candidate it would have ranked
                 runtime.events.emit(
@@ -506,6 +600,8 @@ class RouterHooks(CustomLogger):
             self._observe(kwargs, start_time, end_time)
             if self._runtime is not None:  # streamed answers' cost is known only here
                 self._runtime.book(kwargs.get("litellm_call_id"), kwargs.get("response_cost"), time.time())
+                if self._runtime.unbooked:
+                    await self._runtime.sync_spend(time.time())
         except Exception:
             self._failed("log_success")
 
@@ -535,6 +631,7 @@ class RouterHooks(CustomLogger):
             now = time.time()
             if runtime is not None:  # a non-streamed answer's cost is known now: book it before reporting
                 runtime.book(data.get("litellm_call_id"), _response_cost(response), now)
+                await runtime.sync_spend(now)  # the shared book's total (other workers' spend included)
             warm = ctx.get("warm_state")
             ledger = None
             if runtime is not None:
@@ -552,6 +649,7 @@ class RouterHooks(CustomLogger):
                 no_candidate=ctx.get("no_candidate") or None,
                 ledger=ledger,
                 breakers=frozenset(runtime.blocked(runtime.fleet.store.current, now)) if runtime else None,
+                groups=tuple(ctx.get("groups") or ()),
             )
             return report.to_headers()
         except Exception:

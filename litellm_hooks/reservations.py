@@ -13,6 +13,9 @@ settings. What this adapter adds:
   releases (a worker killed mid-request) expires after ``TORCHROUTER_LEDGER_LEASE_S``.
 - **Settling.** A released lease stays counted for two probe intervals unless the poll lists its model
   (see the ledger's "until the poll catches up").
+- **Evictions.** A pick that must evict (the ranker's :class:`~torchrouter_core.usability.Placement`)
+  names its victims and their ``size_vram`` in the reservation; the ledger grants it only if those
+  models are no other live lease's victims and not being loaded themselves (never an overcommit).
 - **Failures.** A ledger that cannot answer (Redis down) refuses: never overcommit. A failed release is
   logged and left to expire.
 """
@@ -27,8 +30,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from capability_matrix.live import HostObservation
-from capability_matrix.model import BYTES_PER_GB, Matrix, Profile
+from capability_matrix.model import Matrix, Profile
 from litellm_hooks.settings import HooksSettings
 from torchrouter_core.contract import HostReport
 from torchrouter_core.ledger import (
@@ -38,7 +40,7 @@ from torchrouter_core.ledger import (
     ReserveRequest,
     memory_claim,
 )
-from torchrouter_core.usability import HostRoom, resident_models
+from torchrouter_core.usability import FITS, HostRoom, Placement, resident_models
 
 log = logging.getLogger("torchrouter.hooks.ledger")
 
@@ -50,6 +52,7 @@ class Held:
     model: str
     gb: float
     expires_at: float  # worker-side bookkeeping only; the ledger's own lease is authoritative
+    victims: tuple[tuple[str, float], ...] = ()  # (model, GB) this load evicts
 
 
 def host_reports(
@@ -84,23 +87,11 @@ def open_ledger(settings: HooksSettings) -> Ledger:
 class Reservations:
     ledger: Ledger
     settle_s: float  # how long a released load stays counted unless the poll lists it (2 probe intervals)
-    observed_gb: dict[tuple[str, str], float] = field(default_factory=dict)  # (host, model) -> size_vram GB
     held: dict[tuple[str, str], Held] = field(default_factory=dict)  # (token, deployment) -> lease
     renewed_at: dict[str, float] = field(default_factory=dict)  # token -> last renewal (monotonic)
     # Ledger calls that outlive a cancelled caller (a client that left mid-reserve or mid-release): kept
     # referenced until done, so the memory is always given back.
     background: set[asyncio.Task[object]] = field(default_factory=set)
-
-    # --- inputs ---------------------------------------------------------------------------------------
-    def observe(self, observations: Mapping[str, HostObservation]) -> None:
-        """Remember every model's observed ``size_vram`` (kept after it unloads: its next load's claim)."""
-        for host_id, obs in observations.items():
-            for loaded in obs.loaded:
-                gb = loaded.size_vram_bytes / BYTES_PER_GB
-                if gb > 0:
-                    self.observed_gb[(host_id, loaded.name)] = gb
-                    if loaded.name.endswith(":latest"):
-                        self.observed_gb[(host_id, loaded.name.removesuffix(":latest"))] = gb
 
     # --- reads ----------------------------------------------------------------------------------------
     async def view(self, matrix: Matrix, now: float) -> dict[str, HostLedger]:
@@ -112,11 +103,22 @@ class Reservations:
 
     # --- reserve / renew / release ----------------------------------------------------------------------
     async def reserve(
-        self, token: str, profile: Profile, room: HostRoom | None, matrix: Matrix, now: float
+        self,
+        token: str,
+        profile: Profile,
+        room: HostRoom | None,
+        matrix: Matrix,
+        now: float,
+        *,
+        placement: Placement = FITS,
+        observed_gb: Mapping[tuple[str, str], float] | None = None,
     ) -> Held | Literal[False] | None:
         """``None``: the pick needs no reservation (resident, cloud) or already holds one;
-        a :class:`Held`: granted; ``False``: refused (does not fit, or the ledger could not answer)."""
-        claim = memory_claim(profile, self.observed_gb)
+        a :class:`Held`: granted; ``False``: refused (does not fit, or the ledger could not answer).
+        ``room``: the host as the poll saw it (no reservations taken off: the ledger counts those);
+        ``placement``: the ranker's, whose victims the load evicts; ``observed_gb``: every ``size_vram``
+        seen (the live overlay's), which sizes the claim (:func:`torchrouter_core.memory.claim_gb`)."""
+        claim = memory_claim(profile, observed_gb or {})
         if claim is None:
             return None
         key = (token, profile.key)
@@ -127,8 +129,9 @@ class Reservations:
         resident = resident_models(matrix).get(profile.host_id, frozenset())
         # `room` is the host's room as the poll saw it (no reservations taken off): the ledger counts those.
         lease_id = f"{token}:{uuid.uuid4().hex[:8]}"
+        victims = tuple((v.model, v.gb) for v in placement.victims)
         request = ReserveRequest(
-            lease_id, profile.host_id, profile.model, claim, room.free_gb, room.model_slots, resident
+            lease_id, profile.host_id, profile.model, claim, room.free_gb, room.model_slots, resident, victims
         )
         call: asyncio.Task[bool] = asyncio.ensure_future(self.ledger.reserve(request, now))
         try:
@@ -144,7 +147,7 @@ class Reservations:
             return False
         if not granted:
             return False
-        held = Held(lease_id, profile.host_id, profile.model, claim, now + self.ledger.ttl_s)
+        held = Held(lease_id, profile.host_id, profile.model, claim, now + self.ledger.ttl_s, victims)
         self.held[key] = held
         self._prune(now)
         return held
@@ -162,7 +165,7 @@ class Reservations:
                 except Exception:
                     log.warning("VRAM ledger renew failed", exc_info=True)
                 self.held[(held_token, deployment)] = Held(
-                    held.lease_id, held.host_id, held.model, held.gb, now + self.ledger.ttl_s
+                    held.lease_id, held.host_id, held.model, held.gb, now + self.ledger.ttl_s, held.victims
                 )
 
     async def release(self, token: str, deployments: Collection[str] | None, now: float) -> int:

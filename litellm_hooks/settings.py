@@ -1,79 +1,9 @@
-"""The one place that reads the hooks' environment (inside the LiteLLM process), once, at start.
-
-The variables are the classifier's own names (``classifier.settings.ENV_DOCS`` documents them all):
-``TORCHROUTER_CAPABILITY_MATRIX_PATH``, ``TORCHROUTER_ROUTING_CONTINUITY_EVENT_PATH``,
-``TORCHROUTER_DAILY_BUDGET_USD``, ``TORCHROUTER_PROBE_INTERVAL_S``, the VRAM ledger's
-``TORCHROUTER_LEDGER_REDIS_URL`` (unset: the in-process ledger, right for one LiteLLM worker; set: every
-worker shares the Redis ledger) and ``TORCHROUTER_LEDGER_LEASE_S``, the ranker's per-tier weights
-``TORCHROUTER_RANKER_WEIGHTS`` (``torchrouter_core.ranker.scorers.parse_tier_weights``),
-``TORCHROUTER_SPEND_PATH``, ``TORCHROUTER_BREAKER`` (circuit-breaker settings,
-:func:`torchrouter_core.breaker.parse_breaker_config`) and ``TORCHROUTER_TIME_BUDGETS``
-(:func:`torchrouter_core.budgets.parse_time_budgets`). A bad value raises
-:class:`~torchrouter_core.env.SettingsError` naming the variable, which stops LiteLLM at start.
-"""
+"""The hooks' settings: :class:`HooksSettings` lives in :mod:`torchrouter_core.hooks_settings` (pure, so that
+``torchrouter up`` and ``torchrouter validate`` parse it without importing LiteLLM and refuse a bad value
+before anything starts); this module keeps the name the hooks import it by."""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
+from torchrouter_core.hooks_settings import HooksSettings
 
-from capability_matrix.loader import DEFAULT_MATRIX_PATH
-from torchrouter_core.breaker import BreakerConfig, parse_breaker_config
-from torchrouter_core.budgets import DEFAULT_BUDGETS, TimeBudget, parse_time_budgets
-from torchrouter_core.env import SettingsError, parse_float
-from torchrouter_core.ranker.scorers import TIER_WEIGHTS, parse_tier_weights
-
-
-@dataclass(frozen=True)
-class HooksSettings:
-    matrix_path: Path = DEFAULT_MATRIX_PATH
-    event_path: str | None = None
-    daily_budget_usd: float | None = None  # cloud profiles are locked out past it (as in the classifier)
-    probe_interval_s: float = 2.0  # seconds between polls of every host's /api/ps
-    ledger_redis_url: str | None = None  # None: in-process ledger (one worker)
-    ledger_lease_s: float = 60.0  # a reservation not released or renewed within this expires
-    tier_weights: Mapping[str, Mapping[str, float]] = field(default_factory=lambda: dict(TIER_WEIGHTS))
-    spend_path: Path | None = None  # the durable spend book (None: in memory only)
-    breaker: BreakerConfig = field(default_factory=BreakerConfig)
-    time_budgets: Mapping[str, TimeBudget] = field(default_factory=lambda: dict(DEFAULT_BUDGETS))
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> HooksSettings:
-        env = os.environ if env is None else env
-        defaults = cls()
-        budget = env.get("TORCHROUTER_DAILY_BUDGET_USD")
-        interval = env.get("TORCHROUTER_PROBE_INTERVAL_S")
-        lease = env.get("TORCHROUTER_LEDGER_LEASE_S")
-        weights = env.get("TORCHROUTER_RANKER_WEIGHTS")
-        try:
-            tier_weights = parse_tier_weights(weights) if weights else dict(TIER_WEIGHTS)
-        except ValueError as exc:
-            raise SettingsError(f"TORCHROUTER_RANKER_WEIGHTS={weights!r}: {exc}") from None
-        try:
-            breaker_config = parse_breaker_config(env.get("TORCHROUTER_BREAKER") or "")
-        except ValueError as exc:
-            raise SettingsError(f"TORCHROUTER_BREAKER: {exc}") from None
-        try:
-            time_budgets = parse_time_budgets(env.get("TORCHROUTER_TIME_BUDGETS") or "")
-        except ValueError as exc:
-            raise SettingsError(f"TORCHROUTER_TIME_BUDGETS: {exc}") from None
-        return cls(
-            matrix_path=Path(env.get("TORCHROUTER_CAPABILITY_MATRIX_PATH") or defaults.matrix_path),
-            event_path=env.get("TORCHROUTER_ROUTING_CONTINUITY_EVENT_PATH") or None,
-            daily_budget_usd=parse_float("TORCHROUTER_DAILY_BUDGET_USD", budget, 0) if budget else None,
-            probe_interval_s=(
-                parse_float("TORCHROUTER_PROBE_INTERVAL_S", interval, 0.1)
-                if interval
-                else defaults.probe_interval_s
-            ),
-            ledger_redis_url=env.get("TORCHROUTER_LEDGER_REDIS_URL") or None,
-            ledger_lease_s=(
-                parse_float("TORCHROUTER_LEDGER_LEASE_S", lease, 1.0) if lease else defaults.ledger_lease_s
-            ),
-            tier_weights=tier_weights,
-            spend_path=Path(env["TORCHROUTER_SPEND_PATH"]) if env.get("TORCHROUTER_SPEND_PATH") else None,
-            breaker=breaker_config,
-            time_budgets=time_budgets,
-        )
+__all__ = ["HooksSettings"]

@@ -3,8 +3,9 @@
 #   docker-compose (v1 client; parses and validates the compose files without an engine)
 #   prometheus     (promtool: checks prometheus.yml, the alert rules and every dashboard query)
 #   redis-server   (the VRAM ledger's shared backend; the ledger tests start a real one on a free port)
-# Installed only when missing. Without root (or sudo) it says so and the two tests that need them skip,
-# naming the package; CI runs as root and installs them.
+# Installed only when missing. Without root (or sudo) it says so and installs nothing: then the compose and
+# promtool checks skip, naming the package, but the ledger tests that need redis-server FAIL (never skip: a
+# shared ledger left untested must not pass); CI runs as root and installs them.
 set -euo pipefail
 need=()
 command -v docker-compose >/dev/null 2>&1 || docker compose version >/dev/null 2>&1 || need+=(docker-compose)

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
+
+# The tests that import LiteLLM in this process (the hooks' units) run offline as the proxy does: without
+# this, importing litellm tries to fetch its cost map from GitHub (three attempts) before using its copy.
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+import contextlib
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass

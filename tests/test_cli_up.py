@@ -189,6 +189,37 @@ def test_up_refuses_a_bad_matrix_before_starting_anything(tmp_path: Path) -> Non
     assert not _litellm_children(litellm)
 
 
+@pytest.mark.parametrize(
+    ("name", "value", "mentions"),
+    [
+        ("TORCHROUTER_EVICTION", "hold_s=abc", "hold_s=abc"),
+        ("TORCHROUTER_LEDGER_REDIS_URL", "notaurl", "notaurl"),
+        ("TORCHROUTER_BREAKER", "cool_off_s=inf", "cool_off_s=inf"),
+        # the classifier's own, read before LiteLLM starts too
+        ("TORCHROUTER_LANE_LIMITS", "code=2,code=3", "'code' is given twice"),
+    ],
+)
+def test_up_refuses_a_bad_setting_in_one_line_before_starting_anything(
+    tmp_path: Path, name: str, value: str, mentions: str
+) -> None:
+    classifier, litellm = free_ports(2)
+    args = _up(tmp_path, "--free-ports", "--classifier-port", str(classifier))
+    done = subprocess.run(
+        [*args, "--litellm-port", str(litellm)],
+        capture_output=True,
+        text=True,
+        env={**_env(), name: value},
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    (line,) = done.stderr.splitlines()
+    assert line.startswith(f"torchrouter up: {name}") and mentions in line, line
+    assert done.stdout == ""  # nothing was started
+    assert not list(tmp_path.glob("litellm-*.log"))
+    for port in (classifier, litellm):
+        assert not _listening(port), f"port {port} listening after a refused start"
+
+
 def test_ctrl_c_while_litellm_starts_stops_at_once(tmp_path: Path) -> None:
     proc = subprocess.Popen(
         _up(tmp_path, "--free-ports"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=_env(), text=True

@@ -743,13 +743,15 @@ async def test_max_tokens_beyond_every_window_is_a_400_not_a_429(stack: Stack, c
         status, headers, payload = await post(classifier_url, {"messages": USER, field: 5_000_000})
         assert assert_openai_error(status, headers, payload, 400)["code"] == "context_length_exceeded"
         assert (await completed(stack, headers))["status"] == 400
-    # Numbers the validator takes for integers but JSON parsers give as floats: 5e6, 5000000.0, and an
-    # integer past 64 bits (orjson parses it as a float). Each is as impossible as 5_000_000.
+    # Numbers the validator takes for integers but JSON parsers give as floats: 5e6 and 5000000.0 are as
+    # impossible as 5_000_000; an integer past 64 bits (orjson parses it as a float) is out of range.
     for literal in (b"5e6", b"5000000.0", b"1" + b"0" * 30):
         raw = b'{"messages": [{"role": "user", "content": "hi"}], "max_tokens": ' + literal + b"}"
         status, headers, payload = await post(classifier_url, raw)
         refused = assert_openai_error(status, headers, payload, 400)
-        assert refused["code"] == "context_length_exceeded", literal
+        expected = "invalid_request" if len(literal) > 20 else "context_length_exceeded"
+        assert refused["code"] == expected and refused["param"] == "max_tokens", literal
+        assert len(refused["message"]) < 300, refused
 
 
 async def test_a_prompt_too_long_for_local_lanes(stack: Stack, make_classifier: ClassifierFactory) -> None:
@@ -903,3 +905,74 @@ async def test_two_agent_headers(classifier_url: str) -> None:
     same = CIMultiDict([("X-Agent-Id", "webmaster"), ("x-agent-id", "WebMaster")])
     status, headers, payload = await post(classifier_url, {"messages": USER}, headers=same, agent=None)
     assert status == 200 and headers["X-Router-Tier"] == "H", payload
+
+
+# --- fields LiteLLM refuses, refusals keep the agent, bounded numbers and declared lengths ---------------
+PRIVILEGED_CASES: dict[str, dict[str, Any]] = {
+    "api_base": {"api_base": "http://127.0.0.1:9"},
+    "user_config": {"user_config": {"model_list": []}},
+    "api_key": {"api_key": "sk-mine"},
+    "mock_response": {"mock_response": "free answer"},
+    "fallbacks": {"fallbacks": ["cloud-balanced"]},
+    "langfuse_host": {"langfuse_host": "http://127.0.0.1:9"},
+    "input_cost_per_token": {"input_cost_per_token": 0},
+    "metadata.api_base": {"metadata": {"api_base": "http://127.0.0.1:9"}},
+    "extra_body.base_url": {"extra_body": {"base_url": "http://127.0.0.1:9"}},
+}
+
+
+@pytest.mark.parametrize("param", list(PRIVILEGED_CASES))
+async def test_a_field_litellm_refuses_is_a_400_naming_it(
+    stack: Stack, classifier_url: str, param: str
+) -> None:
+    status, headers, payload = await post(classifier_url, {"messages": USER, **PRIVILEGED_CASES[param]})
+    error = assert_openai_error(status, headers, payload, 400)
+    assert error["param"] == param and error["code"] == "field_not_allowed", error
+    event = await completed(stack, headers)
+    assert (event["outcome"], event["agent_id"], event["deployment"]) == ("bad_request", "inbox-triage", None)
+
+
+REFUSED_BEFORE_ROUTING = {
+    "not JSON": ({}, b"{not json"),
+    "empty": ({}, b""),
+    "not an object": ({}, b"[1, 2]"),
+    "bad encoding": ({"Content-Encoding": "gzip"}, b"not gzip"),
+    "unknown encoding": ({"Content-Encoding": "lz4"}, b"xx"),
+    "schema": ({}, b'{"messages": []}'),
+    "unknown model": ({}, b'{"model": "no-such-model", "messages": [{"role": "user", "content": "hi"}]}'),
+    "bad model field": ({}, b'{"model": 3, "messages": [{"role": "user", "content": "hi"}]}'),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSED_BEFORE_ROUTING))
+async def test_a_request_refused_before_routing_keeps_its_agent(
+    stack: Stack, classifier_url: str, case: str
+) -> None:
+    extra, body = REFUSED_BEFORE_ROUTING[case]
+    status, headers, payload = await post(classifier_url, body, headers=extra)
+    assert 400 <= status < 500, payload
+    event = await completed(stack, headers)
+    assert event["outcome"] == "bad_request" and event["status"] == status
+    assert event["agent_id"] == "inbox-triage" and event["deployment"] is None, event
+
+
+async def test_the_agent_in_the_model_field_is_kept_on_a_refusal(stack: Stack, classifier_url: str) -> None:
+    status, headers, _ = await post(
+        classifier_url, {"model": "webmaster:auto", "messages": USER, "max_tokens": 2**31 - 1}, agent=None
+    )
+    assert status == 400
+    assert (await completed(stack, headers))["agent_id"] == "webmaster"
+
+
+@pytest.mark.parametrize("field", ["max_tokens", "max_completion_tokens"])
+async def test_a_huge_max_tokens_is_a_short_400(stack: Stack, classifier_url: str, field: str) -> None:
+    body = b'{"messages": [{"role": "user", "content": "hi"}], "%s": 1e308}' % field.encode()
+    status, headers, payload = await post(classifier_url, body)
+    error = assert_openai_error(status, headers, payload, 400)
+    assert error["param"] == field and len(json.dumps(payload)) < 300, payload
+
+
+async def test_a_declared_length_over_the_limit_is_a_413_at_once(classifier_url: str) -> None:
+    request = _request(b"X-Agent-Id: inbox-triage\r\nContent-Length: 20000000\r\n", PLAIN, length=False)
+    status, _, body = await asyncio.wait_for(raw_exchange(classifier_url, request), 3)
+    assert status == 413 and json.loads(body)["error"]["code"] == "payload_too_large"

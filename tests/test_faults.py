@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,20 +69,23 @@ class Answer:
     text: str
     took_s: float
     request_id: str
+    headers: Mapping[str, str]
 
 
-async def ask(url: str, *, stream: bool = False, model: str = "auto") -> Answer:
+async def ask(url: str, *, stream: bool = False, model: str = "auto", agent: str = "fault-tester") -> Answer:
     body = {"model": model, "stream": stream, "messages": [{"role": "user", "content": "Status, one line?"}]}
     t0 = time.monotonic()
     async with (
         aiohttp.ClientSession() as session,
-        session.post(url + "/v1/chat/completions", json=body, headers={"X-Agent-Id": "fault-tester"}) as resp,
+        session.post(url + "/v1/chat/completions", json=body, headers={"X-Agent-Id": agent}) as resp,
     ):
         try:
             text = await resp.text()
         except aiohttp.ClientPayloadError:  # a stream the classifier had to end early
             text = "<stream ended early>"
-        return Answer(resp.status, text, time.monotonic() - t0, resp.headers["X-Router-Request-Id"])
+        return Answer(
+            resp.status, text, time.monotonic() - t0, resp.headers["X-Router-Request-Id"], resp.headers
+        )
 
 
 def routed(events: list[dict[str, Any]]) -> list[tuple[float, str]]:
@@ -249,7 +252,8 @@ async def test_explain_tells_the_story_of_a_request_that_fell_back_twice(
     fault_stack: Stack, fault_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """fast-chat's only host is down (the classifier's ladder steps to balanced), every other host hangs
-    (the balanced attempt times out; LiteLLM falls back to cloud-balanced): two fallbacks, one story."""
+    (the balanced attempt times out; LiteLLM falls back along tier R's chain, past fast-chat, which the
+    ladder already passed over, to cloud-fast): two fallbacks, one story."""
     fault_stack.sim.set_fault(HOST, "refuse")
     await eventually(
         lambda: any(e["to_state"] == "open" for e in changes(fault_stack.events()[fault_stack.mark :], HOST)),
@@ -277,13 +281,12 @@ async def test_explain_tells_the_story_of_a_request_that_fell_back_twice(
         if e["request_id"] == answer.request_id and e["event"] == "degradation_ladder_step"
     ]
     lanes = [(a, b, kind) for a, b, kind, _ in steps if kind != "another_deployment"]
-    assert lanes == [("fast-chat", "balanced", "another_lane"), ("balanced", "cloud-balanced", "cloud")], (
-        steps
-    )
+    assert lanes == [("fast-chat", "balanced", "another_lane"), ("balanced", "cloud-fast", "cloud")], steps
     assert steps[-1][3].startswith("attempt_failed:"), steps
-    assert "attempt 1 in balanced" in text and "attempt 2 in cloud-balanced" in text
+    assert "attempt 1 in balanced" in text and "attempt 2 in cloud-fast" in text
     assert "failed: timeout" in text
-    assert "fallback: balanced -> cloud-balanced" in text
+    assert "fallback: balanced -> cloud-fast (hop 1, planned" in text
+    assert "failure chain: cloud-fast" in text
     assert "outcome: ok (status 200) from openai-api/" in text and "timings: total" in text
     assert "queue: waited" in text and "candidate " in text
     assert cli.main(["explain", "--last", "--json", "--events", str(fault_stack.events_path)]) == 0
@@ -313,6 +316,84 @@ async def breakers_clear(url: str) -> None:
         return refused == []
 
     await eventually(clear, timeout_s=30.0, what="no deployment refused by a breaker")
+
+
+def _agents_with_r_chain(path: Path, chain: str) -> None:
+    """The shipped agents file, tier R's failure chain replaced, and the agent ``chain-tester`` in tier R."""
+    from classifier.settings import DEFAULT_AGENTS_PATH
+
+    shipped = "    fallbacks: [cloud-fast, fast-chat, balanced]\n"
+    text = DEFAULT_AGENTS_PATH.read_text()
+    assert shipped in text
+    path.write_text(text.replace(shipped, f"    fallbacks: [{chain}]\n") + "  chain-tester: R\n")
+
+
+async def test_a_configured_failure_chain_is_followed_in_order_and_an_edit_changes_it(
+    fault_stack: Stack, tmp_path: Path
+) -> None:
+    """Every local host answers 500, the cloud answers. Tier R's chain in the agents file is
+    code -> balanced -> cloud-fast: a request sent to fast-chat fails there and walks the chain in that
+    order, one attempt and one ``fallback_selected`` per hop, never a deployment twice, until the cloud
+    answers. The operator then edits the chain to balanced -> cloud-fast: the next request follows it."""
+    fault_stack.sim.reset()
+    agents = tmp_path / "agents.yaml"
+    _agents_with_r_chain(agents, "code, balanced, cloud-fast")
+    async with classifiers_for(fault_stack) as factory:
+        url = await factory(probe_interval_s=0.2, agents_path=agents)
+        await breakers_clear(url)
+        for host in local_hosts(fault_stack):
+            fault_stack.sim.set_fault(host, "error_500")
+
+        async def walk() -> tuple[Answer, list[dict[str, Any]]]:
+            mark = len(fault_stack.events())
+            answer = await ask(url, agent="chain-tester")
+            assert answer.status == 200, answer.text
+            mine = [e for e in fault_stack.events()[mark:] if e["request_id"] == answer.request_id]
+            return answer, mine
+
+        answer, mine = await walk()
+        picks = [(e["group"], e["deployment"]) for e in mine if e["event"] == "route_selected"]
+        assert [g for g, _ in picks] == ["fast-chat", "code", "balanced", "cloud-fast"], picks
+        assert len({d for _, d in picks}) == len(picks)  # never the same deployment twice
+        hops = [(e["from_group"], e["to_group"], e["hop"], e["planned"]) for e in mine if _is_hop(e)]
+        assert hops == [
+            ("fast-chat", "code", 1, True),
+            ("code", "balanced", 2, True),
+            ("balanced", "cloud-fast", 3, True),
+        ]
+        assert all(e["reason"].startswith("attempt_failed:") for e in mine if _is_hop(e))
+        assert answer.headers["X-Router-Fallback"] == "fallback:fast-chat->code->balanced->cloud-fast"
+        done = mine[-1]
+        assert done["event"] == "request_completed" and done["fallbacks"] == [
+            "code",
+            "balanced",
+            "cloud-fast",
+        ]
+        assert (
+            done["deployment"].startswith(CLOUD_HOST)
+            and done["fallback"] == answer.headers["X-Router-Fallback"]
+        )
+
+        _agents_with_r_chain(agents, "balanced, cloud-fast")  # the operator's edit, hot-reloaded
+
+        async def chain_edited() -> bool:
+            async with aiohttp.ClientSession() as session, session.get(url + "/queue/status") as resp:
+                on_failure = (await resp.json())["groups"]["fast-chat"]["fallback"]["on_failure"]
+            return bool(on_failure["R"] == ["balanced", "cloud-fast"])
+
+        await eventually(chain_edited, what="the edited chain in force")
+        answer, mine = await walk()
+        groups = [e["group"] for e in mine if e["event"] == "route_selected"]
+        assert groups == ["fast-chat", "balanced", "cloud-fast"], groups
+        edited = [(e["from_group"], e["to_group"], e["hop"]) for e in mine if _is_hop(e)]
+        assert edited == [("fast-chat", "balanced", 1), ("balanced", "cloud-fast", 2)]
+        assert answer.headers["X-Router-Fallback"] == "fallback:fast-chat->balanced->cloud-fast"
+        fault_stack.sim.reset()
+        await breakers_clear(url)
+
+
+def _is_hop(event: dict[str, Any]) -> bool:
+    return bool(event["event"] == "fallback_selected")
 
 
 async def test_the_tier_total_budget_answers_a_hung_fleet_with_a_clear_504(fault_stack: Stack) -> None:

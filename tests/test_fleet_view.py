@@ -92,3 +92,25 @@ def test_spend_reaching_the_budget_locks_the_cloud_until_the_next_utc_day() -> N
     next_day = clock.now + 86400
     assert fleet.budget_reason(next_day) is None
     assert fleet.matrix(next_day).profiles[cloud].lockout_state is LockoutState.NONE
+
+
+def test_the_overlay_keeps_residency_times_and_every_size_seen() -> None:
+    """What the eviction rules read: when each model was first listed (None for the first poll's), and
+    every size_vram seen, kept after the model unloads (its next load's claim)."""
+    fleet, clock = view()
+    poll(fleet, clock.now, "qwen3:8b")
+    clock.now += 2
+    fleet.on_observations(
+        {
+            HOST: HostObservation(
+                HOST, True, (LoadedModel("qwen3:8b", 1, None), LoadedModel("big", 3 << 30, None)), 1002.0
+            )
+        }
+    )
+    resident = fleet.overlay().resident[HOST]
+    assert resident["qwen3:8b"].since is None and resident["big:latest"].since == 1002.0
+    assert resident["big:latest"].gb == 3.0
+    clock.now += 2
+    poll(fleet, clock.now)  # both unloaded
+    overlay = fleet.overlay()
+    assert overlay.resident[HOST] == {} and overlay.observed_gb[(HOST, "big")] == 3.0

@@ -12,6 +12,7 @@ import zlib
 from typing import Any
 
 import brotli
+import orjson
 import pytest
 from backports import zstd
 from multidict import CIMultiDict
@@ -25,6 +26,7 @@ from classifier.body_decode import (
     judge_content_type,
     parse_content_encoding,
 )
+from classifier.chat_body import parse_chat_body
 from classifier.nesting import MAX_JSON_DEPTH, may_be_too_deep, too_deep
 from classifier.nulls import drop_optional_nulls
 from torchrouter_core.aliases import (
@@ -35,9 +37,11 @@ from torchrouter_core.aliases import (
     parse_aliases_yaml,
     resolve_model,
 )
+from torchrouter_core.errors import BadRequest
 from torchrouter_core.feasibility import Impossible, explain_no_deployment, feasible_steps
 from torchrouter_core.identity import IdentityError, identify
 from torchrouter_core.needs import input_modalities, output_tokens, request_needs
+from torchrouter_core.privileged import LITELLM_BANNED, NESTED, PRIVILEGED
 from torchrouter_core.ranker.interfaces import RequestNeeds
 from torchrouter_core.routing import LadderStep
 from torchrouter_core.tiering import approx_prompt_tokens
@@ -382,3 +386,60 @@ def test_matrix_modalities_default_and_validation() -> None:
         parse_matrix_text(
             text.replace("input_modalities: [text, image, file]", "input_modalities: [smell]", 1)
         )
+
+
+# --- privileged body fields and bounded numbers ----------------------------------------------------------
+def _chat(**fields: Any) -> bytes:
+    return orjson.dumps({"messages": [{"role": "user", "content": "hi"}], **fields})
+
+
+def test_the_privileged_list_covers_every_field_litellm_refuses() -> None:
+    from litellm.proxy.auth.auth_utils import _BANNED_REQUEST_BODY_PARAMS, _NESTED_METADATA_KEYS
+
+    assert set(_BANNED_REQUEST_BODY_PARAMS) <= LITELLM_BANNED, (
+        set(_BANNED_REQUEST_BODY_PARAMS) - LITELLM_BANNED
+    )
+    assert set(_NESTED_METADATA_KEYS) <= set(NESTED)
+
+
+@pytest.mark.parametrize("field", sorted(PRIVILEGED))
+def test_every_privileged_field_is_a_400_naming_it(field: str) -> None:
+    with pytest.raises(BadRequest) as caught:
+        parse_chat_body(_chat(**{field: "http://127.0.0.1:9"}))
+    assert caught.value.param == field and caught.value.code == "field_not_allowed"
+    assert field in caught.value.message
+
+
+@pytest.mark.parametrize("container", NESTED)
+@pytest.mark.parametrize("as_string", [False, True])
+def test_a_privileged_field_one_level_down_is_refused_too(container: str, as_string: bool) -> None:
+    inner: Any = {"api_base": "http://127.0.0.1:9", "user": "x"}
+    with pytest.raises(BadRequest) as caught:
+        parse_chat_body(_chat(**{container: orjson.dumps(inner).decode() if as_string else inner}))
+    assert caught.value.param == f"{container}.api_base"
+
+
+def test_ordinary_fields_and_metadata_pass() -> None:
+    body = parse_chat_body(_chat(metadata={"user": "x"}, user="u", seed=3, extra_body={"top_k": 3}))
+    assert body["metadata"] == {"user": "x"}
+
+
+@pytest.mark.parametrize("field", ["max_tokens", "max_completion_tokens"])
+@pytest.mark.parametrize("raw", [b"1e308", b"1e20", b"9" * 400, b"2147483648"])
+def test_a_huge_token_count_is_refused_in_a_short_message(field: str, raw: bytes) -> None:
+    body = b'{"messages":[{"role":"user","content":"hi"}],"%s":%s}' % (field.encode(), raw)
+    if len(raw) > 300:  # past a double: orjson refuses the number itself
+        with pytest.raises(BadRequest) as caught:
+            parse_chat_body(body)
+    else:
+        with pytest.raises(BadRequest) as caught:
+            parse_chat_body(body)
+        assert caught.value.param == field
+    assert len(caught.value.message) < 200, caught.value.message
+
+
+@pytest.mark.parametrize("raw", [b"1.5", b"0", b"-1e308"])
+def test_a_non_integral_or_non_positive_token_count_is_refused(raw: bytes) -> None:
+    with pytest.raises(BadRequest) as caught:
+        parse_chat_body(b'{"messages":[{"role":"user","content":"hi"}],"max_tokens":%s}' % raw)
+    assert caught.value.param == "max_tokens" and len(caught.value.message) < 200

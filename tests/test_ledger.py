@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import itertools
+import random
 from collections.abc import AsyncIterator
 
 import pytest
@@ -25,6 +26,7 @@ from torchrouter_core.ledger import (
     memory_claim,
     pending_by_model,
 )
+from torchrouter_core.memory import OLLAMA_MIN_MEMORY_GB
 from torchrouter_core.usability import HostRoom
 
 NOW = 1_000_000.0
@@ -40,12 +42,22 @@ def req(
     free: float = 24.0,
     slots: int = 3,
     resident: frozenset[str] = frozenset(),
+    victims: tuple[tuple[str, float], ...] = (),
 ) -> ReserveRequest:
-    return ReserveRequest(lease_id, host, model, gb, free, slots, resident)
+    return ReserveRequest(lease_id, host, model, gb, free, slots, resident, victims)
 
 
-def lease(lease_id: str, model: str, gb: float, expires: float = NOW + 60) -> Lease:
-    return Lease(lease_id, "h", model, gb, expires)
+def lease(
+    lease_id: str,
+    model: str,
+    gb: float,
+    expires: float = NOW + 60,
+    victims: tuple[tuple[str, float], ...] = (),
+) -> Lease:
+    return Lease(lease_id, "h", model, gb, expires, victims)
+
+
+AB = frozenset({"a", "b"})  # two resident models, 10 GB each, on a host with 4 GB free
 
 
 # -- the pure rule -----
@@ -66,6 +78,34 @@ def lease(lease_id: str, model: str, gb: float, expires: float = NOW + 60) -> Le
         (req("a", "x", 1, slots=0), [], False),
         # a request for a model already resident needs no memory
         (req("a", "x", 100, free=0, slots=0, resident=frozenset({"x"})), [], True),
+        # -- evictions: a load counts its victims' memory and model slots as freed
+        (req("e", "x", 14, free=4, slots=0, resident=AB, victims=(("a", 10),)), [], True),
+        (req("e", "x", 14.5, free=4, slots=0, resident=AB, victims=(("a", 10),)), [], False),
+        (req("e", "x", 24, free=4, slots=0, resident=AB, victims=(("a", 10), ("b", 10))), [], True),
+        # a victim is counted once: a second load may not count a's memory again
+        (
+            req("e", "y", 4, free=4, slots=0, resident=AB, victims=(("a", 10),)),
+            [lease("d", "x", 14, victims=(("a", 10),))],
+            False,
+        ),
+        # ... nor fit beside the first without a victim of its own (no slot, no memory left)
+        (req("e", "y", 1, free=4, slots=0, resident=AB), [lease("d", "x", 14, victims=(("a", 10),))], False),
+        # ... but with b as its own victim it does
+        (
+            req("e", "y", 10, free=4, slots=0, resident=AB, victims=(("b", 10),)),
+            [lease("d", "x", 14, victims=(("a", 10),))],
+            True,
+        ),
+        # a model with a live lease (just loaded: settling) is never a victim
+        (
+            req("e", "x", 10, free=4, slots=0, resident=AB, victims=(("a", 10),)),
+            [lease("d~settle", "a", 10)],
+            False,
+        ),
+        # a victim the poll no longer lists is already gone: its memory is in the poll's free figure
+        (req("e", "x", 14, free=14, slots=1, resident=frozenset({"b"}), victims=(("a", 10),)), [], True),
+        # a second request for a model whose load (and eviction) is already reserved adds nothing
+        (req("e", "x", 14, free=4, slots=0, resident=AB), [lease("d", "x", 14, victims=(("a", 10),))], True),
     ],
 )
 def test_admits(request_: ReserveRequest, held: list[Lease], expected: bool) -> None:
@@ -80,7 +120,7 @@ def test_pending_counts_each_model_once_at_its_largest_claim() -> None:
 @pytest.mark.parametrize(
     ("warm", "local", "observed", "expected"),
     [
-        (WarmState.COLD, True, {}, 5.0),  # declared vram_gb before any observation
+        (WarmState.COLD, True, {}, 5.0 + OLLAMA_MIN_MEMORY_GB),  # declared + Ollama's minimum memory
         (WarmState.COLD, True, {("h1", "qwen3:8b"): 7.5}, 7.5),  # observed size_vram wins
         (WarmState.WARM, True, {}, None),
         (WarmState.HOT, True, {}, None),
@@ -110,6 +150,42 @@ def test_book_expiry_frees_memory_and_renewal_keeps_it() -> None:
     assert book.reserve(req("b", "y", 20), NOW + 19, ttl_s=10)  # a expired at NOW + 19
     assert book.release("a") is False
     assert book.peak_gb == {"h": 20}
+
+
+def test_the_ledger_never_overcommits_with_evictions() -> None:
+    """Random reserves, some naming victims, releases and polls on one 24 GB host: after every grant,
+    reserved + resident models that are no live lease's victim <= capacity (never an overcommit)."""
+    rng = random.Random(9)
+    capacity, sizes = 24.0, {f"m{i}": float(rng.choice((4, 6, 8, 10))) for i in range(8)}
+    book, resident = LedgerBook(), {"m0", "m1"}
+    for step in range(400):
+        now = NOW + step
+        used = sum(sizes[m] for m in resident)
+        if rng.random() < 0.25:  # a poll: a pending load finished, its victims went
+            view = book.view(now, {"h": resident})
+            if "h" in view and view["h"].pending:
+                loaded = rng.choice(sorted(view["h"].pending))
+                gone = {
+                    v for lease in book.leases.values() if lease.model == loaded for v, _ in lease.victims
+                }
+                resident = (resident - gone) | {loaded}
+            continue
+        if rng.random() < 0.3 and book.leases:
+            book.release(rng.choice(sorted(book.leases)), now, settle_s=rng.choice((0.0, 2.0)))
+            continue
+        model = rng.choice(sorted(set(sizes) - resident))
+        idle = sorted(resident)
+        rng.shuffle(idle)
+        victims = tuple((m, sizes[m]) for m in idle[: rng.randint(0, len(idle))])
+        request = req(
+            f"l{step}", model, sizes[model], free=capacity - used, slots=3 - len(resident),
+            resident=frozenset(resident), victims=victims,
+        )  # fmt: skip
+        if book.reserve(request, now, ttl_s=30):
+            held = book.view(now, {"h": resident})["h"]
+            staying = sum(sizes[m] for m in resident - held.evicting)
+            assert held.reserved_gb + staying <= capacity + 1e-9, (step, held, resident)
+            assert held.pending_models + len(resident - held.evicting) <= 3
 
 
 # -- both backends -----
@@ -194,6 +270,36 @@ async def test_two_clients_of_one_redis_share_the_memory(redis_server: RedisServ
     finally:
         await one.close()
         await two.close()
+
+
+async def test_evictions_in_both_backends(ledger: Ledger) -> None:
+    """The same victims rule in the in-process book and the Redis script: victims free their memory for
+    one load only, a leased model is never a victim, victims survive renewal and settling."""
+    evict_a = req("x1", "x", 14, free=4, slots=0, resident=AB, victims=(("a", 10.0),))
+    assert await ledger.reserve(evict_a, NOW)
+    again_a = req("y1", "y", 4, free=4, slots=0, resident=AB, victims=(("a", 10.0),))
+    assert await ledger.reserve(again_a, NOW) is False  # a is x's victim already
+    assert await ledger.reserve(req("x2", "x", 14, free=4, slots=0, resident=AB), NOW)  # x's load, shared
+    view = (await ledger.view(NOW, {"h": AB}))["h"]
+    assert (view.reserved_gb, view.freed_gb, view.evicting, view.pending) == (
+        14.0,
+        10.0,
+        frozenset({"a"}),
+        frozenset({"x"}),
+    )
+    assert await ledger.renew("x1", "h", NOW + 5)
+    assert (await ledger.view(NOW + 5, {"h": AB}))["h"].evicting == frozenset({"a"})  # renewal keeps them
+    assert await ledger.release("x1", "h", NOW + 5, settle_s=4)
+    settled = (await ledger.view(NOW + 6, {"h": AB}))["h"]
+    assert settled.evicting == frozenset({"a"}) and settled.freed_gb == 10.0  # settling keeps them
+    # the poll lists x (loaded) and no longer a (evicted): nothing reserved, nothing freed
+    after = (await ledger.view(NOW + 6, {"h": {"b", "x"}}))["h"]
+    assert (after.reserved_gb, after.freed_gb) == (0.0, 0.0)
+    # x has live leases: it may not be evicted for another load now
+    evict_x = req("z1", "z", 10, free=4, slots=0, resident=frozenset({"b", "x"}), victims=(("x", 14.0),))
+    assert await ledger.reserve(evict_x, NOW + 6) is False
+    evict_b = req("z2", "z", 10, free=4, slots=0, resident=frozenset({"b", "x"}), victims=(("b", 10.0),))
+    assert await ledger.reserve(evict_b, NOW + 6)
 
 
 async def test_a_released_load_settles_until_the_poll_lists_it(ledger: Ledger) -> None:

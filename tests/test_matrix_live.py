@@ -143,6 +143,21 @@ def test_host_memory_prefers_nvml_then_ollama_ps_then_declared() -> None:
         48,
     )
     assert memory[SAMWISE].source == MemorySource.OLLAMA_PS
+
+
+def test_free_memory_is_the_smaller_of_the_drivers_and_total_less_loaded_models() -> None:
+    """Ollama's updateFreeSpace: the driver's figure lags an unload and misses a load in progress, so with
+    both readings the larger "used" wins (the smaller free)."""
+    driver = GpuReading(
+        True, (GpuDevice(0, "H100", 80 * BYTES_PER_GB, 10 * BYTES_PER_GB, 70 * BYTES_PER_GB),)
+    )
+    loading = (LoadedModel("qwen3:8b", 30 * BYTES_PER_GB, None),)  # Ollama predicts 30 GB for it
+    memory = derive_host_memory(SHIPPED, {MATTHEW: HostObservation(MATTHEW, True, loading, NOW, gpu=driver)})
+    assert (memory[MATTHEW].source, memory[MATTHEW].used_gb, memory[MATTHEW].free_gb) == (
+        MemorySource.NVML,
+        30,
+        50,
+    )
     assert memory[ARAGORN].source == MemorySource.DECLARED
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import yaml
 
 from capability_matrix import load_matrix
 from tests.conftest import ClassifierFactory, Stack
@@ -67,7 +68,17 @@ async def test_queue_status_shape_and_spec_jq_paths(classifier_url: str) -> None
         g = groups[name]
         assert {"depth", "active", "wait_ms", "limit", "policy", "fallback"} <= g.keys()
         assert g["limit"] > 0 and g["policy"] == "accepting"
-    expected = {"overflow": "code", "tier": "H", "on_failure": ["cloud-balanced"]}
+    expected = {
+        "overflow": "code",
+        "tier": "H",
+        # per tier: the agents file's failure chain for a request sent to balanced (mode and budget applied)
+        "on_failure": {
+            "H": ["cloud-balanced", "code"],
+            "R": ["cloud-fast", "fast-chat"],
+            "C": ["cloud-code", "code"],
+        },
+        "litellm_on_failure": ["cloud-balanced"],  # LiteLLM's own, for requests sent to it directly
+    }
     assert groups["balanced"]["fallback"] == expected
     assert groups["fast-chat"]["fallback"]["overflow"] == "balanced"
 
@@ -241,6 +252,130 @@ async def test_agent_directory_hot_reload_good_and_bad_edits(
         assert await tier_of_newbie() == "C"
     assert 'classifier_agents_reloads_total{outcome="rejected"} 1.0' in text
     assert 'classifier_agents_reloads_total{outcome="reloaded"} 1.0' in text
+
+
+def _agents_with_r_budget(tmp_path: Path, wait_budget_ms: int) -> Path:
+    """The shipped agents file with tier R's wait budget changed."""
+    from classifier.settings import DEFAULT_AGENTS_PATH
+
+    text = DEFAULT_AGENTS_PATH.read_text()
+    old = "    first_lane: fast-chat     # qwen3:8b with think:false\n    wait_budget_ms: 5000\n"
+    assert old in text
+    path = tmp_path / "agents.yaml"
+    path.write_text(text.replace(old, old.replace("5000", str(wait_budget_ms))))
+    return path
+
+
+async def _hold_balanced(stack: Stack, http: aiohttp.ClientSession, url: str) -> asyncio.Task[Any]:
+    """A routine request holding balanced's one slot: whichever host it lands on hangs (every local host
+    hangs its next chat request), then the faults are cleared so the next request is served. The caller
+    ends the hold by cancelling the task (its client leaves, which frees the slot)."""
+    hosts = sorted(yaml.safe_load(stack.matrix_path.read_text())["hosts"])
+    mark = len(stack.events())
+    for host in hosts:
+        stack.sim.set_fault(host, "hang", count=1)
+    holder = asyncio.create_task(post(http, url, "inbox-triage", "hold the slot"))
+
+    def picked() -> bool:
+        return any(e["event"] == "route_selected" and e.get("deployment") for e in stack.events()[mark:])
+
+    await eventually(picked, what="the holder picked and hanging on a balanced host")
+    for host in hosts:
+        stack.sim.set_fault(host, "none")
+    return holder
+
+
+def _waiter_steps(stack: Stack, request_id: str) -> list[tuple[str, str | None, str, str]]:
+    return [
+        (e["from_group"], e["to_group"], e["step"], e["reason"])
+        for e in stack.events()
+        if e["request_id"] == request_id and e["event"] == "degradation_ladder_step"
+    ]
+
+
+async def test_every_lane_full_or_unusable_the_request_waits_then_is_served(
+    stack: Stack, make_classifier: ClassifierFactory, tmp_path: Path
+) -> None:
+    """fast-chat has no capacity (cap 0), balanced's one slot is held: a routine request steps past
+    fast-chat, waits for balanced (the ladder records it, with why, when the wait begins), and is served
+    once the slot frees."""
+    agents = _agents_with_r_budget(tmp_path, 60_000)
+    url = await make_classifier(
+        agents_path=agents, lane_caps={"fast-chat": 0, "balanced": 1}, routing_mode="local-only"
+    )
+    async with aiohttp.ClientSession() as http:
+        holder = await _hold_balanced(stack, http, url)
+        mark = len(stack.events())
+        waiter = asyncio.create_task(post(http, url, "inbox-triage", "served after a wait", max_tokens=8))
+
+        def waiting() -> str | None:
+            for e in stack.events()[mark:]:
+                if e["event"] == "degradation_ladder_step" and e["step"] == "wait":
+                    return str(e["request_id"])
+            return None
+
+        request_id = await eventually(waiting, what="the waiter's wait step in the trail")
+        assert not waiter.done()
+        holder.cancel()  # the holder's client leaves: its slot frees, the waiter takes it
+        await asyncio.gather(holder, return_exceptions=True)
+        status, headers, body = await waiter
+    assert status == 200, body
+    assert headers["X-Router-Request-Id"] == request_id and headers["X-Router-Group"] == "balanced"
+    assert headers["X-Router-Fallback"] == "ladder:fast-chat->balanced"
+    assert float(headers["X-Router-Timing-Queue-Ms"]) > 0
+    assert _waiter_steps(stack, request_id) == [
+        ("fast-chat", "balanced", "another_lane", "no_capacity"),
+        ("balanced", "balanced", "wait", "slots_busy"),
+    ]
+    mine = [e for e in stack.events() if e["request_id"] == request_id]
+    kinds = [e["event"] for e in mine]
+    assert kinds[:3] == ["request_classified", "degradation_ladder_step", "degradation_ladder_step"], kinds
+    assert kinds[3] == "route_selected" and kinds[-1] == "request_completed", kinds
+    wait = next(e for e in mine if e["event"] == "degradation_ladder_step" and e["step"] == "wait")
+    assert (wait["slots"], wait["busy"], wait["ahead"], wait["wait_budget_ms"]) == (1, 1, 0, 60_000)
+    assert 0 < wait["estimated_wait_ms"] <= 60_000
+    done = mine[-1]
+    assert done["outcome"] == "ok" and done["queue_ms"] > 0 and done["estimated_wait_ms"] > 0
+
+
+async def test_a_wait_past_the_budget_steps_on_and_sheds(
+    stack: Stack, make_classifier: ClassifierFactory, tmp_path: Path
+) -> None:
+    """The same full lanes, with a wait budget the estimate fits in (4.5 s against the 4 s service prior)
+    but the held slot outlasts: the request waits, its budget runs out (wait_exceeded), nothing is left
+    below balanced, and it is shed with 429 and a Retry-After, every step in order."""
+    agents = _agents_with_r_budget(tmp_path, 4_500)
+    url = await make_classifier(
+        agents_path=agents, lane_caps={"fast-chat": 0, "balanced": 1}, routing_mode="local-only"
+    )
+    async with aiohttp.ClientSession() as http:
+        holder = await _hold_balanced(stack, http, url)
+        started = asyncio.get_running_loop().time()
+        status, headers, body = await post(http, url, "inbox-triage", "shed after the wait")
+        took = asyncio.get_running_loop().time() - started
+        holder.cancel()
+        await asyncio.gather(holder, return_exceptions=True)
+    assert status == 429 and body["error"]["code"] == "queue_full", body
+    assert int(headers["Retry-After"]) >= 1 and 4.0 < took < 8.0, took
+    request_id = headers["X-Router-Request-Id"]
+    assert _waiter_steps(stack, request_id) == [
+        ("fast-chat", "balanced", "another_lane", "no_capacity"),
+        ("balanced", "balanced", "wait", "slots_busy"),
+        ("balanced", None, "shed", "wait_exceeded"),
+    ]
+    kinds = [e["event"] for e in stack.events() if e["request_id"] == request_id]
+    assert kinds[-2:] == ["queue_rejected", "request_completed"] and "route_selected" not in kinds, kinds
+    done = [e for e in stack.events() if e["request_id"] == request_id][-1]
+    assert (done["outcome"], done["status"]) == ("shed", 429)
+    async with aiohttp.ClientSession() as http:
+        await eventually(
+            lambda: _has(_lane(http, url, "balanced"), active=0, depth=0), what="balanced idle again"
+        )
+
+
+async def _lane(http: aiohttp.ClientSession, url: str, group: str) -> dict[str, Any]:
+    lane: dict[str, Any] = (await queue_status(http, url))["groups"][group]
+    return lane
 
 
 async def _has(lane: Awaitable[dict[str, Any]], **expected: int) -> bool:

@@ -4,6 +4,7 @@ one cycle, and the hooks' selection step. Pure: no LiteLLM, no HTTP."""
 from __future__ import annotations
 
 import dataclasses
+import random
 from typing import Any
 
 import pytest
@@ -18,9 +19,13 @@ from capability_matrix import (
     MemorySource,
     Profile,
     Provider,
+    ResidentModel,
     WarmState,
 )
-from torchrouter_core import usability
+from torchrouter_core import eviction, usability
+from torchrouter_core.eviction import EvictionRules, Keep
+from torchrouter_core.ledger import HostLedger, Lease
+from torchrouter_core.memory import OLLAMA_MIN_MEMORY_GB
 from torchrouter_core.ranker import (
     Filter,
     FleetSnapshot,
@@ -35,10 +40,11 @@ from torchrouter_core.ranker import (
     scorers,
 )
 from torchrouter_core.ranker.observed import ObservedTimes
-from torchrouter_core.ranker.select import select
+from torchrouter_core.ranker.select import _select_plain, select, snapshot
 from torchrouter_core.usability import HostRoom
 
 HOST = "box-10.0.0.1"
+NOW = 1_000_000.0
 
 BASE = Profile(
     key=f"{HOST}/ollama/base",
@@ -111,8 +117,12 @@ def test_host_rooms_count_resident_models_once_and_use_measured_memory() -> None
         },
     )
     measured = LiveOverlay(memory={HOST: HostMemory(24.0, 20.0, MemorySource.OLLAMA_PS)})
-    assert usability.host_rooms(matrix, measured) == {HOST: HostRoom(4.0, 2)}
-    assert usability.host_rooms(matrix, LiveOverlay()) == {HOST: HostRoom(24.0, 2)}  # declared capacity
+    # m1 is resident once (two lanes, one copy), hot (served within the hot window): kept
+    m1 = usability.Resident("m1", 10.0 + OLLAMA_MIN_MEMORY_GB, Keep.HOT)
+    assert usability.host_rooms(matrix, measured) == {HOST: HostRoom(4.0, 2, (m1,))}
+    assert usability.host_rooms(matrix, LiveOverlay()) == {HOST: HostRoom(24.0, 2, (m1,))}  # declared
+    off = EvictionRules(enabled=False)  # no eviction planned: residents are not listed
+    assert usability.host_rooms(matrix, measured, rules=off) == {HOST: HostRoom(4.0, 2)}
 
 
 # --- filters ----------------------------------------------------------------------------------------------
@@ -332,46 +342,204 @@ def test_estimated_ttft(profile: Profile, fleet: FleetSnapshot, ttft_s: float) -
     assert scorers.ttft(profile, fleet) == pytest.approx(2.0 / (2.0 + ttft_s))
 
 
+FULL = "box-10.0.0.3"
+# a host whose free memory is taken by one idle model that saw some use: evicting it frees enough, for a price
+VICTIM = usability.Resident("victim", 10.0, charge_s=3.0)
+PINNED_ROOMS = {
+    HOST: HostRoom(free_gb=4.0, model_slots=1),
+    OTHER: HostRoom(free_gb=40.0, model_slots=2),
+    FULL: HostRoom(free_gb=4.0, model_slots=0, resident=(VICTIM,)),
+}
+
+
 def _pinned(busy: int) -> Ranking:
     """Four candidates of equal quality: warm and idle; cold on a host with free memory; warm with ``busy``
-    in flight on 2 slots; cold on a host whose memory is taken (it would need an eviction)."""
+    in flight on 2 slots; cold on a host whose memory is taken (it needs an eviction)."""
     candidates = [
         local(key="warm-idle"),
         local(key="cold-free", warm_state=WarmState.COLD, host_id=OTHER),
         local(key="warm-busy"),
-        local(key="cold-full", warm_state=WarmState.COLD, vram_gb=20.0),
+        local(key="cold-full", warm_state=WarmState.COLD, host_id=FULL),
     ]
-    fleet = FleetSnapshot(
-        in_flight={"warm-idle": 0, "warm-busy": busy},
-        slots=SLOTS2,
-        rooms={HOST: HostRoom(free_gb=4.0, model_slots=1), OTHER: HostRoom(free_gb=40.0, model_slots=2)},
-    )
+    fleet = FleetSnapshot(in_flight={"warm-idle": 0, "warm-busy": busy}, slots=SLOTS2, rooms=PINNED_ROOMS)
     return rank("balanced", candidates, RequestNeeds(), fleet=fleet, weights=scorers.TIER_WEIGHTS["R"])
 
 
-@pytest.mark.parametrize("busy", [2, 4, 6, 20])
+@pytest.mark.parametrize("busy", [2, 4, 6, 7, 8, 12, 20])
 def test_the_pinned_order(busy: int) -> None:
     """warm and idle > cold on a host with free memory > warm but saturated (until its wait exceeds the
-    load elsewhere) > a load that needs an eviction (never: it is filtered out, nothing is evicted)."""
+    load elsewhere) > a load that needs an eviction (until the saturated wait exceeds that load, the unload
+    and the evicted model's charge)."""
     ranking = _pinned(busy)
     s = ranking.scores
-    assert ranking.chosen.key == "warm-idle"
-    assert s["warm-idle"] > s["cold-free"] and s["warm-idle"] > s["warm-busy"]
-    assert ranking.rejected == {"cold-full": "no_room"}
+    assert ranking.chosen.key == "warm-idle" and ranking.rejected == {}
+    assert s["warm-idle"] > s["cold-free"] > s["cold-full"]  # an eviction always ranks below a free load
     wait_s = max(0, busy - 2 + 1) * scorers.DEFAULT_SERVICE_S / 2
     load_s = scorers.load_estimate_s(local())  # 6 s for the 10 GB model
-    if wait_s < load_s:
-        assert s["warm-busy"] > s["cold-free"]
-    else:
-        assert s["cold-free"] > s["warm-busy"]
+    evict_s = load_s + eviction.UNLOAD_S + VICTIM.charge_s  # 6 + 1.5 + 3 = 10.5 s
+    assert (s["warm-busy"] > s["cold-free"]) is (wait_s < load_s)
+    assert (s["warm-busy"] > s["cold-full"]) is (wait_s < evict_s)
+    if load_s < wait_s < evict_s:  # busy 8: the whole pinned order
+        assert s["warm-idle"] > s["cold-free"] > s["warm-busy"] > s["cold-full"]
     without_idle = rank(
         "balanced",
         [local(key="cold-free", warm_state=WarmState.COLD, host_id=OTHER), local(key="warm-busy")],
         RequestNeeds(),
-        fleet=FleetSnapshot(in_flight={"warm-busy": busy}, slots=SLOTS2, rooms={OTHER: HostRoom(40.0, 2)}),
+        fleet=FleetSnapshot(in_flight={"warm-busy": busy}, slots=SLOTS2, rooms=PINNED_ROOMS),
         weights=scorers.TIER_WEIGHTS["R"],
     )
     assert without_idle.chosen.key == ("warm-busy" if wait_s < load_s else "cold-free")
+    only_eviction = rank(
+        "balanced",
+        [local(key="warm-busy"), local(key="cold-full", warm_state=WarmState.COLD, host_id=FULL)],
+        RequestNeeds(),
+        fleet=FleetSnapshot(in_flight={"warm-busy": busy}, slots=SLOTS2, rooms=PINNED_ROOMS),
+        weights=scorers.TIER_WEIGHTS["R"],
+    )
+    assert only_eviction.chosen.key == ("warm-busy" if wait_s < evict_s else "cold-full")
+    # the event's TTFT of an eviction pick is its own (load + unload), the charge is the others'
+    if only_eviction.chosen.key == "cold-full":
+        assert only_eviction.ttft_s["cold-full"] == pytest.approx(load_s + eviction.UNLOAD_S)
+
+
+@pytest.mark.parametrize(
+    ("victim_keep", "reason"),
+    [
+        (None, None),  # idle: evicted
+        (eviction.Keep.BUSY, "no_room"),  # requests in flight: never evicted, nothing else frees enough
+        (eviction.Keep.HOT, "no_room"),
+        (eviction.Keep.LOADED_RECENTLY, "no_room"),
+        (eviction.Keep.EVICTED_RECENTLY, "no_room"),
+        (eviction.Keep.RESERVED, "no_room"),
+    ],
+)
+def test_the_room_filter_evicts_only_what_may_go(
+    victim_keep: eviction.Keep | None, reason: str | None
+) -> None:
+    victim = dataclasses.replace(VICTIM, keep=victim_keep)
+    fleet = FleetSnapshot(rooms={FULL: HostRoom(4.0, 0, (victim,))})
+    cold = local(warm_state=WarmState.COLD, host_id=FULL)
+    assert filters.room(cold, RequestNeeds(), fleet) == reason
+    assert (fleet.placement(cold) == usability.Placement((victim,))) is (reason is None)
+
+
+def test_a_resident_model_being_evicted_takes_no_work() -> None:
+    fleet = FleetSnapshot(rooms={HOST: HostRoom(4.0, 0, evicting=frozenset({"base"}))})
+    assert filters.room(local(), RequestNeeds(), fleet) == "evicting"
+    assert filters.room(local(model="other"), RequestNeeds(), fleet) is None
+
+
+# --- evictions through the hooks' selection step: busy models, hysteresis, the price ----------------------
+def _evict_matrix(*profiles: Profile) -> Matrix:
+    # 16 GB, two models at most: two 10 GB models never fit together
+    host = Host(FULL, "http://127.0.0.1:1", 16.0, 2, 2)
+    return Matrix("1.0", {FULL: host}, {p.key: p for p in profiles})
+
+
+def _evict_overlay(resident: str | None, since: float | None, now: float) -> LiveOverlay:
+    models = (
+        {}
+        if resident is None
+        else {f"{resident}:latest": ResidentModel(f"{resident}:latest", 10.0, now + 300, since)}
+    )
+    return LiveOverlay(
+        memory={FULL: HostMemory(16.0, 10.0 if resident else 0.0, MemorySource.OLLAMA_PS)},
+        resident={FULL: models},
+        observed_gb={(FULL, "a"): 10.0, (FULL, "b"): 10.0},
+    )
+
+
+def _ab(resident: str) -> tuple[Profile, Profile]:
+    state = {m: WarmState.WARM if m == resident else WarmState.COLD for m in ("a", "b")}
+    return (
+        local(key="a", model="a", host_id=FULL, lane="fast-chat", warm_state=state["a"]),
+        local(key="b", model="b", host_id=FULL, warm_state=state["b"]),
+    )
+
+
+def test_busy_models_are_never_evicted() -> None:
+    a, b = _ab(resident="a")
+    for in_flight, chosen in (({"a": 1}, None), ({"a": 0}, "b")):
+        selection = select(
+            "balanced",
+            ["b"],
+            RequestNeeds(),
+            matrix=_evict_matrix(a, b),
+            overlay=_evict_overlay("a", None, NOW),
+            in_flight=in_flight,
+            now=NOW,
+        )
+        assert (selection.chosen.key if selection.chosen else None) == chosen
+        if chosen is None:
+            assert selection.rejected == {"b": "no_room"}
+        else:
+            assert selection.placement is not None and [v.model for v in selection.placement.victims] == ["a"]
+            event = selection.event_fields()
+            assert event["eviction"]["victims"][0]["model"] == "a" and event["eviction"]["freed_gb"] == 10.0
+
+
+def test_hysteresis_two_models_do_not_thrash_on_one_host() -> None:
+    """b evicts a at t0; a request for a then finds b protected: loaded under 60 s ago, then for 300 s
+    the model that evicted a; only after both may a push b out."""
+    log = eviction.EvictionLog()
+    a, b = _ab(resident="a")
+    first = select(
+        "balanced", ["b"], RequestNeeds(), matrix=_evict_matrix(a, b), overlay=_evict_overlay("a", None, NOW),
+        in_flight={}, now=NOW, evicted_at=log.evicted_at,
+    )  # fmt: skip
+    assert first.chosen is not None and first.placement is not None and first.placement.victims
+    log.record(FULL, "b", NOW)  # the hooks record an eviction once its reservation is granted
+    a, b = _ab(resident="b")
+    loaded_at = NOW + 2  # the next poll lists b
+    for t, chosen in ((NOW + 30, None), (NOW + 100, None), (NOW + 299, None), (NOW + 301, "a")):
+        again = select(
+            "fast-chat", ["a"], RequestNeeds(), matrix=_evict_matrix(a, b),
+            overlay=_evict_overlay("b", loaded_at, t), in_flight={}, now=t, evicted_at=log.evicted_at,
+        )  # fmt: skip
+        assert (again.chosen.key if again.chosen else None) == chosen, t
+    room = snapshot(_evict_matrix(a, b), _evict_overlay("b", loaded_at, NOW + 30), ["a"], {}, now=NOW + 30,
+                    evicted_at=log.evicted_at).rooms  # fmt: skip
+    assert room is not None and room[FULL].resident[0].keep is eviction.Keep.LOADED_RECENTLY
+    room = snapshot(_evict_matrix(a, b), _evict_overlay("b", loaded_at, NOW + 100), ["a"], {}, now=NOW + 100,
+                    evicted_at=log.evicted_at).rooms  # fmt: skip
+    assert room is not None and room[FULL].resident[0].keep is eviction.Keep.EVICTED_RECENTLY
+
+
+def test_the_eviction_charge_steers_to_the_less_used_victim() -> None:
+    """Two hosts, each must evict an idle 10 GB model to load b: the one whose victim was asked for
+    recently costs a likely reload; the ranker evicts the idle-for-long one."""
+    other = "box-10.0.0.4"
+    host = Host(FULL, "http://127.0.0.1:1", 16.0, 2, 2)
+    matrix = Matrix(
+        "1.0",
+        {FULL: host, other: dataclasses.replace(host, host_id=other)},
+        {
+            p.key: p
+            for p in (
+                local(key="a1", model="a", host_id=FULL, warm_state=WarmState.WARM),
+                local(key="b1", model="b", host_id=FULL, warm_state=WarmState.COLD),
+                local(key="a2", model="a", host_id=other, warm_state=WarmState.WARM),
+                local(key="b2", model="b", host_id=other, warm_state=WarmState.COLD),
+            )
+        },
+    )
+    loaded = {h: {"a:latest": ResidentModel("a:latest", 10.0, NOW + 300, None)} for h in (FULL, other)}
+    overlay = LiveOverlay(
+        memory={h: HostMemory(16.0, 10.0, MemorySource.OLLAMA_PS) for h in (FULL, other)},
+        resident=loaded,
+        observed_gb={(h, m): 10.0 for h in (FULL, other) for m in ("a", "b")},
+    )
+    use = eviction.RecentUse()
+    for i in range(20):  # a on FULL served 20 requests in the last minute
+        use.record(FULL, "a", NOW - 60 + 3 * i)
+    selection = select(
+        "balanced", ["b1", "b2"], RequestNeeds(), matrix=matrix, overlay=overlay, in_flight={}, now=NOW,
+        use=use,
+    )  # fmt: skip
+    assert selection.chosen is not None and selection.chosen.key == "b2"
+    terms = selection.event_fields()
+    assert terms["eviction"]["charge_s"] == 0.0  # nobody asked for a on the other host
+    assert selection.ranking is not None and selection.ranking.scores["b1"] < selection.ranking.scores["b2"]
 
 
 def test_quality_leans_by_tier() -> None:
@@ -433,3 +601,147 @@ def test_observed_times(
     cold_profile = local(key="k", warm_state=WarmState.COLD)
     expected = load if load is not None else scorers.load_estimate_s(cold_profile)
     assert scorers.estimated_ttft_s(cold_profile, fleet) == pytest.approx(expected)
+
+
+# --- the compiled cycle the hooks run answers exactly as the readable one ----------------------------------
+def _random_case(rng: random.Random) -> dict[str, Any]:
+    hosts = {
+        f"h{h}": Host(f"h{h}", "http://127.0.0.1:1", float(rng.choice((16, 24, 48))), rng.randint(1, 4),
+                      rng.randint(1, 4), gpu_overhead_gb=rng.choice((0.0, 0.0, 1.0)))
+        for h in range(rng.randint(1, 6))
+    }  # fmt: skip
+    profiles: dict[str, Profile] = {}
+    for i in range(rng.randint(1, 30)):
+        cloud = rng.random() < 0.15
+        host_id = (
+            "cloud" if cloud else rng.choice([*hosts, "undeclared"] if rng.random() < 0.05 else list(hosts))
+        )
+        model = f"m{rng.randint(0, 6)}"
+        key = f"{host_id}/{'openai' if cloud else 'ollama'}/{model}#{i}"
+        profiles[key] = local(
+            key=key,
+            host_id=host_id,
+            model=model,
+            provider=Provider.OPENAI if cloud else Provider.OLLAMA,
+            hardware_class=HardwareClass.CLOUD_GPU if cloud else HardwareClass.LOCAL_GPU,
+            warm_state=rng.choice(
+                [WarmState.COLD] * 3 + [WarmState.WARM] * 3 + [WarmState.HOT, WarmState.UNKNOWN]
+            ),
+            lockout_state=rng.choice([LockoutState.NONE] * 8 + list(LockoutState)),
+            supports_tools=rng.random() < 0.8,
+            input_modalities=rng.choice((frozenset({"text"}), IMAGE)),
+            context_window=rng.choice((4096, 8192, 32768)),
+            vram_gb=rng.choice((4.0, 6.5, 10.0, 19.0, 21.0)),
+            speed_score=rng.random(),
+            quality_score=rng.random(),
+            num_parallel=rng.choice((None, None, 1, 2, 4)),
+        )
+    matrix = Matrix("1.0", hosts, profiles)
+    now = NOW + rng.random() * 100
+    resident: dict[str, dict[str, ResidentModel]] = {}
+    observed: dict[tuple[str, str], float] = {}
+    for p in profiles.values():
+        if rng.random() < 0.5:
+            observed[(p.host_id, p.model)] = rng.choice((3.0, 7.0, 12.0, 30.0))
+        if p.is_local and p.warm_state in (WarmState.WARM, WarmState.HOT):
+            name = f"{p.model}:latest"
+            resident.setdefault(p.host_id, {})[name] = ResidentModel(
+                name,
+                5.0,
+                rng.choice((None, now + rng.random() * 300)),
+                rng.choice((None, now - rng.random() * 200)),
+            )
+    overlay = LiveOverlay(
+        memory={h: HostMemory(host.gpu_memory_gb, rng.choice((rng.random(), 0.95)) * host.gpu_memory_gb,
+                              MemorySource.OLLAMA_PS) for h, host in hosts.items() if rng.random() < 0.8},
+        resident=resident,
+        observed_gb=observed,
+    )  # fmt: skip
+    models = sorted({p.model for p in profiles.values()})
+    reserved: dict[str, HostLedger] = {}
+    for h in hosts:
+        if rng.random() < 0.4:
+            leases = [
+                Lease(f"l{j}", h, rng.choice(models), rng.choice((4.0, 8.0)), now + 60,
+                      tuple((m, 5.0) for m in rng.sample(models, rng.randint(0, min(2, len(models))))))
+                for j in range(rng.randint(1, 3))
+            ]  # fmt: skip
+            reserved[h] = HostLedger.of(leases, {n.removesuffix(":latest") for n in resident.get(h, {})})
+    keys = list(profiles)
+    rng.shuffle(keys)
+    use = eviction.RecentUse()
+    for p in profiles.values():
+        for _ in range(rng.randint(0, 3)):
+            use.record(p.host_id, p.model, now - rng.random() * 100)
+    observed_times = ObservedTimes()
+    for key in keys:
+        if rng.random() < 0.5:
+            observed_times.record(key, service_s=rng.random() * 5, ttft_s=rng.random() * 20, was_cold=True)
+    scorer_names = ["ttft", "quality", "speed", "warm", "idle"]
+    weights = (
+        dict(scorers.TIER_WEIGHTS[rng.choice("HRC")])
+        if rng.random() < 0.6
+        else {n: rng.random() for n in rng.sample(scorer_names, rng.randint(1, 5))}
+    )
+    return {
+        "group": "g",
+        "deployment_keys": keys[: rng.randint(1, len(keys))] + ([None, "nope"] if rng.random() < 0.1 else []),
+        "needs": RequestNeeds(
+            prompt_tokens=rng.choice((0, 100, 3000, 9000)),
+            max_output_tokens=rng.choice((0, 256)),
+            needs_tools=rng.random() < 0.2,
+            modalities=rng.choice((frozenset({"text"}), IMAGE)),
+        ),
+        "matrix": matrix,
+        "overlay": overlay,
+        "in_flight": {k: rng.randint(0, 5) for k in keys if rng.random() < 0.3},
+        "reserved": reserved or None,
+        "weights": weights,
+        "observed": observed_times,
+        "breakers": {k: "breaker_open" for k in keys if rng.random() < 0.1},
+        "now": now,
+        "rules": rng.choice(
+            (EvictionRules(), EvictionRules(enabled=False), EvictionRules(min_residency_s=5))
+        ),
+        "evicted_at": {
+            (p.host_id, p.model): now - rng.random() * 400 for p in profiles.values() if rng.random() < 0.2
+        },
+        "use": use,
+    }
+
+
+def test_the_compiled_cycle_answers_as_rank_does() -> None:
+    """select() runs the compiled cycle (torchrouter_core/ranker/compiled.py); on 600 random fleets and
+    requests it picks, scores, rejects and places exactly as rank() over the snapshot does."""
+    rng = random.Random(2024)
+    picked = evicting = 0
+    for case_no in range(600):
+        case = _random_case(rng)
+        fast = select(**case)
+        plain = _select_plain(**case)
+        where = f"case {case_no}"
+        assert (fast.outcome, fast.reason, fast.unknown, fast.candidates) == (
+            plain.outcome,
+            plain.reason,
+            plain.unknown,
+            plain.candidates,
+        ), where
+        assert dict(fast.rejected_now()) == dict(plain.rejected_now()), where
+        if plain.ranking is None:
+            assert fast.ranking is None, where
+            continue
+        assert fast.ranking is not None and fast.chosen is plain.chosen, where
+        assert fast.ranking.scores == plain.ranking.scores and fast.ranking.terms == plain.ranking.terms, (
+            where
+        )
+        assert fast.ranking.score_list == plain.ranking.score_list, where  # to the last bit, not rounded
+        assert fast.ranking.ttft_s == plain.ranking.ttft_s and fast.placement == plain.placement, where
+        assert fast.event_fields() | {"score_ms": 0} == plain.event_fields() | {"score_ms": 0}, where
+        picked += 1
+        fleet = snapshot(
+            case["matrix"], case["overlay"], [], case["in_flight"], case["reserved"], now=case["now"],
+            rules=case["rules"], evicted_at=case["evicted_at"], use=case["use"],
+        )  # fmt: skip
+        evicting += any(fleet.placement(case["matrix"].profiles[k]) not in (None, usability.FITS)
+                        for k in fast.ranking.keys)  # fmt: skip
+    assert picked > 300 and evicting > 20  # the cases reach picks and scored evictions, not only rejections

@@ -79,21 +79,45 @@ class RecordingEnv(dict[str, str]):
         raise KeyError(key)
 
 
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _readme_env_section() -> str:
+    text = (ROOT / "README.md").read_text()
+    return text.split("## Environment", 1)[1].split("\n## ", 1)[0]
+
+
 def _readme_env_table() -> set[str]:
-    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    section = text.split("## Environment", 1)[1].split("\n## ", 1)[0]
-    return set(re.findall(r"^\| `([A-Z_]+)` \|", section, flags=re.MULTILINE))
+    return set(re.findall(r"^\| `([A-Z_]+)` \|", _readme_env_section(), flags=re.MULTILINE))
+
+
+def _litellm_config_env() -> set[str]:
+    """Project variables LiteLLM reads itself: ``os.environ/NAME`` in litellm_config.yaml."""
+    text = (ROOT / "litellm_config.yaml").read_text()
+    return {n for n in re.findall(r"os\.environ/([A-Z_]+)", text) if n.startswith("TORCHROUTER_")}
 
 
 def test_every_variable_either_process_reads_is_documented_in_env_docs_and_the_readme() -> None:
     classifier_env, hooks_env = RecordingEnv(), RecordingEnv()
     Settings.from_env(classifier_env)
     HooksSettings.from_env(hooks_env)
-    read = classifier_env.asked | hooks_env.asked
-    assert len(classifier_env.asked) >= 15 and len(hooks_env.asked) == 10  # the recorder saw the reads
+    read = classifier_env.asked | hooks_env.asked | _litellm_config_env()
+    assert len(classifier_env.asked) >= 15 and len(hooks_env.asked) == 11  # the recorder saw the reads
+    assert "TORCHROUTER_CLOUD_API_KEY" in _litellm_config_env()
     assert read - ENV_DOCS.keys() == set(), "read but not in ENV_DOCS"
-    assert ENV_DOCS.keys() - read == set(), "in ENV_DOCS but read by neither process"
+    assert ENV_DOCS.keys() - read == set(), "in ENV_DOCS but read by neither process nor LiteLLM's config"
     assert ENV_DOCS.keys() - _readme_env_table() == set(), "in ENV_DOCS but not in the README's table"
+    assert _readme_env_table() - ENV_DOCS.keys() == set(), "in the README's table but not in ENV_DOCS"
+
+
+def test_the_readme_names_every_variable_the_hooks_read_and_how_many() -> None:
+    hooks_env = RecordingEnv()
+    HooksSettings.from_env(hooks_env)
+    paragraph = _readme_env_section().split("The hooks inside", 1)[1].split("LiteLLM itself reads", 1)[0]
+    named = set(re.findall(r"`(TORCHROUTER_[A-Z_]+)`", paragraph))
+    assert named == hooks_env.asked, named ^ hooks_env.asked
+    words = {11: "eleven"}
+    assert f"read {words[len(hooks_env.asked)]} of them" in " ".join(paragraph.split())
 
 
 def test_hooks_settings_parse_and_name_a_bad_variable() -> None:
@@ -107,6 +131,12 @@ def test_hooks_settings_parse_and_name_a_bad_variable() -> None:
         HooksSettings.from_env({"TORCHROUTER_BREAKER": "cool_off_s=soon"})
     with pytest.raises(SettingsError, match="TORCHROUTER_TIME_BUDGETS"):
         HooksSettings.from_env({"TORCHROUTER_TIME_BUDGETS": "R.total_s=0"})
+    with pytest.raises(SettingsError, match="TORCHROUTER_EVICTION"):
+        HooksSettings.from_env({"TORCHROUTER_EVICTION": "hold_s=soon"})
+    with pytest.raises(SettingsError, match="TORCHROUTER_EVICTION"):
+        Settings.from_env({"TORCHROUTER_EVICTION": "never_s=1"})
+    assert HooksSettings.from_env({"TORCHROUTER_EVICTION": "off"}).eviction.enabled is False
+    assert Settings.from_env({"TORCHROUTER_EVICTION": "hold_s=30"}).eviction.hold_s == 30.0
     tuned = HooksSettings.from_env(
         {"TORCHROUTER_BREAKER": "cool_off_s=1", "TORCHROUTER_TIME_BUDGETS": "R.total_s=9"}
     )

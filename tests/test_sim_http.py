@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -270,6 +271,29 @@ async def test_refuse_closes_the_port_until_cleared(fleet: SimFleet, http: aioht
     assert isinstance(err.value.os_error, ConnectionRefusedError)
     await fleet.set_fault(HOST, "none")
     assert host(fleet) == url and (await chat(http, url))[0] == 200
+
+
+async def test_refuse_through_the_python_api_refuses_a_pooled_connection_at_once(
+    fleet: SimFleet, http: aiohttp.ClientSession
+) -> None:
+    """A connection the client keeps alive from before the fault is closed when the host starts refusing
+    (as a stopped Ollama closes its idle connections): the next request is refused at once, never left
+    hanging on a connection nothing serves any more."""
+    url = host(fleet)
+    assert (await chat(http, url))[0] == 200  # the session now pools a kept-alive connection
+    await fleet.set_fault(HOST, "refuse")
+    started = time.monotonic()
+    # The pooled connection, if the client picks it before it sees the close, ends at once (as a killed
+    # Ollama's would); the next request connects anew and is refused.
+    with pytest.raises((aiohttp.ServerDisconnectedError, aiohttp.ClientConnectorError)):
+        async with asyncio.timeout(5):
+            await chat(http, url)
+    with pytest.raises(aiohttp.ClientConnectorError) as err:
+        async with asyncio.timeout(5):
+            await chat(http, url)
+    assert isinstance(err.value.os_error, ConnectionRefusedError) and time.monotonic() - started < 1.0
+    await fleet.set_fault(HOST, "none")
+    assert (await chat(http, url))[0] == 200
 
 
 async def test_reset(fleet: SimFleet, http: aiohttp.ClientSession) -> None:

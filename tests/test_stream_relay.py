@@ -14,8 +14,10 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from classifier.forwarder import HttpForwarder
 from tests.conftest import ClassifierFactory, Stack
-from tests.harness import served, wait_for_event
+from tests.harness import free_ports, served, wait_for_event
+from torchrouter_core.errors import ApiError, UpstreamUnavailable
 
 CHUNKS = [
     b'data: {"id":"c1","choices":[{"index":0,"delta":{"content":"sim:first"}}]}\n\n',
@@ -106,7 +108,8 @@ async def test_upstream_dying_mid_stream_ends_the_stream_cleanly(
     assert tail.startswith(b"data: ") and b'"upstream_stream_broken"' in tail
     assert group == "fast-chat" and lanes[group]["active"] == 0  # a local lane: its slot came back
     completed = await wait_for_event(stack.events_path, request_id, "request_completed")
-    assert (completed["outcome"], completed["status"]) == ("upstream_error", 502)
+    # The trail's status is the status line the client got: the 200 went out before the stream broke.
+    assert (completed["outcome"], completed["status"]) == ("upstream_error", 200)
 
 
 async def _close_after(url: str, stop_after: bytes) -> str:
@@ -154,3 +157,60 @@ async def test_a_client_closing_a_stream_is_ok_only_after_done(
         hold_eof.set()
     assert (completed["outcome"], completed["status"]) == (outcome, 200)
     assert completed["ttft_ms"] is not None
+
+
+async def test_a_client_gone_before_the_upstream_breaks_is_cancelled_with_the_200_it_got(
+    stack: Stack, make_classifier: ClassifierFactory
+) -> None:
+    """The client leaves part-way while the upstream goes on (the classifier's write to it fails: once
+    reported as a 502 from LiteLLM); then the upstream dies. The client got a 200: the trail says so."""
+    client_left = asyncio.Event()
+
+    async def upstream_chat(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await resp.write(CHUNKS[0])
+        await asyncio.wait_for(client_left.wait(), 10)
+        for _ in range(20):  # the classifier's writes to the gone client fail; then the upstream dies
+            await resp.write(CHUNKS[1])
+            await asyncio.sleep(0.01)
+        assert request.transport is not None
+        request.transport.abort()
+        return resp
+
+    async with scripted_upstream(upstream_chat) as upstream_url:
+        url = await make_classifier(litellm_url=upstream_url)
+        request_id = await _close_after(url, b"sim:first")
+        client_left.set()
+        completed = await wait_for_event(stack.events_path, request_id, "request_completed")
+    assert (completed["outcome"], completed["status"]) == ("cancelled", 200)
+
+
+async def test_a_failed_write_to_the_client_is_not_litellms_failure() -> None:
+    """A burst of cut clients: the classifier's write to a client that had gone failed inside the
+    forwarder's exchange and came out as "LiteLLM unreachable" (502), so a client that had its 200 was
+    recorded as cancelled with 502. The client's reset passes through as itself."""
+
+    async def upstream_chat(request: web.Request) -> web.StreamResponse:
+        return web.json_response({"ok": True})
+
+    async with scripted_upstream(upstream_chat) as upstream_url:
+        forwarder = HttpForwarder(upstream_url, timeout_s=5)
+        try:
+            with pytest.raises(ConnectionResetError) as caught:
+                async with forwarder.open("POST", "/v1/chat/completions", b"{}", {}) as upstream:
+                    assert upstream.status == 200
+                    raise aiohttp.ClientConnectionResetError("Cannot write to closing transport")
+            assert not isinstance(caught.value, ApiError)
+        finally:
+            await forwarder.close()
+
+
+async def test_litellm_refusing_the_connection_is_still_a_502() -> None:
+    forwarder = HttpForwarder(f"http://127.0.0.1:{free_ports(1)[0]}", timeout_s=5)
+    try:
+        with pytest.raises(UpstreamUnavailable):
+            async with forwarder.open("POST", "/v1/chat/completions", b"{}", {}):
+                pass
+    finally:
+        await forwarder.close()

@@ -4,6 +4,8 @@ the model with the certain signals (pure; models here are written by hand so eve
 from __future__ import annotations
 
 import math
+import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -13,13 +15,20 @@ import pytest
 from torchrouter_core.identity import Identity
 from torchrouter_core.tier_model import (
     DEFAULT_MODEL_PATH,
+    HEAD_CHARS,
     MAX_CONTEXT_TOKENS,
     MAX_TOKENS,
+    MAX_TOOL_WORDS,
+    MAX_TOOLS,
     MODEL_FORMAT,
+    OTHER_SCRIPT_CHARS,
+    TAIL_CHARS,
+    UNFOLDED,
     TierModelError,
     feature_buckets,
     load_tier_model,
     parse_tier_model,
+    request_buckets,
     request_features,
 )
 from torchrouter_core.tiering import (
@@ -40,6 +49,14 @@ DIRECTORY = AgentDirectory(
         for t, lane in ((Tier.H, "balanced"), (Tier.R, "fast-chat"), (Tier.C, "code"))
     },
 )
+
+
+# At most: twice as many features per text as letter runs allowed; the tools' names and words; three
+# markers (the module docstring).
+MOST_FEATURES = 2 * MAX_TOKENS + 2 * (1 + 2 * MAX_CONTEXT_TOKENS) + 1 + MAX_TOOLS * (1 + MAX_TOOL_WORDS) + 1
+_noise = random.Random(3)
+CJK_NOISE = "".join(_noise.choice("数据库索引请帮我检查为什么查询这么慢\uff0c。 ") for _ in range(5_000))
+MARK_NOISE = "".join(_noise.choice("ab!@#$%^&*()-+=[]{};:,.<>/?| ") for _ in range(5_000))
 
 
 def chat(text: str, **extra: Any) -> dict[str, Any]:
@@ -75,8 +92,9 @@ def test_hashing_is_crc32_not_the_process_hash() -> None:
 
 def test_features_of_a_plain_message() -> None:
     features = request_features(chat("Please REFACTOR the billing module, 3 times!"))
-    assert features[:8] == ["please", "refactor", "the", "billing", "module", ",", "times", "!"]
-    assert "~refac" in features and "~billi" in features  # 7+ letters: a 5-letter stem
+    # Letter runs in text order, then their stems, then the mark runs.
+    assert features[:6] == ["please", "refactor", "the", "billing", "module", "times"]
+    assert features[6:10] == ["~refac", "~billi", ",", "!"]  # 7+ letters: a 5-letter stem
     assert "3" not in features  # digits are skipped
     assert features[-1] == f"#len:{(len('Please REFACTOR the billing module, 3 times!') // 64).bit_length()}"
     assert not {"#sys", "#turns", "#tools"} & set(features)
@@ -112,19 +130,121 @@ def test_cjk_text_gives_character_pairs() -> None:
         {"messages": [{"role": "user", "content": "hi"}] * 200_000},
         {"messages": [{"role": "system", "content": "rule " * 100_000}, {"role": "user", "content": "x"}]},
         {"messages": [{"role": "user", "content": "x"}], "tools": [{"name": "t" * 10_000}] * 10_000},
+        {
+            "messages": [
+                {"role": "system", "content": CJK_NOISE},
+                *[{"role": "user", "content": CJK_NOISE}] * 2,
+            ],
+            "tools": [{"name": "_".join(["lookup"] * 30)}] * 50,
+        },
+        {
+            "messages": [
+                {"role": "system", "content": MARK_NOISE},
+                *[{"role": "user", "content": MARK_NOISE}] * 2,
+            ]
+        },
     ],
-    ids=["huge text", "many distinct words", "many parts", "many messages", "huge system", "many tools"],
+    ids=[
+        "huge text",
+        "many distinct words",
+        "many parts",
+        "many messages",
+        "huge system",
+        "many tools",
+        "CJK everywhere",
+        "marks everywhere",
+    ],
 )
 def test_work_is_bounded_whatever_the_input(body: dict[str, Any]) -> None:
     # The bound in features (not time: no timing assertions): head and tail tokens, context tokens, tools.
     features = request_features(body)
     assert len(features) <= 2 * MAX_TOKENS + 4 * MAX_CONTEXT_TOKENS + 300
+    assert len(features) <= MOST_FEATURES
     assert all(len(f) <= 80 for f in features if not f.startswith("#"))
+
+
+def test_a_long_prompt_is_read_at_its_head_and_tail_only() -> None:
+    # What lies between the first HEAD_CHARS and the last TAIL_CHARS characters is never examined: two
+    # prompts that differ only there have the same features (the length marker included).
+    def long(middle: str) -> dict[str, Any]:
+        return chat("Write the memo for the board. " + "filler " * 200 + middle * 5_000 + " ok" * 200)
+
+    features = request_features(long("zebra "))
+    assert features == request_features(long("quail "))
+    assert "memo" in features and "zebra" not in features and "ok" in features
+    assert len(long("zebra ")["messages"][0]["content"]) > 20 * (HEAD_CHARS + TAIL_CHARS)
+    assert len(features) <= 2 * MAX_TOKENS + 1  # letter runs, stems and marks of head and tail; the length
+    # And the model still decides it (30,000 characters: under the certain prompt:long signal).
+    assert decide("Write the memo. " + "filler " * 4_000).signals == ("model:H",)
+
+
+def test_runs_with_other_characters_are_read_again_up_to_a_cap() -> None:
+    # Non-ASCII runs go through the (costly) regular expressions: at most OTHER_SCRIPT_CHARS characters of
+    # them per letter run allowed, whatever the ASCII words around them.
+    words = ["d\u00e9veloppement"] * (OTHER_SCRIPT_CHARS * MAX_TOKENS // 13 + 1) + ["z\u00e8bre", "zebra"]
+    features = request_features(chat(" ".join(words)))
+    assert "d\u00e9veloppement" in features and "zebra" in features and "z\u00e8bre" not in features
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_ascii_text_gives_what_the_regular_expressions_find(seed: int) -> None:
+    # ASCII text is tokenised on bytes with two tables; they must say what the documented classes say.
+    rng = random.Random(seed)
+    text = "".join(rng.choice([chr(c) for c in range(128)] + [" "] * 20) for _ in range(600))
+    low = text.lower()
+    letters = re.findall(r"[^\W\d_]+", low)[:MAX_TOKENS]
+    marks = [run[:3] for run in re.findall(r"[^\w\s]+", low)][: MAX_TOKENS // 4]
+    stems = ["~" + word[:5] for word in letters if len(word) >= 7]
+    assert request_features(chat(text))[:-1] == letters + stems + marks
+
+
+def test_text_in_other_scripts_gives_what_the_regular_expressions_find() -> None:
+    # Runs of ASCII letters and non-ASCII characters are cut on bytes; the latter are read again by the
+    # expressions. Mark runs are cut where ASCII marks meet others ("»," gives "»" and ",").
+    text = "Prüfe bitte die Größe (maximal 3 Sätze): «schnell», don\u2019t wait—ok?"
+    features = request_features(chat(text))
+    low = text.lower()
+    letters = re.findall(r"[^\W\d_]+", low)
+    marks = re.findall(r"[^\w\s\x80-\U0010ffff]+|[^\w\s\x00-\x7f]+", low)
+    assert sorted(features[:-1]) == sorted(
+        letters + ["~" + word[:5] for word in letters if len(word) >= 7] + [run[:3] for run in marks]
+    )
+    assert "~schne" in features and "»" in features and "\u2019" in features  # 5 characters, not 5 bytes
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        chat("Please REFACTOR the billing module, 3 times!"),
+        chat("数据库索引为什么这么慢\uff1f请给出建议。" * 3, tools=[{"name": "查询_db"}]),
+        chat("Größe " * 400 + "ende"),
+        {
+            "messages": [
+                {"role": "developer", "content": [{"type": "text", "text": "Be brief."}]},
+                {"role": "user", "content": "first"},
+                {"role": "assistant", "content": "ok"},
+                {"role": "user", "content": "x" * 2_000 + " then the tail?"},
+            ],
+            "functions": [{"name": "get-weather.now"}],
+        },
+    ],
+)
+def test_scoring_hashes_exactly_the_features(body: dict[str, Any]) -> None:
+    # request_buckets (scoring and training) skips the round trip through str that request_features makes,
+    # and the modulo when the CRC is unfolded.
+    for buckets in (BUCKETS, UNFOLDED):
+        assert request_buckets(body, buckets) == feature_buckets(request_features(body), buckets)
 
 
 @pytest.mark.parametrize("body", [{}, {"messages": "hi"}, {"messages": [5, {"role": "user", "content": 7}]}])
 def test_features_of_malformed_bodies(body: dict[str, Any]) -> None:
     assert request_features(body) == ["#len:0"]
+
+
+def test_a_lone_surrogate_is_no_error() -> None:
+    # json.loads lets one through (orjson, the classifier's parser, does not): it reads as a mark.
+    body = chat("caf\u00e9 \ud800 ok", tools=[{"name": "x\udfff"}])
+    assert {"caf\u00e9", "?", "ok", "#tool:x?"} <= set(request_features(body))
 
 
 # --- scoring -----------------------------------------------------------------------------------------------
@@ -158,8 +278,9 @@ def test_features_that_argue_against_the_winner_are_not_reported() -> None:
 @pytest.mark.parametrize(
     ("doc", "message"),
     [
-        ([], "not a torchrouter-tier-model/1"),
-        ({"format": "other"}, "not a torchrouter-tier-model/1"),
+        ([], "not a torchrouter-tier-model/2"),
+        ({"format": "other"}, "not a torchrouter-tier-model/2"),
+        ({**model_doc({}), "format": "torchrouter-tier-model/1"}, "no longer reads .* retrain it"),
         ({**model_doc({}), "labels": ["C"]}, "labels"),
         ({**model_doc({}), "buckets": 0}, "buckets"),
         ({**model_doc({}), "bias": [0.0]}, "bias"),
@@ -187,7 +308,7 @@ def test_load_names_the_file(tmp_path: Path) -> None:
 def test_the_shipped_model_loads() -> None:
     model = load_tier_model(DEFAULT_MODEL_PATH)
     assert set(model.labels) == {"H", "R", "C"}
-    assert model.info["trained_on"] > 400 and model.names
+    assert model.info["trained_on"] > 400 and model.names and model.buckets == UNFOLDED
 
 
 # --- combined with the certain signals (torchrouter_core.tiering) -------------------------------------

@@ -4,6 +4,7 @@ scikit-learn, real files in tmp_path), the fixed split, and the corpus itself.""
 from __future__ import annotations
 
 import itertools
+import os
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ import pytest
 
 from torchrouter.cli import main
 from torchrouter.tiers import DEFAULT_CORPUS_PATH, HELD_OUT_SHARE, is_held_out, load_corpus, split
-from torchrouter_core.tier_model import load_tier_model
+from torchrouter_core.tier_model import UNFOLDED, load_tier_model
 
 
 def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
@@ -89,6 +90,24 @@ def test_train_then_eval_then_the_runtime_loads_it(
     assert sum(int(n) for r in rows for n in r[1:]) == len(train_part)
 
 
+def test_a_folded_model_trains_and_scores_the_same_as_it_was_fitted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # --buckets folds the CRC (modulo); the default keeps it whole (UNFOLDED). Both fit only the buckets
+    # their examples have, and the runtime reads either.
+    corpus = write_jsonl(tmp_path / "slice.jsonl", slice_of_corpus(15))
+    for buckets in (4096, UNFOLDED):
+        out = tmp_path / f"model-{buckets}.json"
+        args = ["tiers", "train", "--corpus", str(corpus), "--out", str(out), "--c", "10"]
+        assert main([*args, "--buckets", str(buckets)]) == 0
+        capsys.readouterr()
+        model = load_tier_model(out)
+        assert model.buckets == buckets and all(0 <= b < buckets for b in model.weights)
+        train_part, _ = split(load_corpus(corpus))
+        right = sum(model.score(e.body).tier == e.tier for e in train_part)
+        assert right >= 0.9 * len(train_part)
+
+
 def test_operator_examples_are_learned(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     base = write_jsonl(tmp_path / "slice.jsonl", slice_of_corpus(15))
     ids = train_ids("ops")
@@ -162,4 +181,28 @@ def test_an_id_used_twice_is_refused(tmp_path: Path, capsys: pytest.CaptureFixtu
 def test_eval_refuses_a_broken_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "m.json").write_text("{}")
     assert main(["tiers", "eval", "--model", str(tmp_path / "m.json")]) == 1
-    assert "not a torchrouter-tier-model/1" in capsys.readouterr().err
+    assert "not a torchrouter-tier-model/2" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("where", ["missing folder", "a folder", "read-only folder"])
+def test_an_unwritable_out_is_refused_before_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], where: str
+) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    out = {
+        "missing folder": tmp_path / "nonexistent" / "dir" / "x.json",
+        "a folder": tmp_path,
+        "read-only folder": locked / "x.json",
+    }[where]
+    if where == "read-only folder":
+        locked.chmod(0o500)
+        if os.access(locked, os.W_OK):  # root writes anywhere
+            pytest.skip("running as root: a read-only folder is still writable")
+    # The corpus does not exist either: the answer names --out, so nothing was read or trained first.
+    try:
+        code = main(["tiers", "train", "--corpus", str(tmp_path / "none.jsonl"), "--out", str(out)])
+    finally:
+        locked.chmod(0o700)
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "--out" in err and "Traceback" not in err, err

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -166,6 +169,44 @@ def test_story_and_render() -> None:
     assert trail.last_request_id(STORY) == RID
 
 
+def test_a_wait_a_hop_and_the_failure_chain_are_told() -> None:
+    wait = ev(
+        "degradation_ladder_step",
+        group="fast-chat",
+        from_group="balanced",
+        to_group="balanced",
+        reason="slots_busy",
+        estimated_wait_ms=1200.0,
+        step="wait",
+        slots=1,
+        busy=1,
+        ahead=0,
+        wait_budget_ms=5000,
+    )
+    hop = ev(
+        "fallback_selected",
+        group="balanced",
+        from_group="balanced",
+        to_group="cloud-fast",
+        planned=True,
+        hop=1,
+        reason="attempt_failed:timeout",
+    )
+    done = {**STORY[-1], "fallbacks": ["cloud-fast", "code"]}
+    events = [*STORY[:2], wait, *STORY[2:5], hop, *STORY[6:-1], done]  # the hop replaces the old fallback
+    assert trail.problems([wait, hop, done]) == []
+    assert trail.problems([{**wait, "slots": -1}, {**hop, "hop": 0}]) != []
+    text = trail.render(trail.story(events, RID))
+    for line in (
+        "ladder step: wait for balanced (slots_busy: 1 of 1 slots busy, 0 ahead; estimated wait 1200.0 ms, "
+        "budget 5000.0 ms)",
+        "failure chain: cloud-fast -> code",
+        "fallback: balanced -> cloud-fast (hop 1, planned, after attempt_failed:timeout)",
+    ):
+        assert line in text, text
+    assert "(not planned)" not in text
+
+
 def test_explain_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "events.jsonl"
     path.write_text("".join(json.dumps(e) + "\n" for e in STORY) + '{"torn": ')
@@ -176,3 +217,80 @@ def test_explain_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert cli.main(["explain", "unknown-id", "--events", str(path)]) == 1
     assert cli.main(["explain", "--events", str(path)]) == 2
     assert cli.main(["explain", "x", "--events", str(tmp_path / "missing.jsonl")]) == 1
+
+
+REFUSED = {
+    "event": "request_completed",
+    "ts": 3.0,
+    "request_id": "refused-1",
+    "agent_id": "inbox-triage",
+    "tier": None,
+    "group": None,
+    "outcome": "bad_request",
+    "status": 400,
+    "code": "field_not_allowed",
+    "param": "api_base",
+    "deployment": None,
+    "fallback": "none",
+    "total_ms": 0.4,
+    "ttft_ms": None,
+    "queue_ms": 0.0,
+}
+
+
+def _trail(tmp_path: Path, lines: list[str]) -> Path:
+    path = tmp_path / "events.jsonl"
+    path.write_text("".join(line + "\n" for line in lines))
+    return path
+
+
+def test_explain_skips_lines_that_are_not_objects_and_says_how_many(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _trail(tmp_path, ["[1, 2]", '"str"', "3", "null", *(json.dumps(e) for e in STORY), "{torn"])
+    assert cli.main(["explain", RID, "--events", str(path)]) == 0
+    out, err = capsys.readouterr()
+    assert "outcome: ok" in out and "skipped 5 trail line(s)" in err and "Traceback" not in err
+
+
+def test_explain_last_on_an_empty_trail_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _trail(tmp_path, [])
+    assert cli.main(["explain", "--last", "--events", str(path)]) == 1
+    assert "has no requests" in capsys.readouterr().err
+
+
+def test_explain_last_finds_a_request_refused_before_classification_and_tells_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert trail.problems([REFUSED]) == []
+    path = _trail(tmp_path, [*(json.dumps(e) for e in STORY), json.dumps(REFUSED)])
+    assert cli.main(["explain", "--last", "--events", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("request refused-1")
+    assert "outcome: bad_request (status 400, code field_not_allowed, param api_base)" in out, out
+    assert "n/a in None" not in out and "from none" not in out and "from None" not in out, out
+
+
+def test_explain_refuses_last_with_an_id(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _trail(tmp_path, [json.dumps(e) for e in STORY])
+    assert cli.main(["explain", "--last", RID, "--events", str(path)]) == 2
+    assert "not both" in capsys.readouterr().err
+
+
+def test_explain_into_a_closed_pipe_exits_quietly(tmp_path: Path) -> None:
+    path = _trail(tmp_path, [json.dumps(e) for e in STORY])
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # as `| head` does once it has its lines
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "torchrouter.cli", "explain", "--last", "--events", str(path)],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+    assert done.returncode == 0 and b"Traceback" not in done.stderr and b"BrokenPipe" not in done.stderr, (
+        done.stderr
+    )

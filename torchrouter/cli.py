@@ -52,6 +52,9 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     try:
         return _run_until_signal(lambda stop: run_stack(opts, stop, lambda line: print(line, flush=True)))
+    except SettingsError as exc:  # before anything started: one line, as `serve` says it
+        print(f"torchrouter up: {exc}", file=sys.stderr)
+        return 2
     except (SimFleetError, LiteLLMStartError, MatrixError, PortInUse, OSError) as exc:
         # Everything started so far has been stopped by the stack's exit stack; say why in one place.
         print(f"torchrouter up: {exc}", file=sys.stderr)
@@ -80,11 +83,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_sim(args: argparse.Namespace) -> int:
-    import yaml
-
     from torchrouter.sim import fleet_spec_from_matrix, serve_forever
+    from torchrouter_core.strict_yaml import safe_load_strict
 
-    doc = yaml.safe_load(args.matrix.read_text(encoding="utf-8"))
+    doc = safe_load_strict(args.matrix.read_text(encoding="utf-8"))
     spec = fleet_spec_from_matrix(
         doc, cloud_api_key=args.cloud_key, seed=args.seed, time_scale=args.time_scale
     )
@@ -101,14 +103,58 @@ def cmd_sim(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     from capability_matrix import validate_files
 
-    problems = validate_files(args.matrix, args.config)
+    problems = [
+        *validate_files(args.matrix, args.config),
+        *_agents_problems(args.agents, args.config),
+        *_environment_problems(),
+    ]
     for line in problems:
         print(line)
     if problems:
-        print(f"{len(problems)} problem(s) in {args.matrix} / {args.config}", file=sys.stderr)
+        print(
+            f"{len(problems)} problem(s) in {args.matrix} / {args.config} / {args.agents} / the environment",
+            file=sys.stderr,
+        )
         return 1
-    print(f"ok: {args.matrix} and {args.config} agree")
+    print(f"ok: {args.matrix}, {args.config} and {args.agents} agree; the TORCHROUTER_* environment parses")
     return 0
+
+
+def _environment_problems() -> list[str]:
+    """The TORCHROUTER_* settings as the hooks (inside LiteLLM) and the classifier would read them now."""
+    import os
+
+    from torchrouter.stack import check_environment
+
+    try:
+        check_environment(os.environ)
+    except SettingsError as exc:
+        return [f"environment: {exc}"]
+    return []
+
+
+def _agents_problems(agents_path: Path, config_path: Path) -> list[str]:
+    """The agents file (tiers, first lanes, failure chains, agents) parsed as the classifier does, and every
+    group it names checked against the LiteLLM config's model groups; one line per problem."""
+    import yaml
+
+    from torchrouter_core.fallbacks import chain_problems
+    from torchrouter_core.strict_yaml import safe_load_strict
+    from torchrouter_core.tiering import DirectoryError, parse_agent_directory_yaml
+
+    try:
+        directory = parse_agent_directory_yaml(agents_path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        return [f"{agents_path}: cannot read: {exc.strerror or exc}"]
+    except (DirectoryError, UnicodeDecodeError) as exc:
+        return [f"{agents_path}: {exc}"]
+    try:
+        config = safe_load_strict(config_path.read_bytes())
+    except (OSError, yaml.YAMLError):
+        return []  # validate_files has said what is wrong with the config
+    model_list = config.get("model_list") if isinstance(config, dict) else None
+    groups = {str(d.get("model_name")) for d in model_list or [] if isinstance(d, dict)}
+    return [f"{agents_path}: {line}" for line in chain_problems(directory, groups)]
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -129,18 +175,37 @@ def cmd_explain(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"torchrouter explain: cannot read the trail {path}: {exc.strerror}", file=sys.stderr)
         return 1
-    events = []
-    for line in raw.splitlines():
-        try:
-            events.append(orjson.loads(line))
-        except orjson.JSONDecodeError:
-            continue  # a line being written right now, or a torn one: the rest still tells the story
-    request_id = trail.last_request_id(events) if args.last else args.request_id
-    if not request_id:
+    if args.last and args.request_id:
+        print("torchrouter explain: give a REQUEST_ID or --last, not both", file=sys.stderr)
+        return 2
+    if not args.last and not args.request_id:
         print("torchrouter explain: give a REQUEST_ID (X-Router-Request-Id) or --last", file=sys.stderr)
         return 2
+    events, skipped = [], 0
+    for line in raw.splitlines():
+        if not line.strip():
+            continue
+        try:
+            event = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            event = None  # a line being written right now, or a torn one: the rest still tells the story
+        if isinstance(event, dict):
+            events.append(event)
+        else:
+            skipped += 1
+    if skipped:
+        print(f"note: skipped {skipped} trail line(s) that are not JSON objects", file=sys.stderr)
+    request_id = trail.last_request_id(events) if args.last else args.request_id
+    if not request_id:
+        print(f"torchrouter explain: the trail {path} has no requests", file=sys.stderr)
+        return 1
     story = trail.story(events, request_id)
-    print(json.dumps(story, indent=2, sort_keys=True) if args.json else trail.render(story))
+    try:
+        print(json.dumps(story, indent=2, sort_keys=True) if args.json else trail.render(story))
+        sys.stdout.flush()
+    except BrokenPipeError:  # `| head`: the reader has gone; say nothing more (and nothing at exit)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     return 0 if story["found"] else 1
 
 
@@ -182,9 +247,14 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--cloud-key", default=SIM_CLOUD_KEY)
     sim.set_defaults(func=cmd_sim)
 
-    validate = sub.add_parser("validate", help="check the matrix against its schema and litellm_config.yaml")
+    validate = sub.add_parser(
+        "validate",
+        help="check the matrix against its schema and litellm_config.yaml, and the agents file's tiers "
+        "(first lanes, failure fallbacks) against the config's groups",
+    )
     validate.add_argument("--matrix", type=Path, default=default_matrix)
     validate.add_argument("--config", type=Path, default=default_config)
+    validate.add_argument("--agents", type=Path, default=PACKAGE_ROOT / "classifier" / "agents.yaml")
     validate.set_defaults(func=cmd_validate)
     add_tiers_parser(sub)  # torchrouter tiers train|eval (torchrouter/tiers.py)
 

@@ -4,7 +4,8 @@ The rule is :mod:`torchrouter_core.ledger`'s; here it runs inside Redis as one L
 (``EVALSHA``: Redis runs a script atomically, so two workers can never both be granted the same free
 memory). Layout, under a ``prefix`` (default ``torchrouter:ledger``):
 
-- ``<prefix>:host:<host_id>`` -- a hash, lease id -> ``"<model>\\t<gb>\\t<expires_at>"``;
+- ``<prefix>:host:<host_id>`` -- a hash, lease id -> ``"<model>\\t<gb>\\t<expires_at>\\t<victims>"``,
+  victims ``"<model>=<gb> <model>=<gb>"`` (empty: no eviction; a value of three fields is read as none);
 - ``<prefix>:hosts`` -- a set of the host ids that ever had a lease;
 - ``<prefix>:peak`` -- a hash, host id -> the most GB ever reserved there at once (for the tests and
   ``/fleet``).
@@ -30,31 +31,50 @@ from torchrouter_core.ledger import (
 )
 
 # KEYS: host hash, hosts set, peak hash. ARGV: lease id, model, gb, free gb, model slots, now, ttl, host id,
-# then the resident models. Mirrors torchrouter_core.ledger.admits and LedgerBook.reserve.
+# victims ("<model>=<gb> ..."), then the resident models. Mirrors torchrouter_core.ledger.admits and
+# LedgerBook.reserve.
 _RESERVE = """
 local now = tonumber(ARGV[6])
 local resident = {}
-for i = 9, #ARGV do resident[ARGV[i]] = true end
-local pending = {}
+for i = 10, #ARGV do resident[ARGV[i]] = true end
+local pending, victims, leased = {}, {}, {}
 local leases = redis.call('HGETALL', KEYS[1])
 for i = 1, #leases, 2 do
   local id, value = leases[i], leases[i + 1]
-  local model, gb, expires = string.match(value, '^(.*)\\t([^\\t]+)\\t([^\\t]+)$')
+  local model, gb, expires, evicts = string.match(value, '^([^\\t]*)\\t([^\\t]+)\\t([^\\t]+)\\t?([^\\t]*)$')
   if tonumber(expires) <= now then
     redis.call('HDEL', KEYS[1], id)
-  elseif id ~= ARGV[1] and not resident[model] then
-    local claim = tonumber(gb)
-    if pending[model] == nil or claim > pending[model] then pending[model] = claim end
+  elseif id ~= ARGV[1] then
+    leased[model] = true
+    if not resident[model] then
+      local claim = tonumber(gb)
+      if pending[model] == nil or claim > pending[model] then pending[model] = claim end
+    end
+    for item in string.gmatch(evicts, '%S+') do
+      local victim, size = string.match(item, '^(.*)=([^=]+)$')
+      if resident[victim] then victims[victim] = tonumber(size) end
+    end
   end
 end
 local want = tonumber(ARGV[3])
 if not resident[ARGV[2]] then
   if pending[ARGV[2]] == nil or want > pending[ARGV[2]] then pending[ARGV[2]] = want end
 end
-local total, count = 0, 0
+for item in string.gmatch(ARGV[9], '%S+') do
+  local victim, size = string.match(item, '^(.*)=([^=]+)$')
+  if resident[victim] then
+    if victims[victim] ~= nil or leased[victim] or victim == ARGV[2] then return 0 end
+    victims[victim] = tonumber(size)
+  end
+end
+local total, count, freed, nvictims = 0, 0, 0, 0
 for _, claim in pairs(pending) do total = total + claim; count = count + 1 end
-if total > tonumber(ARGV[4]) + 1e-9 or count > math.max(0, tonumber(ARGV[5])) then return 0 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. '\\t' .. ARGV[3] .. '\\t' .. (now + tonumber(ARGV[7])))
+for _, size in pairs(victims) do freed = freed + size; nvictims = nvictims + 1 end
+if total > tonumber(ARGV[4]) + freed + 1e-9 or count > math.max(0, tonumber(ARGV[5]) + nvictims) then
+  return 0
+end
+redis.call('HSET', KEYS[1], ARGV[1],
+  ARGV[2] .. '\\t' .. ARGV[3] .. '\\t' .. (now + tonumber(ARGV[7])) .. '\\t' .. ARGV[9])
 redis.call('SADD', KEYS[2], ARGV[8])
 local peak = tonumber(redis.call('HGET', KEYS[3], ARGV[8]) or '0')
 if total > peak then redis.call('HSET', KEYS[3], ARGV[8], tostring(total)) end
@@ -65,12 +85,13 @@ return 1
 _RENEW = """
 local value = redis.call('HGET', KEYS[1], ARGV[1])
 if not value then return 0 end
-local model, gb, expires = string.match(value, '^(.*)\\t([^\\t]+)\\t([^\\t]+)$')
+local model, gb, expires, evicts = string.match(value, '^([^\\t]*)\\t([^\\t]+)\\t([^\\t]+)\\t?([^\\t]*)$')
 if tonumber(expires) <= tonumber(ARGV[2]) then
   redis.call('HDEL', KEYS[1], ARGV[1])
   return 0
 end
-redis.call('HSET', KEYS[1], ARGV[1], model .. '\\t' .. gb .. '\\t' .. (tonumber(ARGV[2]) + tonumber(ARGV[3])))
+redis.call('HSET', KEYS[1], ARGV[1],
+  model .. '\\t' .. gb .. '\\t' .. (tonumber(ARGV[2]) + tonumber(ARGV[3])) .. '\\t' .. evicts)
 return 1
 """
 
@@ -83,21 +104,33 @@ redis.call('HDEL', KEYS[1], ARGV[1])
 local settle = tonumber(ARGV[3])
 local suffix = ARGV[4]
 if settle > 0 and string.sub(ARGV[1], -#suffix) ~= suffix then
-  local model, gb, expires = string.match(value, '^(.*)\\t([^\\t]+)\\t([^\\t]+)$')
+  local model, gb, expires, evicts = string.match(value, '^([^\\t]*)\\t([^\\t]+)\\t([^\\t]+)\\t?([^\\t]*)$')
   local upto = tonumber(ARGV[2]) + settle
-  redis.call('HSET', KEYS[1], ARGV[1] .. suffix, model .. '\\t' .. gb .. '\\t' .. upto)
+  redis.call('HSET', KEYS[1], ARGV[1] .. suffix, model .. '\\t' .. gb .. '\\t' .. upto .. '\\t' .. evicts)
 end
 return 1
 """
 
 
+def _victims_text(victims: tuple[tuple[str, float], ...]) -> str:
+    return " ".join(f"{model}={gb!r}" for model, gb in victims)
+
+
+def _parse_victims(text: str) -> tuple[tuple[str, float], ...]:
+    out = []
+    for item in text.split():
+        model, _, gb = item.rpartition("=")
+        out.append((model, float(gb)))
+    return tuple(out)
+
+
 def _parse(lease_id: str, host_id: str, value: str) -> Lease | None:
-    model, sep, rest = value.rpartition("\t")
-    model, sep2, gb = model.rpartition("\t")
-    if not sep or not sep2:
+    fields = value.split("\t")
+    if len(fields) not in (3, 4):
         return None
     try:
-        return Lease(lease_id, host_id, model, float(gb), float(rest))
+        victims = _parse_victims(fields[3]) if len(fields) == 4 else ()
+        return Lease(lease_id, host_id, fields[0], float(fields[1]), float(fields[2]), victims)
     except ValueError:
         return None
 
@@ -151,6 +184,7 @@ class RedisLedger:
             repr(float(now)),
             repr(float(self.ttl_s)),
             request.host_id,
+            _victims_text(request.victims),
             *sorted(request.resident),
         ]
         return int(await self._reserve(keys=keys, args=args)) == 1

@@ -20,11 +20,10 @@ import secrets
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
 from aiohttp import web
 
 from capability_matrix import DEFAULT_MATRIX_PATH, load_matrix
@@ -35,6 +34,8 @@ from torchrouter.litellm_process import LiteLLMProcess
 from torchrouter.ports import check_ports, free_ports, render_fleet_files
 from torchrouter.sim import SimFleet, fleet_spec_from_matrix
 from torchrouter.sim.spec import SIM_CLOUD_KEY
+from torchrouter_core.hooks_settings import HooksSettings
+from torchrouter_core.strict_yaml import safe_load_strict
 
 PROD_PORTS = (4001, 4000)  # classifier, LiteLLM
 DEV_PORTS = (4002, 4003)
@@ -87,8 +88,18 @@ def _sim_already_serving(url: str) -> bool:
         return False
 
 
+def check_environment(env: Mapping[str, str]) -> None:
+    """Parse the settings both processes will read from ``env`` (the hooks' in LiteLLM, the classifier's);
+    raise :class:`~torchrouter_core.env.SettingsError` naming the first bad variable."""
+    HooksSettings.from_env(env)
+    Settings.from_env(env)
+
+
 async def run_stack(opts: StackOptions, stop: asyncio.Event, say: Callable[[str], None] = print) -> None:
     t0 = time.monotonic()
+    # The hooks' settings as LiteLLM will read them, before anything starts: a bad value is one SettingsError
+    # line here, not a started fleet and a LiteLLM that dies with a traceback.
+    check_environment(os.environ)
     # A matrix the classifier would reject fails here, before anything starts (MatrixError lists why).
     load_matrix(opts.matrix_path)
     opts = _resolve(opts)
@@ -103,12 +114,13 @@ async def run_stack(opts: StackOptions, stop: asyncio.Event, say: Callable[[str]
     env.setdefault("TORCHROUTER_SPEND_PATH", str(opts.state_dir / "spend.json"))
     classifier_port, litellm_port = opts.ports
     name = "dev" if opts.dev else "prod"
+    check_environment(env)  # again with what the stack sets (the matrix copy, the trail, the spend book)
 
     spec = None
     shared_sim = False
     wanted = [(classifier_port, "classifier"), (litellm_port, "LiteLLM")]
     if opts.sim:
-        doc = yaml.safe_load(opts.matrix_path.read_text(encoding="utf-8"))
+        doc = safe_load_strict(opts.matrix_path.read_text(encoding="utf-8"))
         spec = fleet_spec_from_matrix(
             doc,
             cloud_api_key=env["TORCHROUTER_CLOUD_API_KEY"],

@@ -9,9 +9,10 @@ Fixed by the id alone, so the split never moves when the corpus grows, and the h
 to train or to choose the regularisation (that is cross-validated on the training part).
 
 Training needs scikit-learn (a development dependency, imported only here, inside the functions that use
-it); the features come from :func:`torchrouter_core.tier_model.request_features`, the one function the runtime
-uses too. Evaluation needs nothing beyond the runtime: it scores through the classifier's own
-:func:`torchrouter_core.tiering.classify`, certain signals and confidence threshold included.
+it); the features come from :func:`torchrouter_core.tier_model.request_buckets`, the one function the
+runtime scores with too (:func:`~torchrouter_core.tier_model.request_features` gives the same features as
+strings, to name buckets). Evaluation needs nothing beyond the runtime: it scores through the classifier's
+own :func:`torchrouter_core.tiering.classify`, certain signals and confidence threshold included.
 
 Exceptions::
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import math
+import os
 import sys
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -43,6 +45,7 @@ from torchrouter_core.tier_model import (
     feature_buckets,
     load_tier_model,
     parse_tier_model,
+    request_buckets,
     request_features,
 )
 from torchrouter_core.tiering import (
@@ -56,7 +59,7 @@ from torchrouter_core.tiering import (
 
 DEFAULT_CORPUS_PATH: Final = PACKAGE_ROOT / "corpus" / "tiers" / "corpus.jsonl"
 HELD_OUT_SHARE: Final = 0.2
-DEFAULT_BUCKETS: Final = 1 << 18
+DEFAULT_BUCKETS: Final = 1 << 32  # the CRC-32 itself: no folding, no collisions (tier_model docstring)
 C_GRID: Final = (3.0, 10.0, 30.0, 100.0)
 CV_FOLDS: Final = 5
 NAMED_FEATURES: Final = 2_000  # buckets named in the model file (the strongest by lift)
@@ -144,27 +147,31 @@ def split(examples: Sequence[Example]) -> tuple[list[Example], list[Example]]:
 # --- training (scikit-learn) -------------------------------------------------------------------------------
 
 
-def _matrix(examples: Sequence[Example], buckets: int) -> Any:
-    """Rows of unit-length binary vectors over hashed buckets: exactly what TierModel.score computes."""
+def _matrix(examples: Sequence[Example], buckets: int) -> tuple[Any, list[int]]:
+    """Rows of unit-length binary vectors over hashed buckets (exactly what TierModel.score computes), and
+    the bucket of each column: only the buckets the examples have (2**32 columns would not fit)."""
     from scipy.sparse import csr_matrix
 
+    rows = [request_buckets(example.body, buckets) for example in examples]
+    ids = sorted(set().union(*rows))
+    column = {bucket: j for j, bucket in enumerate(ids)}
     indptr = [0]
     indices: list[int] = []
     values: list[float] = []
-    for example in examples:
-        present = sorted(feature_buckets(request_features(example.body), buckets))
-        indices += present
+    for present in rows:
+        indices += sorted(map(column.__getitem__, present))
         values += [1.0 / math.sqrt(len(present))] * len(present)
         indptr.append(len(indices))
-    return csr_matrix((values, indices, indptr), shape=(len(examples), buckets))
+    return csr_matrix((values, indices, indptr), shape=(len(examples), len(ids))), ids
 
 
-def _fit(examples: Sequence[Example], buckets: int, c: float) -> Any:
+def _fit(examples: Sequence[Example], buckets: int, c: float) -> tuple[Any, list[int]]:
     from sklearn.linear_model import LogisticRegression
 
     model = LogisticRegression(C=c, max_iter=5000)
-    model.fit(_matrix(examples, buckets), [e.tier for e in examples])
-    return model
+    x, ids = _matrix(examples, buckets)
+    model.fit(x, [e.tier for e in examples])
+    return model, ids
 
 
 def cross_validate(
@@ -174,7 +181,7 @@ def cross_validate(
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold, cross_val_score
 
-    x = _matrix(examples, buckets)
+    x, _ = _matrix(examples, buckets)  # a bucket no training fold has gets weight 0 there, as if absent
     y = [e.tier for e in examples]
     folds = StratifiedKFold(n_splits=min(CV_FOLDS, min(Counter(y).values())), shuffle=True, random_state=0)
 
@@ -208,9 +215,10 @@ def train(
         raise CorpusError(f"the training part has no example of tier {', '.join(missing)}")
     cv = cross_validate(train_part, buckets=buckets) if c is None else {}
     chosen = c if c is not None else max(cv, key=lambda k: (cv[k], -k))
-    fitted = _fit(train_part, buckets, chosen)
+    fitted, ids = _fit(train_part, buckets, chosen)
     doc = export_model(
         fitted,
+        ids,
         train_part,
         buckets=buckets,
         info={
@@ -226,29 +234,30 @@ def train(
 
 
 def export_model(
-    fitted: Any, examples: Sequence[Example], *, buckets: int, info: Mapping[str, Any]
+    fitted: Any, ids: Sequence[int], examples: Sequence[Example], *, buckets: int, info: Mapping[str, Any]
 ) -> dict[str, Any]:
     """The model file's document (the format :func:`torchrouter_core.tier_model.parse_tier_model` reads).
 
-    Weights are rounded to 5 decimals and a bucket whose weights all round to 0 is left out. ``names``
-    holds, for the :data:`NAMED_FEATURES` buckets that favour one tier most, the training feature string
-    seen most often in that bucket.
+    ``ids[j]`` is the bucket of the fitted model's column ``j`` (:func:`_matrix`). Weights are rounded to 5
+    decimals and a bucket whose weights all round to 0 is left out. ``names`` holds, for the
+    :data:`NAMED_FEATURES` buckets that favour one tier most, the training feature string seen most often
+    in that bucket.
     """
     labels = [str(label) for label in fitted.classes_]
     coef = fitted.coef_
     weights: dict[str, list[float]] = {}
     lift: dict[int, float] = {}
-    columns = coef.nonzero()[1]
     k = len(labels)
-    for bucket in sorted(set(int(b) for b in columns)):
-        row = [round(float(coef[i, bucket]), 5) for i in range(k)]
+    for j in sorted(set(int(c) for c in coef.nonzero()[1])):
+        bucket = ids[j]
+        row = [round(float(coef[i, j]), 5) for i in range(k)]
         if any(row):
             weights[str(bucket)] = row
             total = sum(row)
             lift[bucket] = max(w - (total - w) / (k - 1) for w in row)
     seen: dict[int, Counter[str]] = {}
     for example in examples:
-        for feature in set(request_features(example.body)):
+        for feature in dict.fromkeys(request_features(example.body)):  # distinct, in a fixed order
             bucket = next(iter(feature_buckets([feature], buckets)))
             if bucket in lift:
                 seen.setdefault(bucket, Counter())[feature] += 1
@@ -349,7 +358,23 @@ def _shown(path: Path) -> str:
     return str(resolved.relative_to(PACKAGE_ROOT)) if resolved.is_relative_to(PACKAGE_ROOT) else str(path)
 
 
+def output_problem(path: Path) -> str | None:
+    """Why the model cannot be written to ``path`` (checked before training, which takes a minute), or None:
+    its folder must exist and be writable, and the path must not be a folder."""
+    folder = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        return f"--out {path} is a folder; give a file path"
+    if not folder.is_dir():
+        return f"--out {path}: the folder {folder} does not exist"
+    if not os.access(folder, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        return f"--out {path}: not writable"
+    return None
+
+
 def cmd_train(args: Any) -> int:
+    if (problem := output_problem(Path(args.out))) is not None:
+        print(f"torchrouter tiers train: {problem}", file=sys.stderr)
+        return 2
     try:
         paths = [args.corpus, *args.extra]
         examples = load_corpora(paths)
@@ -362,7 +387,11 @@ def cmd_train(args: Any) -> int:
             f"torchrouter tiers train: needs the dev extra (pip install -e '.[dev]'): {exc}", file=sys.stderr
         )
         return 1
-    write_model(report.model_doc, args.out)
+    try:
+        write_model(report.model_doc, args.out)
+    except OSError as exc:  # the folder went away (or filled up) while training
+        print(f"torchrouter tiers train: cannot write {args.out}: {exc.strerror}", file=sys.stderr)
+        return 1
     for c, accuracy in report.cv_accuracy.items():
         print(f"cv C={c:g}: accuracy {accuracy:.3f}")
     print(f"trained on {report.trained_on} (C={report.chosen_c:g}); held out {report.held_out}")

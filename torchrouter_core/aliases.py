@@ -37,6 +37,7 @@ import yaml
 
 from capability_matrix import ReloadingFile
 from torchrouter_core.identity import AUTO_MODEL, GROUPS, MODEL_MAX_LEN
+from torchrouter_core.strict_yaml import describe_yaml_error, safe_load_strict
 
 ALIAS_TARGETS: Final = frozenset(GROUPS | {AUTO_MODEL})
 
@@ -113,9 +114,9 @@ def parse_aliases(doc: object) -> AliasMap:
 
 def parse_aliases_yaml(text: str) -> AliasMap:
     try:
-        doc = yaml.safe_load(text)
+        doc = safe_load_strict(text)
     except yaml.YAMLError as exc:
-        raise AliasError(f"aliases file is not valid YAML: {exc}") from None
+        raise AliasError(f"aliases file is not valid YAML: {describe_yaml_error(exc)}") from None
     return parse_aliases(doc)
 
 

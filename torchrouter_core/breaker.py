@@ -28,9 +28,12 @@ changes a state answers the :class:`Transition` values the caller writes to the 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
+
+from torchrouter_core.env import non_negative
 
 
 class State(StrEnum):
@@ -306,6 +309,7 @@ def parse_breaker_config(text: str, base: BreakerConfig | None = None) -> Breake
     """``"consecutive_failures=2,cool_off_s=1.5"`` over ``base`` (the defaults); raises ValueError naming
     the bad part."""
     config = base or BreakerConfig()
+    seen: set[str] = set()
     for part in filter(None, (p.strip() for p in text.split(","))):
         name, sep, value = (x.strip() for x in part.partition("="))
         kind = _CONFIG_FIELDS.get(name)
@@ -313,9 +317,15 @@ def parse_breaker_config(text: str, base: BreakerConfig | None = None) -> Breake
             number = kind(value) if sep and kind is not None else None
         except ValueError:
             number = None
-        if number is None or number < 0 or (name == "failure_rate" and number > 1):
+        if number is not None and (not math.isfinite(number) or not non_negative(number)):
+            number = None
+        if number is None or (name == "failure_rate" and number > 1):
             raise ValueError(
-                f"breaker setting {part!r}: expected <{'|'.join(sorted(_CONFIG_FIELDS))}>=<number >= 0>"
+                f"breaker setting {part!r}: expected <{'|'.join(sorted(_CONFIG_FIELDS))}>="
+                "<finite number >= 0>"
             )
+        if name in seen:
+            raise ValueError(f"breaker setting {name!r} is given twice; give each setting once")
+        seen.add(name)
         config = replace(config, **{name: number})
     return config

@@ -12,8 +12,10 @@ C       2        15          120              300    code answers are long; code
 ======  =======  ==========  ===============  =====  ======================================================
 
 - **connect** 2 s: every host is on the local network or a cloud endpoint; a SYN unanswered for 2 s is a
-  dead or black-holed host (LiteLLM passes it to the OpenAI client as the connect timeout; for Ollama
-  hosts it is bounded by the first-byte budget, LiteLLM giving its Ollama client one timeout for all).
+  dead or black-holed host. Not applied on its own yet: LiteLLM 1.102.4 gives its Ollama client one
+  timeout for all phases (an ``httpx.Timeout`` is cut to its read value for every provider but OpenAI,
+  Azure and Bedrock) and the hooks set one number on cloud attempts too, so the first-byte budget bounds
+  connecting. A refused connection fails at once either way.
 - **first byte** (warm): a resident model starts answering in well under a second on our fleet (the
   simulated fleet's warm TTFT is about 0.2 s); 8-15 s is two orders of magnitude of headroom for a
   queue on the host, while a hung host is given up on within that. It is also the longest silence
@@ -31,6 +33,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
+
+from torchrouter_core.env import finite_float
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,16 +66,19 @@ def budget_for(budgets: Mapping[str, TimeBudget], tier: str | None) -> TimeBudge
 def parse_time_budgets(text: str, base: Mapping[str, TimeBudget] = DEFAULT_BUDGETS) -> dict[str, TimeBudget]:
     """``"R.first_byte_s=1.5,H.total_s=60"`` applied over ``base``; raises ValueError naming the bad part."""
     out = dict(base)
+    seen: set[str] = set()
     for part in filter(None, (p.strip() for p in text.split(","))):
         name, sep, value = part.partition("=")
         tier, dot, field_name = name.strip().partition(".")
-        try:
-            seconds = float(value)
-        except ValueError:
-            seconds = -1.0
-        if not sep or not dot or tier not in out or field_name not in _FIELDS or not seconds > 0:
+        seconds = finite_float(value)
+        if not sep or not dot or tier not in out or field_name not in _FIELDS or not (seconds or 0) > 0:
             raise ValueError(
-                f"time budget {part!r}: expected <H|R|C>.<{'|'.join(sorted(_FIELDS))}>=<positive seconds>"
+                f"time budget {part!r}: expected <H|R|C>.<{'|'.join(sorted(_FIELDS))}>="
+                "<positive finite seconds>"
             )
+        assert seconds is not None
+        if name.strip() in seen:
+            raise ValueError(f"time budget {name.strip()!r} is given twice; give each budget once")
+        seen.add(name.strip())
         out[tier] = replace(out[tier], **{field_name: seconds})
     return out

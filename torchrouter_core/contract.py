@@ -10,7 +10,9 @@ Version history (``x-torchrouter-protocol``):
 - 1: request id, agent, tier, group, request needs, route plan; deployment, warm state, score time,
   auth lockouts, daily spend, hook errors; LiteLLM's ``x-litellm-attempted-fallbacks`` read as the
   fallback count. Added compatibly (a peer without it reads as "not reported"): the profiles the
-  hooks' circuit breakers refuse (``x-torchrouter-breakers``).
+  hooks' circuit breakers refuse (``x-torchrouter-breakers``); the group of each of the request's
+  attempts, in order (``x-torchrouter-groups``: the failure fallbacks' path, which LiteLLM's count does
+  not give when a hop's own fallback walk carried the request on).
 
 Decoding never raises: a missing value is ``None`` (or the stated default), a malformed one is logged in
 one line naming the header and treated as missing, and a peer speaking another version is logged (the
@@ -55,6 +57,7 @@ HOOK_ERRORS_HEADER = "x-torchrouter-hook-errors"
 NO_CANDIDATE_HEADER = "x-torchrouter-no-candidate"
 LEDGER_HEADER = "x-torchrouter-ledger"
 BREAKERS_HEADER = "x-torchrouter-breakers"
+GROUPS_HEADER = "x-torchrouter-groups"
 # LiteLLM's own response headers, read by the classifier.
 LITELLM_MODEL_ID_HEADER = "x-litellm-model-id"
 LITELLM_FALLBACKS_HEADER = "x-litellm-attempted-fallbacks"
@@ -152,7 +155,8 @@ class RouteReport:
     ledger and load as the hooks see them, host id -> :class:`HostReport`, every host with a lease or a
     request in flight (empty: nothing anywhere); ``breakers``: every profile key the hooks' circuit breakers
     refuse now (open, or half-open with its trials taken; the host's breaker included), the whole set each
-    time."""
+    time; ``groups``: the group of each attempt the hooks routed for this request, in order (a failure
+    fallback adds one; empty: not reported)."""
 
     deployment: str | None = None
     warm_state: WarmState | None = None
@@ -164,6 +168,7 @@ class RouteReport:
     no_candidate: str | None = None
     ledger: Mapping[str, HostReport] | None = None
     breakers: frozenset[str] | None = None
+    groups: tuple[str, ...] = ()
 
     def to_headers(self) -> dict[str, str]:
         """The hooks' headers (``fallbacks`` is LiteLLM's own header and is not written here)."""
@@ -186,6 +191,8 @@ class RouteReport:
             headers[LEDGER_HEADER] = encode_ledger(self.ledger)
         if self.breakers is not None:
             headers[BREAKERS_HEADER] = ",".join(sorted(self.breakers))
+        if self.groups:
+            headers[GROUPS_HEADER] = ",".join(self.groups[:_MAX_GROUPS])
         return headers
 
     @classmethod
@@ -212,6 +219,7 @@ class RouteReport:
             hook_errors=_count(headers, HOOK_ERRORS_HEADER, problem),
             no_candidate=_reasons(headers, problem),
             ledger=_ledger(headers, problem),
+            groups=_token_list(headers, GROUPS_HEADER, _MAX_GROUPS, problem),
         )
 
 
@@ -235,9 +243,11 @@ _OUR_REPORT_HEADERS = (
     NO_CANDIDATE_HEADER,
     LEDGER_HEADER,
     BREAKERS_HEADER,
+    GROUPS_HEADER,
 )
 # Every response header RouteReport.from_headers reads.
 _REPORT_READS = (VERSION_HEADER, *_OUR_REPORT_HEADERS, LITELLM_MODEL_ID_HEADER, LITELLM_FALLBACKS_HEADER)
+_MAX_GROUPS = 16  # attempts of one request: LiteLLM's fallback depth is far below this
 
 
 # --- request needs: "prompt_tokens=<int>;max_output_tokens=<int>;tools=<0|1>[;modalities=<m>+<m>...]" ------

@@ -149,12 +149,9 @@ def decide(
         ),
         cloud_locked=cloud_locked is not None,
     )
-    # LiteLLM's own fallbacks (litellm_config.yaml) cross between local and cloud on failure; a mode
-    # that forbids one side must switch them off for this request.
-    extras: dict[str, Any] = {}
+    # Failure fallbacks are the tier's chain, shaped by the mode, the budget and feasibility when the
+    # request is forwarded (torchrouter_core.fallbacks), not LiteLLM's per-group ones.
     ladder = plan.steps
-    if mode is not RoutingMode.LOCAL_FIRST or cloud_locked:
-        extras["disable_fallbacks"] = True
     if not ladder:  # only a cloud lockout empties a ladder
         raise CloudLocked(
             f"cloud routes are locked out ({cloud_locked}) and ROUTING_MODE={mode.value}",
@@ -166,9 +163,6 @@ def decide(
     except Impossible as exc:
         raise Unprocessable(exc.message, code=exc.code, param=exc.param) from None
     ladder = feasible.steps
-    if feasible.dropped:
-        # LiteLLM's failure fallbacks lead to the counterpart group, which may be one just found unable.
-        extras["disable_fallbacks"] = True
     return RouteDecision(
         identity=identity,
         tier=tiering.tier,
@@ -179,7 +173,6 @@ def decide(
         wait_budget_ms=agents.wait_budget_ms(tiering.tier),
         tier_confidence=tiering.confidence,
         tier_features=tiering.model_features,
-        upstream_extras=extras,
         output_tokens=needs.max_output_tokens or None,  # output_tokens(body), which needs already read
         needs=needs,
         infeasible=feasible.dropped,

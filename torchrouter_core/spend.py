@@ -4,7 +4,12 @@ One book: the hooks inside LiteLLM keep the :class:`SpendBook` (every answer's c
 LiteLLM call whichever callback reports it first) and report its total on each response; the classifier's
 :class:`DailySpend` mirrors that total.
 
-Durable: with ``TORCHROUTER_SPEND_PATH`` set, the book is kept in that file (``{"day": "YYYY-MM-DD",
+Shared: with ``TORCHROUTER_LEDGER_REDIS_URL`` set, the book is kept in Redis
+(``torchrouter.redis_spend.RedisSpendBook``, a :class:`SharedSpend`): every LiteLLM worker books into it,
+each keeps a :class:`SpendBook` as its local view (it dedupes a call's second report, and counts on while
+Redis does not answer), mirrored from the shared total; the classifier reads it at start.
+
+Durable otherwise: with ``TORCHROUTER_SPEND_PATH`` set, the book is kept in that file (``{"day": "YYYY-MM-DD",
 "total_usd": x}``, :meth:`DailySpend.to_record` / :meth:`DailySpend.from_record`; written by atomic replace,
 ``torchrouter_core.spend_file``), so today's total survives a restart of either process: the hooks resume
 from it, the classifier starts from it until the first response reports the book.
@@ -16,8 +21,24 @@ import datetime as dt
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Protocol
 
 from capability_matrix import utc_day
+
+
+class SharedSpend(Protocol):
+    """A day book several processes share (``torchrouter.redis_spend.RedisSpendBook``). USD, Unix seconds.
+    Every method may raise (the backend did not answer)."""
+
+    async def book(self, call_id: str, cost_usd: float, now: float) -> float:
+        """Add one call's cost to the day of ``now``, once per call id; that day's total after it."""
+        ...
+
+    async def today(self, now: float) -> float:
+        """The total of the day of ``now`` (0 when nothing was booked)."""
+        ...
+
+    async def close(self) -> None: ...
 
 
 @dataclass
@@ -25,6 +46,8 @@ class DailySpend:
     day: dt.date | None = None
     total_usd: float = 0.0
     _day_ends: float = float("-inf")  # the current day's end as a timestamp: one float compare per call
+    unknown_why: str | None = None  # why this day's total is unknown (a corrupt book); cleared with the day
+    checked_at: float = float("-inf")  # when the book's file was last read again while unknown
 
     def add(self, cost_usd: float, now: float) -> None:
         """One answer's cost; only a finite, positive amount counts (a garbage cost is no spend)."""
@@ -42,6 +65,11 @@ class DailySpend:
     def today(self, now: float) -> float:
         self._roll(now)
         return self.total_usd
+
+    def unknown(self, now: float) -> str | None:
+        """Why today's total is unknown (the saved book was corrupt), or None: it is known."""
+        self._roll(now)
+        return self.unknown_why
 
     def to_record(self, now: float) -> dict[str, object]:
         self._roll(now)
@@ -63,6 +91,8 @@ class DailySpend:
             return
         day = utc_day(now)
         if day != self.day:
+            if self.day is not None:
+                self.unknown_why = None  # a new day's spend starts at 0, known
             self.day, self.total_usd = day, 0.0
         midnight = dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC)
         self._day_ends = (midnight + dt.timedelta(days=1)).timestamp()

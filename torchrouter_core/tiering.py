@@ -1,8 +1,8 @@
 """Tiers: which kind of work a request is (H high-judgment, R routine, C coding) and why.
 
-This module owns the agent directory (operator-edited YAML: agent -> tier, tier -> first lane and wait
-budget), the request features read from an OpenAI chat body, and the ``classify`` rule. It is pure: callers
-read files and pass the parsed document in.
+This module owns the agent directory (operator-edited YAML: agent -> tier, tier -> first lane, wait
+budget and failure fallbacks), the request features read from an OpenAI chat body, and the ``classify``
+rule. It is pure: callers read files and pass the parsed document in.
 
 Exceptions::
 
@@ -43,7 +43,8 @@ from typing import Any, Final, Generic, Literal, TypeVar
 
 import yaml
 
-from torchrouter_core.identity import LOCAL_GROUPS, Identity, IdentityError, sanitize_agent_id
+from torchrouter_core.identity import GROUPS, LOCAL_GROUPS, Identity, IdentityError, sanitize_agent_id
+from torchrouter_core.strict_yaml import describe_yaml_error, safe_load_strict
 from torchrouter_core.tier_model import TierModel, TierScore
 
 SCAN_HEAD_CHARS: Final = 6_000
@@ -62,11 +63,25 @@ class DirectoryError(ValueError):
     """The agents document is invalid; the message names the offending entry."""
 
 
+# Where a failed attempt goes next, per tier, when the agents file names no ``fallbacks`` for it: up to the
+# tier's cloud group first (a local failure escalates to cloud), then back to the local lanes of the tier's
+# ladder (a cloud failure drops to the tier's local group). :mod:`torchrouter_core.fallbacks` applies them.
+DEFAULT_FALLBACKS: Final[Mapping[Tier, tuple[str, ...]]] = MappingProxyType(
+    {
+        Tier.H: ("cloud-balanced", "balanced", "code"),
+        Tier.R: ("cloud-fast", "fast-chat", "balanced"),
+        Tier.C: ("cloud-code", "code", "balanced"),
+    }
+)
+
+
 @dataclass(frozen=True, slots=True)
 class TierPolicy:
     tier: Tier
     first_lane: str
     wait_budget_ms: int
+    # The failure chain: groups a request of this tier may fall back to after an attempt fails, in order.
+    fallbacks: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +98,11 @@ class AgentDirectory:
     def wait_budget_ms(self, tier: Tier) -> int:
         return self.tiers[tier].wait_budget_ms
 
+    def fallbacks(self, tier: Tier) -> tuple[str, ...]:
+        """The tier's failure chain as configured (``tiers.<T>.fallbacks``), before the routing mode, the
+        budget and the request shape it (:func:`torchrouter_core.fallbacks.failure_chain`)."""
+        return self.tiers[tier].fallbacks
+
 
 def _tier(value: object, where: str) -> Tier:
     if isinstance(value, str) and value.strip().upper() in Tier.__members__:
@@ -93,19 +113,38 @@ def _tier(value: object, where: str) -> Tier:
 def _tier_policy(tier: Tier, entry: object) -> TierPolicy:
     where = f"tiers.{tier}"
     if not isinstance(entry, Mapping):
-        raise DirectoryError(f"{where}: expected a mapping with first_lane and wait_budget_ms")
-    unknown = set(entry) - {"first_lane", "wait_budget_ms"}
+        raise DirectoryError(
+            f"{where}: expected a mapping with first_lane, wait_budget_ms and (optional) fallbacks"
+        )
+    unknown = set(entry) - {"first_lane", "wait_budget_ms", "fallbacks"}
     if unknown:
         raise DirectoryError(f"{where}: unknown keys {sorted(map(str, unknown))}")
     lane = entry.get("first_lane")
-    if lane not in LOCAL_GROUPS:
+    if not isinstance(lane, str) or lane not in LOCAL_GROUPS:
         raise DirectoryError(f"{where}.first_lane: must be one of {', '.join(LOCAL_GROUPS)}, got {lane!r}")
     budget = entry.get("wait_budget_ms")
     if isinstance(budget, bool) or not isinstance(budget, int) or not 0 <= budget <= MAX_WAIT_BUDGET_MS:
         raise DirectoryError(
             f"{where}.wait_budget_ms: must be an integer 0..{MAX_WAIT_BUDGET_MS}, got {budget!r}"
         )
-    return TierPolicy(tier, lane, budget)
+    fallbacks = _fallbacks(entry.get("fallbacks", DEFAULT_FALLBACKS[tier]), f"{where}.fallbacks")
+    return TierPolicy(tier, lane, budget, fallbacks)
+
+
+def _fallbacks(value: object, where: str) -> tuple[str, ...]:
+    """A failure chain: a list of distinct group names (possibly empty: no failure fallbacks)."""
+    if isinstance(value, str) or not isinstance(value, list | tuple):
+        raise DirectoryError(f"{where}: expected a list of groups in fallback order, got {value!r}")
+    chain: list[str] = []
+    for index, group in enumerate(value):
+        if not isinstance(group, str) or group not in GROUPS:
+            raise DirectoryError(
+                f"{where}[{index}]: {group!r} is not a group; groups are {', '.join(sorted(GROUPS))}"
+            )
+        if group in chain:
+            raise DirectoryError(f"{where}[{index}]: {group!r} is listed twice (each group is tried once)")
+        chain.append(group)
+    return tuple(chain)
 
 
 def parse_agent_directory(doc: object) -> AgentDirectory:
@@ -118,7 +157,9 @@ def parse_agent_directory(doc: object) -> AgentDirectory:
 
     raw_tiers = doc.get("tiers")
     if not isinstance(raw_tiers, Mapping):
-        raise DirectoryError("tiers: expected a mapping of H, R and C to {first_lane, wait_budget_ms}")
+        raise DirectoryError(
+            "tiers: expected a mapping of H, R and C to {first_lane, wait_budget_ms, fallbacks (optional)}"
+        )
     tiers: dict[Tier, TierPolicy] = {}
     for key, entry in raw_tiers.items():
         tier = _tier(key, f"tiers.{key}")
@@ -150,9 +191,9 @@ def parse_agent_directory(doc: object) -> AgentDirectory:
 def parse_agent_directory_yaml(text: str) -> AgentDirectory:
     """Parse the YAML text of an agents file (see ``classifier/agents.yaml``)."""
     try:
-        doc = yaml.safe_load(text)
+        doc = safe_load_strict(text)
     except yaml.YAMLError as exc:
-        raise DirectoryError(f"agents document: invalid YAML: {exc}") from None
+        raise DirectoryError(f"agents document: invalid YAML: {describe_yaml_error(exc)}") from None
     return parse_agent_directory(doc)
 
 

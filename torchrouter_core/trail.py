@@ -44,10 +44,15 @@ def problems(events: Iterable[Mapping[str, Any]]) -> list[str]:
     return out
 
 
+_STARTS = frozenset({"request_classified", "request_completed", "queue_rejected"})
+
+
 def last_request_id(events: Sequence[Mapping[str, Any]]) -> str | None:
-    """The request of the newest ``request_classified`` event (the newest request that reached routing)."""
+    """The newest request in the trail: of the newest ``request_classified`` event, or of a request refused
+    before it was classified (a bad body: only its ``request_completed``; a cloud lockout: its
+    ``queue_rejected``), whichever came last. None: the trail has no request."""
     for event in reversed(events):
-        if event.get("event") == "request_classified" and event.get("request_id"):
+        if event.get("event") in _STARTS and event.get("request_id"):
             return str(event["request_id"])
     return None
 
@@ -126,12 +131,20 @@ def render(s: Mapping[str, Any]) -> str:
             f"  ladder: {' -> '.join(c.get('ladder') or [])}" + ("  [canary]" if c.get("canary") else "")
         )
     for step in s["ladder_steps"]:
+        if step.get("step") == "wait":
+            lines.append(
+                f"  ladder step: wait for {step.get('from_group')} ({step.get('reason')}: "
+                f"{step.get('busy')} of {step.get('slots')} slots busy, {step.get('ahead')} ahead; "
+                f"estimated wait {_ms(step.get('estimated_wait_ms'))}, "
+                f"budget {_ms(step.get('wait_budget_ms'))})"
+            )
+            continue
         lines.append(
             f"  ladder step: {step.get('from_group')} -> {step.get('to_group') or '(none left)'} "
             f"({step.get('reason')}; estimated wait {_ms(step.get('estimated_wait_ms'))})"
         )
     done = s["completed"]
-    if done:
+    if done and done.get("group") is not None:  # routed: it had a lane to wait for
         lines.append(
             f"  queue: waited {_ms(done.get('queue_ms'))} against an estimate of "
             f"{_ms(done.get('estimated_wait_ms'))} in {done.get('group')}"
@@ -156,18 +169,28 @@ def render(s: Mapping[str, Any]) -> str:
             f"  breaker {b.get('scope')} {b.get('target')}: {b.get('from_state')} -> {b.get('to_state')} "
             f"({b.get('reason')})"
         )
+    if done and done.get("fallbacks"):
+        lines.append(f"  failure chain: {' -> '.join(done['fallbacks'])}")
     for f in s["fallbacks"]:
         planned = "planned" if f.get("planned") else "not planned"
-        lines.append(f"  fallback: {f.get('from_group')} -> {f.get('to_group')} ({planned})")
+        hop = f"hop {f['hop']}, " if f.get("hop") else ""
+        why = f", after {f['reason']}" if f.get("reason") else ""
+        lines.append(f"  fallback: {f.get('from_group')} -> {f.get('to_group')} ({hop}{planned}{why})")
     if s["rejected"]:
         r = s["rejected"]
         lines.append(
             f"  rejected: {r.get('status')} ({r.get('message')}; retry after {r.get('retry_after_s')} s)"
         )
     if done:
+        deployment = done.get("deployment")
+        answered = (
+            f" from {deployment}" if deployment and deployment != "none" else " (no deployment answered)"
+        )
+        error = "".join(f", {k} {done[k]}" for k in ("code", "param") if done.get(k) is not None)
+        fallback = done.get("fallback")
         lines.append(
-            f"  outcome: {done.get('outcome')} (status {done.get('status')}) from {done.get('deployment')}; "
-            f"fallback {done.get('fallback')}"
+            f"  outcome: {done.get('outcome')} (status {done.get('status')}{error}){answered}"
+            + (f"; fallback {fallback}" if fallback and fallback != "none" else "")
         )
         lines.append(f"  timings: total {_ms(done.get('total_ms'))}, first token {_ms(done.get('ttft_ms'))}")
     else:

@@ -68,11 +68,18 @@ class _Served:
         if on and self.site is not None:
             await self.site.stop()
             self.site = None
-            # Kept-alive connections would still reach the app; close them once their current request ends
-            # (requests already running finish normally, as on a host whose Ollama is being stopped).
+            # Kept-alive connections would still reach the app. An idle one is closed now (the client's
+            # pool sees the close, and its next request connects anew and is refused); a busy one once its
+            # current request ends (requests already running finish normally), as an Ollama being stopped
+            # does (Go's Server.Shutdown). Not RequestHandler.close() on an idle one: aiohttp 3.14 then
+            # stops serving the connection without closing it, so a pooled client connection hangs until
+            # the client's timeout; that made "refused" look like "hung" for the first request (BENCHMARKS).
             if self.runner.server is not None:
                 for conn in self.runner.server.connections:
-                    conn.close()
+                    if getattr(conn, "_request_in_progress", True):
+                        conn.close()
+                    else:
+                        conn.force_close()
         elif not on and self.site is None:
             await self._listen()
 

@@ -3,8 +3,10 @@
 Owns which models are resident, how much GPU memory they hold, who may run now and who waits, keep-alive
 expiry, and the counters tests read (loads, evictions, spills, ...). It imitates Ollama's scheduler:
 `num_parallel` slots per model, at most `max_loaded_models` resident, idle models evicted before a load
-(shortest remaining keep-alive first), a load that cannot fit waits for busy models, and a model that can
-never fit loads partly on the GPU ("spill") and runs at a fifth of its speed.
+(shortest remaining keep-alive first: the least recently used when keep-alives are equal, the order the
+router's eviction planner walks, `torchrouter_core.eviction`), a load that cannot fit waits for busy
+models, and a model that can never fit loads partly on the GPU ("spill") and runs at a fifth of its speed.
+A host's `gpu_overhead_gb` (Ollama's OLLAMA_GPU_OVERHEAD) is kept free, as Ollama's memory estimate does.
 
 Every method takes `now` (seconds on any monotonic clock); nothing here sleeps or does I/O. The async edge
 drives it with submit -> try_start (until Start) -> release, and re-tries waiting tickets whenever anything
@@ -154,7 +156,7 @@ class HostScheduler:
     # -- memory -------------------------------------------------------------------------------------------
     @property
     def capacity_gb(self) -> float:
-        return self.spec.gpu_memory_gb - self.external_gb
+        return self.spec.gpu_memory_gb - self.external_gb - self.spec.gpu_overhead_gb
 
     @property
     def in_use_gb(self) -> float:

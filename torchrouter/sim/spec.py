@@ -35,6 +35,7 @@ class HostSpec:
     num_parallel: int = 1
     max_loaded_models: int = 3
     models: tuple[ModelSpec, ...] = field(default_factory=tuple)
+    gpu_overhead_gb: float = 0.0  # OLLAMA_GPU_OVERHEAD: kept free on the GPU (Ollama's default 0)
 
     def model(self, name: str) -> ModelSpec | None:
         return next((m for m in self.models if m.name == name), None)
@@ -117,6 +118,7 @@ def fleet_spec_from_matrix(
                 num_parallel=int(h.get("num_parallel", 1)),
                 max_loaded_models=int(h.get("max_loaded_models", 3)),
                 models=tuple(models),
+                gpu_overhead_gb=float(h.get("gpu_overhead_gb", 0.0)),
             )
         )
     cloud = (

@@ -53,20 +53,25 @@ def rank(
         raise NoCandidate(group, rejected)
     total_weight = sum(weights.values()) or 1.0
     plan = [(name, scorers.SCORERS[name], w / total_weight) for name, w in weights.items()]
-    terms: dict[str, dict[str, float]] = {}
+    columns: list[list[float]] = [[] for _ in plan]
     scored: list[tuple[Profile, float]] = []
     for p in kept:
-        values = {name: _clamp(scorer(p, fleet)) for name, scorer, _ in plan}
-        terms[p.key] = values
-        scored.append((p, sum(values[name] * share for name, _, share in plan)))
+        score = 0.0
+        for column, (_, scorer, share) in zip(columns, plan, strict=True):
+            value = _clamp(scorer(p, fleet))
+            column.append(value)
+            score += value * share
+        scored.append((p, score))
     t2 = time.perf_counter()
     chosen = picker(scored)
     t3 = time.perf_counter()
     return Ranking(
         chosen=chosen,
-        scores={p.key: round(s, 4) for p, s in scored},
         rejected=rejected,
+        keys=[p.key for p, _ in scored],
+        score_list=[score for _, score in scored],
+        term_names=tuple(name for name, _, _ in plan),
+        term_values=columns,
         timings_ms={"filter": (t1 - t0) * 1e3, "score": (t2 - t1) * 1e3, "pick": (t3 - t2) * 1e3},
-        terms={key: {name: round(v, 4) for name, v in t.items()} for key, t in terms.items()},
         ttft_s={chosen.key: round(scorers.estimated_ttft_s(chosen, fleet), 4)},
     )

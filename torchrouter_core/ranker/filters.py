@@ -8,7 +8,7 @@ same ones lane capacity counts with.
 
 from __future__ import annotations
 
-from capability_matrix.model import Profile
+from capability_matrix.model import Profile, WarmState
 from torchrouter_core import usability
 from torchrouter_core.ranker.interfaces import Filter, FleetSnapshot, RequestNeeds
 
@@ -29,9 +29,14 @@ def breaker(profile: Profile, needs: RequestNeeds, fleet: FleetSnapshot) -> str 
 
 
 def room(profile: Profile, needs: RequestNeeds, fleet: FleetSnapshot) -> str | None:
+    """A cold model that fits neither in free memory nor after evicting idle residents (``no_room``), or
+    a resident one that a live reservation is evicting (``evicting``): :func:`usability.cannot_load`'s
+    rule, with the snapshot's memoised placement."""
     if fleet.rooms is None:  # no room known for the fleet: not checked
         return None
-    return usability.cannot_load(profile, fleet.rooms.get(profile.host_id))
+    if profile.is_local and profile.warm_state is WarmState.COLD:
+        return "no_room" if fleet.placement(profile) is None else None
+    return usability.cannot_load(profile, fleet.rooms.get(profile.host_id), fleet.observed_gb)
 
 
 def context_window(profile: Profile, needs: RequestNeeds, fleet: FleetSnapshot) -> str | None:

@@ -16,13 +16,16 @@ follows kubernetes-sigs/gateway-api-inference-extension's endpoint-picker schedu
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
 
-from capability_matrix.model import Profile
-from torchrouter_core.usability import HostRoom
+from capability_matrix.model import Profile, WarmState
+from torchrouter_core.eviction import UNLOAD_S
+from torchrouter_core.memory import claim_gb
+from torchrouter_core.usability import FITS, HostRoom, Placement, place
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,9 +44,11 @@ class RequestNeeds:
 @dataclass(frozen=True)
 class FleetSnapshot:
     """Requests in flight per profile key, the parallel slots behind each (from its host), and each host's
-    room (host id -> :class:`HostRoom`; a host absent from ``rooms`` is not checked for room); for the
-    expected time to first token: observed service seconds per request and cold-load seconds per profile
-    key (absent: the defaults in :mod:`.scorers`), and the request's prompt tokens."""
+    room (host id -> :class:`HostRoom`, residents and their eviction rules included; ``rooms`` ``None``:
+    room is not checked); for the expected time to first token: observed service seconds per request and
+    cold-load seconds per profile key (absent: the defaults in :mod:`.scorers`), and the request's prompt
+    tokens; every ``size_vram`` seen (``(host id, model)`` -> GB: what a load claims,
+    :func:`torchrouter_core.memory.claim_gb`) and the seconds each evicted model adds (``unload_s``)."""
 
     in_flight: Mapping[str, int] = field(default_factory=dict)
     slots: Mapping[str, int] = field(default_factory=dict)
@@ -54,6 +59,25 @@ class FleetSnapshot:
     # Profile key -> why it is refused for this request: its circuit breaker or its host's
     # (torchrouter_core.breaker), or ``already_tried`` (an earlier attempt of the same request used it).
     breakers: Mapping[str, str] = field(default_factory=dict)
+    observed_gb: Mapping[tuple[str, str], float] = field(default_factory=dict)
+    unload_s: float = UNLOAD_S
+    # id(profile) -> (profile, its placement): the same candidate is placed once per cycle
+    _placements: dict[int, tuple[Profile, Placement | None]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+
+    def placement(self, profile: Profile) -> Placement | None:
+        """Where a pick of ``profile`` would load its model (:func:`torchrouter_core.usability.place`):
+        :data:`~torchrouter_core.usability.FITS` for a resident or cloud profile, or when rooms are not
+        checked; ``None`` when a cold one has no room, even by evicting. Memoised per snapshot."""
+        if not profile.is_local or profile.warm_state is not WarmState.COLD or self.rooms is None:
+            return FITS
+        memo = self._placements.get(id(profile))
+        if memo is not None and memo[0] is profile:
+            return memo[1]
+        found = place(claim_gb(profile, self.observed_gb), self.rooms.get(profile.host_id), profile.model)
+        self._placements[id(profile)] = (profile, found)
+        return found
 
     def utilization(self, key: str) -> float:
         """In flight / slots, 0 when idle; a deployment with no known slots is full once anything runs."""
@@ -92,13 +116,56 @@ class RankOutcome(StrEnum):
 
 @dataclass(frozen=True)
 class Ranking:
+    """A pick and how it came about. The kept candidates in columns, aligned: ``keys``, their weighted
+    ``score_list`` and, per term named in ``term_names``, the clamped values (``term_values``, one column
+    per term: a 1,000-candidate cycle allocates no per-candidate containers). ``scored``, ``scores`` and
+    ``terms`` are the same as rows and rounded dicts, built on first read; ``ttft_s``: the pick's
+    estimated seconds to first token (its own: no eviction charge)."""
+
     chosen: Profile
-    scores: Mapping[str, float]
     rejected: Mapping[str, str]
+    keys: Sequence[str] = ()
+    score_list: Sequence[float] = ()
+    term_names: tuple[str, ...] = ()
+    term_values: Sequence[Sequence[float]] = ()
     timings_ms: Mapping[str, float] = field(default_factory=dict)
     outcome: RankOutcome = RankOutcome.ROUTED
-    terms: Mapping[str, Mapping[str, float]] = field(default_factory=dict)  # key -> scorer -> value
     ttft_s: Mapping[str, float] = field(default_factory=dict)  # key -> estimated time to first token
+
+    def row(self, i: int) -> tuple[str, float, tuple[float, ...]]:
+        """The ``i``-th kept candidate: ``(key, weighted score, clamped value per term)``."""
+        return self.keys[i], self.score_list[i], tuple(column[i] for column in self.term_values)
+
+    @functools.cached_property
+    def scored(self) -> list[tuple[str, float, tuple[float, ...]]]:
+        """Every kept candidate as a :meth:`row`, in candidate order."""
+        return [self.row(i) for i in range(len(self.keys))]
+
+    @functools.cached_property
+    def scores(self) -> Mapping[str, float]:
+        """Key -> weighted score, rounded to 4 places, every kept candidate."""
+        return {key: round(score, 4) for key, score in zip(self.keys, self.score_list, strict=True)}
+
+    @functools.cached_property
+    def terms(self) -> Mapping[str, Mapping[str, float]]:
+        """Key -> term -> clamped value, rounded to 4 places, every kept candidate."""
+        names = self.term_names
+        return {
+            key: {n: round(v, 4) for n, v in zip(names, values, strict=True)}
+            for key, _, values in self.scored
+        }
+
+    def best_indices(self, n: int) -> list[int]:
+        """Where the ``n`` best kept candidates are in the columns, in pick order (highest score first,
+        ties by key)."""
+        keys, scores = self.keys, self.score_list
+        order = sorted(range(len(keys)), key=keys.__getitem__)  # two stable C sorts: score, then key
+        order.sort(key=scores.__getitem__, reverse=True)
+        return order[:n]
+
+    def best(self, n: int) -> list[tuple[str, float, tuple[float, ...]]]:
+        """The ``n`` best kept candidates as rows, in pick order (highest score first, ties by key)."""
+        return [self.row(i) for i in self.best_indices(n)]
 
 
 class NoCandidate(Exception):

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from capability_matrix.model import Profile, WarmState
+from torchrouter_core.env import finite_float, non_negative
 from torchrouter_core.ranker.interfaces import FleetSnapshot, Scorer
 
 # Defaults before anything is observed. Load time: 2 s + 0.4 s per GB, the simulated fleet's model of
@@ -47,11 +48,12 @@ def load_estimate_s(profile: Profile) -> float:
 
 
 def estimated_ttft_s(profile: Profile, fleet: FleetSnapshot) -> float:
-    """Expected seconds to the first token: the wait for a slot + a cold load + prompt processing.
+    """Expected seconds to the first token: the wait for a slot + a cold load + evictions + prompt.
 
     Wait: with ``b`` requests in flight on ``n`` slots, ``max(0, b - n + 1) * service / n`` (the line ahead
     drains ``n`` at a time); service is the observed mean, else ``DEFAULT_SERVICE_S``. Load: none when the
     last ``/api/ps`` lists the model (warm, hot), else the observed load time, else :func:`load_estimate_s`.
+    Evictions: ``fleet.unload_s`` per model the load must unload first (:meth:`FleetSnapshot.placement`).
     Prompt: ``prompt_tokens / (PROMPT_TOKENS_PER_S * speed_score)``.
     """
     speed_factor = max(profile.speed_score, 0.05)
@@ -63,13 +65,31 @@ def estimated_ttft_s(profile: Profile, fleet: FleetSnapshot) -> float:
     wait = ahead * fleet.service_s.get(profile.key, DEFAULT_SERVICE_S) / slots
     resident = profile.warm_state in (WarmState.WARM, WarmState.HOT)
     load = 0.0 if resident else fleet.load_s.get(profile.key, load_estimate_s(profile))
-    return wait + load + prompt
+    placement = fleet.placement(profile) if profile.warm_state is WarmState.COLD else None
+    evict = fleet.unload_s * len(placement.victims) if placement is not None else 0.0
+    return wait + load + evict + prompt
+
+
+def eviction_charge_s(profile: Profile, fleet: FleetSnapshot) -> float:
+    """Seconds later requests are expected to lose to reloading what a pick of ``profile`` evicts (the
+    sum of its victims' charges, :func:`torchrouter_core.eviction.eviction_charge_s`); 0 without one."""
+    if profile.warm_state is not WarmState.COLD:
+        return 0.0
+    placement = fleet.placement(profile)
+    return placement.charge_s if placement is not None else 0.0
+
+
+def expected_cost_s(profile: Profile, fleet: FleetSnapshot) -> float:
+    """What the ``ttft`` score compares: this request's expected time to first token plus what its
+    evictions are expected to cost later requests."""
+    return estimated_ttft_s(profile, fleet) + eviction_charge_s(profile, fleet)
 
 
 def ttft(profile: Profile, fleet: FleetSnapshot) -> float:
     # 1 at zero, 1/2 at TTFT_REFERENCE_S, falling as 1/t: a saturated warm deployment loses to a cold one
-    # on a host with free memory exactly when its wait exceeds that load.
-    return TTFT_REFERENCE_S / (TTFT_REFERENCE_S + estimated_ttft_s(profile, fleet))
+    # on a host with free memory exactly when its wait exceeds that load, and to a load that needs an
+    # eviction only when its wait exceeds that load, the unloads and the evicted models' charge.
+    return TTFT_REFERENCE_S / (TTFT_REFERENCE_S + expected_cost_s(profile, fleet))
 
 
 SCORERS: dict[str, Scorer] = {"warm": warm, "quality": quality, "speed": speed, "idle": idle, "ttft": ttft}
@@ -94,20 +114,26 @@ def parse_tier_weights(text: str) -> dict[str, dict[str, float]]:
     """``"H:ttft=0.4,quality=0.6;R:ttft=0.9,quality=0.1"`` -> per-tier weights (tiers not named keep
     :data:`TIER_WEIGHTS`). Raises ValueError naming the bad part (an unknown scorer, a negative weight)."""
     table = {tier: dict(w) for tier, w in TIER_WEIGHTS.items()}
+    tiers_seen: set[str] = set()
     for part in filter(None, (p.strip() for p in text.split(";"))):
         tier, sep, body = part.partition(":")
         if not sep or tier.strip() not in ("H", "R", "C"):
             raise ValueError(f"ranker weights {part!r}: expected <H|R|C>:<scorer>=<weight>,...")
+        if tier.strip() in tiers_seen:
+            raise ValueError(f"ranker weights: tier {tier.strip()!r} is given twice; give each tier once")
+        tiers_seen.add(tier.strip())
         weights: dict[str, float] = {}
         for item in filter(None, (i.strip() for i in body.split(","))):
             name, eq, value = item.partition("=")
-            try:
-                number = float(value)
-            except ValueError:
-                number = -1.0
-            if not eq or name.strip() not in SCORERS or not number >= 0:
+            number = finite_float(value)
+            if not eq or name.strip() not in SCORERS or number is None or not non_negative(number):
                 raise ValueError(
-                    f"ranker weights {item!r}: expected <scorer>=<weight >= 0>, scorers {sorted(SCORERS)}"
+                    f"ranker weights {item!r}: expected <scorer>=<finite weight >= 0>, "
+                    f"scorers {sorted(SCORERS)}"
+                )
+            if name.strip() in weights:
+                raise ValueError(
+                    f"ranker weights: {tier.strip()}:{name.strip()} is given twice; give each scorer once"
                 )
             weights[name.strip()] = number
         table[tier.strip()] = weights
