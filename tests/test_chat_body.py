@@ -150,3 +150,13 @@ def test_near_misses_are_worded_by_the_schema(body: dict[str, Any], message: str
     with pytest.raises(BadRequest) as caught:
         parse_chat_body(orjson.dumps(body))
     assert caught.value.param == message
+
+
+@pytest.mark.parametrize("field", ["api_base", "metadata"])
+def test_the_shortcut_still_refuses_privileged_fields(field: str) -> None:
+    value: object = "http://elsewhere" if field == "api_base" else {"api_base": "http://elsewhere"}
+    body = {"messages": [{"role": "user", "content": "x"}], field: value}
+    assert _plain_body(body)  # the shape is plain; the field is what is refused
+    with pytest.raises(BadRequest) as caught:
+        parse_chat_body(orjson.dumps(body))
+    assert caught.value.code == "field_not_allowed"
