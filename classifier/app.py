@@ -332,8 +332,14 @@ def _json(data: Any, status: int = 200) -> web.Response:
 
 
 async def health(request: web.Request) -> web.Response:
+    """``ok``; or ``degraded`` with the shared backends the hooks' last report said were failing (the
+    VRAM ledger or the spend book in Redis: ``kind:ExceptionClass``), until a report says they answer."""
     spend = request.app[SPEND_KEY].today(time.time())
-    return _json({"status": "ok", "daily_spend_usd": round(spend, 6)})
+    degraded = request.app[HOOKS_SEEN_KEY].degraded
+    body: dict[str, Any] = {"status": "degraded" if degraded else "ok", "daily_spend_usd": round(spend, 6)}
+    if degraded:
+        body["degraded"] = list(degraded)
+    return _json(body)
 
 
 def _refused_per_lane(app: web.Application) -> dict[str, int]:

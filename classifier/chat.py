@@ -329,24 +329,41 @@ async def _exchange(
         report = RouteReport.from_headers(upstream.headers)
         _annotate(trace, report, app[MATRIX_KEY], group)
         _learn(app, trace, report, upstream.status)
-        trace.litellm_ttft_ms = (headers_at - sent) * 1e3
-        trace.total_ms = (headers_at - started) * 1e3
-        out_headers = {h: upstream.headers[h] for h in RELAYED_HEADERS if h in upstream.headers}
-        content_type = upstream.headers.get("Content-Type", "")
-        if upstream.status == 200 and content_type.startswith(STREAM_TYPES):
-            return await relay_stream(request, upstream, {**out_headers, **trace.headers()}, relay, started)
-        payload = await upstream.read()
-        done = time.perf_counter()
-        trace.litellm_ttft_ms = (done - sent) * 1e3
-        trace.total_ms = (done - started) * 1e3
-        relay.status, relay.ttft_s = upstream.status, done - started
-        if upstream.status == 429 and b"No deployments available" in payload:
-            # LiteLLM's "no deployments" is not "busy": say what it really is (torchrouter_core.feasibility).
-            verdict = explain_no_deployment(group, report.no_candidate, upstream.headers.get("Retry-After"))
-            error = verdict_error(verdict)
-            relay.status = error.status
-            return error_response(error, trace.headers())
-        return web.Response(status=upstream.status, body=payload, headers={**out_headers, **trace.headers()})
+        try:
+            return await _relay(request, upstream, trace, group, report, (started, sent, headers_at), relay)
+        finally:  # this request no longer holds a lease or runs anywhere: the mirror drops its part
+            app[LEDGER_KEY].ended(trace.request_id)
+
+
+async def _relay(
+    request: web.Request,
+    upstream: Any,
+    trace: RouteTrace,
+    group: str,
+    report: RouteReport,
+    times: tuple[float, float, float],
+    relay: Relay,
+) -> web.StreamResponse:
+    """The answer of :func:`_exchange`, relayed; ``times``: (started, forwarded, headers received)."""
+    started, sent, headers_at = times
+    trace.litellm_ttft_ms = (headers_at - sent) * 1e3
+    trace.total_ms = (headers_at - started) * 1e3
+    out_headers = {h: upstream.headers[h] for h in RELAYED_HEADERS if h in upstream.headers}
+    content_type = upstream.headers.get("Content-Type", "")
+    if upstream.status == 200 and content_type.startswith(STREAM_TYPES):
+        return await relay_stream(request, upstream, {**out_headers, **trace.headers()}, relay, started)
+    payload = await upstream.read()
+    done = time.perf_counter()
+    trace.litellm_ttft_ms = (done - sent) * 1e3
+    trace.total_ms = (done - started) * 1e3
+    relay.status, relay.ttft_s = upstream.status, done - started
+    if upstream.status == 429 and b"No deployments available" in payload:
+        # LiteLLM's "no deployments" is not "busy": say what it really is (torchrouter_core.feasibility).
+        verdict = explain_no_deployment(group, report.no_candidate, upstream.headers.get("Retry-After"))
+        error = verdict_error(verdict)
+        relay.status = error.status
+        return error_response(error, trace.headers())
+    return web.Response(status=upstream.status, body=payload, headers={**out_headers, **trace.headers()})
 
 
 def _failure_chain(app: web.Application, decision: RouteDecision, admission: Admission) -> tuple[str, ...]:
@@ -416,14 +433,21 @@ def _learn(app: web.Application, trace: RouteTrace, report: RouteReport, status:
     fleet = app[FLEET_KEY]
     if trace.model != "none" and status < 400:
         fleet.served(trace.model)
+    if report.degraded is not None:
+        app[HOOKS_SEEN_KEY].degraded = report.degraded
     if report.daily_spend_usd is not None:
-        app[SPEND_KEY].mirror(report.daily_spend_usd, time.time())
+        if any(d.startswith("spend_book:") for d in report.degraded or ()):
+            # The hooks could not read the shared book: their total may be less than the day's (a worker
+            # that never read it); never lower the total known, which keeps the budget lockout honest.
+            app[SPEND_KEY].at_least(report.daily_spend_usd, time.time())
+        else:
+            app[SPEND_KEY].mirror(report.daily_spend_usd, time.time())
     if report.hook_errors is not None:
         app[HOOKS_SEEN_KEY].errors = report.hook_errors
     if report.auth_lockouts is not None:
         fleet.set_auth_lockouts(dict.fromkeys(report.auth_lockouts, "provider answered 401/403"))
     if report.ledger is not None:  # lane limits follow when the reservations changed
-        app[LEDGER_KEY].update(report.ledger, time.time())
+        app[LEDGER_KEY].update(report.ledger, time.time(), trace.request_id, report.own)
     if report.breakers is not None:
         seen, was = app[HOOKS_SEEN_KEY], app[HOOKS_SEEN_KEY].refused(time.time())
         seen.breakers, seen.breakers_at = report.breakers, time.time()

@@ -36,13 +36,54 @@ class LedgerMirror:
     hosts: dict[str, HostReport] = field(default_factory=dict)
     received_at: float | None = None
     on_change: Callable[[], None] = lambda: None  # the reservations changed (the app refreshes lane limits)
+    # Request id -> its own part of the reports (``x-torchrouter-own``), while its relay runs.
+    live: dict[str, Mapping[str, HostReport]] = field(default_factory=dict)
+    # The requests whose own parts ``hosts`` includes: those live when the last report came.
+    included: set[str] = field(default_factory=set)
 
-    def update(self, report: Mapping[str, HostReport], now: float) -> bool:
-        """Replace the mirror with a report; ``True`` (and ``on_change``) when the reservations changed."""
-        changed = {h: (r.reserved_gb, r.pending_models) for h, r in report.items()} != {
+    def update(
+        self,
+        report: Mapping[str, HostReport],
+        now: float,
+        request_id: str | None = None,
+        own: Mapping[str, HostReport] | None = None,
+    ) -> bool:
+        """Replace the mirror with a report (``request_id``'s, whose own part is ``own``); ``True`` (and
+        ``on_change``) when the reservations changed."""
+        if request_id is not None and own is not None:
+            self.live[request_id] = own
+        self.included = set(self.live)
+        return self._replace(dict(report), now)
+
+    def ended(self, request_id: str) -> bool:
+        """The request's relay ended: its own part leaves the mirror, unless a later report was taken
+        after it ended (then that report no longer had it)."""
+        own = self.live.pop(request_id, None)
+        if own is None or request_id not in self.included:
+            return False
+        self.included.discard(request_id)
+        hosts = dict(self.hosts)
+        for host, mine in own.items():
+            r = hosts.get(host)
+            if r is None:
+                continue
+            left = HostReport(
+                max(0.0, r.reserved_gb - mine.reserved_gb) if r.leases > mine.leases else 0.0,
+                max(0, r.leases - mine.leases),
+                max(0, r.pending_models - mine.pending_models) if r.leases > mine.leases else 0,
+                max(0, r.in_flight - mine.in_flight),
+            )
+            if left == HostReport(0.0, 0, 0, 0):
+                del hosts[host]
+            else:
+                hosts[host] = left
+        return self._replace(hosts, self.received_at)
+
+    def _replace(self, hosts: dict[str, HostReport], now: float | None) -> bool:
+        changed = {h: (r.reserved_gb, r.pending_models) for h, r in hosts.items()} != {
             h: (r.reserved_gb, r.pending_models) for h, r in self.hosts.items()
         }
-        self.hosts, self.received_at = dict(report), now
+        self.hosts, self.received_at = hosts, now
         if changed:
             self.on_change()
         return changed

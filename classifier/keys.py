@@ -49,6 +49,8 @@ class HooksSeen:
     # Profile keys the hooks' circuit breakers refuse, as of ``breakers_at`` (time.time()).
     breakers: frozenset[str] = frozenset()
     breakers_at: float = 0.0
+    # The shared backends (VRAM ledger, spend book in Redis) failing as of the last report: /health.
+    degraded: tuple[str, ...] = ()
 
     def refused(self, now: float) -> frozenset[str]:
         """The mirrored set while fresh; after ``BREAKERS_TTL_S`` without a report, nothing (the hooks

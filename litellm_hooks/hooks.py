@@ -39,7 +39,7 @@ from capability_matrix.live import sharing_credentials
 from capability_matrix.probe import FleetProbe
 from litellm_hooks.client_watch import ClientWatches, watch_current_client
 from litellm_hooks.failures import classify
-from litellm_hooks.reservations import Reservations, host_reports, open_ledger
+from litellm_hooks.reservations import Reservations, host_reports, open_ledger, own_report
 from litellm_hooks.settings import HooksSettings
 from litellm_hooks.streams import name_the_group, shaped_stream
 from torchrouter_core import spend_file
@@ -182,9 +182,12 @@ class HooksRuntime:
                     self.unbooked.insert(0, call)
                     raise
             total = await shared.today(now)
-        except Exception:
-            log.warning("spend book in Redis did not answer; this worker counts on its own", exc_info=True)
+        except Exception as exc:
+            # The last shared total this worker saw plus what it booked since stands (never less); the
+            # report says the book is degraded, so the classifier keeps the higher total it knew.
+            self.reservations.faults.failed("spend_book", "this worker counts on its own", exc)
             return
+        self.reservations.faults.ok("spend_book")
         if not self.unbooked:  # booked meanwhile by another task: it mirrors after its own booking
             self.spend.daily.mirror(total, now)
         self.spend_synced = True
@@ -233,15 +236,43 @@ def _attempt_of(ctx: dict[str, Any], reported: str | None, *, failed: bool) -> s
     """Which of this request's attempts an outcome belongs to. LiteLLM's attempts for one request run one
     after another, but it may log an attempt's failure after the next one started, with the next one's
     deployment in the call's parameters (a stream cut midway that it continued from its fallback group):
-    a failure belongs to the oldest attempt not yet reported; a success to the deployment it names."""
+    a failure belongs to the oldest attempt not yet reported; a success to the deployment it names. A
+    failure when every attempt has been reported already is the same failure told twice: ``None``."""
     pending = ctx.get("pending")
-    if not isinstance(pending, list) or not pending:
+    if not isinstance(pending, list):
         return reported
+    if not pending:
+        return None if failed and ctx.get("tried") else reported
     if not failed and reported in pending:
         pending.remove(reported)
         return reported
     attempt = pending.pop(0)
     return attempt if isinstance(attempt, str) else reported
+
+
+def _first_report(ctx: dict[str, Any], exc: object) -> bool:
+    """True the first time this request's failure ``exc`` is seen (LiteLLM may pass the same exception
+    twice: the request's exceptions stay alive while it runs, so their ids name them)."""
+    if exc is None:
+        return True
+    seen = ctx.setdefault("failures_seen", [])
+    if not isinstance(seen, list):
+        return True
+    if id(exc) in seen:
+        return False
+    seen.append(id(exc))
+    return True
+
+
+def _rearm_failure_log(kwargs: Mapping[str, Any]) -> None:
+    """LiteLLM 1.102.4 keeps one logging object for a request's whole fallback chain and logs its failure
+    once (``has_logged_async_failure``): every later hop's failure would never reach
+    ``async_log_failure_event``. A new attempt starts after the previous one's failure was logged (LiteLLM
+    awaits that log before falling back), so the flag is cleared here for this attempt's own failure."""
+    logging_obj = kwargs.get("litellm_logging_obj")
+    details = getattr(logging_obj, "model_call_details", None)
+    if isinstance(details, dict):
+        details.pop("has_logged_async_failure", None)
 
 
 def _status_of(exc: object) -> int | None:
@@ -365,6 +396,8 @@ class RouterHooks(CustomLogger):
                     await asyncio.wait_for(runtime.first_round.wait(), FIRST_ROUND_WAIT_S)
             kwargs = request_kwargs or {}
             ctx = _ctx_of(kwargs)
+            if ctx.get("tried"):  # a later attempt of this request: its failure must be logged too
+                _rearm_failure_log(kwargs)
             now = time.time()
             if runtime.shared_spend is not None and not runtime.spend_synced:  # after a restart: the book
                 await runtime.sync_spend(now)
@@ -612,7 +645,8 @@ class RouterHooks(CustomLogger):
             self.client_watches.take(kwargs.get("litellm_call_id"))  # a stream that never started
             await self._release(kwargs)
             exc = kwargs.get("exception")
-            self._finished(kwargs, _status_of(exc) or 0, exc)
+            if _first_report(_ctx_of(kwargs), exc):
+                self._finished(kwargs, _status_of(exc) or 0, exc)
         except Exception:
             self._failed("log_failure")
 
@@ -633,11 +667,17 @@ class RouterHooks(CustomLogger):
                 runtime.book(data.get("litellm_call_id"), _response_cost(response), now)
                 await runtime.sync_spend(now)  # the shared book's total (other workers' spend included)
             warm = ctx.get("warm_state")
-            ledger = None
+            ledger = own = None
             if runtime is not None:
                 matrix = runtime.fleet.matrix(now)
                 ledger = host_reports(
                     matrix, await runtime.reservations.view(matrix, now), runtime.in_flight.counts(now)
+                )
+                token, request_id = ctx.get("lease_token"), ctx.get("request_id")
+                own = own_report(
+                    matrix,
+                    runtime.reservations.of_token(token) if isinstance(token, str) else [],
+                    runtime.in_flight.of_request(str(request_id)) if request_id else [],
                 )
             report = RouteReport(
                 deployment=ctx.get("deployment"),
@@ -650,6 +690,8 @@ class RouterHooks(CustomLogger):
                 ledger=ledger,
                 breakers=frozenset(runtime.blocked(runtime.fleet.store.current, now)) if runtime else None,
                 groups=tuple(ctx.get("groups") or ()),
+                degraded=runtime.reservations.faults.report() if runtime is not None else None,
+                own=own,
             )
             return report.to_headers()
         except Exception:
@@ -673,6 +715,12 @@ class RouterHooks(CustomLogger):
             token, request_id = ctx.get("lease_token"), ctx.get("request_id")
             if isinstance(token, str):
                 await runtime.reservations.release(token, None, time.time())
+            pending = ctx.get("pending")
+            failure, _ = classify(original_exception, time.time())
+            left = isinstance(pending, list) and bool(pending)
+            if failure is not None and left and _first_report(ctx, original_exception):
+                # The last attempt's failure that no failure log told (a catch-up; normally none is left).
+                self._finished(request_data, _status_of(original_exception) or 0, original_exception)
             if request_id:
                 runtime.in_flight.finish_request(str(request_id))
         except Exception:

@@ -31,9 +31,11 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from capability_matrix.model import Matrix, Profile
+from litellm_hooks.backend import BackendFaults
 from litellm_hooks.settings import HooksSettings
 from torchrouter_core.contract import HostReport
 from torchrouter_core.ledger import (
+    SETTLE_SUFFIX,
     HostLedger,
     InProcessLedger,
     Ledger,
@@ -58,20 +60,42 @@ class Held:
 def host_reports(
     matrix: Matrix, view: Mapping[str, HostLedger], in_flight: Mapping[str, int]
 ) -> dict[str, HostReport]:
-    """Host id -> what ``x-torchrouter-ledger`` reports: the ledger's view plus requests in flight per
-    host (summed over its profiles); hosts with nothing reserved and nothing in flight are left out."""
+    """Host id -> what ``x-torchrouter-ledger`` reports: the ledger's live leases (held by requests still
+    running; settling ones, released and kept counted by the hooks until the poll lists their model, are
+    left out: their requests have ended, and the classifier's own poll sees the loaded model) plus requests
+    in flight per host (summed over its profiles); hosts with nothing reserved and nothing in flight are
+    left out."""
     busy: dict[str, int] = {}
     for key, count in in_flight.items():
         profile = matrix.profiles.get(key)
         if profile is not None and profile.is_local and count > 0:
             busy[profile.host_id] = busy.get(profile.host_id, 0) + count
+    resident = resident_models(matrix)
     out: dict[str, HostReport] = {}
     for host in view.keys() | busy.keys():
         held = view.get(host)
-        reserved, leases, pending = (
-            (held.reserved_gb, len(held.leases), held.pending_models) if held else (0, 0, 0)
-        )
-        out[host] = HostReport(float(reserved), leases, pending, busy.get(host, 0))
+        live = [lease for lease in held.leases if not lease.lease_id.endswith(SETTLE_SUFFIX)] if held else []
+        mine = HostLedger.of(live, resident.get(host, frozenset())) if live else None
+        reserved, leases, pending = (mine.reserved_gb, len(live), mine.pending_models) if mine else (0, 0, 0)
+        if reserved or leases or busy.get(host, 0):
+            out[host] = HostReport(float(reserved), leases, pending, busy.get(host, 0))
+    return out
+
+
+def own_report(matrix: Matrix, leases: Collection[Held], in_flight: Collection[str]) -> dict[str, HostReport]:
+    """One request's own part of :func:`host_reports` (``x-torchrouter-own``): the leases it holds and its
+    attempts in flight, per host. The classifier takes it off its mirror when that request's relay ends,
+    so a finished request stops counting there."""
+    out: dict[str, HostReport] = {}
+    for held in leases:
+        r = out.get(held.host_id, HostReport(0.0, 0, 0, 0))
+        gb, count = r.reserved_gb + held.gb, r.leases + 1
+        out[held.host_id] = HostReport(gb, count, r.pending_models + 1, r.in_flight)
+    for key in in_flight:
+        profile = matrix.profiles.get(key)
+        if profile is not None and profile.is_local:
+            r = out.get(profile.host_id, HostReport(0.0, 0, 0, 0))
+            out[profile.host_id] = HostReport(r.reserved_gb, r.leases, r.pending_models, r.in_flight + 1)
     return out
 
 
@@ -92,14 +116,21 @@ class Reservations:
     # Ledger calls that outlive a cancelled caller (a client that left mid-reserve or mid-release): kept
     # referenced until done, so the memory is always given back.
     background: set[asyncio.Task[object]] = field(default_factory=set)
+    faults: BackendFaults = field(default_factory=BackendFaults)  # a ledger that does not answer, told once
+
+    def of_token(self, token: str) -> list[Held]:
+        """The leases one request (``token``) holds now."""
+        return [h for (t, _), h in self.held.items() if t == token]
 
     # --- reads ----------------------------------------------------------------------------------------
     async def view(self, matrix: Matrix, now: float) -> dict[str, HostLedger]:
         try:
-            return await self.ledger.view(now, resident_models(matrix))
-        except Exception:  # a ledger we cannot read: rooms as the poll says; reserve still decides
-            log.warning("VRAM ledger view failed", exc_info=True)
+            view = await self.ledger.view(now, resident_models(matrix))
+        except Exception as exc:  # a ledger we cannot read: rooms as the poll says; reserve still decides
+            self.faults.failed("vram_ledger_view", "ranking on the probe's rooms alone", exc)
             return {}
+        self.faults.ok("vram_ledger_view")
+        return view
 
     # --- reserve / renew / release ----------------------------------------------------------------------
     async def reserve(
@@ -142,9 +173,10 @@ class Reservations:
             self._keep(call)
             call.add_done_callback(lambda done: self._undo(done, request.lease_id, request.host_id))
             raise
-        except Exception:
-            log.warning("VRAM ledger reserve failed; treated as refused", exc_info=True)
+        except Exception as exc:
+            self.faults.failed("vram_ledger_reserve", "every cold pick is refused (never overcommit)", exc)
             return False
+        self.faults.ok("vram_ledger_reserve")
         if not granted:
             return False
         held = Held(lease_id, profile.host_id, profile.model, claim, now + self.ledger.ttl_s, victims)
@@ -162,8 +194,9 @@ class Reservations:
             if held_token == token:
                 try:
                     await self.ledger.renew(held.lease_id, held.host_id, now)
-                except Exception:
-                    log.warning("VRAM ledger renew failed", exc_info=True)
+                    self.faults.ok("vram_ledger_renew")
+                except Exception as exc:
+                    self.faults.failed("vram_ledger_renew", "the lease may expire mid-stream", exc)
                 self.held[(held_token, deployment)] = Held(
                     held.lease_id, held.host_id, held.model, held.gb, now + self.ledger.ttl_s, held.victims
                 )
@@ -187,8 +220,10 @@ class Reservations:
     async def _release_one(self, lease_id: str, host_id: str, now: float) -> None:
         try:
             await self.ledger.release(lease_id, host_id, now, self.settle_s)
-        except Exception:
-            log.warning("VRAM ledger release failed; the lease will expire", exc_info=True)
+        except Exception as exc:
+            self.faults.failed("vram_ledger_release", "the lease will expire", exc)
+            return
+        self.faults.ok("vram_ledger_release")
 
     def _keep(self, call: asyncio.Future[object] | object) -> asyncio.Task[object]:
         task: asyncio.Task[object] = asyncio.ensure_future(call)  # type: ignore[arg-type]

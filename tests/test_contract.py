@@ -11,7 +11,7 @@ from multidict import CIMultiDict
 
 from capability_matrix import WarmState
 from torchrouter_core import contract
-from torchrouter_core.contract import RouteReport, RouteRequest, decode_needs, encode_needs
+from torchrouter_core.contract import HostReport, RouteReport, RouteRequest, decode_needs, encode_needs
 from torchrouter_core.needs import output_tokens, request_needs
 from torchrouter_core.ranker import RequestNeeds
 
@@ -69,6 +69,9 @@ def test_route_request_round_trips(request_: RouteRequest) -> None:
         RouteReport(auth_lockouts=frozenset(), daily_spend_usd=0.0, hook_errors=0),  # reported, and empty
         RouteReport(no_candidate="context_window,modality:image"),
         RouteReport(no_candidate="lockout:auth"),
+        RouteReport(degraded=("spend_book:ConnectionError", "vram_ledger_reserve:TimeoutError")),
+        RouteReport(degraded=(), own={}),  # every backend answers; the request holds nothing
+        RouteReport(ledger={"h1": HostReport(6.5, 2, 1, 3)}, own={"h1": HostReport(6.5, 1, 1, 1)}),
     ],
 )
 def test_route_report_round_trips(report: RouteReport) -> None:

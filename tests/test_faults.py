@@ -396,6 +396,31 @@ def _is_hop(event: dict[str, Any]) -> bool:
     return bool(event["event"] == "fallback_selected")
 
 
+async def test_every_failed_hop_of_a_chain_is_recorded_once(
+    fault_stack: Stack, fault_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every step of tier H's chain fails once (a 500 from every host and the cloud): each attempt's failure
+    is its own ``attempt_failed`` (LiteLLM logs only the first failure of a request's shared logging object
+    unless the hooks re-arm it for the next attempt), once each, and ``explain`` names every one."""
+    await breakers_clear(fault_url)
+    fault_stack.sim.reset()
+    for host in [*local_hosts(fault_stack), "cloud"]:
+        fault_stack.sim.set_fault(host, "error_500", count=1)
+    answer = await ask(fault_url, agent="webmaster")
+    assert answer.status >= 500, answer.text
+    mine = [e for e in fault_stack.events() if e["request_id"] == answer.request_id]
+    picked = [e["deployment"] for e in mine if e["event"] == "route_selected" and e.get("deployment")]
+    failed = [e["deployment"] for e in mine if e["event"] == "attempt_failed"]
+    assert len(picked) >= 2, picked
+    assert failed == picked, (picked, failed)
+    assert all(e["failure"] == "server_error" for e in mine if e["event"] == "attempt_failed")
+    assert cli.main(["explain", answer.request_id, "--events", str(fault_stack.events_path)]) == 0
+    text = capsys.readouterr().out
+    assert text.count("failed: server_error") == len(picked), text
+    fault_stack.sim.reset()
+    await breakers_clear(fault_url)
+
+
 async def test_the_tier_total_budget_answers_a_hung_fleet_with_a_clear_504(fault_stack: Stack) -> None:
     """Last in this module: it leaves a breaker or two open. Every step hangs; the classifier's total
     budget for the tier (1.5 s here) ends the request with a 504 in the OpenAI error shape."""

@@ -229,3 +229,26 @@ async def test_a_request_never_retries_a_deployment_and_failures_open_its_breake
     headers = await instance.async_post_call_response_headers_hook(data, None, None)
     assert headers is not None and first in (RouteReport.from_headers(headers).breakers or ())
     assert instance.errors == 0
+
+
+def test_a_backend_failing_is_logged_once_per_kind_and_window_and_reported_until_it_answers(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from litellm_hooks.backend import BackendFaults
+
+    now = [100.0]
+    faults = BackendFaults(log_every_s=30.0, clock=lambda: now[0])
+    with caplog.at_level("WARNING", logger="torchrouter.hooks.backend"):
+        for _ in range(5):
+            faults.failed("vram_ledger_reserve", "treated as refused", ConnectionError("refused"))
+        faults.failed("spend_book", "counting on its own", ConnectionError("refused"))
+        assert faults.report() == ("spend_book:ConnectionError", "vram_ledger_reserve:ConnectionError")
+        now[0] += 31.0
+        faults.failed("vram_ledger_reserve", "treated as refused", ConnectionError("refused"))
+        faults.ok("spend_book")
+    lines = [r.getMessage() for r in caplog.records]
+    assert sum("vram_ledger_reserve failed" in line for line in lines) == 2, lines
+    assert any("(4 more since the last line)" in line for line in lines), lines
+    assert all(r.exc_info is None for r in caplog.records)
+    assert "spend_book answers again" in lines[-1]
+    assert faults.report() == ("vram_ledger_reserve:ConnectionError",)

@@ -73,9 +73,10 @@ async def _cloud_answer(http: aiohttp.ClientSession, url: str) -> float:
         return float(resp.headers["x-litellm-response-cost"])
 
 
-def _restart_litellm(stack: Stack, env_extra: dict[str, str]) -> None:
+def _restart_litellm(stack: Stack, env_extra: dict[str, str], *, same_port: bool = False) -> None:
     """Stop the stack's LiteLLM and start another on the same config, matrix and environment (the caller
-    stops it)."""
+    stops it); ``same_port``: where the running classifiers find it."""
+    port = stack.litellm.port if same_port else free_ports(1)[0]
     stack.litellm.stop()
     env = {
         **os.environ,
@@ -86,7 +87,7 @@ def _restart_litellm(stack: Stack, env_extra: dict[str, str]) -> None:
         **env_extra,
     }
     stack.litellm = LiteLLMProcess.start(
-        stack.config_path, port=free_ports(1)[0], env=env, log_path=stack.dir / "litellm-2.log"
+        stack.config_path, port=port, env=env, log_path=stack.dir / "litellm-2.log"
     )
     stack.litellm.wait_ready()
 
@@ -179,3 +180,44 @@ async def test_two_litellm_workers_keep_one_book(
                 seen.add(_worker_of(f)[rid])
                 i += 1
             assert len(seen) == 2, "one worker answered every sequential request"
+
+
+async def test_redis_down_keeps_the_spend_known_and_says_degraded(tmp_path: Path) -> None:
+    """Redis stops, and LiteLLM restarts meanwhile (a worker that never read the shared book): every cold
+    local pick is refused (never overcommit), the day's spend the classifier knew never drops, ``/health``
+    says ``degraded`` and why, and LiteLLM's log has one line per kind of failure, no traceback."""
+    (tmp_path / "redis").mkdir()
+    redis = RedisServer.start(tmp_path / "redis")
+    env = {"TORCHROUTER_LEDGER_REDIS_URL": redis.url}
+    try:
+        with running_stack(tmp_path / "stack", env) as stack:
+            async with aiohttp.ClientSession() as http, classifiers_for(stack) as factory:
+                url = await factory(spend_redis_url=redis.url)
+                spent = sum([await _cloud_answer(http, url) for _ in range(3)])
+                assert await _health_spend(http, url) == pytest.approx(spent, abs=1e-6)
+                redis.stop()
+                _restart_litellm(stack, env, same_port=True)  # a worker that never read the book
+                try:
+                    more = await _cloud_answer(http, url)
+                    for _ in range(3):  # local picks meet the ledger that does not answer
+                        body = {
+                            "model": "auto",
+                            "messages": [{"role": "user", "content": "hi"}],
+                            "max_tokens": 8,
+                        }
+                        async with http.post(url + "/v1/chat/completions", json=body) as resp:
+                            await resp.read()
+                    async with http.get(url + "/health") as resp:
+                        health = await resp.json()
+                    assert health["daily_spend_usd"] >= round(spent, 6) - 1e-6, (health, spent, more)
+                    assert health["status"] == "degraded", health
+                    assert any(d.startswith("spend_book:") for d in health["degraded"]), health
+                    text = (stack.dir / "litellm-2.log").read_text()
+                    assert "Traceback" not in text, text[-3000:]
+                    assert text.count("spend_book failed") == 1, text[-3000:]
+                    assert text.count("vram_ledger_view failed") <= 1, text[-3000:]
+                    assert text.count("vram_ledger_reserve failed") <= 1, text[-3000:]
+                finally:
+                    stack.litellm.stop()
+    finally:
+        redis.stop()

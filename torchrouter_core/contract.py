@@ -58,6 +58,8 @@ NO_CANDIDATE_HEADER = "x-torchrouter-no-candidate"
 LEDGER_HEADER = "x-torchrouter-ledger"
 BREAKERS_HEADER = "x-torchrouter-breakers"
 GROUPS_HEADER = "x-torchrouter-groups"
+DEGRADED_HEADER = "x-torchrouter-degraded"
+OWN_HEADER = "x-torchrouter-own"
 # LiteLLM's own response headers, read by the classifier.
 LITELLM_MODEL_ID_HEADER = "x-litellm-model-id"
 LITELLM_FALLBACKS_HEADER = "x-litellm-attempted-fallbacks"
@@ -156,7 +158,11 @@ class RouteReport:
     request in flight (empty: nothing anywhere); ``breakers``: every profile key the hooks' circuit breakers
     refuse now (open, or half-open with its trials taken; the host's breaker included), the whole set each
     time; ``groups``: the group of each attempt the hooks routed for this request, in order (a failure
-    fallback adds one; empty: not reported)."""
+    fallback adds one; empty: not reported); ``degraded``: the shared backends failing now, each
+    ``kind:ExceptionClass`` (``vram_ledger_reserve:ConnectionError``, ``spend_book:...``; empty, written
+    ``none``: all answer; ``None``: not reported); ``own``: this request's own part of ``ledger`` (its leases,
+    held or settling, and its attempts in flight; same format), which the classifier takes off its mirror
+    when the request's relay ends."""
 
     deployment: str | None = None
     warm_state: WarmState | None = None
@@ -169,6 +175,8 @@ class RouteReport:
     ledger: Mapping[str, HostReport] | None = None
     breakers: frozenset[str] | None = None
     groups: tuple[str, ...] = ()
+    degraded: tuple[str, ...] | None = None
+    own: Mapping[str, HostReport] | None = None
 
     def to_headers(self) -> dict[str, str]:
         """The hooks' headers (``fallbacks`` is LiteLLM's own header and is not written here)."""
@@ -193,6 +201,10 @@ class RouteReport:
             headers[BREAKERS_HEADER] = ",".join(sorted(self.breakers))
         if self.groups:
             headers[GROUPS_HEADER] = ",".join(self.groups[:_MAX_GROUPS])
+        if self.degraded is not None:  # "none": every backend answers (an empty header may be dropped)
+            headers[DEGRADED_HEADER] = ",".join(self.degraded[:_MAX_DEGRADED]) or "none"
+        if self.own is not None:
+            headers[OWN_HEADER] = encode_ledger(self.own)
         return headers
 
     @classmethod
@@ -220,6 +232,8 @@ class RouteReport:
             no_candidate=_reasons(headers, problem),
             ledger=_ledger(headers, problem),
             groups=_token_list(headers, GROUPS_HEADER, _MAX_GROUPS, problem),
+            degraded=_degraded(headers, problem),
+            own=_ledger(headers, problem, OWN_HEADER),
         )
 
 
@@ -244,10 +258,13 @@ _OUR_REPORT_HEADERS = (
     LEDGER_HEADER,
     BREAKERS_HEADER,
     GROUPS_HEADER,
+    DEGRADED_HEADER,
+    OWN_HEADER,
 )
 # Every response header RouteReport.from_headers reads.
 _REPORT_READS = (VERSION_HEADER, *_OUR_REPORT_HEADERS, LITELLM_MODEL_ID_HEADER, LITELLM_FALLBACKS_HEADER)
 _MAX_GROUPS = 16  # attempts of one request: LiteLLM's fallback depth is far below this
+_MAX_DEGRADED = 8  # kinds of backend failure (litellm_hooks.backend): five today
 
 
 # --- request needs: "prompt_tokens=<int>;max_output_tokens=<int>;tools=<0|1>[;modalities=<m>+<m>...]" ------
@@ -332,6 +349,14 @@ def _token_list(headers: Mapping[str, str], name: str, limit: int, problem: Prob
     return tuple(items)
 
 
+def _degraded(headers: Mapping[str, str], problem: Problem) -> tuple[str, ...] | None:
+    if headers.get(DEGRADED_HEADER) == "none":
+        return ()
+    if DEGRADED_HEADER not in headers:
+        return None
+    return _token_list(headers, DEGRADED_HEADER, _MAX_DEGRADED, problem)
+
+
 def _lockouts(
     headers: Mapping[str, str], problem: Problem, name: str = AUTH_LOCKOUTS_HEADER
 ) -> frozenset[str] | None:
@@ -356,8 +381,10 @@ def encode_ledger(ledger: Mapping[str, HostReport]) -> str:
     )
 
 
-def _ledger(headers: Mapping[str, str], problem: Problem) -> dict[str, HostReport] | None:
-    raw = headers.get(LEDGER_HEADER)
+def _ledger(
+    headers: Mapping[str, str], problem: Problem, name: str = LEDGER_HEADER
+) -> dict[str, HostReport] | None:
+    raw = headers.get(name)
     if raw is None:
         return None
     out: dict[str, HostReport] = {}
@@ -375,7 +402,7 @@ def _ledger(headers: Mapping[str, str], problem: Problem) -> dict[str, HostRepor
             or len(counts) != 3
             or min(counts) < 0
         ):
-            problem(LEDGER_HEADER, raw, "is not <host>=<GB>:<leases>:<pending models>:<in flight>[,...]")
+            problem(name, raw, "is not <host>=<GB>:<leases>:<pending models>:<in flight>[,...]")
             return None
         out[host] = HostReport(gb, *counts)
     return out

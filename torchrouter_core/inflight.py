@@ -27,6 +27,10 @@ class InFlight:
             del self._started[entry]
         return len(entries)
 
+    def of_request(self, token: str) -> list[str]:
+        """The deployments one request (``token``) has in flight now."""
+        return [key for key, held_by in self._started if held_by == token]
+
     def counts(self, now: float) -> dict[str, int]:
         expired = [entry for entry, t in self._started.items() if now - t > self.ttl_s]
         for entry in expired:

@@ -62,6 +62,13 @@ class DailySpend:
         if total_usd == 0 or _spend(total_usd):
             self.total_usd = float(total_usd)
 
+    def at_least(self, total_usd: float, now: float) -> None:
+        """Take ``total_usd`` only if it is more than the total known (a report from a book that could not
+        read the shared total: it may know less than we do, never more than was spent)."""
+        self._roll(now)
+        if _spend(total_usd) and total_usd > self.total_usd:
+            self.total_usd = float(total_usd)
+
     def today(self, now: float) -> float:
         self._roll(now)
         return self.total_usd
