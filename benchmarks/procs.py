@@ -39,10 +39,12 @@ def wait_http(url: str, timeout_s: float = 60.0) -> float:
 
 
 @contextlib.contextmanager
-def child(cmd: list[str], env: Mapping[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+def child(
+    cmd: list[str], env: Mapping[str, str], log: Path, cwd: str | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
     with open(log, "ab") as out:
         proc = subprocess.Popen(
-            cmd, env=dict(env), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            cmd, env=dict(env), stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=cwd
         )
     try:
         yield proc

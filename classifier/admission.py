@@ -8,6 +8,7 @@ wait runs past it (the estimate was wrong) the request moves on down the ladder 
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -73,14 +74,7 @@ class Lanes:
         queue = self.queues.get(group)
         if queue is None:  # cloud groups carry no local capacity limit
             return GroupSnapshot.unlimited(group, service_ms)
-        priced: dict[int | None, float] = {}  # sizes repeat; price each once per snapshot
-
-        def service_of(size: int | None) -> float:
-            if size not in priced:
-                priced[size] = self.estimator.service_for(group, size)
-            return priced[size]
-
-        return queue.snapshot(service_ms, service_of)
+        return queue.snapshot(service_ms, functools.partial(self.estimator.service_for, group))
 
     async def admit(
         self, decision: RouteDecision, on_divert: OnDivert | None = None, on_wait: OnWait | None = None
@@ -90,6 +84,17 @@ class Lanes:
         started = time.perf_counter()
         if not self.enabled:
             return Admission(decision.ladder[0], None, 0.0, admitted_at=started)
+        if decision.ladder and decision.wait_budget_ms >= 0:
+            # The first step has room now (a cloud group always has): the policy would admit there, so
+            # skip pricing the ladder. What follows is the same walk, for a lane that is full or has a line.
+            first = decision.ladder[0]
+            queue = self.queues.get(first.group)
+            held = None if queue is None else queue.grant_now(decision.output_tokens)
+            if queue is None or held is not None:
+                now = time.perf_counter()
+                service_ms = self.estimator.service_ms(first.group)
+                waited_ms = (now - started) * 1e3
+                return Admission(first, held, waited_ms, [], now, 0.0, service_ms, decision.output_tokens)
         budget_ms = float(decision.wait_budget_ms)
         steps = list(decision.ladder)
         diverts: list[tuple[str, str]] = []
@@ -105,7 +110,13 @@ class Lanes:
                 on_divert(group, next_group, reason, est_ms)
 
         while steps:
-            outcome = plan_ladder(((s, self.snapshot(s.group)) for s in steps), budget_ms)
+            seen: list[GroupSnapshot] = []  # the snapshots the policy walked, one per step, in order
+
+            def snapshot(step: LadderStep, seen: list[GroupSnapshot] = seen) -> GroupSnapshot:
+                seen.append(self.snapshot(step.group))
+                return seen[-1]
+
+            outcome = plan_ladder(((s, snapshot(s)) for s in steps), budget_ms)
             for index, step_decision in enumerate(outcome.decisions):
                 if isinstance(step_decision, Divert):
                     following = steps[index + 1].group if index + 1 < len(steps) else ""
@@ -116,7 +127,8 @@ class Lanes:
             chosen = outcome.decisions[outcome.chosen]
             estimated_ms = chosen.est_ms if isinstance(chosen, Wait) else 0.0
             if on_wait is not None and isinstance(chosen, Wait):
-                on_wait(step.group, self.snapshot(step.group), estimated_ms)
+                # The lane as the policy just saw it (nothing has run since: the same slots, busy and line).
+                on_wait(step.group, seen[outcome.chosen], estimated_ms)
             service_ms = self.estimator.service_ms(step.group)
             queue = self.queues.get(step.group)
             ticket: Ticket | None = None

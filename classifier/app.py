@@ -37,12 +37,14 @@ from capability_matrix import watch as watch_file
 from capability_matrix.probe import FleetProbe, NvmlGpuReader, Probe
 from classifier.admission import Lanes
 from classifier.chat import chat_completions, too_large_message
+from classifier.deadlines import Deadlines
 from classifier.fleet_status import FleetCollector, LedgerMirror, fleet_status
 from classifier.forwarder import Forwarder, HttpForwarder
 from classifier.http_errors import error_response, http_error_response
 from classifier.keys import (
     AGENTS_KEY,
     ALIASES_KEY,
+    DEADLINES_KEY,
     EVENTS_KEY,
     FLEET_KEY,
     FORWARDER_KEY,
@@ -275,6 +277,7 @@ def create_app(
     app[LEDGER_KEY] = LedgerMirror(on_change=lambda: refresh_lane_limits(app))
     metrics.registry.register(FleetCollector(lambda: fleet_status(app[FLEET_KEY], app[LEDGER_KEY])))
     app[REQUEST_IDS_KEY] = RequestIds()
+    app[DEADLINES_KEY] = Deadlines()
     app[LITELLM_FALLBACKS_KEY] = load_litellm_fallbacks(settings.litellm_config_path)
     app[LEARNED_TIERING_KEY] = _learned_tiering(settings)
     sink = app[EVENTS_KEY]

@@ -20,10 +20,12 @@ from aiohttp import web
 from capability_matrix import MatrixStore
 from classifier.admission import Admission
 from classifier.chat_body import parse_chat_body
+from classifier.deadlines import Deadlines
 from classifier.http_errors import error_response
 from classifier.keys import (
     AGENTS_KEY,
     ALIASES_KEY,
+    DEADLINES_KEY,
     EVENTS_KEY,
     FLEET_KEY,
     FORWARDER_KEY,
@@ -267,7 +269,7 @@ async def _forward(
     # The tier's total budget bounds everything until LiteLLM's answer starts (queue wait and every failed
     # hop included); a non-streamed answer is whole by then, a stream runs on LiteLLM's inter-chunk budget.
     total_s = budget_for(settings.time_budgets, trace.tier).total_s
-    deadline = _Deadline(max(0.001, total_s - (sent - started)))
+    deadline = _Deadline(app[DEADLINES_KEY], max(0.001, total_s - (sent - started)))
     try:
         return await _exchange(
             request, upstream_body, headers, trace, group, (started, sent), relay, deadline
@@ -285,17 +287,19 @@ async def _forward(
 class _Deadline:
     """The tier's total budget as one plain timer that cancels the handler's task when it fires (as the
     lane waiters' timers do): on every request it is cheaper than ``asyncio.timeout``'s context manager,
-    ``Timeout`` object and reschedule. ``expired`` tells the caller the cancellation was the budget's."""
+    ``Timeout`` object and reschedule, and as one of the loop's shared deadlines (classifier.deadlines)
+    cheaper than a ``TimerHandle`` of its own. ``expired`` tells the caller the cancellation was the
+    budget's."""
 
     __slots__ = ("_handle", "expired", "task")
 
-    def __init__(self, delay_s: float) -> None:
+    def __init__(self, deadlines: Deadlines, delay_s: float) -> None:
         task = asyncio.current_task()
         if task is None:
             raise RuntimeError("_Deadline needs a running task (a request handler)")
         self.task = task
         self.expired = False
-        self._handle = asyncio.get_running_loop().call_later(delay_s, self._expire)
+        self._handle = deadlines.call_later(delay_s, self._expire)
 
     def _expire(self) -> None:
         self.expired = True
@@ -356,9 +360,7 @@ async def _relay(
     if upstream.status == 429 and b"No deployments available" in payload:
         # LiteLLM's "no deployments" is not "busy": say what it really is (torchrouter_core.feasibility).
         verdict = explain_no_deployment(group, report.no_candidate, upstream.headers.get("Retry-After"))
-        error = verdict_error(
-            verdict.status, verdict.code, verdict.message, verdict.param, verdict.retry_after
-        )
+        error = verdict_error(verdict)
         relay.status = error.status
         return error_response(error, trace.headers())
     return web.Response(status=upstream.status, body=payload, headers={**out_headers, **trace.headers()})

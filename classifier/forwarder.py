@@ -7,13 +7,14 @@ back as soon as its headers arrive so a stream can be relayed chunk by chunk, un
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Protocol
 
 import aiohttp
 
-from torchrouter_core.errors import UpstreamTimeout, UpstreamUnavailable
+from torchrouter_core.errors import ApiError, UpstreamTimeout, UpstreamUnavailable
 
 
 @dataclass
@@ -37,6 +38,47 @@ class Forwarder(Protocol):
     async def close(self) -> None: ...
 
 
+class _Exchange:
+    """``HttpForwarder.open``'s context: aiohttp's request context, with its failures (on the way in, in
+    the body of the ``async with`` and on the way out) turned into our upstream errors. A class rather than
+    an ``asynccontextmanager`` generator, whose two extra steps and closing StopAsyncIteration cost
+    microseconds on every request."""
+
+    __slots__ = ("_args", "_forwarder", "_request")
+
+    def __init__(
+        self, forwarder: HttpForwarder, method: str, url: str, body: bytes | None, headers: Mapping[str, str]
+    ) -> None:
+        self._forwarder = forwarder
+        self._args = (method, url, body, headers)
+
+    async def __aenter__(self) -> UpstreamResponse:
+        method, url, body, headers = self._args
+        self._request = self._forwarder._session.request(method, url, data=body, headers=headers)
+        try:
+            resp = await self._request.__aenter__()
+        except ConnectionResetError:  # before ClientError: aiohttp's ClientConnectionResetError is both
+            raise UpstreamUnavailable("the connection to LiteLLM was reset") from None
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise self._forwarder._upstream_error(exc) from None
+        return UpstreamResponse(resp.status, resp.headers, resp)
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        # LiteLLM has answered by now: a ConnectionResetError from here on is a write to the *client* that
+        # has gone (the caller's block relays to it), not LiteLLM's failure, and passes through as itself
+        # (a 502 recorded a client that had its 200 as "cancelled, 502").
+        try:
+            await self._request.__aexit__(exc_type, exc, tb)
+        except ConnectionResetError:
+            raise
+        except (aiohttp.ClientError, TimeoutError) as raised:
+            raise self._forwarder._upstream_error(raised) from None
+        if isinstance(exc, aiohttp.ClientError | TimeoutError) and not isinstance(exc, ConnectionResetError):
+            raise self._forwarder._upstream_error(exc) from None
+
+
 class HttpForwarder:
     def __init__(self, base_url: str, *, timeout_s: float, connect_timeout_s: float = 5.0) -> None:
         self.base_url = base_url.rstrip("/")
@@ -54,32 +96,18 @@ class HttpForwarder:
             skip_auto_headers=("User-Agent",),
         )
 
-    @asynccontextmanager
-    async def open(
+    def open(
         self, method: str, path: str, body: bytes | None, headers: Mapping[str, str]
-    ) -> AsyncIterator[UpstreamResponse]:
-        answered = False
-        try:
-            async with self._session.request(
-                method, self.base_url + path, data=body, headers=headers
-            ) as resp:
-                answered = True
-                yield UpstreamResponse(resp.status, resp.headers, resp)
-        except ConnectionResetError:
-            # Raised by the caller's block after LiteLLM answered: a write to the *client* that has gone
-            # (aiohttp's ClientConnectionResetError is a ClientError too). Not LiteLLM's failure: a 502 here
-            # recorded a client that had its 200 as "cancelled, 502".
-            if answered:
-                raise
-            raise UpstreamUnavailable("the connection to LiteLLM was reset") from None
-        except aiohttp.ClientConnectorError as exc:
-            raise UpstreamUnavailable(
-                f"the router's LiteLLM proxy is unreachable ({exc.os_error.strerror})"
-            ) from None
-        except TimeoutError:  # before ClientError: aiohttp's read timeout is both
-            raise UpstreamTimeout(f"LiteLLM sent nothing for {self._timeout_s:.0f} s") from None
-        except aiohttp.ClientError as exc:  # disconnects, resets, broken payloads: all a bad gateway
-            raise UpstreamUnavailable(f"the connection to LiteLLM failed: {type(exc).__name__}") from None
+    ) -> AbstractAsyncContextManager[UpstreamResponse]:
+        return _Exchange(self, method, self.base_url + path, body, headers)
+
+    def _upstream_error(self, exc: aiohttp.ClientError | TimeoutError) -> ApiError:
+        if isinstance(exc, aiohttp.ClientConnectorError):
+            return UpstreamUnavailable(f"the router's LiteLLM proxy is unreachable ({exc.os_error.strerror})")
+        if isinstance(exc, TimeoutError):  # before ClientError: aiohttp's read timeout is both
+            return UpstreamTimeout(f"LiteLLM sent nothing for {self._timeout_s:.0f} s")
+        # Disconnects, resets, broken payloads: all a bad gateway.
+        return UpstreamUnavailable(f"the connection to LiteLLM failed: {type(exc).__name__}")
 
     async def close(self) -> None:
         await self._session.close()

@@ -10,6 +10,7 @@ from aiohttp import web
 from capability_matrix import FleetView, MatrixStore
 from capability_matrix.probe import Probe
 from classifier.admission import Lanes
+from classifier.deadlines import Deadlines
 from classifier.fleet_status import LedgerMirror
 from classifier.forwarder import Forwarder
 from classifier.metrics import Metrics
@@ -32,6 +33,7 @@ SPEND_KEY = web.AppKey("spend", DailySpend)
 FLEET_KEY = web.AppKey("fleet", FleetView)
 LANES_KEY = web.AppKey("lanes", Lanes)
 REQUEST_IDS_KEY = web.AppKey("request_ids", RequestIds)
+DEADLINES_KEY = web.AppKey("deadlines", Deadlines)  # the tiers' total budgets of requests in flight
 LITELLM_FALLBACKS_KEY = web.AppKey("litellm_fallbacks", dict[str, list[str]])
 LEARNED_TIERING_KEY: web.AppKey[LearnedTiering | None] = web.AppKey("learned_tiering")
 

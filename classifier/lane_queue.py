@@ -26,13 +26,20 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import operator
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 
+from classifier.deadlines import Deadlines
 from torchrouter_core.queue_policy import GroupSnapshot
+
+# Waiters are the loop's futures (``loop.create_future()``); their ``done`` as a plain function lets the
+# line be counted and filtered in C rather than a Python loop over every waiter on each arrival.
+_done = asyncio.Future.done
+_size_of: Callable[[tuple[float, int | None]], int | None] = operator.itemgetter(1)
 
 
 class LaneFullError(Exception):
@@ -62,6 +69,7 @@ class LaneQueue:
         self._held: dict[int, tuple[float, int | None]] = {}  # serial -> (granted at, monotonic s; size)
         self._sizes: dict[asyncio.Future[Ticket], int | None] = {}  # each waiter's request size
         self._serials = itertools.count(1)
+        self._timers = Deadlines()  # the waiters' timeouts (classifier.deadlines)
 
     @property
     def limit(self) -> int:
@@ -87,23 +95,27 @@ class LaneQueue:
     @property
     def depth(self) -> int:
         # A cancelled waiter's future is done at once, before its task runs again: don't count it.
-        return sum(1 for waiter in self._waiters if not waiter.done())
+        return len(self._waiters) - sum(map(_done, self._waiters))
 
     def snapshot(
         self, est_service_ms: float, service_of: Callable[[int | None], float] | None = None
     ) -> GroupSnapshot:
-        """The line as the policy sees it; ``service_of`` prices one request by its size (else the mean)."""
+        """The line as the policy sees it; ``service_of`` prices one request by its size (else the mean),
+        called once per distinct size."""
         now = time.monotonic()
         held = list(self._held.values())
         elapsed = tuple([(now - start) * 1e3 for start, _ in held])
-        live = [w for w in self._waiters if not w.done()]
+        live = list(itertools.filterfalse(_done, self._waiters))
         busy: tuple[float, ...] = ()
         line: tuple[float, ...] = ()
         if service_of is not None and len(held) + len(live) >= self._limit:
-            # Only a full lane needs its line priced (the estimate is 0 while a slot is free).
-            busy = tuple([service_of(size) for _, size in held])
-            sizes = self._sizes
-            line = tuple([service_of(sizes.get(w)) for w in live])
+            # Only a full lane needs its line priced (the estimate is 0 while a slot is free). Sizes
+            # repeat (most requests give the same max_tokens or none): price each once.
+            held_sizes = list(map(_size_of, held))
+            line_sizes = list(map(self._sizes.get, live))
+            price = {size: service_of(size) for size in {*held_sizes, *line_sizes}}
+            busy = tuple(map(price.__getitem__, held_sizes))
+            line = tuple(map(price.__getitem__, line_sizes))
         return GroupSnapshot(
             self.group,
             self._limit,
@@ -128,6 +140,12 @@ class LaneQueue:
             if not waiter.done():
                 waiter.set_result(self._grant(size))
 
+    def grant_now(self, size: int | None = None) -> Ticket | None:
+        """A slot at once if one is free and nobody is waiting (as ``acquire`` would grant it), else None."""
+        if len(self._held) < self._limit and self.depth == 0:
+            return self._grant(size)
+        return None
+
     async def acquire(self, timeout_s: float | None = None, *, size: int | None = None) -> Ticket:
         """Wait for a slot, first come first served. Raises LaneFullError or TimeoutError.
 
@@ -142,8 +160,11 @@ class LaneQueue:
         self._waiters.append(waiter)
         self._sizes[waiter] = size
         # A plain timer rather than asyncio.timeout(): on expiry it takes the waiter out of the line and
-        # fails its future with TimeoutError, which costs the waiting task nothing extra per wake-up.
-        timer = None if timeout_s is None else loop.call_later(timeout_s, self._expire, waiter, timeout_s)
+        # fails its future with TimeoutError, which costs the waiting task nothing extra per wake-up. It is
+        # one of the lane's shared deadlines (almost every wait ends with a grant long before it is due).
+        timer = (
+            None if timeout_s is None else self._timers.call_later(timeout_s, self._expire, waiter, timeout_s)
+        )
         try:
             return await waiter
         except asyncio.CancelledError:

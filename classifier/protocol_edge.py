@@ -147,8 +147,11 @@ async def read_body(request: web.Request, max_bytes: int) -> bytes:
         raise BadRequest(
             "the request body could not be read (bad chunked encoding)", code="bad_http_request"
         ) from None
+    encoding = request.headers.get("Content-Encoding")
+    if not encoding:  # nearly every body: nothing to undo
+        return raw
     try:
-        return decode_body(raw, request.headers.get("Content-Encoding"), max_bytes=max_bytes)
+        return decode_body(raw, encoding, max_bytes=max_bytes)
     except DecodedTooLarge as exc:
         raise PayloadTooLarge(exc.message) from None
     except UnknownEncoding as exc:

@@ -36,6 +36,7 @@ from torchrouter_core.ranker.interfaces import RequestNeeds
 log = logging.getLogger("torchrouter.contract")
 
 PROTOCOL_VERSION = 1
+_VERSION_TEXT = str(PROTOCOL_VERSION)
 
 # Both directions.
 VERSION_HEADER = "x-torchrouter-protocol"
@@ -94,7 +95,7 @@ class RouteRequest:
 
     def to_headers(self) -> dict[str, str]:
         headers = {
-            VERSION_HEADER: str(PROTOCOL_VERSION),
+            VERSION_HEADER: _VERSION_TEXT,
             REQUEST_ID_HEADER: self.request_id,
             GROUP_HEADER: self.group,
         }
@@ -179,7 +180,7 @@ class RouteReport:
 
     def to_headers(self) -> dict[str, str]:
         """The hooks' headers (``fallbacks`` is LiteLLM's own header and is not written here)."""
-        headers = {VERSION_HEADER: str(PROTOCOL_VERSION)}
+        headers = {VERSION_HEADER: _VERSION_TEXT}
         if self.deployment is not None:
             headers[DEPLOYMENT_HEADER] = self.deployment
         if self.warm_state is not None:
@@ -210,6 +211,11 @@ class RouteReport:
     def from_headers(cls, headers: Mapping[str, str], *, problem: Problem = log_problem) -> RouteReport:
         """Never raises. The deployment falls back to LiteLLM's ``x-litellm-model-id`` (our deployments'
         ``model_info.id`` is the profile key) when the hooks did not name one."""
+        # One lookup per name this reads (each field reader then looks in a small plain dict); a response
+        # that carries none of them (one the hooks never saw) is the shared "nothing reported".
+        headers = {name: value for name in _REPORT_READS if (value := headers.get(name)) is not None}
+        if not headers:
+            return _NOTHING_REPORTED
         if any(h in headers for h in _OUR_REPORT_HEADERS):
             _check_version(headers, problem)  # a response the hooks never saw carries none of ours
         warm = _choice(headers, WARM_STATE_HEADER, _WARM_VALUES, problem)
@@ -232,6 +238,7 @@ class RouteReport:
 
 
 _WARM_VALUES = frozenset(s.value for s in WarmState)
+_NOTHING_REPORTED = RouteReport()
 _OUR_REQUEST_HEADERS = (
     REQUEST_ID_HEADER,
     GROUP_HEADER,
@@ -254,6 +261,8 @@ _OUR_REPORT_HEADERS = (
     DEGRADED_HEADER,
     OWN_HEADER,
 )
+# Every response header RouteReport.from_headers reads.
+_REPORT_READS = (VERSION_HEADER, *_OUR_REPORT_HEADERS, LITELLM_MODEL_ID_HEADER, LITELLM_FALLBACKS_HEADER)
 _MAX_GROUPS = 16  # attempts of one request: LiteLLM's fallback depth is far below this
 _MAX_DEGRADED = 8  # kinds of backend failure (litellm_hooks.backend): five today
 

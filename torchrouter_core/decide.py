@@ -18,7 +18,7 @@ from torchrouter_core.aliases import EMPTY_ALIASES, AliasMap, UnknownModel, reso
 from torchrouter_core.errors import ApiError, BadRequest, NotFound, Unprocessable
 from torchrouter_core.feasibility import Impossible, feasible_steps
 from torchrouter_core.identity import Identity, IdentityError, identify
-from torchrouter_core.needs import output_tokens, request_needs
+from torchrouter_core.needs import request_needs
 from torchrouter_core.ranker.interfaces import RequestNeeds
 from torchrouter_core.routing import FAST_CHAT_MAX_PROMPT_TOKENS, LadderStep, RoutingMode, plan_route
 from torchrouter_core.tiering import (
@@ -35,6 +35,7 @@ from torchrouter_core.tiering import (
 log = logging.getLogger("torchrouter.classifier")
 
 UNREAD_FEATURES = RequestFeatures(has_tools=False, approx_prompt_tokens=0, last_user_chars=0)
+_MODES: Mapping[str, RoutingMode] = {mode.value: mode for mode in RoutingMode}
 
 
 class CloudLocked(ApiError):
@@ -133,7 +134,7 @@ def decide(
             min_confidence=learned.min_confidence,
             uncertain_tier=learned.uncertain_tier,
         )
-    mode = RoutingMode(routing_mode)
+    mode = _MODES.get(routing_mode) or RoutingMode(routing_mode)  # the lookup; the call only for its error
     plan = plan_route(
         tiering.tier,
         mode=mode,
@@ -172,7 +173,7 @@ def decide(
         wait_budget_ms=agents.wait_budget_ms(tiering.tier),
         tier_confidence=tiering.confidence,
         tier_features=tiering.model_features,
-        output_tokens=output_tokens(body),
+        output_tokens=needs.max_output_tokens or None,  # output_tokens(body), which needs already read
         needs=needs,
         infeasible=feasible.dropped,
     )

@@ -24,6 +24,10 @@ Messages never include request headers or keys.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the verdict's type only: this module imports nothing of ours at run time
+    from torchrouter_core.feasibility import Verdict
 
 
 class ApiError(Exception):
@@ -136,10 +140,9 @@ class NoDeploymentNow(ApiError):
     code = "no_deployment_available"
 
 
-def verdict_error(
-    status: int, code: str, message: str, param: str | None, retry_after: str | None
-) -> ApiError:
+def verdict_error(verdict: Verdict) -> ApiError:
     """The error for a verdict of :func:`torchrouter_core.feasibility.explain_no_deployment`."""
-    if status == 400:
-        return Unprocessable(message, code=code, param=param)
-    return NoDeploymentNow(message, code=code, headers={"Retry-After": retry_after} if retry_after else None)
+    if verdict.status == 400:
+        return Unprocessable(verdict.message, code=verdict.code, param=verdict.param)
+    headers = {"Retry-After": verdict.retry_after} if verdict.retry_after else None
+    return NoDeploymentNow(verdict.message, code=verdict.code, headers=headers)

@@ -26,6 +26,7 @@ Pure: values in, values out; imports no aiohttp, LiteLLM or prometheus_client.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -87,9 +88,12 @@ class Feasible:
 
 
 # The largest context window per lane, for the last matrix seen: a text-only request without tools (almost
-# all of them) is then judged by one lookup per step instead of a look at every profile. The matrix is
-# kept with its summary, so a reloaded matrix (a new object) is never mistaken for the old one.
+# all of them) is then judged by one comparison: its size against the smallest of those over its ladder's
+# lanes, worked out once per ladder (ladders are built once per combination, so the same tuple comes back).
+# The matrix is kept with its summary, so a reloaded matrix (a new object) is never mistaken for the old one.
 _windows: tuple[Matrix, dict[str, int]] | None = None
+_ladder_fits: dict[int, tuple[Sequence[LadderStep], float, Feasible]] = {}
+_MAX_LADDERS: Final = 512  # canary ladders are new tuples each time: start over rather than grow
 
 
 def _largest_windows(matrix: Matrix) -> dict[str, int]:
@@ -99,7 +103,23 @@ def _largest_windows(matrix: Matrix) -> dict[str, int]:
         return cached[1]
     windows = {lane: max(p.context_window for p in matrix.in_lane(lane)) for lane in matrix.lanes()}
     _windows = (matrix, windows)
+    _ladder_fits.clear()
     return windows
+
+
+def _text_fit(ladder: Sequence[LadderStep], matrix: Matrix) -> tuple[float, Feasible]:
+    """The largest text-only request without tools that every step of ``ladder`` could carry (a lane
+    without profiles carries any), and the whole ladder kept."""
+    windows = _largest_windows(matrix)
+    found = _ladder_fits.get(id(ladder))
+    if found is not None and found[0] is ladder:
+        return found[1], found[2]
+    limit = min((windows[s.group] for s in ladder if s.group in windows), default=math.inf)
+    whole = Feasible(tuple(ladder), _NONE_DROPPED)
+    if len(_ladder_fits) >= _MAX_LADDERS:
+        _ladder_fits.clear()
+    _ladder_fits[id(ladder)] = (ladder, limit, whole)
+    return limit, whole
 
 
 _NONE_DROPPED: Final[Mapping[str, str]] = MappingProxyType({})
@@ -112,13 +132,9 @@ def feasible_steps(
     (a 400 at the HTTP edge) when none is left, naming the limit (see the module docstring) and, for a
     modality, the first content part of ``messages`` that needs it."""
     if needs.modalities == TEXT_ONLY and not needs.needs_tools:
-        windows = _largest_windows(matrix)
-        size = needs.prompt_tokens + needs.max_output_tokens
-        for step in ladder:
-            if size > windows.get(step.group, size):
-                break
-        else:
-            return Feasible(tuple(ladder), _NONE_DROPPED)
+        limit, whole = _text_fit(ladder, matrix)
+        if needs.prompt_tokens + needs.max_output_tokens <= limit:
+            return whole
     kept: list[LadderStep] = []
     dropped: dict[str, str] = {}
     for step in ladder:

@@ -33,6 +33,7 @@ a letter or digit: safe in a log line, a JSONL event and a file name, and free o
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -101,6 +102,25 @@ def _header(headers: Mapping[str, str], name: str) -> str | None:
 def identify(headers: Mapping[str, str], body_model: object) -> Identity:
     """Identify the caller from its headers and the body's ``model`` field (see the module docstring)."""
     header_value = _header(headers, AGENT_ID_HEADER)
+    if (body_model is None or isinstance(body_model, str)) and (
+        len(body_model or "") <= _MEMO_MAX_LEN and len(header_value or "") <= _MEMO_MAX_LEN
+    ):
+        return _identify_memo(header_value, body_model)
+    return _identify(header_value, body_model)
+
+
+# Requests repeat a few (header, model) pairs: the identity of each is worked out once. Only short values are
+# remembered (a valid agent id is at most 128 characters and a model 256, before stripping), and a refusal is
+# never remembered (lru_cache keeps results, not exceptions), so the memo stays small whatever clients send.
+_MEMO_MAX_LEN: Final = 512
+
+
+@functools.lru_cache(maxsize=1024)
+def _identify_memo(header_value: str | None, body_model: str | None) -> Identity:
+    return _identify(header_value, body_model)
+
+
+def _identify(header_value: str | None, body_model: object) -> Identity:
     header_agent = None
     if header_value is not None and header_value.strip():
         try:

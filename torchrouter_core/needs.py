@@ -77,6 +77,15 @@ def offered_tools(body: Mapping[str, Any]) -> list[Any] | None:
 def request_needs(body: Mapping[str, Any], features: RequestFeatures | None = None) -> RequestNeeds:
     """``features`` (tiering's, when it read the body) saves a second walk over the messages."""
     tools = offered_tools(body)
+    if features is None and tools is None:
+        prompt_tokens = _plain_text_tokens(body.get("messages"))
+        if prompt_tokens is not None:  # text only and no tool calls: one walk gives everything
+            return RequestNeeds(
+                prompt_tokens=prompt_tokens,
+                max_output_tokens=output_tokens(body) or 0,
+                needs_tools=False,
+                modalities=TEXT_ONLY,
+            )
     if features is not None:
         prompt_tokens = features.approx_prompt_tokens
     else:
@@ -87,3 +96,19 @@ def request_needs(body: Mapping[str, Any], features: RequestFeatures | None = No
         needs_tools=tools is not None,
         modalities=input_modalities(body.get("messages"))[0],
     )
+
+
+def _plain_text_tokens(messages: object) -> int | None:
+    """``approx_prompt_tokens(messages)`` when every message's content is a string and none called a tool
+    (most requests); ``None`` for anything else, which the general walks then read."""
+    if type(messages) is not list:
+        return None
+    chars = 0
+    for message in messages:
+        if type(message) is not dict:
+            return None
+        content = message.get("content")
+        if type(content) is not str or message.get("tool_calls") or message.get("function_call"):
+            return None
+        chars += len(content)
+    return math.ceil(chars / 4)

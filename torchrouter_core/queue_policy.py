@@ -66,10 +66,14 @@ class GroupSnapshot:
     waiting_service_ms: tuple[float, ...] = ()  # each waiter's expected service, in line order
 
     def __post_init__(self) -> None:
-        for name in ("limit", "active", "depth", "max_depth"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{self.group}: {name} must be >= 0, got {getattr(self, name)}")
-        _check_ms(f"{self.group}: est_service_ms", self.est_service_ms)
+        # One comparison each on the way through (a snapshot is taken per ladder step of every request);
+        # the loop that names the field runs only for a bad one.
+        if self.limit < 0 or self.active < 0 or self.depth < 0 or self.max_depth < 0:
+            for name in ("limit", "active", "depth", "max_depth"):
+                if getattr(self, name) < 0:
+                    raise ValueError(f"{self.group}: {name} must be >= 0, got {getattr(self, name)}")
+        if not self.est_service_ms >= 0.0:  # negative or NaN
+            _check_ms(f"{self.group}: est_service_ms", self.est_service_ms)
 
     @classmethod
     def unlimited(cls, group: str, est_service_ms: float = 0.0) -> GroupSnapshot:
@@ -172,8 +176,19 @@ def estimate_wait_ms(snapshot: GroupSnapshot) -> float:
     if len(line) != snapshot.depth:
         line = (service,) * snapshot.depth
     # Replay the line: slot-free times from the busy slots' residuals, then each waiter ahead in turn.
-    frees = [max(s - e, RESIDUAL_FLOOR * s) for s, e in zip(busy, snapshot.elapsed_ms, strict=True)]
+    # max(s - e, RESIDUAL_FLOOR * s) for each busy slot, spelt as max decides (the later only if greater):
+    # a call to max per slot costs twice the comparison.
+    frees = [
+        floor if (floor := RESIDUAL_FLOOR * s) > (left := s - e) else left
+        for s, e in zip(busy, snapshot.elapsed_ms, strict=True)
+    ]
     heapq.heapify(frees)
+    if snapshot.active == snapshot.limit:
+        # Every slot busy (the usual full lane): each slot that frees goes to the next in line at once,
+        # so a pop and a push are one heapreplace; the same arithmetic as the general loop below.
+        for service in line:
+            heapq.heapreplace(frees, frees[0] + service)
+        return frees[0]
     running, next_in_line = snapshot.active, 0
     while frees:
         now = heapq.heappop(frees)

@@ -32,6 +32,7 @@ Token counts are approximate: characters / 4, rounded up, over all message text 
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Iterable, Mapping
@@ -468,6 +469,12 @@ class LearnedTiering:
     uncertain_tier: Tier = Tier.H
 
 
+@functools.lru_cache(maxsize=1024)
+def _agent_decision(tier: Tier, agent_id: str) -> TierDecision:
+    """A known agent's decision, the same on every request (ids come from the directory: a closed set)."""
+    return TierDecision(tier, "agent", (f"agent:{agent_id}",))
+
+
 def classify(
     identity: Identity,
     features: RequestFeatures,
@@ -479,9 +486,10 @@ def classify(
 ) -> TierDecision:
     """Tier a request: a known agent's configured tier, else by content (the module docstring): the learned
     model when ``features`` carry its score, else the keyword rules."""
-    agent_tier = directory.tier_of(identity.agent_id)
-    if agent_tier is not None:
-        return TierDecision(agent_tier, "agent", (f"agent:{identity.agent_id}",))
+    agent_id = identity.agent_id
+    agent_tier = directory.tier_of(agent_id)
+    if agent_tier is not None and agent_id is not None:
+        return _agent_decision(agent_tier, agent_id)
     heavy: tuple[str, ...] = features.reasoning_signals
     if features.approx_prompt_tokens >= long_prompt_tokens:
         heavy += (PROMPT_LONG,)
