@@ -99,7 +99,21 @@ async def test_burst_queues_diverts_and_sheds_with_retry_after(
     """Lanes capped at one slot, local-only: the burst fills fast-chat (1 running + 1 waiting), diverts to
     balanced (the same), then sheds the rest with 429 and a Retry-After from the estimate."""
     url = await make_classifier(lane_caps={"fast-chat": 1, "balanced": 1}, routing_mode="local-only")
+    warm_up: set[str] = set()
     async with aiohttp.ClientSession() as http:
+        # Run alone, the fleet may start cold and the probe may not list fast-chat's model before the burst's
+        # second request is picked: warm it first (until a pick finds it resident), so learning is checkable.
+        async def fast_chat_resident() -> bool:
+            _, headers, _ = await post(http, url, "inbox-triage", "warm up")
+            warm_up.add(headers["X-Router-Request-Id"])
+            events = stack.events()
+            picks = [e for e in events if e["request_id"] in warm_up and e["event"] == "route_selected"]
+            return any(pick.get("warm_state") in ("warm", "hot") for pick in picks)
+
+        for _ in range(40):
+            if await fast_chat_resident():
+                break
+            await asyncio.sleep(0.25)
         results = await asyncio.gather(
             *(post(http, url, "inbox-triage", f"routine {i}", max_tokens=1500) for i in range(12))
         )
@@ -118,6 +132,7 @@ async def test_burst_queues_diverts_and_sheds_with_retry_after(
     ids = {h["X-Router-Request-Id"] for _, h, _ in results}
     trail = [e for e in stack.events() if e["request_id"] in ids]
     assert {e["event"] for e in trail} >= {"degradation_ladder_step", "queue_rejected", "request_completed"}
+    trail += [e for e in stack.events() if e["request_id"] in warm_up]  # the estimator learned from these too
     async with aiohttp.ClientSession() as http:
         after = await queue_status(http, url)
     for lane in ("fast-chat", "balanced"):
