@@ -188,7 +188,12 @@ async def test_a_stream_cut_midway_ends_clearly_and_opens_the_breaker(
             "[DONE]" in a.text or "upstream_stream_broken" in a.text or "error" in a.text
         )
     events = fault_stack.events()[fault_stack.mark :]
-    assert_nothing_sent_while_open(events, FAST)
+    # The deployment's breaker opens on the cut streams; on a loaded machine the host's (its probe timing out
+    # while the host cuts streams) can open first and take the requests away before the deployment's does.
+    opened = [t for t in (FAST, HOST) if any(c["to_state"] == "open" for c in changes(events, t))]
+    assert opened, "neither the deployment's breaker nor its host's opened"
+    for target in opened:
+        assert_nothing_sent_while_open(events, target)
     fault_stack.sim.set_fault(HOST, "none")
     await recover(fault_url, fault_stack, FAST)
     await no_slot_leaks(fault_url)
@@ -404,8 +409,10 @@ async def test_every_failed_hop_of_a_chain_is_recorded_once(
     unless the hooks re-arm it for the next attempt), once each, and ``explain`` names every one."""
     await breakers_clear(fault_url)
     fault_stack.sim.reset()
+    # Three failures each: the chain has three hops, and two of them may land on one host (balanced and code
+    # both have models on aragorn), so one failure per host would let a later hop succeed.
     for host in [*local_hosts(fault_stack), "cloud"]:
-        fault_stack.sim.set_fault(host, "error_500", count=1)
+        fault_stack.sim.set_fault(host, "error_500", count=3)
     answer = await ask(fault_url, agent="webmaster")
     assert answer.status >= 500, answer.text
     mine = [e for e in fault_stack.events() if e["request_id"] == answer.request_id]
