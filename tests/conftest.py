@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 import yaml
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -107,6 +108,17 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+async def flushed(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
+    """A client of the session's Redis with its database emptied first (state shared across tests)."""
+    client: aioredis.Redis = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
+    await client.flushdb()
+    try:
+        yield client
+    finally:
+        await client.aclose()
 
 
 ClassifierFactory = Callable[..., Awaitable[str]]

@@ -16,13 +16,12 @@ import random
 import secrets
 import signal
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 import redis.asyncio as aioredis
 import yaml
 
@@ -173,16 +172,6 @@ async def test_200_mixed_requests_one_worker_never_overcommit_and_release_everyt
         assert loads > 0  # the fleet started cold: reservations were taken
 
 
-@pytest.fixture
-async def shared(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
-    client: aioredis.Redis = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
-    await client.flushdb()
-    try:
-        yield client
-    finally:
-        await client.aclose()
-
-
 async def redis_view(url: str) -> tuple[dict[str, HostLedger], dict[str, float]]:
     ledger = RedisLedger(url)  # the default prefix, as the hooks use it
     try:
@@ -192,7 +181,7 @@ async def redis_view(url: str) -> tuple[dict[str, HostLedger], dict[str, float]]
 
 
 async def test_200_mixed_requests_two_workers_share_redis(
-    tmp_path: Path, redis_server: RedisServer, shared: aioredis.Redis
+    tmp_path: Path, redis_server: RedisServer, flushed: aioredis.Redis
 ) -> None:
     with fleet(tmp_path, workers=2, redis_url=redis_server.url) as f:
         await eventually(lambda: len(f.litellm.worker_pids()) == 2, timeout_s=90, what="two workers")
@@ -214,7 +203,7 @@ async def test_200_mixed_requests_two_workers_share_redis(
 
 
 async def test_a_worker_killed_mid_run_leaks_nothing(
-    tmp_path: Path, redis_server: RedisServer, shared: aioredis.Redis
+    tmp_path: Path, redis_server: RedisServer, flushed: aioredis.Redis
 ) -> None:
     lease_s = 4.0
     with fleet(tmp_path, workers=2, redis_url=redis_server.url, lease_s=lease_s) as f:

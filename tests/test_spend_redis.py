@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -28,16 +27,6 @@ BODY = {
     "messages": [{"role": "user", "content": "What does it cost?"}],
     "max_tokens": 16,
 }
-
-
-@pytest.fixture
-async def flushed(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
-    client: aioredis.Redis = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
-    await client.flushdb()
-    try:
-        yield client
-    finally:
-        await client.aclose()
 
 
 async def test_each_call_counts_once_and_every_writer_shares_the_total(
