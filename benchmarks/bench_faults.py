@@ -11,9 +11,13 @@ next attempt's (the failure noticed), and how many requests the hooks sent to th
 breaker first opened, outside half-open trials ("sent while open") and in all ("sent after open").
 
 Baseline in the same run: breakers off (``consecutive_failures`` and ``min_requests`` out of reach); the
-per-tier time budgets stay on in both (they are what keeps a hang bounded).
+per-tier time budgets stay on in both (they are what keeps a hang bounded). The "connect unanswered" rows
+are a host (or the cloud) that never answers a SYN (the simulator's ``blackhole``); the one marked "one
+timeout" gives connecting as long as the first byte, which is what LiteLLM's single per-call timeout
+allowed before the hooks applied the connect budget on its own (the baseline for the connect budget).
 
-Run: ``python -m benchmarks.bench_faults`` (about 6 minutes on 2 cores; BENCH_FAULTS_N sets the count).
+Run: ``python -m benchmarks.bench_faults`` (about 9 minutes on 2 cores; BENCH_FAULTS_N sets the count,
+BENCH_FAULTS_MODES picks rows by name).
 """
 
 from __future__ import annotations
@@ -36,14 +40,20 @@ ONLY = os.environ.get("BENCH_FAULTS_MODES")  # e.g. "429 (cloud)": run only the 
 CLIENT_TIMEOUT_S = 20.0
 ON = "consecutive_failures=3,min_requests=10,cool_off_s=5,auth_recheck_s=10,default_retry_after_s=5"
 OFF = "consecutive_failures=1000000,min_requests=1000000"
-BUDGETS = "R.first_byte_s=2,R.first_byte_cold_s=4"
-MODES: list[tuple[str, str, str, str]] = [  # (name, target, sim mode, model)
-    ("5xx", HOST, "error_500", "auto"),
-    ("refused", HOST, "refuse", "auto"),
-    ("hang", HOST, "hang", "auto"),
-    ("stream cut midway", HOST, "cut_stream", "auto"),
-    ("401 (cloud)", "cloud", "auth", "cloud-fast"),
-    ("429 (cloud)", "cloud", "error_429", "cloud-fast"),
+BUDGETS = "R.connect_s=0.5,R.first_byte_s=2,R.first_byte_cold_s=4"
+# The connect budget no shorter than the first-byte budget: what a connect bounded only by the one timeout
+# LiteLLM gives a call would cost (the connect rows' baseline).
+ONE_TIMEOUT = "R.connect_s=2,R.first_byte_s=2,R.first_byte_cold_s=4"
+MODES: list[tuple[str, str, str, str, str]] = [  # (name, target, sim mode, model, time budgets)
+    ("5xx", HOST, "error_500", "auto", BUDGETS),
+    ("refused", HOST, "refuse", "auto", BUDGETS),
+    ("connect unanswered", HOST, "blackhole", "auto", BUDGETS),
+    ("connect unanswered, one timeout", HOST, "blackhole", "auto", ONE_TIMEOUT),
+    ("hang", HOST, "hang", "auto", BUDGETS),
+    ("stream cut midway", HOST, "cut_stream", "auto", BUDGETS),
+    ("connect unanswered (cloud)", "cloud", "blackhole", "cloud-fast", BUDGETS),
+    ("401 (cloud)", "cloud", "auth", "cloud-fast", BUDGETS),
+    ("429 (cloud)", "cloud", "error_429", "cloud-fast", BUDGETS),
 ]
 
 
@@ -68,10 +78,10 @@ async def one(session: aiohttp.ClientSession, url: str, stream: bool, model: str
     return "clean_error", took, rid
 
 
-async def run_mode(breaker: str, target: str, mode: str, model: str) -> dict[str, Any]:
+async def run_mode(breaker: str, target: str, mode: str, model: str, budgets: str) -> dict[str, Any]:
     env = {
         "TORCHROUTER_BREAKER": breaker,
-        "TORCHROUTER_TIME_BUDGETS": BUDGETS,
+        "TORCHROUTER_TIME_BUDGETS": budgets,
         "TORCHROUTER_PROBE_INTERVAL_S": "0.5",
     }
     with tempfile.TemporaryDirectory() as tmp, running_stack(Path(tmp), env, _one_fast_chat_host) as stack:
@@ -166,17 +176,18 @@ def fmt(x: object) -> str:
 
 async def main() -> None:
     print(f"{N} requests per mode, half streamed; client timeout {CLIENT_TIMEOUT_S:.0f} s; budgets {BUDGETS}")
+    print(f"(the 'one timeout' row: {ONE_TIMEOUT})")
     print(
         "| mode | breakers | answered | clean errors | hung | fail-over p50 s | fail-over max s | "
         "failure noticed max s | first attempt on failed target | sent while open | "
         "sent after open (trials incl.) |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for name, target, mode, model in MODES:
+    for name, target, mode, model, budgets in MODES:
         if ONLY and name not in ONLY.split(","):
             continue
         for label, breaker in (("on", ON), ("off (baseline)", OFF)):
-            r = await run_mode(breaker, target, mode, model)
+            r = await run_mode(breaker, target, mode, model, budgets)
             cells = [name, label, r["answered"], r["clean"], r["hung"], r["failover_p50"], r["failover_max"]]
             cells += [r["detect_max"]]
             cells += [r["first_attempt_on_target"], r["sent_while_open"], r["sent_after_open"]]

@@ -2,7 +2,9 @@
 
 The mapping (LiteLLM 1.102.4's exception types; a status code where the type does not say enough):
 
-- ``litellm.Timeout`` (no first byte, or a silent stream, within the attempt's budget) -> ``timeout``;
+- ``litellm.Timeout`` caused by httpx's ``ConnectTimeout`` (no connection within the connect budget) ->
+  ``connect_timeout``; any other ``litellm.Timeout`` (no first byte, or a silent stream, within the
+  attempt's budget) -> ``timeout``;
 - 429 (``RateLimitError``) -> ``rate_limited``, with the provider's ``Retry-After`` when it sent one;
 - 401/403 -> ``auth``;
 - ``APIConnectionError`` whose message says the connection was refused, reset or never made ->
@@ -67,11 +69,24 @@ def retry_after_s(exc: object, now: float) -> float | None:
     return None
 
 
+def _caused_by(exc: object, kind: type[BaseException], depth: int = 8) -> bool:
+    """True when ``kind`` is in the exception's cause chain (LiteLLM wraps httpx's error two or three
+    times: ``litellm.Timeout`` <- the provider's error <- ``httpx.ConnectTimeout``)."""
+    seen = exc
+    for _ in range(depth):
+        if isinstance(seen, kind):
+            return True
+        if not isinstance(seen, BaseException):
+            return False
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def classify(exc: object, now: float) -> tuple[Failure | None, float | None]:
     """(what failed, Retry-After seconds or ``None``)."""
     status = _status(exc)
     if isinstance(exc, llm.Timeout) or status == 408:
-        return Failure.TIMEOUT, None
+        return (Failure.CONNECT_TIMEOUT if _caused_by(exc, httpx.ConnectTimeout) else Failure.TIMEOUT), None
     if isinstance(exc, llm.RateLimitError) or status == 429:
         return Failure.RATE_LIMITED, retry_after_s(exc, now)
     if status in (401, 403):

@@ -38,6 +38,7 @@ from capability_matrix import FleetView, Matrix, MatrixStore, WarmState, next_au
 from capability_matrix.live import sharing_credentials
 from capability_matrix.probe import FleetProbe
 from litellm_hooks.client_watch import ClientWatches, watch_current_client
+from litellm_hooks.connect_budget import OLLAMA_PROVIDERS, LocalClients, cloud_timeout
 from litellm_hooks.failures import classify
 from litellm_hooks.reservations import Reservations, host_reports, open_ledger, own_report
 from litellm_hooks.settings import HooksSettings
@@ -52,7 +53,7 @@ from torchrouter_core.inflight import InFlight
 from torchrouter_core.needs import request_needs
 from torchrouter_core.ranker.interfaces import RequestNeeds
 from torchrouter_core.ranker.observed import ObservedTimes
-from torchrouter_core.ranker.scorers import weights_for
+from torchrouter_core.ranker.scorers import load_estimate_s, weights_for
 from torchrouter_core.ranker.select import select
 from torchrouter_core.routing import ladder_step_kind
 from torchrouter_core.spend import SharedSpend, SpendBook
@@ -94,6 +95,7 @@ class HooksRuntime:
     shared_spend: SharedSpend | None = None  # the book in Redis (TORCHROUTER_LEDGER_REDIS_URL), shared
     unbooked: list[tuple[str, float, float]] = field(default_factory=list)  # (call, USD, ts) not in Redis yet
     spend_synced: bool = False  # today's shared total read at least once since start
+    local_clients: LocalClients = field(default_factory=LocalClients)  # Ollama calls, connect budget applied
 
     @classmethod
     def build(cls, settings: HooksSettings) -> HooksRuntime:
@@ -192,6 +194,29 @@ class HooksRuntime:
             self.spend.daily.mirror(total, now)
         self.spend_synced = True
 
+    def apply_budget(
+        self,
+        request_kwargs: dict[str, Any],
+        deployment: Mapping[str, Any],
+        first_byte_s: float,
+        connect_s: float,
+    ) -> None:
+        """Set one attempt's time budgets (seconds) on LiteLLM's call: ``timeout`` and ``stream_timeout``
+        (first byte, and every silence within a stream), and the connect budget the way the provider takes
+        it (:mod:`litellm_hooks.connect_budget`): our HTTP client for Ollama, an ``httpx.Timeout`` for the
+        others. The call's kwargs outlive a hop, so a client set for a local attempt is taken back for a
+        cloud one (whose OpenAI client LiteLLM's router supplies)."""
+        litellm_model = str((deployment.get("litellm_params") or {}).get("model") or "")
+        if request_kwargs.get("client") is not None and self.local_clients.owns(request_kwargs["client"]):
+            del request_kwargs["client"]
+        if litellm_model.partition("/")[0] in OLLAMA_PROVIDERS:
+            request_kwargs["client"] = self.local_clients.for_connect(connect_s)
+            request_kwargs["timeout"] = request_kwargs["stream_timeout"] = first_byte_s
+        else:
+            request_kwargs["timeout"] = request_kwargs["stream_timeout"] = cloud_timeout(
+                first_byte_s, connect_s
+            )
+
     def live_matrix(self, now: float) -> Matrix:
         store = self.fleet.store
         store.maybe_reload(time.monotonic())
@@ -213,8 +238,11 @@ class HooksRuntime:
                     self.breaker_changes(self.breakers.probed(host_id, bool(seen.reachable), now))
                 self.first_round.set()
 
-            on_update(await probe.poll_once(time.time()))
-            await probe.run(interval, on_update)
+            try:
+                on_update(await probe.poll_once(time.time()))
+                await probe.run(interval, on_update)
+            finally:  # cancelled with LiteLLM's loop at shutdown: the Ollama clients' sessions close too
+                await self.local_clients.aclose()
 
 
 def _ctx_of(kwargs: Mapping[str, Any]) -> dict[str, Any]:
@@ -505,6 +533,9 @@ class RouterHooks(CustomLogger):
             ctx.update(deployment=chosen.key, warm_state=chosen.warm_state.value, score_ms=selection.score_ms)
             if chosen.is_local:  # recent use prices evicting this model later
                 runtime.use.record(chosen.host_id, chosen.model, now)
+                if chosen.warm_state not in RESIDENT:  # this pick loads it: answers wait for the load
+                    expected = runtime.observed.load_s.get(chosen.key, load_estimate_s(chosen))
+                    runtime.observed.started_load(chosen.key, now, expected)
             breaker_refused = sorted(k for k, why in selection.rejected_now().items() if "breaker" in why)
             if breaker_refused:  # a breaker sent this attempt past a candidate it would have ranked
                 runtime.events.emit(
@@ -520,13 +551,18 @@ class RouterHooks(CustomLogger):
             ctx.setdefault("tried", []).append(chosen.key)
             ctx.setdefault("pending", []).append(chosen.key)
             runtime.breakers.picked(chosen.key, chosen.host_id, now)
-            if request_kwargs is not None:  # this attempt's time budget (LiteLLM reads it per attempt)
+            picked = [d for d in healthy_deployments if (d.get("model_info") or {}).get("id") == chosen.key][
+                :1
+            ]
+            if (
+                request_kwargs is not None and picked
+            ):  # this attempt's budgets (LiteLLM reads them per attempt)
                 budget = budget_for(runtime.settings.time_budgets, ctx.get("tier"))
                 cold = chosen.is_local and chosen.warm_state not in RESIDENT
-                request_kwargs["timeout"] = request_kwargs["stream_timeout"] = budget.first_byte(cold)
+                runtime.apply_budget(request_kwargs, picked[0], budget.first_byte(cold), budget.connect_s)
             if ctx.get("request_id"):
                 runtime.in_flight.start(chosen.key, str(ctx["request_id"]), now)
-            return [d for d in healthy_deployments if (d.get("model_info") or {}).get("id") == chosen.key][:1]
+            return picked
         except Exception:
             self._failed("filter_deployments")
             return healthy_deployments
@@ -570,6 +606,8 @@ class RouterHooks(CustomLogger):
             runtime.breaker_changes(runtime.breakers.succeeded(key, profile.host_id, now), who)
         else:
             failure, retry_after = classify(exc, now)
+            if failure is not None:  # the target failed: a load it was doing is not known to go on
+                runtime.observed.load_ended(key)
             ctx["last_failure"] = failure.value if failure is not None else f"status_{status}"
             runtime.events.emit(
                 EventKind.ATTEMPT_FAILED,
@@ -593,11 +631,15 @@ class RouterHooks(CustomLogger):
         if runtime is None or key is None or key not in runtime.fleet.store.current.profiles:
             return
         first = kwargs.get("completion_start_time")
+        profiles = runtime.fleet.store.current.profiles
+        model = profiles[key].model
         runtime.observed.record(
             key,
             service_s=_seconds_between(start_time, end_time),
             ttft_s=_seconds_between(start_time, first),
             was_cold=_ctx_of(kwargs).get("warm_state") == WarmState.COLD.value,
+            model=model,
+            peers={k: p.speed_score for k, p in profiles.items() if p.model == model and p.is_local},
         )
 
     async def _release(self, kwargs: dict[str, Any]) -> None:

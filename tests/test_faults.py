@@ -11,6 +11,7 @@ failed target until its half-open trial (read from the trail: ``route_selected``
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
@@ -34,7 +35,8 @@ CLOUD_HOST = "openai-api/"
 BREAKER = (
     "consecutive_failures=2,min_requests=100,cool_off_s=1.0,auth_recheck_s=1.5,default_retry_after_s=1.0"
 )
-BUDGETS = "R.first_byte_s=1.0,R.first_byte_cold_s=2.0,R.total_s=10"
+BUDGETS = "R.connect_s=0.25,R.first_byte_s=1.0,R.first_byte_cold_s=2.0,R.total_s=10"
+CONNECT_S, FIRST_BYTE_S = 0.25, 1.0
 ANSWER_WITHIN_S = 8.0  # every request: at most one failed attempt (1-2 s budget) plus a fallback answer
 
 
@@ -220,6 +222,36 @@ async def test_a_host_that_goes_down_and_comes_back(fault_stack: Stack, fault_ur
         )
 
     await eventually(served_by_host_again, timeout_s=10.0, what="fast-chat answered by the recovered host")
+    await no_slot_leaks(fault_url)
+
+
+async def test_a_host_whose_packets_vanish_is_given_up_on_after_the_connect_budget(
+    fault_stack: Stack, fault_url: str
+) -> None:
+    """A black-holed host (a SYN never answered) costs an attempt the tier's connect budget, not its
+    first-byte budget; the next step answers; the host's breakers open and recover as for a refusal."""
+    await breakers_clear(fault_url)
+    answers = await run_fault(fault_stack, fault_url, HOST, "blackhole")
+    assert [a.status for a in answers] == [200] * len(answers), [a.text[:200] for a in answers]
+    events = fault_stack.events()[fault_stack.mark :]
+    failed = [e for e in events if e["event"] == "attempt_failed" and on_target(e["deployment"], HOST)]
+    assert failed and {e["failure"] for e in failed} <= {"connect_timeout", "refused"}, failed
+    assert "connect_timeout" in {e["failure"] for e in failed}, failed
+    # From the pick of the black-holed host to the request's next pick: at least the connect budget, and
+    # (for the quickest of them, so a busy machine's scheduling does not decide it) less than the
+    # first-byte budget, which is what a connect bounded only by that would have cost.
+    noticed = []
+    for request_id in {e["request_id"] for e in failed}:
+        picks = routed([e for e in events if e["request_id"] == request_id])
+        noticed += [b[0] - a[0] for a, b in itertools.pairwise(picks) if on_target(a[1], HOST)]
+    assert noticed and CONNECT_S * 0.9 <= min(noticed) < FIRST_BYTE_S, noticed
+    opened = [t for t in (FAST, HOST) if any(c["to_state"] == "open" for c in changes(events, t))]
+    assert opened, "neither the deployment's breaker nor its host's opened"
+    for target in opened:
+        assert_nothing_sent_while_open(events, target)
+    fault_stack.sim.set_fault(HOST, "none")
+    for target in opened:
+        await recover(fault_url, fault_stack, target)
     await no_slot_leaks(fault_url)
 
 

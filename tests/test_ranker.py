@@ -335,6 +335,15 @@ SLOTS2 = {"warm-idle": 2, "cold-free": 2, "warm-busy": 2, "cold-full": 2}
         ),
         (local(), FleetSnapshot(in_flight={BASE.key: 1}, slots={BASE.key: 2}), 0.0),  # a free slot
         (CLOUD, FleetSnapshot(), scorers.CLOUD_FIRST_TOKEN_S),
+        # listed resident by /api/ps but still loading (a pick of ours started it 2 s ago, 4 s left)
+        (local(), FleetSnapshot(loading_s={BASE.key: 4.0}), 4.0),
+        (
+            local(),
+            FleetSnapshot(in_flight={BASE.key: 3}, slots={BASE.key: 2}, loading_s={BASE.key: 4.0}),
+            6.0,
+        ),
+        # not listed yet, a load under way: what is left of it, not a whole second load
+        (local(warm_state=WarmState.COLD), FleetSnapshot(loading_s={BASE.key: 1.5}), 1.5),
     ],
 )
 def test_estimated_ttft(profile: Profile, fleet: FleetSnapshot, ttft_s: float) -> None:
@@ -603,6 +612,78 @@ def test_observed_times(
     assert scorers.estimated_ttft_s(cold_profile, fleet) == pytest.approx(expected)
 
 
+def test_a_deployment_never_observed_takes_its_model_s_service_time_from_its_peers() -> None:
+    """Service x speed is the model's work on any host: a 32B coder seen taking 10 s at speed 0.5 is priced
+    at 5 s on a peer at speed 1.0 (not the flat 2 s prior); a peer's own first sample replaces that; a
+    deployment with its own samples is never overwritten by its peers'; other models are not touched."""
+    observed = ObservedTimes(alpha=0.5)
+    peers = {"a": 0.5, "b": 1.0, "c": 0.25}
+    observed.record("a", service_s=10.0, ttft_s=None, was_cold=False, model="coder", peers=peers)
+    assert observed.service_s == {"a": 10.0, "b": 5.0, "c": 20.0}
+    observed.record("b", service_s=3.0, ttft_s=None, was_cold=False, model="coder", peers=peers)
+    # b's own sample replaces the prior (not blended with it); the model's work: 5 + 0.5 * (3 - 5) = 4
+    assert observed.service_s["b"] == 3.0 and observed.model_work["coder"] == pytest.approx(4.0)
+    assert observed.service_s["a"] == 10.0 and observed.service_s["c"] == pytest.approx(16.0)
+    observed.record("x", service_s=1.0, ttft_s=None, was_cold=False, model="chat", peers={"x": 1.0})
+    assert observed.service_s["c"] == pytest.approx(16.0)
+    # a bad sample teaches nothing, not even to its peers
+    observed.record("c", service_s=float("nan"), ttft_s=None, was_cold=False, model="coder", peers=peers)
+    assert "c" not in observed.own_service and observed.service_s["c"] == pytest.approx(16.0)
+
+
+@pytest.mark.parametrize(
+    ("events", "at", "left"),
+    [
+        ([("start", 100.0, 10.0)], 104.0, {"k": 6.0}),
+        ([("start", 100.0, 10.0), ("start", 103.0, 10.0)], 104.0, {"k": 6.0}),  # a second pick: same load
+        ([("start", 100.0, 10.0)], 112.0, {"k": 0.0}),  # overdue: due any moment
+        ([("start", 100.0, 10.0)], 121.0, {}),  # past twice its time: forgotten
+        ([("start", 100.0, 10.0), ("answered", 0.0, 0.0)], 104.0, {}),  # it answered: loaded
+        ([("start", 100.0, 10.0), ("failed", 0.0, 0.0)], 104.0, {}),
+        ([("start", 100.0, float("nan")), ("start", 100.0, 0.0)], 104.0, {}),  # no expected time, no load
+    ],
+)
+def test_loads_in_progress(events: list[tuple[str, float, float]], at: float, left: dict[str, float]) -> None:
+    observed = ObservedTimes()
+    for kind, when, expected in events:
+        if kind == "start":
+            observed.started_load("k", when, expected)
+        elif kind == "answered":
+            observed.record("k", service_s=1.0, ttft_s=9.0, was_cold=True)
+        else:
+            observed.load_ended("k")
+    assert observed.loading_s(at) == pytest.approx(left)
+    assert observed.loading_s(None) == {}
+
+
+def test_a_burst_does_not_herd_onto_a_copy_that_is_still_loading() -> None:
+    """The first of a burst picked the cold copy on ``slow``, which /api/ps then lists while it loads: the
+    next request weighs what is left of that load (8 s) and takes the copy on ``fast``, whose load (6 s)
+    is shorter, where without the load in progress it would join the loading copy as if it were ready."""
+    slow = local(key="slow", host_id=OTHER, api_base="http://10.0.0.2:11434")
+    fast = local(key="fast", warm_state=WarmState.COLD)
+    hosts = {h: Host(h, "http://127.0.0.1:1", 48.0, 2, 2) for h in (BASE.host_id, OTHER)}
+    matrix = Matrix("1.0", hosts, {p.key: p for p in (slow, fast)})
+    overlay = LiveOverlay(
+        memory={h: HostMemory(48.0, 10.0, MemorySource.OLLAMA_PS) for h in hosts},
+        resident={OTHER: {"base:latest": ResidentModel("base:latest", 10.0, None, None)}},
+    )
+    observed = ObservedTimes()
+    common: dict[str, Any] = dict(matrix=matrix, overlay=overlay, in_flight={"slow": 1}, now=NOW)
+    before = select("g", ["slow", "fast"], RequestNeeds(), observed=observed, **common)
+    assert before.chosen is not None and before.chosen.key == "slow"  # looks warm with a free slot
+    observed.started_load("slow", NOW - 2.0, 10.0)
+    after = select("g", ["slow", "fast"], RequestNeeds(), observed=observed, **common)
+    assert after.chosen is not None and after.chosen.key == "fast"
+    assert after.ranking is not None and after.ranking.ttft_s["fast"] == pytest.approx(6.0)
+    plain = _select_plain(
+        "g", ["slow", "fast"], RequestNeeds(), observed=observed, reserved=None,
+        weights=scorers.DEFAULT_WEIGHTS, breakers=None, rules=EvictionRules(), evicted_at=None, use=None,
+        **common,
+    )  # fmt: skip
+    assert plain.chosen is not None and plain.chosen.key == "fast"
+
+
 # --- the compiled cycle the hooks run answers exactly as the readable one ----------------------------------
 def _random_case(rng: random.Random) -> dict[str, Any]:
     hosts = {
@@ -676,7 +757,19 @@ def _random_case(rng: random.Random) -> dict[str, Any]:
     observed_times = ObservedTimes()
     for key in keys:
         if rng.random() < 0.5:
-            observed_times.record(key, service_s=rng.random() * 5, ttft_s=rng.random() * 20, was_cold=True)
+            model = profiles[key].model
+            peers = {k: p.speed_score for k, p in profiles.items() if p.model == model}
+            spread = rng.random() < 0.5  # service times spread to peers never observed, or not
+            observed_times.record(
+                key,
+                service_s=rng.random() * 5,
+                ttft_s=rng.random() * 20,
+                was_cold=True,
+                model=model if spread else None,
+                peers=peers if spread else None,
+            )
+        if rng.random() < 0.2:  # a load a pick started (some overdue, some forgotten)
+            observed_times.started_load(key, now - rng.random() * 30, rng.choice((4.0, 10.0, 20.0)))
     scorer_names = ["ttft", "quality", "speed", "warm", "idle"]
     weights = (
         dict(scorers.TIER_WEIGHTS[rng.choice("HRC")])

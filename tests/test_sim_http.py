@@ -13,9 +13,10 @@ import aiohttp
 import orjson
 import pytest
 
+from tests.harness import served
 from torchrouter.sim import CloudSpec, FleetSpec, HostSpec, ModelSpec, SimFleet, SimFleetError, serve_forever
 from torchrouter.sim.fleet import SimFleetThread
-from torchrouter.sim.ollama_app import GIB, make_reply
+from torchrouter.sim.ollama_app import GIB, create_host_app, make_reply
 from torchrouter.sim.spec import fleet_spec_from_matrix
 
 KEY = "sk-sim-test-key-123"
@@ -294,6 +295,40 @@ async def test_refuse_through_the_python_api_refuses_a_pooled_connection_at_once
     assert isinstance(err.value.os_error, ConnectionRefusedError) and time.monotonic() - started < 1.0
     await fleet.set_fault(HOST, "none")
     assert (await chat(http, url))[0] == 200
+
+
+async def test_blackhole_leaves_a_connect_unanswered_until_cleared(
+    fleet: SimFleet, http: aiohttp.ClientSession
+) -> None:
+    """A black-holed host never answers a new connection: the client's connect timeout ends it (not a
+    refusal, not a read timeout); set through the HTTP API too; cleared, the same port serves again."""
+    url = host(fleet)
+    async with http.post(url + "/sim/fault", json={"mode": "blackhole"}) as resp:
+        assert resp.status == 200 and (await resp.json())["fault"]["mode"] == "blackhole"
+    for _ in range(2):  # not once by luck: every new connection waits
+        with pytest.raises(aiohttp.ConnectionTimeoutError):
+            async with http.post(
+                url + "/api/chat",
+                json={"model": FAST, "messages": USER},
+                timeout=aiohttp.ClientTimeout(sock_connect=0.3, sock_read=10),
+            ):
+                pass
+    assert fleet.runtime(HOST).state()["fault"]["mode"] == "blackhole"
+    await fleet.set_fault(HOST, "refuse")  # from one socket fault to the other
+    with pytest.raises(aiohttp.ClientConnectorError) as err:
+        await chat(http, url)
+    assert isinstance(err.value.os_error, ConnectionRefusedError)
+    await fleet.set_fault(HOST, "blackhole")
+    await fleet.set_fault(HOST, "none")
+    assert host(fleet) == url and (await chat(http, url))[0] == 200
+
+
+async def test_a_socket_fault_needs_the_fleet_that_owns_the_socket(http: aiohttp.ClientSession) -> None:
+    app = create_host_app(SPEC.hosts[0], seed=1, time_scale=0.0)
+    async with served(app) as url:
+        for mode in ("refuse", "blackhole"):
+            async with http.post(url + "/sim/fault", json={"mode": mode}) as resp:
+                assert resp.status == 400 and "SimFleet" in (await resp.json())["error"]
 
 
 async def test_reset(fleet: SimFleet, http: aiohttp.ClientSession) -> None:

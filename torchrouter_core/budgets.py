@@ -12,10 +12,11 @@ C       2        15          120              300    code answers are long; code
 ======  =======  ==========  ===============  =====  ======================================================
 
 - **connect** 2 s: every host is on the local network or a cloud endpoint; a SYN unanswered for 2 s is a
-  dead or black-holed host. Not applied on its own yet: LiteLLM 1.102.4 gives its Ollama client one
-  timeout for all phases (an ``httpx.Timeout`` is cut to its read value for every provider but OpenAI,
-  Azure and Bedrock) and the hooks set one number on cloud attempts too, so the first-byte budget bounds
-  connecting. A refused connection fails at once either way.
+  dead or black-holed host (a lost SYN is first resent after 1 s by Linux, RFC 6298's initial RTO, so 2 s
+  allows one resend). Applied on its own to every attempt (:mod:`litellm_hooks.connect_budget`: LiteLLM's
+  HTTP client with the connect timeout lowered for Ollama, an ``httpx.Timeout`` for the OpenAI SDK), so a
+  host that drops packets is given up on after this, not after the first-byte budget. A refused
+  connection fails at once either way.
 - **first byte** (warm): a resident model starts answering in well under a second on our fleet (the
   simulated fleet's warm TTFT is about 0.2 s); 8-15 s is two orders of magnitude of headroom for a
   queue on the host, while a hung host is given up on within that. It is also the longest silence

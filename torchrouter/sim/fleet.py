@@ -1,16 +1,22 @@
 """Runs a whole simulated fleet (one Ollama app per host, one cloud app) on local ports.
 
 Owns the sockets: starting and stopping the apps, port 0 for tests, a clear error on a busy port, and the
-"refuse" fault, which closes a host's listener so new connections are refused, then reopens it on the same
-port. Because nothing listens while refusing, only this Python API (`SimFleet.set_fault`, `reset`) can clear
-that fault. `serve_forever` is what `torchrouter up` runs when no real fleet is configured; `SimFleetThread`
+two faults that live at the socket: "refuse", which closes a host's listener so new connections are
+refused, and "blackhole", which puts in its place a listener whose accept queue is full, so a new
+connection's SYN is never answered (a host behind a dropping firewall or a dead route: the client waits for
+its connect timeout). Clearing either reopens the app's listener on the same port. Because the app does not
+listen meanwhile, only this Python API (`SimFleet.set_fault`, `reset`) can clear them. `serve_forever`
+is what `torchrouter up` runs when no real fleet is configured; `SimFleetThread`
 runs a fleet beside an event loop that may block (LiteLLM's SDK in the same process).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import select
+import socket
 import threading
 import time
 from collections.abc import Coroutine
@@ -20,7 +26,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from torchrouter.sim.cloud_app import create_cloud_app
-from torchrouter.sim.ollama_app import HOST, RUNTIME, Clock, SimRuntime, create_host_app
+from torchrouter.sim.ollama_app import HOST, RUNTIME, SOCKET_FAULTS, Clock, SimRuntime, create_host_app
 from torchrouter.sim.spec import FleetSpec
 
 log = logging.getLogger(__name__)
@@ -32,14 +38,42 @@ class SimFleetError(RuntimeError):
     pass
 
 
+class _BlackHole:
+    """A listener on the port that never accepts, with its accept queue filled by our own connections: the
+    kernel then drops every new SYN (Linux, ``tcp_abort_on_overflow`` off, the default), so a client's
+    connect hangs until its own timeout, as with a host whose packets vanish."""
+
+    FILLERS = 2  # backlog 0 holds one connection; the second is left half-open, which is harmless
+
+    def __init__(self, host: str, port: int) -> None:
+        self.listener = socket.create_server((host, port), backlog=0)
+        self.fillers: list[socket.socket] = []
+        try:
+            for _ in range(self.FILLERS):
+                filler = socket.socket(self.listener.family, socket.SOCK_STREAM)
+                filler.setblocking(False)
+                self.fillers.append(filler)
+                with contextlib.suppress(BlockingIOError):
+                    filler.connect((host, port))
+            select.select([], self.fillers[:1], [], 1.0)  # the first one is queued (instant on loopback)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        for sock in (*self.fillers, self.listener):
+            sock.close()
+
+
 class _Served:
-    """One app on one port, with a listener that can be closed and reopened."""
+    """One app on one port, with a listener that can be closed, swapped for a black hole, and reopened."""
 
     def __init__(self, name: str, app: web.Application, host: str, port: int) -> None:
         self.name, self.app, self.host, self.port = name, app, host, port
         # handler_cancellation: a client that goes away cancels its handler, which frees its slot.
         self.runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=1.0)
         self.site: web.TCPSite | None = None
+        self.hole: _BlackHole | None = None
 
     @property
     def runtime(self) -> SimRuntime:
@@ -51,7 +85,7 @@ class _Served:
 
     async def start(self) -> None:
         await self.runner.setup()
-        self.runtime.refuse_hook = self.refuse
+        self.runtime.socket_hook = self.socket_fault
         await self._listen()
 
     async def _listen(self) -> None:
@@ -63,6 +97,20 @@ class _Served:
                 f"simulated {self.name} cannot listen on {self.host}:{self.port}: {exc.strerror or exc}"
             ) from exc
         self.site, self.port = site, site.port  # with port 0 the kernel picked one; keep it for reopening
+
+    async def socket_fault(self, mode: str) -> None:
+        """``"refuse"``, ``"blackhole"``, or any other mode: the app listens (no socket fault)."""
+        if self.hole is not None and mode != "blackhole":
+            self.hole.close()
+            self.hole = None
+        await self.refuse(mode in SOCKET_FAULTS)
+        if mode == "blackhole" and self.hole is None:
+            try:
+                self.hole = _BlackHole(self.host, self.port)
+            except OSError as exc:
+                raise SimFleetError(
+                    f"simulated {self.name} cannot black-hole port {self.port}: {exc}"
+                ) from exc
 
     async def refuse(self, on: bool) -> None:
         if on and self.site is not None:
@@ -84,6 +132,9 @@ class _Served:
             await self._listen()
 
     async def stop(self) -> None:
+        if self.hole is not None:
+            self.hole.close()
+            self.hole = None
         await self.runner.cleanup()
 
 
@@ -148,10 +199,11 @@ class SimFleet:
     async def set_fault(
         self, target: str, mode: str, *, count: int | None = None, after_chunks: int = 2
     ) -> None:
-        """Inject a fault on a host id or "cloud"; mode "none" clears it (and reopens a refusing port)."""
+        """Inject a fault on a host id or "cloud"; mode "none" clears it (and reopens a refusing or
+        black-holed port)."""
         served = self._get(target)
         served.runtime.set_fault(mode, count, after_chunks)
-        await served.refuse(mode == "refuse")
+        await served.socket_fault(mode)
 
     def set_external(self, host_id: str, gb: float) -> None:
         """Pretend something else holds `gb` of the host's GPU memory."""
@@ -165,7 +217,7 @@ class SimFleet:
         """Unload all models, zero counters and clear faults everywhere."""
         for served in self._served.values():
             served.runtime.reset()
-            await served.refuse(False)
+            await served.socket_fault("none")
 
     def state(self) -> dict[str, dict[str, Any]]:
         """host_id (and "cloud") -> that simulator's /sim/state document."""

@@ -53,7 +53,10 @@ THINKING_TOKENS = 16
 PROMPT_SPEEDUP = 20.0  # prompt evaluation runs this many times faster than generation
 GIB = 1024**3  # sizes in /api/ps and /api/tags are bytes; the specs' "gb" are GiB, like GPU memory
 OLLAMA_VERSION = "0.12.6"
-HOST_FAULTS = frozenset({"none", "error_500", "refuse", "hang", "cut_stream"})
+# Faults enforced at the listening socket (torchrouter.sim.fleet), where requests cannot be counted:
+# "refuse" (nothing listens) and "blackhole" (a SYN is never answered). They last until cleared.
+SOCKET_FAULTS = frozenset({"refuse", "blackhole"})
+HOST_FAULTS = frozenset({"none", "error_500", "hang", "cut_stream"}) | SOCKET_FAULTS
 _LOREM = (
     "lorem",
     "ipsum",
@@ -97,8 +100,8 @@ class FaultPlan:
     def take(self) -> Fault:
         """The fault for one arriving request; counts it against `remaining`."""
         fault = Fault(self.mode, self.after_chunks)
-        # refuse is enforced at the socket, where requests cannot be counted, so it lasts until cleared.
-        if self.mode not in ("none", "refuse") and self.remaining is not None:
+        # A socket fault cannot count requests, so it lasts until cleared.
+        if self.mode != "none" and self.mode not in SOCKET_FAULTS and self.remaining is not None:
             self.remaining -= 1
             if self.remaining <= 0:
                 self.mode, self.remaining = "none", None
@@ -244,7 +247,7 @@ class Run:
 
 
 class SimRuntime(ABC):
-    """What the apps share: source name, seed and clock, fault plan, counters, and the refuse hook."""
+    """What the apps share: source name, seed and clock, fault plan, counters, and the socket hook."""
 
     modes: frozenset[str] = HOST_FAULTS
 
@@ -254,8 +257,9 @@ class SimRuntime(ABC):
         self.time_scale = time_scale
         self.clock = clock
         self.faults = FaultPlan()
-        # Set by SimFleet: closes or reopens the listening socket. None when the app runs on its own.
-        self.refuse_hook: Callable[[bool], Awaitable[None]] | None = None
+        # Set by SimFleet: applies a fault mode at the listening socket (closes it, black-holes it, or
+        # reopens it for any other mode). None when the app runs on its own.
+        self.socket_hook: Callable[[str], Awaitable[None]] | None = None
 
     @property
     @abstractmethod
@@ -791,19 +795,19 @@ async def sim_fault(request: web.Request) -> web.StreamResponse:
         valid = isinstance(mode, str) and (count is None or isinstance(count, int)) and isinstance(after, int)
         if not valid:
             raise BadRequest("expected {mode: str, count?: int, after_chunks?: int}")
-        if mode == "refuse" and rt.refuse_hook is None:
-            raise BadRequest("refuse needs the app to run under SimFleet, which owns the listening socket")
+        if mode in SOCKET_FAULTS and rt.socket_hook is None:
+            raise BadRequest(f"{mode} needs the app to run under SimFleet, which owns the listening socket")
         rt.set_fault(mode, count, after)
     except (BadRequest, ValueError) as exc:
         return ollama_error(400, str(exc))
     resp = json_response({"fault": rt.faults.as_dict()})
-    if mode == "refuse" and rt.refuse_hook is not None:
+    if mode in SOCKET_FAULTS and rt.socket_hook is not None:
         # Answer first, then close the listener (and this connection with it, so that the client does not
-        # pool it). Only the Python API (SimFleet.set_fault) can clear refuse, since nothing listens any more.
+        # pool it). Only the Python API (SimFleet.set_fault) can clear it: the app does not listen any more.
         resp.force_close()
         await resp.prepare(request)
         await resp.write_eof()
-        await rt.refuse_hook(True)
+        await rt.socket_hook(mode)
     return resp
 
 

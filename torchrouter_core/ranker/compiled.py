@@ -242,6 +242,7 @@ def decide(
     rules: EvictionRules,
     evicted_at: Mapping[tuple[str, str], float] | None,
     charge: ChargeFn | None,
+    loading_s: Mapping[str, float] | None = None,
 ) -> Decision:
     """One cycle, as :func:`~torchrouter_core.ranker.select.select` would run :func:`rank` over its
     snapshot (same inputs, same answers). Raises nothing: a cycle with nothing left answers its
@@ -310,7 +311,11 @@ def decide(
             prompt = prompt_tokens / cand.prompt_denom
             slots = cand.slots
             ahead = flight_get(key, 0) - slots + 1
-            ttft = ahead * service_get(key, default_service) / slots + prompt if ahead > 0 else prompt
+            if loading_s and key in loading_s:  # listed resident, still loading (scorers: wait + load + ...)
+                wait = (ahead if ahead > 0 else 0) * service_get(key, default_service) / slots
+                ttft = wait + loading_s[key] + prompt
+            else:
+                ttft = ahead * service_get(key, default_service) / slots + prompt if ahead > 0 else prompt
         elif state == cloud_state:
             ttft = cloud_first + prompt_tokens / cand.prompt_denom
         else:  # cold (unknown ones never get here: host_unreachable)
@@ -350,10 +355,11 @@ def decide(
             slots = cand.slots
             ahead = flight_get(key, 0) - slots + 1
             wait = (ahead if ahead > 0 else 0) * service_get(key, default_service) / slots
+            load = loading_s[key] if loading_s and key in loading_s else load_get(key, cand.load_default)
             if placement.victims:
-                ttft = wait + load_get(key, cand.load_default) + unload_s * len(placement.victims) + prompt
+                ttft = wait + load + unload_s * len(placement.victims) + prompt
             else:
-                ttft = wait + load_get(key, cand.load_default) + unload_s * 0 + prompt
+                ttft = wait + load + unload_s * 0 + prompt
         # -- the scores (clamped, weighted) and the pick (highest score, ties by key)
         t_value = ref / (ref + (ttft + charge_s))
         t_value = 0.0 if t_value < 0.0 else 1.0 if t_value > 1.0 else t_value

@@ -55,6 +55,9 @@ class FleetSnapshot:
     rooms: Mapping[str, HostRoom] | None = None
     service_s: Mapping[str, float] = field(default_factory=dict)
     load_s: Mapping[str, float] = field(default_factory=dict)
+    # Profile key -> seconds left of a load a pick started that has not answered yet (ObservedTimes):
+    # the copy may be listed resident already, but answers only after it.
+    loading_s: Mapping[str, float] = field(default_factory=dict)
     prompt_tokens: int = 0
     # Profile key -> why it is refused for this request: its circuit breaker or its host's
     # (torchrouter_core.breaker), or ``already_tried`` (an earlier attempt of the same request used it).

@@ -1,23 +1,45 @@
-"""Service and cold-load times the ranker learns per deployment (pure: values in, values out).
+"""Service and cold-load times the ranker learns per deployment, and the loads in progress (pure: values in,
+values out).
 
 Moving averages (weight ``alpha`` for each new sample) of a request's service time (end - start of a
 successful call) and of a cold load (time to first token of a call whose pick was ``cold``: the load
 dominates it), per profile key; :func:`~torchrouter_core.ranker.scorers.estimated_ttft_s` reads them
 through :class:`~torchrouter_core.ranker.interfaces.FleetSnapshot`. Keys are the matrix's profile keys
 (bounded by it); a sample that is not a finite non-negative number is ignored.
+
+Two things a deployment's own samples cannot tell before it has any:
+
+- **Its service time, from its peers.** A deployment never observed takes the service time of the same
+  model observed on other hosts, scaled by speed (``service x speed_score`` is the model's work, the
+  same on every host), instead of the flat prior: a 32B coder that takes 10 s a request elsewhere is not
+  priced at 2 s on a host that has not served it yet. Its own first sample replaces the peers' value.
+- **A load still under way.** Ollama lists a model in ``/api/ps`` while it is still loading (its
+  scheduler adds the runner to ``loaded`` before the load finishes), so the probe reports a copy resident
+  that cannot answer yet. A cold pick starts a load (:meth:`ObservedTimes.started_load`); until that
+  deployment answers or fails, :meth:`ObservedTimes.loading_s` gives the load's remaining seconds, which
+  the ranker adds to that copy's time to first token, so a burst does not herd onto a copy that is still
+  loading as if it were idle and ready. A load not heard of within twice its expected time is forgotten.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+
+LOAD_FORGET_FACTOR = 2.0  # a load in progress is forgotten after this many times its expected seconds
+MIN_SPEED = 0.05  # the floor of a speed_score when scaling a peer's service time (as for the prompt rate)
 
 
 @dataclass
 class ObservedTimes:
     alpha: float = 0.3
+    # What the ranker reads: own observations, and for a deployment never observed its peers' (scaled).
     service_s: dict[str, float] = field(default_factory=dict)
     load_s: dict[str, float] = field(default_factory=dict)
+    own_service: set[str] = field(default_factory=set)  # keys whose service_s is their own
+    model_work: dict[str, float] = field(default_factory=dict)  # model -> mean service x speed_score
+    loading: dict[str, tuple[float, float]] = field(default_factory=dict)  # key -> (started, expected s)
 
     def _blend(self, book: dict[str, float], key: str, sample: float | None) -> None:
         if sample is None or not math.isfinite(sample) or sample < 0:
@@ -25,8 +47,56 @@ class ObservedTimes:
         old = book.get(key)
         book[key] = sample if old is None else old + self.alpha * (sample - old)
 
-    def record(self, key: str, *, service_s: float | None, ttft_s: float | None, was_cold: bool) -> None:
-        """One successful call on ``key``: its service time, and its TTFT as a load sample when cold."""
+    def record(
+        self,
+        key: str,
+        *,
+        service_s: float | None,
+        ttft_s: float | None,
+        was_cold: bool,
+        model: str | None = None,
+        peers: Mapping[str, float] | None = None,
+    ) -> None:
+        """One successful call on ``key``: its service time, and its TTFT as a load sample when cold; it
+        ends any load in progress on ``key``. ``model`` and ``peers`` (every profile key serving the same
+        model -> its ``speed_score``, ``key`` included) spread the service time to peers never observed."""
+        self.loading.pop(key, None)
+        valid = service_s is not None and math.isfinite(service_s) and service_s >= 0
+        if key not in self.own_service and valid:
+            self.service_s.pop(key, None)  # the peers' value was a prior: its own first sample replaces it
+            self.own_service.add(key)
         self._blend(self.service_s, key, service_s)
         if was_cold:
             self._blend(self.load_s, key, ttft_s)
+        if not valid or model is None or not peers:
+            return
+        assert service_s is not None
+        self._blend(self.model_work, model, service_s * max(peers.get(key, 1.0), MIN_SPEED))
+        work = self.model_work[model]
+        for peer, speed in peers.items():
+            if peer not in self.own_service:
+                self.service_s[peer] = work / max(speed, MIN_SPEED)
+
+    def started_load(self, key: str, now: float, expected_s: float) -> None:
+        """A pick of ``key`` while its model was not resident: a load of about ``expected_s`` seconds
+        starts now (Unix seconds). A load already under way keeps its start."""
+        if key not in self.loading and math.isfinite(expected_s) and expected_s > 0:
+            self.loading[key] = (now, expected_s)
+
+    def load_ended(self, key: str) -> None:
+        """``key``'s call failed: whatever load it started is not known to be under way any more."""
+        self.loading.pop(key, None)
+
+    def loading_s(self, now: float | None) -> dict[str, float]:
+        """Profile key -> seconds left of a load in progress (0 once overdue), for the ranker; forgets a
+        load past :data:`LOAD_FORGET_FACTOR` times its expected time. Empty without ``now``."""
+        if not self.loading or now is None:
+            return {}
+        left: dict[str, float] = {}
+        for key, (started, expected) in list(self.loading.items()):
+            elapsed = now - started
+            if elapsed > LOAD_FORGET_FACTOR * expected:
+                del self.loading[key]
+            else:
+                left[key] = max(0.0, expected - elapsed)
+        return left

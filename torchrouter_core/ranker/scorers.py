@@ -51,8 +51,11 @@ def estimated_ttft_s(profile: Profile, fleet: FleetSnapshot) -> float:
     """Expected seconds to the first token: the wait for a slot + a cold load + evictions + prompt.
 
     Wait: with ``b`` requests in flight on ``n`` slots, ``max(0, b - n + 1) * service / n`` (the line ahead
-    drains ``n`` at a time); service is the observed mean, else ``DEFAULT_SERVICE_S``. Load: none when the
-    last ``/api/ps`` lists the model (warm, hot), else the observed load time, else :func:`load_estimate_s`.
+    drains ``n`` at a time); service is the observed mean (its own, else its model's on other hosts scaled
+    by speed: :class:`~torchrouter_core.ranker.observed.ObservedTimes`), else ``DEFAULT_SERVICE_S``. Load:
+    what is left of a load a pick started and that has not answered yet (``fleet.loading_s``), else none
+    when the last ``/api/ps`` lists the model (warm, hot), else the observed load time, else
+    :func:`load_estimate_s`.
     Evictions: ``fleet.unload_s`` per model the load must unload first (:meth:`FleetSnapshot.placement`).
     Prompt: ``prompt_tokens / (PROMPT_TOKENS_PER_S * speed_score)``.
     """
@@ -64,7 +67,11 @@ def estimated_ttft_s(profile: Profile, fleet: FleetSnapshot) -> float:
     ahead = max(0, fleet.in_flight.get(profile.key, 0) - slots + 1)
     wait = ahead * fleet.service_s.get(profile.key, DEFAULT_SERVICE_S) / slots
     resident = profile.warm_state in (WarmState.WARM, WarmState.HOT)
-    load = 0.0 if resident else fleet.load_s.get(profile.key, load_estimate_s(profile))
+    loading = fleet.loading_s.get(profile.key)
+    if loading is not None:
+        load = loading
+    else:
+        load = 0.0 if resident else fleet.load_s.get(profile.key, load_estimate_s(profile))
     placement = fleet.placement(profile) if profile.warm_state is WarmState.COLD else None
     evict = fleet.unload_s * len(placement.victims) if placement is not None else 0.0
     return wait + load + evict + prompt
