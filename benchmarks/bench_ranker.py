@@ -2,6 +2,7 @@
 shipped 23-profile matrix and a generated 1,000-profile one, against a baseline measured in the same run.
 
     .venv/bin/python -m benchmarks.bench_ranker [--quick]
+    .venv/bin/python -m benchmarks.bench_ranker --instructions   # valgrind's count, steady under load
 
 The decision is what `async_filter_deployments` runs per attempt, with the same inputs: the live matrix and
 overlay, requests in flight, the ledger's view, observed times, the clock, the eviction log and recent use
@@ -21,9 +22,15 @@ shows the growth (linear would be about 43x).
 from __future__ import annotations
 
 import argparse
+import os
+import re
+import shutil
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from capability_matrix import (
@@ -43,6 +50,8 @@ from torchrouter_core.ranker.compiled import Compiled
 from torchrouter_core.ranker.observed import ObservedTimes
 from torchrouter_core.ranker.scorers import TIER_WEIGHTS
 from torchrouter_core.ranker.select import _select_plain, select
+
+HERE = str(Path(__file__).resolve().parents[1])
 
 
 def generated(n_hosts: int, per_host: int) -> Matrix:
@@ -135,10 +144,84 @@ def measure(name: str, matrix: Matrix, batch: int, repeats: int) -> float:
     return decision
 
 
+def _inputs(matrix: Matrix) -> tuple[list[str | None], RequestNeeds, dict[str, Any], Matrix]:
+    """The same decision inputs as :func:`measure` (a fixed clock, so that two runs count alike)."""
+    live_matrix, overlay, in_flight, reserved, observed = live(matrix)
+    now = 1_800_000_000.0
+    use, log = RecentUse(), EvictionLog()
+    for i, p in enumerate(live_matrix.profiles.values()):
+        if p.is_local and i % 2 == 0:
+            use.record(p.host_id, p.model, now - i % 60)
+    inputs: dict[str, Any] = dict(
+        matrix=live_matrix, overlay=overlay, in_flight=in_flight, reserved=reserved,
+        weights=TIER_WEIGHTS["R"], observed=observed, now=now, evicted_at=log.evicted_at, use=use,
+    )  # fmt: skip
+    return (
+        list(live_matrix.profiles),
+        RequestNeeds(prompt_tokens=1200, max_output_tokens=256),
+        inputs,
+        live_matrix,
+    )
+
+
+def _count_child(which: str, what: str, n: int) -> None:
+    """Run ``n`` decisions (``what``: ``select`` or the bare ``loop``) over the ``which`` matrix
+    (``small``: shipped, ``big``: 1,000 profiles), after one warm-up; valgrind counts the process."""
+    matrix = load_matrix(DEFAULT_MATRIX_PATH) if which == "small" else generated(200, 5)
+    keys, needs, inputs, live_matrix = _inputs(matrix)
+    select("balanced", keys, needs, **inputs)  # compile once, as the hooks do per probe round
+    for _ in range(n):
+        if what == "select":
+            select("balanced", keys, needs, **inputs)
+        else:
+            sum(1 for k in keys if k is not None and live_matrix.profiles[k].vram_gb >= 0)
+
+
+def _instructions(which: str, what: str, n: int) -> int:
+    cmd = ["valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null"]
+    cmd += [sys.executable, "-m", "benchmarks.bench_ranker", "--count-child", which, what, str(n)]
+    env = {**os.environ, "PYTHONHASHSEED": "0"}  # the same string hashes (set and dict order) every run
+    done = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=HERE, env=env)
+    found = re.search(r"I\s+refs:\s+([\d,]+)", done.stderr)
+    if found is None:
+        raise RuntimeError(f"no instruction count from valgrind: {done.stderr[-2000:]}")
+    return int(found.group(1).replace(",", ""))
+
+
+def count_instructions(n1: int, n2: int) -> None:
+    """Instructions per decision, from two runs of ``n1`` and ``n2`` decisions each (start-up cancels out):
+    a count that does not move with the machine's load, unlike the times above."""
+    if shutil.which("valgrind") is None:
+        raise SystemExit("valgrind not found: apt-get install valgrind")
+    print(f"instructions per decision (valgrind cachegrind; runs of {n1} and {n2} decisions)")
+    per: dict[tuple[str, str], float] = {}
+    for which in ("small", "big"):
+        for what in ("select", "loop"):
+            first, second = _instructions(which, what, n1), _instructions(which, what, n2)
+            per[which, what] = (second - first) / (n2 - n1)
+        print(
+            f"{'shipped matrix' if which == 'small' else 'generated 200 hosts x 5':>24}: "
+            f"select {per[which, 'select']:12,.0f}  bare loop {per[which, 'loop']:10,.0f}  "
+            f"ratio {per[which, 'select'] / per[which, 'loop']:5.1f}x"
+        )
+    print(f"growth 1,000 / 23 profiles: {per['big', 'select'] / per['small', 'select']:.1f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument(
+        "--instructions", action="store_true", help="count instructions per decision under valgrind instead"
+    )
+    parser.add_argument("--count-child", nargs=3, metavar=("MATRIX", "WHAT", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.count_child:
+        which, what, n = args.count_child
+        _count_child(which, what, int(n))
+        return
+    if args.instructions:
+        count_instructions(20, 120)
+        return
     batch, repeats = (200, 3) if args.quick else (1000, 7)
     small = measure("shipped matrix", load_matrix(DEFAULT_MATRIX_PATH), batch, repeats)
     big = measure("generated 200 hosts x 5", generated(200, 5), max(batch // 20, 10), repeats)

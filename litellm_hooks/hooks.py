@@ -32,13 +32,15 @@ from datetime import datetime
 from typing import Any
 
 import aiohttp
+import litellm
 from litellm.integrations.custom_logger import CustomLogger
+from litellm.types.router import RouterRateLimitError, RouterRateLimitErrorBasic
 
 from capability_matrix import FleetView, Matrix, MatrixStore, WarmState, next_auth_lockouts
 from capability_matrix.live import sharing_credentials
 from capability_matrix.probe import FleetProbe
 from litellm_hooks.client_watch import ClientWatches, watch_current_client
-from litellm_hooks.connect_budget import OLLAMA_PROVIDERS, LocalClients, cloud_timeout
+from litellm_hooks.connect_budget import LocalClients, apply_budget
 from litellm_hooks.failures import classify
 from litellm_hooks.reservations import Reservations, host_reports, open_ledger, own_report
 from litellm_hooks.settings import HooksSettings
@@ -64,6 +66,37 @@ log = logging.getLogger("torchrouter.hooks")
 _CTX = "torchrouter"  # key inside LiteLLM's request metadata: plain values only (LiteLLM copies it)
 FIRST_ROUND_WAIT_S = 2.0  # the first ranking waits at most this long for the probe's first round
 MAX_UNBOOKED = 100_000  # calls kept for the shared spend book while Redis does not answer
+
+
+def register_local_models(matrix: Matrix, registered: set[str]) -> None:
+    """Tell LiteLLM each local model of the matrix (``ollama_chat/<model>``: the matrix's context window,
+    tools, no cost) that it has not been told yet. Without this, LiteLLM 1.102.4's success logging asks
+    the host's ``/api/show`` for a model it does not know, once per model and worker, with a synchronous
+    HTTP call on the proxy's event loop: a host that stops answering right then froze every request of
+    the worker for minutes (reviewed: 135 s). A model LiteLLM knows is never fetched
+    (``OllamaModelInfo._is_static_ollama_model``)."""
+    known: dict[str, tuple[int, bool]] = {}  # name -> (the largest window, tools on any host)
+    for profile in matrix.profiles.values():
+        name = f"ollama_chat/{profile.model}"
+        if profile.is_local and name not in registered:
+            window, tools = known.get(name, (0, False))
+            known[name] = (max(window, profile.context_window), tools or profile.supports_tools)
+    entries = {
+        name: {
+            "max_tokens": window,
+            "max_input_tokens": window,
+            "max_output_tokens": window,
+            "input_cost_per_token": 0.0,
+            "output_cost_per_token": 0.0,
+            "litellm_provider": "ollama",
+            "mode": "chat",
+            "supports_function_calling": tools,
+        }
+        for name, (window, tools) in known.items()
+    }
+    if entries:
+        litellm.register_model(entries)
+        registered.update(entries)
 
 
 def open_shared_spend(settings: HooksSettings) -> SharedSpend | None:
@@ -96,6 +129,7 @@ class HooksRuntime:
     unbooked: list[tuple[str, float, float]] = field(default_factory=list)  # (call, USD, ts) not in Redis yet
     spend_synced: bool = False  # today's shared total read at least once since start
     local_clients: LocalClients = field(default_factory=LocalClients)  # Ollama calls, connect budget applied
+    registered: set[str] = field(default_factory=set)  # ollama_chat/<model> names told to LiteLLM
 
     @classmethod
     def build(cls, settings: HooksSettings) -> HooksRuntime:
@@ -194,29 +228,6 @@ class HooksRuntime:
             self.spend.daily.mirror(total, now)
         self.spend_synced = True
 
-    def apply_budget(
-        self,
-        request_kwargs: dict[str, Any],
-        deployment: Mapping[str, Any],
-        first_byte_s: float,
-        connect_s: float,
-    ) -> None:
-        """Set one attempt's time budgets (seconds) on LiteLLM's call: ``timeout`` and ``stream_timeout``
-        (first byte, and every silence within a stream), and the connect budget the way the provider takes
-        it (:mod:`litellm_hooks.connect_budget`): our HTTP client for Ollama, an ``httpx.Timeout`` for the
-        others. The call's kwargs outlive a hop, so a client set for a local attempt is taken back for a
-        cloud one (whose OpenAI client LiteLLM's router supplies)."""
-        litellm_model = str((deployment.get("litellm_params") or {}).get("model") or "")
-        if request_kwargs.get("client") is not None and self.local_clients.owns(request_kwargs["client"]):
-            del request_kwargs["client"]
-        if litellm_model.partition("/")[0] in OLLAMA_PROVIDERS:
-            request_kwargs["client"] = self.local_clients.for_connect(connect_s)
-            request_kwargs["timeout"] = request_kwargs["stream_timeout"] = first_byte_s
-        else:
-            request_kwargs["timeout"] = request_kwargs["stream_timeout"] = cloud_timeout(
-                first_byte_s, connect_s
-            )
-
     def live_matrix(self, now: float) -> Matrix:
         store = self.fleet.store
         store.maybe_reload(time.monotonic())
@@ -224,6 +235,7 @@ class HooksRuntime:
             # An operator's edit of the matrix is the "I fixed it" signal: auth lockouts start over.
             self.generation = store.generation
             self.fleet.set_auth_lockouts({})
+            register_local_models(store.current, self.registered)
         return self.fleet.matrix(now)
 
     async def probe(self) -> None:
@@ -276,6 +288,15 @@ def _attempt_of(ctx: dict[str, Any], reported: str | None, *, failed: bool) -> s
         return reported
     attempt = pending.pop(0)
     return attempt if isinstance(attempt, str) else reported
+
+
+def _no_deployment(exc: object) -> bool:
+    """LiteLLM's "no deployments available" error: raised when our filter left a hop no candidate (its
+    ``route_selected`` says ``no_candidate``). That hop made no attempt, so its failure, logged while the
+    next hop's attempt may already be under way, must not be taken for that attempt's."""
+    return isinstance(exc, RouterRateLimitError | RouterRateLimitErrorBasic) or (
+        isinstance(exc, Exception) and "no deployments available" in str(exc).lower()
+    )
 
 
 def _first_report(ctx: dict[str, Any], exc: object) -> bool:
@@ -355,6 +376,7 @@ class RouterHooks(CustomLogger):
     def _ensure(self, started_by: str = "first_hook_call") -> HooksRuntime:
         if self._runtime is None:
             self._runtime = HooksRuntime.build(self._load_settings())
+            register_local_models(self._runtime.fleet.store.current, self._runtime.registered)
         runtime = self._runtime
         if runtime.probe_task is None:
             runtime.probe_task = asyncio.get_running_loop().create_task(runtime.probe(), name="hooks-probe")
@@ -559,7 +581,8 @@ class RouterHooks(CustomLogger):
             ):  # this attempt's budgets (LiteLLM reads them per attempt)
                 budget = budget_for(runtime.settings.time_budgets, ctx.get("tier"))
                 cold = chosen.is_local and chosen.warm_state not in RESIDENT
-                runtime.apply_budget(request_kwargs, picked[0], budget.first_byte(cold), budget.connect_s)
+                first_byte_s = budget.first_byte(cold)
+                apply_budget(request_kwargs, picked[0], first_byte_s, budget.connect_s, runtime.local_clients)
             if ctx.get("request_id"):
                 runtime.in_flight.start(chosen.key, str(ctx["request_id"]), now)
             return picked
@@ -606,8 +629,7 @@ class RouterHooks(CustomLogger):
             runtime.breaker_changes(runtime.breakers.succeeded(key, profile.host_id, now), who)
         else:
             failure, retry_after = classify(exc, now)
-            if failure is not None:  # the target failed: a load it was doing is not known to go on
-                runtime.observed.load_ended(key)
+            runtime.observed.load_ended(key)  # whatever failed, a load it started is not known to go on
             ctx["last_failure"] = failure.value if failure is not None else f"status_{status}"
             runtime.events.emit(
                 EventKind.ATTEMPT_FAILED,
@@ -687,6 +709,8 @@ class RouterHooks(CustomLogger):
             self.client_watches.take(kwargs.get("litellm_call_id"))  # a stream that never started
             await self._release(kwargs)
             exc = kwargs.get("exception")
+            if _no_deployment(exc):  # a hop where no candidate was left: no attempt of it to account for
+                return
             if _first_report(_ctx_of(kwargs), exc):
                 self._finished(kwargs, _status_of(exc) or 0, exc)
         except Exception:

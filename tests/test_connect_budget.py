@@ -6,8 +6,9 @@ before, streamed or not."""
 
 from __future__ import annotations
 
+import socket
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
@@ -15,7 +16,13 @@ import litellm
 import pytest
 from litellm import exceptions as llm
 
-from litellm_hooks.connect_budget import LocalClients, cloud_timeout, connect_capped
+from litellm_hooks.connect_budget import (
+    LocalClients,
+    apply_budget,
+    cloud_timeout,
+    connect_capped,
+    socket_factory,
+)
 from litellm_hooks.failures import classify
 from torchrouter.sim import CloudSpec, FleetSpec, HostSpec, ModelSpec
 from torchrouter.sim.fleet import SimFleetThread
@@ -46,10 +53,11 @@ def fleet() -> Iterator[SimFleetThread]:
 
 
 @pytest.fixture
-def clients(fleet: SimFleetThread) -> Iterator[LocalClients]:
+async def clients(fleet: SimFleetThread) -> AsyncIterator[LocalClients]:
     fleet.call(fleet.fleet.reset())
     mine = LocalClients()
     yield mine
+    await mine.aclose()
     fleet.call(fleet.fleet.reset())
 
 
@@ -79,7 +87,6 @@ async def test_a_local_attempt_stops_connecting_after_the_connect_budget(
     assert classify(err.value, time.time()) == (Failure.CONNECT_TIMEOUT, None)
     # Not a timing benchmark: the two budgets are 33x apart, and only the connect budget can end it early.
     assert took < READ_S / 2, took
-    await clients.aclose()
 
 
 async def test_a_read_timeout_through_the_same_client_stays_a_timeout(
@@ -89,7 +96,6 @@ async def test_a_read_timeout_through_the_same_client_stays_a_timeout(
     with pytest.raises(llm.Timeout) as err:
         await local_call(fleet, clients, stream=False, read_s=0.5)
     assert classify(err.value, time.time()) == (Failure.TIMEOUT, None)
-    await clients.aclose()
 
 
 @pytest.mark.parametrize("stream", [False, True])
@@ -99,7 +105,6 @@ async def test_a_host_that_answers_is_served_through_the_client(
     text = await local_call(fleet, clients, stream=stream, read_s=READ_S)
     assert text.startswith(f"sim:{HOST}:{MODEL}"), text
     assert clients.owns(clients.for_connect(CONNECT_S)) and not clients.owns(object())
-    await clients.aclose()
 
 
 async def test_a_cloud_attempt_stops_connecting_after_the_connect_budget(
@@ -143,3 +148,42 @@ async def test_the_hook_lowers_the_connect_timeout_only(given: dict[str, float],
 def test_the_cloud_timeout_never_allows_more_to_connect_than_in_all() -> None:
     assert cloud_timeout(8.0, 2.0) == httpx.Timeout(8.0, connect=2.0)
     assert cloud_timeout(1.0, 2.0) == httpx.Timeout(1.0, connect=1.0)
+
+
+def test_the_sockets_fail_a_dead_kept_alive_connection_after_the_connect_budget() -> None:
+    """A request written into a connection kept alive from before its host vanished is never acknowledged:
+    TCP_USER_TIMEOUT (the connect budget, in ms) fails it then; SO_KEEPALIVE as LiteLLM's own sockets."""
+    sock = socket_factory(0.3)((socket.AF_INET, socket.SOCK_STREAM, 0, "", ()))
+    try:
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 300
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+        assert sock.getblocking() is False
+    finally:
+        sock.close()
+
+
+OLLAMA = {"litellm_params": {"model": f"ollama_chat/{MODEL}"}}
+OPENAI = {"litellm_params": {"model": "openai/gpt-4o-mini"}}
+
+
+async def test_each_attempt_gets_its_budgets_the_way_its_provider_takes_them() -> None:
+    mine = LocalClients()
+    try:
+        kwargs: dict[str, Any] = {}
+        apply_budget(kwargs, OLLAMA, 8.0, 2.0, mine)  # local: our client, one number for the rest
+        assert (
+            kwargs["client"] is mine.for_connect(2.0) and kwargs["timeout"] == kwargs["stream_timeout"] == 8.0
+        )
+        apply_budget(kwargs, OPENAI, 8.0, 2.0, mine)  # a later cloud hop: our client taken back
+        assert "client" not in kwargs
+        assert kwargs["timeout"] == kwargs["stream_timeout"] == httpx.Timeout(8.0, connect=2.0)
+        apply_budget(kwargs, OLLAMA, 60.0, 0.5, mine)  # a cold pick, another tier's connect budget
+        assert kwargs["client"] is mine.for_connect(0.5) and kwargs["client"] is not mine.for_connect(2.0)
+        assert kwargs["timeout"] == 60.0
+        foreign = object()  # a client someone else set stays for a cloud attempt
+        kwargs = {"client": foreign}
+        apply_budget(kwargs, OPENAI, 8.0, 2.0, mine)
+        assert kwargs["client"] is foreign
+        apply_budget({}, {}, 8.0, 2.0, mine)  # a deployment without litellm_params: the cloud's way
+    finally:
+        await mine.aclose()

@@ -81,6 +81,20 @@ async def test_start_polls_the_fleet_and_stop_ends_the_probe(hooks: tuple[Router
     ]
 
 
+async def test_litellm_knows_every_local_model_so_it_never_asks_a_host_synchronously(
+    stack: Stack, hooks: tuple[RouterHooks, Path]
+) -> None:
+    """LiteLLM's success logging fetches ``/api/show`` synchronously, on the event loop, for an Ollama
+    model it does not know; the hooks tell it every local model of the matrix at start."""
+    from litellm.llms.ollama.common_utils import OllamaModelInfo
+
+    models = {p["model"] for p in yaml.safe_load(stack.matrix_path.read_text())["profiles"].values()
+              if p["provider"] == "ollama"}  # fmt: skip
+    assert models
+    for model in sorted(models):
+        assert OllamaModelInfo._is_static_ollama_model(f"ollama_chat/{model}"), model
+
+
 async def test_the_adapters_carry_the_contract(stack: Stack, hooks: tuple[RouterHooks, Path]) -> None:
     instance, events = hooks
     request = RouteRequest(
@@ -228,6 +242,46 @@ async def test_a_request_never_retries_a_deployment_and_failures_open_its_breake
     assert after["rejected"].get(first) == "breaker_open"
     headers = await instance.async_post_call_response_headers_hook(data, None, None)
     assert headers is not None and first in (RouteReport.from_headers(headers).breakers or ())
+    assert instance.errors == 0
+
+
+async def test_a_hop_with_no_candidate_is_not_taken_for_the_next_hop_s_attempt(
+    stack: Stack, hooks: tuple[RouterHooks, Path]
+) -> None:
+    """Hop 1 leaves no candidate (every deployment of its group too small for the request); LiteLLM logs
+    that hop's "no deployments available" failure while hop 2's attempt is already under way. That failure
+    belongs to no attempt: hop 2's own failure, told next, is the one charged to hop 2's deployment."""
+    from litellm.exceptions import InternalServerError
+    from litellm.types.router import RouterRateLimitError
+
+    instance, events = hooks
+    request = RouteRequest(
+        request_id="hops-1", group="fast-chat", tier="R", needs=RequestNeeds(60_000, 10, False)
+    )
+    data: dict[str, Any] = {
+        "model": "fast-chat",
+        "litellm_call_id": "hops-1",
+        "messages": [{"role": "user", "content": "hi"}],
+        "proxy_server_request": {"headers": request.to_headers()},
+    }
+    data = await instance.async_pre_call_hook(None, None, data, "completion")
+    assert (
+        await instance.async_filter_deployments("fast-chat", _deployments(stack, "fast-chat"), [], data) == []
+    )
+    wide = _deployments(stack, "cloud-fast")
+    [picked] = await instance.async_filter_deployments("cloud-fast", wide, data["messages"], data)
+    key = picked["model_info"]["id"]
+    no_candidate = RouterRateLimitError("fast-chat", 0.0, False, [])
+    hop1 = {**data, "litellm_params": {"metadata": data["metadata"]}, "exception": no_candidate}
+    await instance.async_log_failure_event(hop1, None, None, None)
+    error = InternalServerError("boom", llm_provider="openai", model="m")
+    hop2 = {**data, "litellm_params": {"model_info": {"id": key}, "metadata": data["metadata"]}}
+    await instance.async_log_failure_event({**hop2, "exception": error}, None, None, None)
+    failed = await _last(events, "attempt_failed")
+    assert (failed["request_id"], failed["deployment"], failed["failure"]) == ("hops-1", key, "server_error")
+    assert [
+        e for e in read_events(events) if e["event"] == "attempt_failed" and e["request_id"] == "hops-1"
+    ] == [failed]
     assert instance.errors == 0
 
 

@@ -344,6 +344,8 @@ SLOTS2 = {"warm-idle": 2, "cold-free": 2, "warm-busy": 2, "cold-full": 2}
         ),
         # not listed yet, a load under way: what is left of it, not a whole second load
         (local(warm_state=WarmState.COLD), FleetSnapshot(loading_s={BASE.key: 1.5}), 1.5),
+        # ... and once that load is overdue and the copy still not listed: a whole load again
+        (local(warm_state=WarmState.COLD), FleetSnapshot(loading_s={BASE.key: 0.0}), 6.0),
     ],
 )
 def test_estimated_ttft(profile: Profile, fleet: FleetSnapshot, ttft_s: float) -> None:
@@ -593,18 +595,19 @@ def test_parse_tier_weights(text: str, ok: bool) -> None:
 @pytest.mark.parametrize(
     ("samples", "service", "load"),
     [
-        ([(2.0, 9.0, True)], 2.0, 9.0),  # the first sample is taken as it is
-        ([(2.0, 9.0, True), (4.0, 1.0, False)], 2.6, 9.0),  # warm TTFTs do not teach load times
-        ([(2.0, None, True), (float("nan"), -1.0, True)], 2.0, None),  # bad samples ignored
+        ([(2.0, 9.0, True)], None, 9.0),  # a cold call teaches its load, not a service time (mostly load)
+        ([(2.0, 9.0, True), (4.0, 1.0, False)], 4.0, 9.0),  # warm TTFTs do not teach load times
+        ([(2.0, 9.0, False), (3.0, 1.0, False)], 2.3, None),  # the first sample as it is, then blended
+        ([(2.0, None, False), (float("nan"), -1.0, True)], 2.0, None),  # bad samples ignored
     ],
 )
 def test_observed_times(
-    samples: list[tuple[float, float | None, bool]], service: float, load: float | None
+    samples: list[tuple[float, float | None, bool]], service: float | None, load: float | None
 ) -> None:
     observed = ObservedTimes(alpha=0.3)
     for service_s, ttft_s, cold in samples:
         observed.record("k", service_s=service_s, ttft_s=ttft_s, was_cold=cold)
-    assert observed.service_s["k"] == pytest.approx(service)
+    assert observed.service_s.get("k") == (None if service is None else pytest.approx(service))
     assert observed.load_s.get("k") == (None if load is None else pytest.approx(load))
     fleet = FleetSnapshot(service_s=observed.service_s, load_s=observed.load_s)
     cold_profile = local(key="k", warm_state=WarmState.COLD)
@@ -626,6 +629,9 @@ def test_a_deployment_never_observed_takes_its_model_s_service_time_from_its_pee
     assert observed.service_s["a"] == 10.0 and observed.service_s["c"] == pytest.approx(16.0)
     observed.record("x", service_s=1.0, ttft_s=None, was_cold=False, model="chat", peers={"x": 1.0})
     assert observed.service_s["c"] == pytest.approx(16.0)
+    # a cold call's duration is mostly its load: no service time, for itself or its peers
+    observed.record("c", service_s=62.0, ttft_s=60.0, was_cold=True, model="coder", peers=peers)
+    assert "c" not in observed.own_service and observed.service_s["c"] == pytest.approx(16.0)
     # a bad sample teaches nothing, not even to its peers
     observed.record("c", service_s=float("nan"), ttft_s=None, was_cold=False, model="coder", peers=peers)
     assert "c" not in observed.own_service and observed.service_s["c"] == pytest.approx(16.0)
@@ -641,6 +647,7 @@ def test_a_deployment_never_observed_takes_its_model_s_service_time_from_its_pee
         ([("start", 100.0, 10.0), ("answered", 0.0, 0.0)], 104.0, {}),  # it answered: loaded
         ([("start", 100.0, 10.0), ("failed", 0.0, 0.0)], 104.0, {}),
         ([("start", 100.0, float("nan")), ("start", 100.0, 0.0)], 104.0, {}),  # no expected time, no load
+        ([("start", 100.0, 10.0)], 40.0, {"k": 10.0}),  # the clock stepped back: never more than the load
     ],
 )
 def test_loads_in_progress(events: list[tuple[str, float, float]], at: float, left: dict[str, float]) -> None:

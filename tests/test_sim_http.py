@@ -323,6 +323,23 @@ async def test_blackhole_leaves_a_connect_unanswered_until_cleared(
     assert host(fleet) == url and (await chat(http, url))[0] == 200
 
 
+async def test_a_black_hole_that_cannot_take_the_port_leaves_no_fault_behind(
+    fleet: SimFleet, http: aiohttp.ClientSession
+) -> None:
+    url = host(fleet)
+    port = int(url.rsplit(":", 1)[1])
+    await fleet.set_fault(HOST, "refuse")
+    squatter = socket.create_server(("127.0.0.1", port))  # another process took the port meanwhile
+    try:
+        with pytest.raises(SimFleetError):
+            await fleet.set_fault(HOST, "blackhole")
+        assert fleet.runtime(HOST).state()["fault"]["mode"] == "none"
+    finally:
+        squatter.close()
+    await fleet.set_fault(HOST, "none")
+    assert (await chat(http, url))[0] == 200
+
+
 async def test_a_socket_fault_needs_the_fleet_that_owns_the_socket(http: aiohttp.ClientSession) -> None:
     app = create_host_app(SPEC.hosts[0], seed=1, time_scale=0.0)
     async with served(app) as url:

@@ -15,8 +15,9 @@ C       2        15          120              300    code answers are long; code
   dead or black-holed host (a lost SYN is first resent after 1 s by Linux, RFC 6298's initial RTO, so 2 s
   allows one resend). Applied on its own to every attempt (:mod:`litellm_hooks.connect_budget`: LiteLLM's
   HTTP client with the connect timeout lowered for Ollama, an ``httpx.Timeout`` for the OpenAI SDK), so a
-  host that drops packets is given up on after this, not after the first-byte budget. A refused
-  connection fails at once either way.
+  host that drops packets is given up on after this, not after the first-byte budget (a request written
+  into a connection kept alive from before: the Ollama client's ``TCP_USER_TIMEOUT``, the same number). A
+  refused connection fails at once either way.
 - **first byte** (warm): a resident model starts answering in well under a second on our fleet (the
   simulated fleet's warm TTFT is about 0.2 s); 8-15 s is two orders of magnitude of headroom for a
   queue on the host, while a hung host is given up on within that. It is also the longest silence

@@ -4,10 +4,13 @@ Owns the sockets: starting and stopping the apps, port 0 for tests, a clear erro
 two faults that live at the socket: "refuse", which closes a host's listener so new connections are
 refused, and "blackhole", which puts in its place a listener whose accept queue is full, so a new
 connection's SYN is never answered (a host behind a dropping firewall or a dead route: the client waits for
-its connect timeout). Clearing either reopens the app's listener on the same port. Because the app does not
-listen meanwhile, only this Python API (`SimFleet.set_fault`, `reset`) can clear them. `serve_forever`
-is what `torchrouter up` runs when no real fleet is configured; `SimFleetThread`
-runs a fleet beside an event loop that may block (LiteLLM's SDK in the same process).
+its connect timeout). Both close idle kept-alive connections first, so they model new connections only: a
+vanished host's pooled connections would go silent instead, which loopback cannot show (the local kernel
+acknowledges whatever is written; see litellm_hooks/connect_budget.py on TCP_USER_TIMEOUT). Clearing
+either reopens the app's listener on the same port. Because the app does not listen meanwhile, only this
+Python API (`SimFleet.set_fault`, `reset`) can clear them. `serve_forever` is what `torchrouter up` runs
+when no real fleet is configured; `SimFleetThread` runs a fleet beside an event loop that may block
+(LiteLLM's SDK in the same process).
 """
 
 from __future__ import annotations
@@ -203,7 +206,12 @@ class SimFleet:
         black-holed port)."""
         served = self._get(target)
         served.runtime.set_fault(mode, count, after_chunks)
-        await served.socket_fault(mode)
+        try:
+            await served.socket_fault(mode)
+        except BaseException:  # the port could not be black-holed: no fault at all, rather than half of one
+            served.runtime.set_fault("none")
+            await served.socket_fault("none")
+            raise
 
     def set_external(self, host_id: str, gb: float) -> None:
         """Pretend something else holds `gb` of the host's GPU memory."""

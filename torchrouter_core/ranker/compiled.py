@@ -124,6 +124,9 @@ class _Cand:
 _NO_FLEET: Final = FleetSnapshot()
 
 
+_Row = tuple[str, int, int, str, str, float, float, float, int, float, "_Cand"]
+
+
 @dataclass
 class _Group:
     """One group's deployments for one request shape: those no request of this shape can use (a missing
@@ -135,6 +138,16 @@ class _Group:
     cands: list[_Cand]
     unknown: tuple[str | None, ...]
     known: int
+    # the per-candidate loop's reads, as one tuple per candidate (unpacked at once: cheaper than 10
+    # attribute reads a candidate on the hot path)
+    rows: list[_Row] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.rows = [
+            (c.key, c.state, c.window, c.host_id, c.model, c.claim, c.load_default, c.prompt_denom, c.slots,
+             c.quality_clamped, c)
+            for c in self.cands
+        ]  # fmt: skip
 
 
 @dataclass
@@ -288,28 +301,27 @@ def decide(
     else:
         columns = [[] for _ in names]
     best: _Cand | None = None
-    best_placement, best_score, best_key, best_ttft = FITS, -1.0, "", 0.0
-    resident_state, cloud_state, fits = _RESIDENT, _CLOUD, FITS  # locals: read per candidate
-    for cand in grp.cands:
-        key = cand.key
-        if size > cand.window:
+    best_victims, best_score, best_key, best_ttft = _NO_VICTIMS, -1.0, "", 0.0
+    resident_state, cloud_state = _RESIDENT, _CLOUD  # locals: read per candidate
+    for key, state, window, host_id, model, claim, load_default, prompt_denom, slots, q, cand in grp.rows:
+        if size > window:
             rejected[key] = "context_window"
             continue
         if check_breakers and key in breakers:  # type: ignore[operator]
             rejected[key] = breakers[key]  # type: ignore[index]
             continue
         # -- room, and the expected time to first token (scorers.estimated_ttft_s, same arithmetic)
-        state = cand.state
         charge_s = 0.0
-        placement = fits
+        victims = (
+            _NO_VICTIMS  # the placement's victims (FITS: none); its Placement is built for the pick only
+        )
         if state == resident_state:
             if evicting:
-                going = evicting.get(cand.host_id)
-                if going is not None and cand.model in going:
+                going = evicting.get(host_id)
+                if going is not None and model in going:
                     rejected[key] = "evicting"
                     continue
-            prompt = prompt_tokens / cand.prompt_denom
-            slots = cand.slots
+            prompt = prompt_tokens / prompt_denom
             ahead = flight_get(key, 0) - slots + 1
             if loading_s and key in loading_s:  # listed resident, still loading (scorers: wait + load + ...)
                 wait = (ahead if ahead > 0 else 0) * service_get(key, default_service) / slots
@@ -317,54 +329,53 @@ def decide(
             else:
                 ttft = ahead * service_get(key, default_service) / slots + prompt if ahead > 0 else prompt
         elif state == cloud_state:
-            ttft = cloud_first + prompt_tokens / cand.prompt_denom
+            ttft = cloud_first + prompt_tokens / prompt_denom
         else:  # cold (unknown ones never get here: host_unreachable)
-            host_id = cand.host_id
             room = quick.get(host_id)
             if room is None:
                 found = host_base.get(host_id)
                 if found is None:  # an undeclared host: no room known
                     rejected[key] = "no_room"
                     continue
-                free, slots = found
+                free, host_slots = found
                 held = reserved.get(host_id) if reserved else None
                 pending = _EMPTY
                 if held is not None:
                     free += held.freed_gb - held.reserved_gb
-                    slots += len(held.evicting) - held.pending_models
+                    host_slots += len(held.evicting) - held.pending_models
                     pending = held.pending
-                room = (max(0.0, free), slots, pending)
+                room = (max(0.0, free), host_slots, pending)
                 quick[host_id] = room
-            if not (cand.model in room[2] or (cand.claim <= room[0] + EPS_GB and room[1] >= 1)):
+            if not (model in room[2] or (claim <= room[0] + EPS_GB and room[1] >= 1)):
                 # usability.place's walk; its steps for this host are worked out once per request
                 steps = walks.get(host_id)
                 if steps is None:
                     steps = walks[host_id] = _walk(
                         plan, host_id, room, reserved, in_flight, now, rules, evicted_at, charge
                     )
-                claim, found_placement = cand.claim, None
-                for step_free, step_slots, step_placement, step_charge in steps:
+                fitted = None
+                for step_free, step_slots, step_victims, step_charge in steps:
                     if claim <= step_free and step_slots >= 1:
-                        found_placement, charge_s = step_placement, step_charge
+                        fitted, charge_s = step_victims, step_charge
                         break
-                if found_placement is None:
+                if fitted is None:
                     rejected[key] = "no_room"
                     continue
-                placement = found_placement
-            prompt = prompt_tokens / cand.prompt_denom
-            slots = cand.slots
+                victims = fitted
+            prompt = prompt_tokens / prompt_denom
             ahead = flight_get(key, 0) - slots + 1
             wait = (ahead if ahead > 0 else 0) * service_get(key, default_service) / slots
-            load = loading_s[key] if loading_s and key in loading_s else load_get(key, cand.load_default)
-            if placement.victims:
-                ttft = wait + load + unload_s * len(placement.victims) + prompt
+            load = loading_s.get(key) if loading_s else None  # scorers: some left of a load under way
+            if not load:
+                load = load_get(key, load_default)
+            if victims:
+                ttft = wait + load + unload_s * len(victims) + prompt
             else:
                 ttft = wait + load + unload_s * 0 + prompt
         # -- the scores (clamped, weighted) and the pick (highest score, ties by key)
         t_value = ref / (ref + (ttft + charge_s))
         t_value = 0.0 if t_value < 0.0 else 1.0 if t_value > 1.0 else t_value
         if ttft_quality:
-            q = cand.quality_clamped
             add_t(t_value)
             add_q(q)
             score = 0.0 + t_value * share_t + q * share_q
@@ -377,7 +388,7 @@ def decide(
         add_key(key)
         add_score(score)
         if score > best_score or (score == best_score and key < best_key):
-            best, best_placement, best_score, best_key, best_ttft = cand, placement, score, key, ttft
+            best, best_victims, best_score, best_key, best_ttft = cand, victims, score, key, ttft
     t1 = time.perf_counter()
     if best is None:
         return Decision(None, NoCandidate(group, rejected), None, grp.unknown, grp.known)
@@ -391,10 +402,12 @@ def decide(
         timings_ms={"filter_score_pick": (t1 - t0) * 1e3},
         ttft_s={best_key: round(best_ttft, 4)},
     )
-    return Decision(ranking, None, best_placement, grp.unknown, grp.known)
+    placement = Placement(best_victims) if best_victims else FITS
+    return Decision(ranking, None, placement, grp.unknown, grp.known)
 
 
-_Step = tuple[float, int, Placement, float]  # free GB (+ EPS), model slots, the victims so far, their charge
+_Step = tuple[float, int, tuple[Resident, ...], float]  # free GB (+ EPS), model slots, victims so far, charge
+_NO_VICTIMS: tuple[Resident, ...] = ()
 
 
 def _walk(
@@ -448,7 +461,7 @@ def _walk(
         free += info.gb
         slots += 1
         charge_s += victim.charge_s
-        steps.append((free, slots, Placement(victims), charge_s))
+        steps.append((free, slots, victims, charge_s))
     return steps
 
 

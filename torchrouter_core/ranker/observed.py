@@ -18,7 +18,9 @@ Two things a deployment's own samples cannot tell before it has any:
   that cannot answer yet. A cold pick starts a load (:meth:`ObservedTimes.started_load`); until that
   deployment answers or fails, :meth:`ObservedTimes.loading_s` gives the load's remaining seconds, which
   the ranker adds to that copy's time to first token, so a burst does not herd onto a copy that is still
-  loading as if it were idle and ready. A load not heard of within twice its expected time is forgotten.
+  loading as if it were idle and ready. A copy not listed yet is priced at what is left of the load while
+  some is left, and at a whole load once it is overdue (something went wrong). A load not heard of within
+  twice its expected time is forgotten.
 """
 
 from __future__ import annotations
@@ -57,17 +59,19 @@ class ObservedTimes:
         model: str | None = None,
         peers: Mapping[str, float] | None = None,
     ) -> None:
-        """One successful call on ``key``: its service time, and its TTFT as a load sample when cold; it
-        ends any load in progress on ``key``. ``model`` and ``peers`` (every profile key serving the same
+        """One successful call on ``key``: its TTFT as a load sample when its pick was cold (its duration
+        is then mostly the load, so it teaches no service time), else its service time; it ends any load
+        in progress on ``key``. ``model`` and ``peers`` (every profile key serving the same
         model -> its ``speed_score``, ``key`` included) spread the service time to peers never observed."""
         self.loading.pop(key, None)
+        if was_cold:  # its duration is mostly the load: it teaches the load time, not the service time
+            self._blend(self.load_s, key, ttft_s)
+            return
         valid = service_s is not None and math.isfinite(service_s) and service_s >= 0
         if key not in self.own_service and valid:
             self.service_s.pop(key, None)  # the peers' value was a prior: its own first sample replaces it
             self.own_service.add(key)
         self._blend(self.service_s, key, service_s)
-        if was_cold:
-            self._blend(self.load_s, key, ttft_s)
         if not valid or model is None or not peers:
             return
         assert service_s is not None
@@ -97,6 +101,6 @@ class ObservedTimes:
             elapsed = now - started
             if elapsed > LOAD_FORGET_FACTOR * expected:
                 del self.loading[key]
-            else:
-                left[key] = max(0.0, expected - elapsed)
+            else:  # never more than the whole load (a clock stepped back)
+                left[key] = min(expected, max(0.0, expected - elapsed))
         return left

@@ -53,9 +53,9 @@ def estimated_ttft_s(profile: Profile, fleet: FleetSnapshot) -> float:
     Wait: with ``b`` requests in flight on ``n`` slots, ``max(0, b - n + 1) * service / n`` (the line ahead
     drains ``n`` at a time); service is the observed mean (its own, else its model's on other hosts scaled
     by speed: :class:`~torchrouter_core.ranker.observed.ObservedTimes`), else ``DEFAULT_SERVICE_S``. Load:
-    what is left of a load a pick started and that has not answered yet (``fleet.loading_s``), else none
-    when the last ``/api/ps`` lists the model (warm, hot), else the observed load time, else
-    :func:`load_estimate_s`.
+    what is left of a load a pick started and that has not answered yet (``fleet.loading_s``; for a copy
+    not listed yet, only while some is left), else none when the last ``/api/ps`` lists the model (warm,
+    hot), else the observed load time, else :func:`load_estimate_s`.
     Evictions: ``fleet.unload_s`` per model the load must unload first (:meth:`FleetSnapshot.placement`).
     Prompt: ``prompt_tokens / (PROMPT_TOKENS_PER_S * speed_score)``.
     """
@@ -68,10 +68,12 @@ def estimated_ttft_s(profile: Profile, fleet: FleetSnapshot) -> float:
     wait = ahead * fleet.service_s.get(profile.key, DEFAULT_SERVICE_S) / slots
     resident = profile.warm_state in (WarmState.WARM, WarmState.HOT)
     loading = fleet.loading_s.get(profile.key)
-    if loading is not None:
+    if resident:  # listed by /api/ps; a load a pick started may still be running (0 once it is due)
+        load = 0.0 if loading is None else loading
+    elif loading:  # not listed yet, part of a load under way left; overdue (0): priced as a whole load
         load = loading
     else:
-        load = 0.0 if resident else fleet.load_s.get(profile.key, load_estimate_s(profile))
+        load = fleet.load_s.get(profile.key, load_estimate_s(profile))
     placement = fleet.placement(profile) if profile.warm_state is WarmState.COLD else None
     evict = fleet.unload_s * len(placement.victims) if placement is not None else 0.0
     return wait + load + evict + prompt
