@@ -103,18 +103,8 @@ def per_call_us(
 
 
 def measure(name: str, matrix: Matrix, batch: int, repeats: int) -> float:
-    live_matrix, overlay, in_flight, reserved, observed = live(matrix)
-    keys: list[str | None] = list(live_matrix.profiles)
-    needs = RequestNeeds(prompt_tokens=1200, max_output_tokens=256)
-    now = time.time()
-    use, log = RecentUse(), EvictionLog()
-    for i, p in enumerate(live_matrix.profiles.values()):  # some recent use: evictions are charged
-        if p.is_local and i % 2 == 0:
-            use.record(p.host_id, p.model, now - i % 60)
-    inputs: dict[str, Any] = dict(
-        matrix=live_matrix, overlay=overlay, in_flight=in_flight, reserved=reserved,
-        weights=TIER_WEIGHTS["R"], observed=observed, now=now, evicted_at=log.evicted_at, use=use,
-    )  # fmt: skip
+    keys, needs, inputs, live_matrix = _inputs(matrix, time.time())
+    overlay = inputs["overlay"]
 
     def decide() -> Any:
         return select("balanced", keys, needs, **inputs)
@@ -144,12 +134,12 @@ def measure(name: str, matrix: Matrix, batch: int, repeats: int) -> float:
     return decision
 
 
-def _inputs(matrix: Matrix) -> tuple[list[str | None], RequestNeeds, dict[str, Any], Matrix]:
-    """The same decision inputs as :func:`measure` (a fixed clock, so that two runs count alike)."""
+def _inputs(matrix: Matrix, now: float) -> tuple[list[str | None], RequestNeeds, dict[str, Any], Matrix]:
+    """The decision inputs over ``matrix`` busy (:func:`live`) at ``now`` (Unix seconds): the candidates,
+    the request, ``select``'s keyword arguments, the live matrix."""
     live_matrix, overlay, in_flight, reserved, observed = live(matrix)
-    now = 1_800_000_000.0
     use, log = RecentUse(), EvictionLog()
-    for i, p in enumerate(live_matrix.profiles.values()):
+    for i, p in enumerate(live_matrix.profiles.values()):  # some recent use: evictions are charged
         if p.is_local and i % 2 == 0:
             use.record(p.host_id, p.model, now - i % 60)
     inputs: dict[str, Any] = dict(
@@ -168,7 +158,7 @@ def _count_child(which: str, what: str, n: int) -> None:
     """Run ``n`` decisions (``what``: ``select`` or the bare ``loop``) over the ``which`` matrix
     (``small``: shipped, ``big``: 1,000 profiles), after one warm-up; valgrind counts the process."""
     matrix = load_matrix(DEFAULT_MATRIX_PATH) if which == "small" else generated(200, 5)
-    keys, needs, inputs, live_matrix = _inputs(matrix)
+    keys, needs, inputs, live_matrix = _inputs(matrix, 1_800_000_000.0)  # a fixed clock: runs count alike
     select("balanced", keys, needs, **inputs)  # compile once, as the hooks do per probe round
     for _ in range(n):
         if what == "select":
