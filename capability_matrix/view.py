@@ -102,6 +102,10 @@ class FleetView:
         """The auth lockouts in force (profile key -> why), read-only: change them with set_auth_lockouts."""
         return MappingProxyType(self._auth)
 
+    def spend_unknown(self, now: float) -> str | None:
+        """Why today's cloud spend is unknown (a corrupt spend book), or None when the book reads."""
+        return self._spend_unknown(now) if self._spend_unknown is not None else None
+
     def budget_reason(self, now: float) -> str | None:
         if self._budget is None:
             return None

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -334,11 +335,17 @@ def _json(data: Any, status: int = 200) -> web.Response:
 async def health(request: web.Request) -> web.Response:
     """``ok``; or ``degraded`` with the shared backends the hooks' last report said were failing (the
     VRAM ledger or the spend book in Redis: ``kind:ExceptionClass``), until a report says they answer."""
-    spend = request.app[SPEND_KEY].today(time.time())
-    degraded = request.app[HOOKS_SEEN_KEY].degraded
-    body: dict[str, Any] = {"status": "degraded" if degraded else "ok", "daily_spend_usd": round(spend, 6)}
+    now = time.time()
+    degraded = list(request.app[HOOKS_SEEN_KEY].degraded)
+    unknown = request.app[FLEET_KEY].spend_unknown(now)
+    spend: float | None = None if unknown else round(request.app[SPEND_KEY].today(now), 6)
+    if unknown:  # a corrupt book: the spend is not zero, it is not known (the cloud is locked meanwhile)
+        degraded.append("spend_book:unknown")
+    body: dict[str, Any] = {"status": "degraded" if degraded else "ok", "daily_spend_usd": spend}
+    if unknown:
+        body["spend_unknown"] = unknown
     if degraded:
-        body["degraded"] = list(degraded)
+        body["degraded"] = degraded
     return _json(body)
 
 
@@ -441,7 +448,9 @@ def load_litellm_fallbacks(path: Path) -> dict[str, list[str]]:
 
 async def metrics_text(request: web.Request) -> web.Response:
     metrics = request.app[METRICS_KEY]
-    metrics.daily_spend.set(request.app[SPEND_KEY].today(time.time()))
+    now = time.time()
+    unknown = request.app[FLEET_KEY].spend_unknown(now)  # NaN: Prometheus's "no known value"
+    metrics.daily_spend.set(math.nan if unknown else request.app[SPEND_KEY].today(now))
     return web.Response(body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 

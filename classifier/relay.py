@@ -3,7 +3,9 @@
 :class:`Relay` records the status sent, the time to the first byte and whether the answer was whole
 (the chat handler reads it to record the outcome, even when the client left part-way).
 :func:`relay_stream` copies the chunks; a stream that breaks after the 200 went out ends with an
-OpenAI-style ``data: {"error": ...}`` event (code ``upstream_stream_broken``) and a closed connection.
+OpenAI-style ``data: {"error": ...}`` event (code ``upstream_stream_broken``) and a closed connection:
+whether the connection to LiteLLM broke, LiteLLM sent its own error event (which this one replaces, with
+its message), or an SSE stream ended cleanly without its ``data: [DONE]``.
 """
 
 from __future__ import annotations
@@ -65,10 +67,20 @@ async def relay_stream(
     relay.status = 200
     await response.prepare(request)
     relay.sent = 200
+    sse = str(headers.get("Content-Type", "")).startswith("text/event-stream")
     try:
         async for chunk in upstream.iter_chunks():
             if relay.ttft_s is None:
                 relay.ttft_s = time.perf_counter() - started
+            at = _error_event_at(chunk) if sse else -1
+            if at >= 0:  # LiteLLM ended the stream itself: its error event, then a clean end
+                if at:
+                    await response.write(chunk[:at])
+                    relay.saw(chunk[:at])
+                relay.status = 502
+                message = _error_message(chunk[at:])
+                await _end_stream_with_error(response, ApiError(message, code="upstream_stream_broken"))
+                return response
             await response.write(chunk)
             relay.saw(chunk)
     except ConnectionResetError:
@@ -83,9 +95,38 @@ async def relay_stream(
         relay.status = 502
         await _end_stream_with_error(response, exc)
         return response
+    if sse and not relay.complete:  # a clean end without [DONE]: the answer stopped part-way
+        relay.status = 502
+        await _end_stream_with_error(response, ApiError(_NO_DONE, code="upstream_stream_broken"))
+        return response
     relay.complete = True
     await response.write_eof()
     return response
+
+
+_NO_DONE = "upstream stream ended before its last event"
+_ERROR_EVENT = b'data: {"error"'
+
+
+def _error_event_at(chunk: bytes) -> int:
+    """Where an OpenAI-style ``data: {"error": ...}`` event starts in ``chunk`` (at its start or after an
+    event's blank line; LiteLLM 1.102.4 ends a stream it cannot continue that way, then closes it
+    cleanly), else -1."""
+    if chunk.lstrip().startswith(_ERROR_EVENT):
+        return len(chunk) - len(chunk.lstrip())
+    found = chunk.find(b"\n" + _ERROR_EVENT)
+    return found + 1 if found >= 0 else -1
+
+
+def _error_message(event: bytes) -> str:
+    """The message of the error event ``event`` starts with, as the classifier's own error's message."""
+    try:
+        parsed = orjson.loads(event.strip()[len(b"data: ") :].split(b"\n\n", 1)[0])
+    except orjson.JSONDecodeError:
+        return "upstream stream broke (its error event was cut)"
+    error = parsed.get("error") if isinstance(parsed, dict) else None
+    message = error.get("message") if isinstance(error, dict) else None
+    return f"upstream stream broke: {message}"[:500] if isinstance(message, str) else "upstream stream broke"
 
 
 async def _end_stream_with_error(response: web.StreamResponse, exc: BaseException) -> None:

@@ -63,7 +63,7 @@ def connect_capped(connect_s: float) -> Callable[[httpx.Request], Awaitable[None
 def socket_factory(connect_s: float) -> Callable[[_AddrInfo], socket.socket]:
     """aiohttp's ``socket_factory``: a non-blocking TCP socket with ``SO_KEEPALIVE`` (as LiteLLM's own) and,
     where the platform has it, ``TCP_USER_TIMEOUT`` = ``connect_s`` (in ms; at least 1)."""
-    user_timeout_ms = max(1, round(connect_s * 1000))
+    user_timeout_ms = min(max(1, round(connect_s * 1000)), 2**31 - 1)  # a C int of milliseconds
 
     def make(addr_info: _AddrInfo) -> socket.socket:
         sock = socket.socket(family=addr_info[0], type=addr_info[1], proto=addr_info[2])

@@ -160,6 +160,11 @@ def test_the_sockets_fail_a_dead_kept_alive_connection_after_the_connect_budget(
         assert sock.getblocking() is False
     finally:
         sock.close()
+    huge = socket_factory(3_000_000.0)((socket.AF_INET, socket.SOCK_STREAM, 0, "", ()))  # never an overflow
+    try:
+        assert huge.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 2**31 - 1
+    finally:
+        huge.close()
 
 
 OLLAMA = {"litellm_params": {"model": f"ollama_chat/{MODEL}"}}

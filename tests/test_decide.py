@@ -51,3 +51,24 @@ def test_cloud_only_and_locked_waits_for_the_next_utc_day(now: float, retry_afte
     with pytest.raises(CloudLocked) as caught:
         run("cloud-only", "daily budget spent", now=now)
     assert caught.value.status == 503 and caught.value.retry_after_s == retry_after_s
+
+
+IMAGE = [
+    {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AA=="}}]}
+]
+
+
+def test_a_request_only_the_locked_cloud_could_carry_is_told_when_not_never() -> None:
+    """An image no local model reads: with the cloud locked out (budget spent, spend unknown) it is a 503
+    ``cloud_locked_out`` with ``Retry-After`` (the next UTC day), not a 400 that tells the client never to
+    retry; with the cloud open it is routed there, and a request nothing could ever carry stays a 400."""
+    with pytest.raises(CloudLocked) as caught:
+        run("local-first", "daily budget spent", messages=IMAGE)
+    assert caught.value.status == 503 and caught.value.retry_after_s == 60
+    assert "image" in caught.value.message and "daily budget spent" in caught.value.message
+    assert run("local-first", None, messages=IMAGE).ladder_groups == ("cloud-balanced",)
+    from torchrouter_core.errors import ApiError
+
+    with pytest.raises(ApiError) as never:  # 3,000,000 tokens fit no window, cloud or not
+        run("local-first", "daily budget spent", max_tokens=3_000_000)
+    assert never.value.status == 400 and never.value.code == "context_length_exceeded"

@@ -61,10 +61,12 @@ def test_breaker_refuses_a_setting_given_twice_and_minus_zero() -> None:
     assert parse_breaker_config("cool_off_s=1.5").cool_off_s == 1.5
 
 
-@pytest.mark.parametrize("raw", NON_FINITE)
-def test_time_budgets_refuse_non_finite_seconds(raw: str) -> None:
-    with pytest.raises(ValueError, match="positive finite seconds"):
-        parse_time_budgets(f"R.total_s={raw}")
+@pytest.mark.parametrize("raw", [*NON_FINITE, "86400.001", "3000000", "0", "-1"])
+def test_time_budgets_refuse_seconds_that_are_not_finite_positive_and_at_most_a_day(raw: str) -> None:
+    # 3,000,000 s once passed and then broke every local attempt (TCP_USER_TIMEOUT overflowed a C int)
+    with pytest.raises(ValueError, match="more than 0 and at most 86400"):
+        parse_time_budgets(f"R.connect_s={raw}")
+    assert parse_time_budgets("R.connect_s=86400")["R"].connect_s == 86400.0
 
 
 def test_time_budgets_refuse_a_budget_given_twice() -> None:
@@ -122,11 +124,28 @@ def test_validate_parses_the_hooks_settings_from_the_environment(
 
 
 @pytest.mark.parametrize(
-    "url", ["notaurl", "redis://", "http://127.0.0.1:6379", "redis://127.0.0.1:port", "unix://"]
+    "url",
+    [
+        "notaurl",
+        "redis://",
+        "http://127.0.0.1:6379",
+        "redis://127.0.0.1:port",
+        "unix://",
+        "redis://127.0.0.1:6379/notanumber",
+    ],
 )
 def test_hooks_refuse_a_redis_url_redis_cannot_read(url: str) -> None:
     with pytest.raises(SettingsError, match="TORCHROUTER_LEDGER_REDIS_URL="):
         HooksSettings.from_env({"TORCHROUTER_LEDGER_REDIS_URL": url})
+
+
+@pytest.mark.parametrize(
+    "url", ["redis://user:s3cr3tpw@127.0.0.1:notaport/0", "redis://:s3cr3tpw@/0", "rediss://u:s3cr3tpw@h:0"]
+)
+def test_a_refused_redis_url_never_shows_its_password(url: str) -> None:
+    with pytest.raises(SettingsError) as err:
+        HooksSettings.from_env({"TORCHROUTER_LEDGER_REDIS_URL": url})
+    assert "s3cr3tpw" not in str(err.value) and ":***@" in str(err.value), str(err.value)
 
 
 @pytest.mark.parametrize("url", ["redis://127.0.0.1:6379/0", "rediss://cache.internal", "unix:///run/r.sock"])

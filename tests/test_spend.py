@@ -186,3 +186,11 @@ async def test_a_classifier_started_on_a_corrupt_book_keeps_the_cloud_locked(
     assert not group.startswith("cloud"), group  # the cloud is locked: a local lane answered
     locked = [e for e in stack.events() if e["event"] == "lockout_changed" and "corrupt" in e["reason"]]
     assert locked and locked[-1]["state"] == "budget" and "spend.json.corrupt-" in locked[-1]["reason"]
+    async with aiohttp.ClientSession() as session:  # unknown is not zero: /health and the metric say so
+        async with session.get(url + "/health") as resp:
+            health = await resp.json()
+        async with session.get(url + "/metrics") as resp:
+            metrics_text = await resp.text()
+    assert health["status"] == "degraded" and health["daily_spend_usd"] is None, health
+    assert "spend.json.corrupt-" in health["spend_unknown"] and "spend_book:unknown" in health["degraded"]
+    assert "classifier_daily_spend_usd NaN" in metrics_text

@@ -112,6 +112,51 @@ async def test_upstream_dying_mid_stream_ends_the_stream_cleanly(
     assert (completed["outcome"], completed["status"]) == ("upstream_error", 200)
 
 
+LITELLM_ERROR = (
+    b'data: {"error": {"message": "litellm.APIConnectionError: Ollama_chatException - Response payload is '
+    b'not completed", "type": null, "param": null, "code": "500"}}\n\n'
+)
+
+
+@pytest.mark.parametrize(
+    ("ending", "says"),
+    [
+        ([LITELLM_ERROR], b"Response payload is not completed"),  # LiteLLM's own error event, clean EOF
+        ([], b"ended before its last event"),  # a clean end part-way, nothing said
+    ],
+)
+async def test_a_stream_that_ends_cleanly_but_part_way_is_a_broken_stream(
+    stack: Stack, make_classifier: ClassifierFactory, ending: list[bytes], says: bytes
+) -> None:
+    """LiteLLM ends a stream it cannot continue with its own error event and a clean close; a stream may
+    also just stop without ``[DONE]``. Either is the one documented error event (``upstream_stream_broken``)
+    and the outcome ``upstream_error`` with the 200 that went out, never ``ok``."""
+
+    async def upstream_chat(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        for chunk in [CHUNKS[0], *ending]:
+            await resp.write(chunk)
+        await resp.write_eof()
+        return resp
+
+    async with scripted_upstream(upstream_chat) as upstream_url:
+        url = await make_classifier(litellm_url=upstream_url)
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(url + "/v1/chat/completions", json=STREAM_BODY) as resp,
+        ):
+            assert resp.status == 200
+            received = await asyncio.wait_for(resp.content.read(), 10)
+            request_id = resp.headers["X-Router-Request-Id"]
+    assert received.startswith(CHUNKS[0])
+    tail = received[len(CHUNKS[0]) :]
+    assert tail.startswith(b"data: ") and b'"upstream_stream_broken"' in tail and says in tail, tail
+    assert b'"code":"500"' not in tail and b"[DONE]" not in tail
+    completed = await wait_for_event(stack.events_path, request_id, "request_completed")
+    assert (completed["outcome"], completed["status"]) == ("upstream_error", 200)
+
+
 async def _close_after(url: str, stop_after: bytes) -> str:
     """Read a stream until ``stop_after`` has arrived, then drop the connection (as the OpenAI SDK does after
     ``[DONE]``, without waiting for the chunked terminator). Returns the router's request id."""

@@ -294,3 +294,35 @@ def test_explain_into_a_closed_pipe_exits_quietly(tmp_path: Path) -> None:
     assert done.returncode == 0 and b"Traceback" not in done.stderr and b"BrokenPipe" not in done.stderr, (
         done.stderr
     )
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"event": "route_selected", "group": "fast-chat", "rejected": ["x"]},  # a list for an object
+        {"event": "route_selected", "group": "fast-chat", "scores": {"a": "x"}},  # a name for a number
+        {"event": "attempt_failed", "group": "fast-chat", "deployment": ["a"]},
+    ],
+)
+def test_explain_leaves_out_lines_that_do_not_match_the_schema(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], bad: dict[str, object]
+) -> None:
+    """A line edited by hand with the wrong types is noted and left out; the rest tells the story (text and
+    --json), never a traceback."""
+    path = _trail(
+        tmp_path, [*(json.dumps(e) for e in STORY), json.dumps({**bad, "ts": 9.0, "request_id": RID})]
+    )
+    for extra in ([], ["--json"]):
+        assert cli.main(["explain", RID, "--events", str(path), *extra]) == 0
+        out, err = capsys.readouterr()
+        assert "skipped 1 line(s) of this request that do not match the trail's schema" in err, err
+        assert "Traceback" not in err and ("outcome: ok" in out or '"outcome": "ok"' in out)
+
+
+def test_explain_last_passes_over_a_request_id_that_is_not_a_string(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    odd = {**REFUSED, "request_id": 42, "ts": 99.0}
+    path = _trail(tmp_path, [*(json.dumps(e) for e in STORY), json.dumps(odd)])
+    assert cli.main(["explain", "--last", "--events", str(path)]) == 0
+    assert RID in capsys.readouterr().out

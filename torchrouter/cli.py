@@ -199,7 +199,19 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if not request_id:
         print(f"torchrouter explain: the trail {path} has no requests", file=sys.stderr)
         return 1
-    story = trail.story(events, request_id)
+    # Only lines of this request that match the trail's published schema tell its story: a line edited
+    # by hand (a list where the schema has an object, a number where it has a name) is noted and left out.
+    mine = [e for e in events if e.get("request_id") == request_id]
+    valid = [e for e in mine if not trail.problems([e])]
+    if len(valid) < len(mine):
+        print(
+            f"note: skipped {len(mine) - len(valid)} line(s) of this request that do not match the trail's "
+            f"schema (torchrouter_core/event_schemas/events.schema.json)",
+            file=sys.stderr,
+        )
+    story = trail.story(valid, request_id)
+    if mine and not valid:
+        story["found"] = False
     try:
         print(json.dumps(story, indent=2, sort_keys=True) if args.json else trail.render(story))
         sys.stdout.flush()

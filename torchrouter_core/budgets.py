@@ -28,7 +28,7 @@ C       2        15          120              300    code answers are long; code
 - **total**: the classifier's whole-request limit for the tier (one request, every hop included).
 
 ``TORCHROUTER_TIME_BUDGETS`` overrides any of them: ``R.first_byte_s=1.5,H.total_s=60``
-(:func:`parse_time_budgets`).
+(:func:`parse_time_budgets`; each more than 0 and at most a day).
 """
 
 from __future__ import annotations
@@ -58,6 +58,9 @@ DEFAULT_BUDGETS: Mapping[str, TimeBudget] = {
     "C": TimeBudget(2.0, 15.0, 120.0, 300.0),
 }
 _FIELDS = frozenset(f.name for f in fields(TimeBudget))
+# One day: no attempt or request is meant to wait longer, and the socket option that carries the connect
+# budget (TCP_USER_TIMEOUT, milliseconds in a C int) cannot hold much more than 24 days.
+MAX_BUDGET_S = 86_400.0
 
 
 def budget_for(budgets: Mapping[str, TimeBudget], tier: str | None) -> TimeBudget:
@@ -73,10 +76,16 @@ def parse_time_budgets(text: str, base: Mapping[str, TimeBudget] = DEFAULT_BUDGE
         name, sep, value = part.partition("=")
         tier, dot, field_name = name.strip().partition(".")
         seconds = finite_float(value)
-        if not sep or not dot or tier not in out or field_name not in _FIELDS or not (seconds or 0) > 0:
+        if (
+            not sep
+            or not dot
+            or tier not in out
+            or field_name not in _FIELDS
+            or not 0 < (seconds or 0) <= MAX_BUDGET_S
+        ):
             raise ValueError(
                 f"time budget {part!r}: expected <H|R|C>.<{'|'.join(sorted(_FIELDS))}>="
-                "<positive finite seconds>"
+                f"<seconds, more than 0 and at most {MAX_BUDGET_S:g}>"
             )
         assert seconds is not None
         if name.strip() in seen:

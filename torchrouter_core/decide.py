@@ -135,8 +135,7 @@ def decide(
             uncertain_tier=learned.uncertain_tier,
         )
     mode = _MODES.get(routing_mode) or RoutingMode(routing_mode)  # the lookup; the call only for its error
-    plan = plan_route(
-        tiering.tier,
+    route_args: dict[str, Any] = dict(
         mode=mode,
         directory=agents,
         requested_group=identity.requested_group,
@@ -147,8 +146,8 @@ def decide(
         fast_chat_max_prompt_tokens=(
             min(FAST_CHAT_MAX_PROMPT_TOKENS, fast_chat_context_tokens(matrix)) if canary_share > 0.0 else 0
         ),
-        cloud_locked=cloud_locked is not None,
     )
+    plan = plan_route(tiering.tier, **route_args, cloud_locked=cloud_locked is not None)
     # Failure fallbacks are the tier's chain, shaped by the mode, the budget and feasibility when the
     # request is forwarded (torchrouter_core.fallbacks), not LiteLLM's per-group ones.
     ladder = plan.steps
@@ -161,6 +160,17 @@ def decide(
     try:
         feasible = feasible_steps(ladder, matrix, needs, body.get("messages"))
     except Impossible as exc:
+        if cloud_locked is not None:  # only the locked cloud could carry it: "not now", not "never"
+            try:
+                unlocked = plan_route(tiering.tier, **route_args, cloud_locked=False)
+                feasible_steps(unlocked.steps, matrix, needs)
+            except Impossible:
+                pass
+            else:
+                raise CloudLocked(
+                    f"{exc.message}; the cloud groups that could carry it are locked out ({cloud_locked})",
+                    retry_after_s=seconds_to_next_utc_day(now),
+                ) from None
         raise Unprocessable(exc.message, code=exc.code, param=exc.param) from None
     ladder = feasible.steps
     return RouteDecision(

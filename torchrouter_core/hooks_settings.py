@@ -101,13 +101,30 @@ def _redis_url(raw: str | None) -> str | None:
         port_ok = parts.port is None or parts.port > 0  # .port raises ValueError on a non-number
     except ValueError:
         port_ok = False
+    db = parts.path.strip("/")
     fine = port_ok and (
-        (parts.scheme in ("redis", "rediss") and bool(parts.hostname))
+        (parts.scheme in ("redis", "rediss") and bool(parts.hostname) and (db == "" or db.isdigit()))
         or (parts.scheme == "unix" and bool(parts.path))
     )
     if not fine:
         raise SettingsError(
-            f"TORCHROUTER_LEDGER_REDIS_URL={raw!r}: expected redis://host[:port][/db], "
-            "rediss://host[:port][/db] or unix:///path/to/redis.sock"
+            f"TORCHROUTER_LEDGER_REDIS_URL={redacted_url(raw)!r}: expected redis://host[:port][/db], "
+            "rediss://host[:port][/db] (db a number) or unix:///path/to/redis.sock"
         )
     return raw.strip()
+
+
+def redacted_url(raw: str) -> str:
+    """``raw`` with any password in it replaced by ``***`` (``redis://user:***@host``), for messages: a
+    secret never goes to a log or an error. Works on URLs too malformed to parse (it cuts at the last
+    ``@`` of the part before the path)."""
+    scheme, sep, rest = raw.strip().partition("://")
+    if not sep:
+        return raw.strip()
+    netloc, slash, path = rest.partition("/")
+    userinfo, at, host = netloc.rpartition("@")
+    if not at:
+        return raw.strip()
+    user, colon, _ = userinfo.partition(":")
+    hidden = f"{user}:***" if colon else "***"
+    return f"{scheme}://{hidden}@{host}{slash}{path}"

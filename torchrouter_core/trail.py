@@ -52,8 +52,9 @@ def last_request_id(events: Sequence[Mapping[str, Any]]) -> str | None:
     before it was classified (a bad body: only its ``request_completed``; a cloud lockout: its
     ``queue_rejected``), whichever came last. None: the trail has no request."""
     for event in reversed(events):
-        if event.get("event") in _STARTS and event.get("request_id"):
-            return str(event["request_id"])
+        request_id = event.get("request_id")
+        if event.get("event") in _STARTS and isinstance(request_id, str) and request_id:
+            return request_id
     return None
 
 
