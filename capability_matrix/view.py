@@ -85,14 +85,17 @@ class FleetView:
         if observed is not None and before <= observed.observed_at:
             self._dirty = True
 
-    def set_auth_lockouts(self, keys: dict[str, str]) -> None:
-        """The hooks' current auth lockouts (they see the provider's 401/403); replaces the previous set."""
+    def set_auth_lockouts(
+        self, keys: dict[str, str], *, lifted: str = "provider accepted the credentials again"
+    ) -> None:
+        """The hooks' current auth lockouts (they see the provider's 401/403); replaces the previous set.
+        ``lifted``: why the ones no longer in ``keys`` were lifted (the ``lockout_changed`` reason)."""
         if keys == self._auth:
             return
         for key in keys.keys() - self._auth.keys():
             self._notify(key, "auth", keys[key])
         for key in self._auth.keys() - keys.keys():
-            self._notify(key, "none", "provider accepted the credentials again")
+            self._notify(key, "none", lifted)
         self._auth = dict(keys)
         self._dirty = True
 

@@ -178,7 +178,10 @@ class HooksRuntime:
                 if change.target in matrix.profiles:
                     shared = set(sharing_credentials(matrix, change.target))
                     lockouts = self.fleet.auth_lockouts
-                    self.fleet.set_auth_lockouts({k: v for k, v in lockouts.items() if k not in shared})
+                    self.fleet.set_auth_lockouts(
+                        {k: v for k, v in lockouts.items() if k not in shared},
+                        lifted="re-checking the credentials: the next request to it is the trial",
+                    )
 
     def blocked(self, matrix: Matrix, now: float) -> dict[str, str]:
         """Profile key -> why its breaker (or its host's) refuses it now."""
@@ -234,7 +237,7 @@ class HooksRuntime:
         if store.generation != self.generation:
             # An operator's edit of the matrix is the "I fixed it" signal: auth lockouts start over.
             self.generation = store.generation
-            self.fleet.set_auth_lockouts({})
+            self.fleet.set_auth_lockouts({}, lifted="the matrix was edited: the credentials are tried again")
             register_local_models(store.current, self.registered)
         return self.fleet.matrix(now)
 
@@ -451,6 +454,9 @@ class RouterHooks(CustomLogger):
             now = time.time()
             if runtime.shared_spend is not None and not runtime.spend_synced:  # after a restart: the book
                 await runtime.sync_spend(now)
+            # Breakers first: an auth breaker turning half-open now lifts its lockout, and this very request
+            # (not the next one) is the re-check.
+            blocked_now = runtime.blocked(runtime.fleet.store.current, now)
             matrix, overlay = runtime.live_matrix(now), runtime.fleet.overlay(now)
             keys = [(d.get("model_info") or {}).get("id") for d in healthy_deployments]
             needs = _needs_of(ctx, kwargs, messages)
@@ -464,7 +470,7 @@ class RouterHooks(CustomLogger):
             # A deployment this request already tried is never tried again (a later hop may hold it).
             breakers = {
                 **dict.fromkeys(ctx.get("tried") or (), "already_tried"),
-                **runtime.blocked(matrix, now),
+                **blocked_now,
             }
             reserved, refused, held = await reservations.view(matrix, now), {}, None
             while True:

@@ -285,6 +285,55 @@ async def test_a_hop_with_no_candidate_is_not_taken_for_the_next_hop_s_attempt(
     assert instance.errors == 0
 
 
+async def test_the_first_request_after_the_auth_recheck_is_the_trial(
+    stack: Stack, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 401 locks every profile behind the same credentials; once ``auth_recheck_s`` has passed, the very
+    next request re-checks them (the breaker turns half-open before the matrix is read), and the lockout's
+    log line says it is a re-check, not that the provider accepted them."""
+    from litellm.exceptions import AuthenticationError
+
+    from torchrouter_core.breaker import BreakerConfig
+
+    events = tmp_path / "events.jsonl"
+    settings = HooksSettings(
+        matrix_path=stack.matrix_path,
+        event_path=str(events),
+        probe_interval_s=0.2,
+        breaker=BreakerConfig(auth_recheck_s=0.3),
+    )
+    instance = RouterHooks(load_settings=lambda: settings)
+    await instance.start()
+    try:
+        deployments = _deployments(stack, "cloud-fast")
+
+        async def pick(rid: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+            request = RouteRequest(request_id=rid, group="cloud-fast", tier="R", needs=RequestNeeds(10, 10))
+            data: dict[str, Any] = {
+                "model": "cloud-fast",
+                "litellm_call_id": rid,
+                "messages": [{"role": "user", "content": "hi"}],
+                "proxy_server_request": {"headers": request.to_headers()},
+            }
+            data = await instance.async_pre_call_hook(None, None, data, "completion")
+            return data, await instance.async_filter_deployments("cloud-fast", deployments, [], data)
+
+        data, [first] = await pick("auth-1")
+        key = first["model_info"]["id"]
+        kwargs = {**data, "litellm_params": {"model_info": {"id": key}, "metadata": data["metadata"]}}
+        error = AuthenticationError("bad key", llm_provider="openai", model="m")
+        await instance.async_log_failure_event({**kwargs, "exception": error}, None, None, None)
+        _, none_left = await pick("auth-2")
+        assert none_left == []  # every cloud-fast profile shares the credentials: all locked
+        await asyncio.sleep(0.4)
+        _, trial = await pick("auth-3")
+        assert len(trial) == 1, "the first request after auth_recheck_s must be the re-check"
+        lifted = [r.getMessage() for r in caplog.records if "-> none:" in r.getMessage()]
+        assert lifted and all("re-checking the credentials" in m for m in lifted), lifted
+    finally:
+        await instance.stop()
+
+
 def test_a_backend_failing_is_logged_once_per_kind_and_window_and_reported_until_it_answers(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
