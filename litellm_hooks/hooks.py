@@ -579,19 +579,15 @@ class RouterHooks(CustomLogger):
             ctx.setdefault("tried", []).append(chosen.key)
             ctx.setdefault("pending", []).append(chosen.key)
             runtime.breakers.picked(chosen.key, chosen.host_id, now)
-            picked = [d for d in healthy_deployments if (d.get("model_info") or {}).get("id") == chosen.key][
-                :1
-            ]
-            if (
-                request_kwargs is not None and picked
-            ):  # this attempt's budgets (LiteLLM reads them per attempt)
+            picked = [d for d in healthy_deployments if (d.get("model_info") or {}).get("id") == chosen.key]
+            if request_kwargs is not None and picked:  # this attempt's budgets (read per attempt)
                 budget = budget_for(runtime.settings.time_budgets, ctx.get("tier"))
                 cold = chosen.is_local and chosen.warm_state not in RESIDENT
                 first_byte_s = budget.first_byte(cold)
                 apply_budget(request_kwargs, picked[0], first_byte_s, budget.connect_s, runtime.local_clients)
             if ctx.get("request_id"):
                 runtime.in_flight.start(chosen.key, str(ctx["request_id"]), now)
-            return picked
+            return picked[:1]
         except Exception:
             self._failed("filter_deployments")
             return healthy_deployments
