@@ -132,6 +132,8 @@ def test_validate_parses_the_hooks_settings_from_the_environment(
         "redis://127.0.0.1:port",
         "unix://",
         "redis://127.0.0.1:6379/notanumber",
+        "redis://user:pw@[::1/0",  # not even a URL: one line, not a traceback
+        "redis://127.0.0.1:6379/0?db=x",  # options are not read here: say so rather than half-apply them
     ],
 )
 def test_hooks_refuse_a_redis_url_redis_cannot_read(url: str) -> None:
@@ -140,7 +142,13 @@ def test_hooks_refuse_a_redis_url_redis_cannot_read(url: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "url", ["redis://user:s3cr3tpw@127.0.0.1:notaport/0", "redis://:s3cr3tpw@/0", "rediss://u:s3cr3tpw@h:0"]
+    "url",
+    [
+        "redis://user:s3cr3tpw@127.0.0.1:notaport/0",
+        "redis://:s3cr3tpw@/0",
+        "rediss://u:s3cr3tpw@h:0",
+        "redis://user:s3cr3tpw@[::1/0",
+    ],
 )
 def test_a_refused_redis_url_never_shows_its_password(url: str) -> None:
     with pytest.raises(SettingsError) as err:

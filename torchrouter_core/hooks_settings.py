@@ -99,10 +99,10 @@ def _redis_url(raw: str | None) -> str | None:
     try:
         parts = urllib.parse.urlsplit(raw.strip())
         port_ok = parts.port is None or parts.port > 0  # .port raises ValueError on a non-number
-    except ValueError:
-        port_ok = False
+    except ValueError:  # "[::1" and the like: not even a URL
+        parts, port_ok = urllib.parse.urlsplit(""), False
     db = parts.path.strip("/")
-    fine = port_ok and (
+    fine = port_ok and not parts.query and (
         (parts.scheme in ("redis", "rediss") and bool(parts.hostname) and (db == "" or db.isdigit()))
         or (parts.scheme == "unix" and bool(parts.path))
     )
