@@ -102,9 +102,13 @@ def _redis_url(raw: str | None) -> str | None:
     except ValueError:  # "[::1" and the like: not even a URL
         parts, port_ok = urllib.parse.urlsplit(""), False
     db = parts.path.strip("/")
-    fine = port_ok and not parts.query and (
-        (parts.scheme in ("redis", "rediss") and bool(parts.hostname) and (db == "" or db.isdigit()))
-        or (parts.scheme == "unix" and bool(parts.path))
+    fine = (
+        port_ok
+        and not parts.query
+        and (
+            (parts.scheme in ("redis", "rediss") and bool(parts.hostname) and (db == "" or db.isdigit()))
+            or (parts.scheme == "unix" and bool(parts.path))
+        )
     )
     if not fine:
         raise SettingsError(
