@@ -130,12 +130,12 @@ class FleetView:
             self._dirty = True
             state = "budget" if locked else "none"
             self._notify(
-                "cloud", state, f"daily spend {spend:.4f} USD against a budget of {self._budget} USD"
+                "cloud", state, f"daily spend {_usd(spend)} USD against a budget of {_usd(self._budget)} USD"
             )
             self._budget_locked_day = locked
         if locked is None:
             return None
-        return f"daily cloud spend {spend:.4f} USD passed the budget of {self._budget:.2f} USD"
+        return f"daily cloud spend {_usd(spend)} USD passed the budget of {_usd(self._budget)} USD"
 
     def overlay(self, now: float | None = None) -> LiveOverlay:
         now = self._clock() if now is None else now
@@ -165,3 +165,9 @@ class FleetView:
         log.warning("lockout %s -> %s: %s", key, state, reason)
         if self._on_lockout_change is not None:
             self._on_lockout_change(key, state, reason)
+
+
+def _usd(amount: float) -> str:
+    """Dollars as an operator reads them: cents for ordinary amounts, enough digits for tiny ones (a budget
+    of 0.00001 USD is not shown as 0.00)."""
+    return f"{amount:.2f}" if amount == 0 or abs(amount) >= 0.01 else f"{amount:.2g}"

@@ -94,6 +94,16 @@ def test_spend_reaching_the_budget_locks_the_cloud_until_the_next_utc_day() -> N
     assert fleet.matrix(next_day).profiles[cloud].lockout_state is LockoutState.NONE
 
 
+def test_a_tiny_budget_and_spend_are_shown_not_rounded_away() -> None:
+    spend = DailySpend()
+    fleet, clock = view(budget_usd=0.00001, spend=spend)
+    spend.add(0.0000156, clock.now)
+    reason = fleet.budget_reason(clock.now)
+    assert reason == "daily cloud spend 1.6e-05 USD passed the budget of 1e-05 USD", reason
+    spend.add(2.5, clock.now)
+    assert "spend 2.50 USD passed" in str(fleet.budget_reason(clock.now))
+
+
 def test_the_overlay_keeps_residency_times_and_every_size_seen() -> None:
     """What the eviction rules read: when each model was first listed (None for the first poll's), and
     every size_vram seen, kept after the model unloads (its next load's claim)."""
