@@ -140,16 +140,27 @@ class Matrix:
     hosts: Mapping[str, Host]
     profiles: Mapping[str, Profile]
     _by_lane: Mapping[str, tuple[Profile, ...]] = field(init=False, repr=False, compare=False)
+    _host_of: Mapping[str, str] = field(init=False, repr=False, compare=False)
+    _local_by_model: Mapping[str, tuple[Profile, ...]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # Copy into private dicts so a caller keeping the dicts it passed in cannot change us.
         object.__setattr__(self, "hosts", MappingProxyType(dict(self.hosts)))
         object.__setattr__(self, "profiles", MappingProxyType(dict(self.profiles)))
         by_lane: dict[str, list[Profile]] = {}
+        by_model: dict[str, list[Profile]] = {}
         for profile in self.profiles.values():
             by_lane.setdefault(profile.lane, []).append(profile)
+            if profile.is_local:
+                by_model.setdefault(profile.model, []).append(profile)
         object.__setattr__(
             self, "_by_lane", MappingProxyType({lane: tuple(ps) for lane, ps in sorted(by_lane.items())})
+        )
+        object.__setattr__(
+            self, "_host_of", MappingProxyType({k: p.host_id for k, p in self.profiles.items()})
+        )
+        object.__setattr__(
+            self, "_local_by_model", MappingProxyType({m: tuple(ps) for m, ps in by_model.items()})
         )
 
     def lanes(self) -> tuple[str, ...]:
@@ -159,6 +170,14 @@ class Matrix:
     def in_lane(self, lane: str) -> tuple[Profile, ...]:
         """The lane's profiles in file order; empty for an unknown lane."""
         return self._by_lane.get(lane, ())
+
+    def host_of(self) -> Mapping[str, str]:
+        """Profile key -> its host id (precomputed: the breakers read it on every request)."""
+        return self._host_of
+
+    def local_with_model(self, model: str) -> tuple[Profile, ...]:
+        """The local profiles serving ``model``, on any host, in file order; empty when none."""
+        return self._local_by_model.get(model, ())
 
     def with_live(self, overlay: LiveState) -> Matrix:
         """A copy with run-time warm and lockout states applied.

@@ -185,8 +185,7 @@ class HooksRuntime:
 
     def blocked(self, matrix: Matrix, now: float) -> dict[str, str]:
         """Profile key -> why its breaker (or its host's) refuses it now."""
-        hosts = {key: p.host_id for key, p in matrix.profiles.items()}
-        blocked, changes = self.breakers.blocked(hosts, now)
+        blocked, changes = self.breakers.blocked(matrix.host_of(), now)
         self.breaker_changes(changes)
         return blocked
 
@@ -655,15 +654,15 @@ class RouterHooks(CustomLogger):
         if runtime is None or key is None or key not in runtime.fleet.store.current.profiles:
             return
         first = kwargs.get("completion_start_time")
-        profiles = runtime.fleet.store.current.profiles
-        model = profiles[key].model
+        matrix = runtime.fleet.store.current
+        model = matrix.profiles[key].model
         runtime.observed.record(
             key,
             service_s=_seconds_between(start_time, end_time),
             ttft_s=_seconds_between(start_time, first),
             was_cold=_ctx_of(kwargs).get("warm_state") == WarmState.COLD.value,
             model=model,
-            peers={k: p.speed_score for k, p in profiles.items() if p.model == model and p.is_local},
+            peers={p.key: p.speed_score for p in matrix.local_with_model(model)},
         )
 
     async def _release(self, kwargs: dict[str, Any]) -> None:

@@ -171,3 +171,42 @@ def test_parse_time_budgets() -> None:
     for bad in ("R.first_byte_s=0", "Q.total_s=1", "R.nope=1", "R=1", "R.total_s"):
         with pytest.raises(ValueError, match="time budget"):
             parse_time_budgets(bad)
+
+
+def test_blocked_answers_as_every_target_s_own_breaker_says() -> None:
+    """``Breakers.blocked`` reads only the breakers that refuse (it runs per request over every profile);
+    over random histories it answers exactly what asking each host's and deployment's breaker gives."""
+    import random
+
+    from torchrouter_core.breaker import admits
+
+    rng = random.Random(11)
+    hosts = {f"h{h}/m{m}": f"h{h}" for h in range(4) for m in range(3)}
+    failures = list(Failure)
+    refusing = 0
+    for _ in range(200):
+        cfg = BreakerConfig(consecutive_failures=rng.randint(1, 3), cool_off_s=rng.choice((0.5, 2.0)))
+        breakers, now = Breakers(cfg), 1000.0
+        for _ in range(rng.randint(0, 40)):
+            now += rng.random()
+            key = rng.choice(list(hosts))
+            op = rng.random()
+            if op < 0.4:
+                breakers.failed(key, hosts[key], rng.choice(failures), now, rng.choice((None, 1.0)))
+            elif op < 0.7:
+                breakers.succeeded(key, hosts[key], now)
+            elif op < 0.85:
+                breakers.picked(key, hosts[key], now)
+            else:
+                breakers.probed(hosts[key], rng.random() < 0.5, now)
+        now += rng.random() * 3
+        got, _ = breakers.blocked(hosts, now)
+        want: dict[str, str] = {}
+        for key, host in hosts.items():
+            if (why := admits(breakers.state(Scope.HOST, host), cfg)) is not None:
+                want[key] = f"host_{why}"
+            elif (why := admits(breakers.state(Scope.DEPLOYMENT, key), cfg)) is not None:
+                want[key] = why
+        assert got == want
+        refusing += bool(want)
+    assert refusing >= 50, refusing  # the histories do open breakers: the comparison is not vacuous

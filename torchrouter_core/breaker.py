@@ -206,6 +206,9 @@ class Breakers:
 
     config: BreakerConfig = field(default_factory=BreakerConfig)
     states: dict[tuple[Scope, str], BreakerState] = field(default_factory=dict)
+    # The targets whose breaker is not closed (open or half-open), kept by _set: what tick and blocked
+    # read on every request, instead of every target with a window of recent outcomes.
+    not_closed: set[tuple[Scope, str]] = field(default_factory=set)
 
     def _set(
         self, scope: Scope, target: str, new: BreakerState, change: tuple[State, str] | None, now: float
@@ -215,6 +218,10 @@ class Breakers:
             self.states.pop((scope, target), None)  # a target that never tripped keeps no entry
         else:
             self.states[(scope, target)] = new
+        if new.state is State.CLOSED:
+            self.not_closed.discard((scope, target))
+        else:
+            self.not_closed.add((scope, target))
         if change is None or change[0] is old.state:
             return []
         return [Transition(scope, target, old.state, change[0], change[1], now)]
@@ -225,7 +232,8 @@ class Breakers:
     def tick(self, now: float) -> list[Transition]:
         """Turn every open breaker whose cool-off passed half-open."""
         out: list[Transition] = []
-        for (scope, target), b in list(self.states.items()):
+        for scope, target in list(self.not_closed):  # tick and expire_trials leave a closed one as it is
+            b = self.states[(scope, target)]
             new, change = tick(expire_trials(b, self.config, now), now)
             if new != b:
                 out += self._set(scope, target, new, change, now)
@@ -236,13 +244,21 @@ class Breakers:
         ticking; plus the transitions the tick caused."""
         changes = self.tick(now)
         out: dict[str, str] = {}
-        for key, host in hosts.items():
-            why = admits(self.state(Scope.HOST, host), self.config)
+        # Only breakers that refuse matter (a target with no entry is closed and admits): this runs on every
+        # request, over every profile, so the common case (nothing refusing) costs one pass over the states.
+        host_why: dict[str, str] = {}
+        key_why: dict[str, str] = {}
+        for scope, target in self.not_closed:
+            why = admits(self.states[(scope, target)], self.config)
             if why is not None:
-                out[key] = f"host_{why}"
-                continue
-            why = admits(self.state(Scope.DEPLOYMENT, key), self.config)
-            if why is not None:
+                (host_why if scope is Scope.HOST else key_why)[target] = why
+        if host_why:  # a host refusing takes every profile on it: one pass over the profiles
+            for key, host in hosts.items():
+                why = host_why.get(host)
+                if why is not None:
+                    out[key] = f"host_{why}"
+        for key, why in key_why.items():
+            if key in hosts and key not in out:
                 out[key] = why
         return out, changes
 
