@@ -140,6 +140,23 @@ def _text(value: str | bytes) -> str:
 
 
 MAX_CONNECTIONS = 64  # per LiteLLM worker; Redis serves thousands
+TIMEOUT_S = 2.0  # to connect, for one command, and to wait for a free connection of the pool
+
+
+def redis_client(url: str, *, max_connections: int) -> aioredis.Redis:
+    """A client on a blocking pool: under a burst a call waits (up to ``TIMEOUT_S``) for a free connection
+    instead of failing at once with MaxConnectionsError (redis-py's plain pool), which would drop a
+    release and leave the memory reserved until its lease expires. Replies decoded to str. The VRAM
+    ledger's and the spend book's (torchrouter/redis_spend.py) one way to reach Redis."""
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        timeout=TIMEOUT_S,
+        decode_responses=True,
+        socket_timeout=TIMEOUT_S,
+        socket_connect_timeout=TIMEOUT_S,
+    )
+    return aioredis.Redis(connection_pool=pool)
 
 
 class RedisLedger:
@@ -154,18 +171,7 @@ class RedisLedger:
     ) -> None:
         self.ttl_s = ttl_s
         self.prefix = prefix
-        # A blocking pool: under a burst a call waits (up to 2 s) for a free connection instead of failing
-        # at once with MaxConnectionsError (redis-py's plain pool), which would drop a release and leave the
-        # memory reserved until its lease expires.
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url,
-            max_connections=MAX_CONNECTIONS,
-            timeout=2.0,
-            decode_responses=True,
-            socket_timeout=2.0,
-            socket_connect_timeout=2.0,
-        )
-        self._redis: aioredis.Redis = aioredis.Redis(connection_pool=pool)
+        self._redis: aioredis.Redis = redis_client(url, max_connections=MAX_CONNECTIONS)
         self._reserve: Any = self._redis.register_script(_RESERVE)
         self._renew: Any = self._redis.register_script(_RENEW)
         self._release: Any = self._redis.register_script(_RELEASE)

@@ -21,6 +21,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from capability_matrix import utc_day
+from torchrouter.redis_ledger import redis_client
 
 KEEP_S = 3 * 86400  # a day's keys outlive it by two days (read at a restart just after midnight, say)
 
@@ -44,15 +45,7 @@ class RedisSpendBook:
 
     def __init__(self, url: str, *, prefix: str = "torchrouter:spend") -> None:
         self.prefix = prefix
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url,
-            max_connections=16,
-            timeout=2.0,
-            decode_responses=True,
-            socket_timeout=2.0,
-            socket_connect_timeout=2.0,
-        )
-        self._redis: aioredis.Redis = aioredis.Redis(connection_pool=pool)
+        self._redis: aioredis.Redis = redis_client(url, max_connections=16)
         self._book: Any = self._redis.register_script(_BOOK)
 
     def day_key(self, now: float) -> str:
