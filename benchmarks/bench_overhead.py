@@ -98,7 +98,6 @@ def main() -> None:
         py = sys.executable
         work = Path(tmp)
         cenv = {**s.env, "LITELLM_URL": upstream}
-        serve = [py, "-m", "torchrouter.cli", "serve", "--host", "127.0.0.1", "--port"]
         with contextlib.ExitStack() as running:
             running.enter_context(
                 procs.child(
@@ -106,7 +105,9 @@ def main() -> None:
                 )
             )
             servers = {
-                "": running.enter_context(procs.child([*serve, str(cls_port)], cenv, work / "c2.log")),
+                "": running.enter_context(
+                    procs.child(procs.classifier_cmd(cls_port, py), cenv, work / "c2.log")
+                ),
                 "pass-through": running.enter_context(
                     procs.child(
                         [py, "-m", "benchmarks.instant", "passthrough", str(pass_port), upstream],
@@ -119,7 +120,7 @@ def main() -> None:
             if vs:
                 venv = {**cenv, "PYTHONPATH": vs}
                 servers[" (vs)"] = running.enter_context(
-                    procs.child([*serve, str(vs_port)], venv, work / "vs.log", cwd=vs)
+                    procs.child(procs.classifier_cmd(vs_port, py), venv, work / "vs.log", cwd=vs)
                 )
                 urls[" (vs)"] = f"http://127.0.0.1:{vs_port}"
             for url in (upstream, *urls.values()):

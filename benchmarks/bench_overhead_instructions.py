@@ -124,16 +124,7 @@ def main() -> None:
                     if name == PASS_THROUGH:
                         cmd = [py, *instant[1:], "passthrough", str(port), upstream]
                     else:
-                        cmd = [
-                            py,
-                            "-m",
-                            "torchrouter.cli",
-                            "serve",
-                            "--host",
-                            "127.0.0.1",
-                            "--port",
-                            str(port),
-                        ]
+                        cmd = procs.classifier_cmd(port, py)
                     server_env = {**env, "LITELLM_URL": upstream, "PYTHONPATH": tree}
                     counts.append(instructions(cmd, server_env, tree, n, agents, work / f"{name}-{n}.log"))
                 per_request[name] = (counts[1] - counts[0]) / (n2 - n1)

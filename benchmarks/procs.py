@@ -24,6 +24,11 @@ from torchrouter.litellm_process import LiteLLMProcess
 CLOUD_KEY = "bench-cloud-key"
 
 
+def classifier_cmd(port: int, py: str = sys.executable) -> list[str]:
+    """The command that serves the classifier on ``127.0.0.1:port`` (``torchrouter serve``)."""
+    return [py, "-m", "torchrouter.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
+
+
 def wait_http(url: str, timeout_s: float = 60.0) -> float:
     t0 = time.monotonic()
     while True:
@@ -104,16 +109,7 @@ def stack(
         try:
             litellm.wait_ready()
             cenv = {**env, "LITELLM_URL": litellm.url, **(classifier_env or {})}
-            cmd = [
-                py,
-                "-m",
-                "torchrouter.cli",
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(classifier_port),
-            ]
+            cmd = classifier_cmd(classifier_port, py)
             with child(cmd, cenv, work / "classifier.log"):
                 url = f"http://127.0.0.1:{classifier_port}"
                 wait_http(url + "/health")
