@@ -55,7 +55,7 @@ from torchrouter_core.inflight import InFlight
 from torchrouter_core.needs import request_needs
 from torchrouter_core.ranker.interfaces import RequestNeeds
 from torchrouter_core.ranker.observed import ObservedTimes
-from torchrouter_core.ranker.scorers import load_estimate_s, weights_for
+from torchrouter_core.ranker.scorers import weights_for
 from torchrouter_core.ranker.select import select
 from torchrouter_core.routing import ladder_step_kind
 from torchrouter_core.spend import SharedSpend, SpendBook
@@ -561,8 +561,7 @@ class RouterHooks(CustomLogger):
             if chosen.is_local:  # recent use prices evicting this model later
                 runtime.use.record(chosen.host_id, chosen.model, now)
                 if chosen.warm_state not in RESIDENT:  # this pick loads it: answers wait for the load
-                    expected = runtime.observed.load_s.get(chosen.key, load_estimate_s(chosen))
-                    runtime.observed.started_load(chosen.key, now, expected)
+                    runtime.observed.started_load(chosen.key, now, runtime.observed.load_time_s(chosen))
             breaker_refused = sorted(k for k, why in selection.rejected_now().items() if "breaker" in why)
             if breaker_refused:  # a breaker sent this attempt past a candidate it would have ranked
                 runtime.events.emit(

@@ -29,6 +29,9 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from capability_matrix.model import Profile
+from torchrouter_core.ranker.scorers import load_estimate_s
+
 LOAD_FORGET_FACTOR = 2.0  # a load in progress is forgotten after this many times its expected seconds
 MIN_SPEED = 0.05  # the floor of a speed_score when scaling a peer's service time (as for the prompt rate)
 
@@ -80,6 +83,11 @@ class ObservedTimes:
         for peer, speed in peers.items():
             if peer not in self.own_service:
                 self.service_s[peer] = work / max(speed, MIN_SPEED)
+
+    def load_time_s(self, profile: Profile) -> float:
+        """Seconds ``profile``'s model takes to load cold: observed on that deployment, else the prior
+        (:func:`~torchrouter_core.ranker.scorers.load_estimate_s`)."""
+        return self.load_s.get(profile.key, load_estimate_s(profile))
 
     def started_load(self, key: str, now: float, expected_s: float) -> None:
         """A pick of ``key`` while its model was not resident: a load of about ``expected_s`` seconds

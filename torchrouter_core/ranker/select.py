@@ -118,12 +118,11 @@ def charge_of(use: RecentUse | None, observed: ObservedTimes | None, now: float 
     its reload time (observed cold loads of that deployment, else :func:`scorers.load_estimate_s`)."""
     if use is None or now is None:
         return None
-    loads = observed.load_s if observed is not None else {}
+    reload_of = observed.load_time_s if observed is not None else scorers.load_estimate_s
 
     def charge(profile: Profile, expires_in_s: float | None) -> float:
         rate = use.rate(profile.host_id, profile.model, now)
-        reload_s = loads.get(profile.key, scorers.load_estimate_s(profile))
-        return eviction_charge_s(rate, reload_s, expires_in_s)
+        return eviction_charge_s(rate, reload_of(profile), expires_in_s)
 
     return charge
 
