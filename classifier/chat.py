@@ -41,7 +41,7 @@ from classifier.keys import (
 )
 from classifier.lane_limits import refresh_lane_limits
 from classifier.protocol_edge import read_body
-from classifier.relay import RELAYED_HEADERS, STREAM_TYPES, Relay, relay_stream
+from classifier.relay import RELAYED_HEADERS, SSE_TYPE, STREAM_TYPES, Relay, relay_stream
 from classifier.routing_headers import RouteTrace, request_id_from
 from torchrouter_core.budgets import budget_for
 from torchrouter_core.contract import RouteReport, RouteRequest
@@ -326,6 +326,8 @@ async def _exchange(
     async with app[FORWARDER_KEY].open("POST", "/v1/chat/completions", upstream_body, headers) as upstream:
         deadline.cancel()  # the answer has started: the total budget is met
         headers_at = time.perf_counter()
+        if upstream.status == 200 and upstream.headers.get("Content-Type", "").startswith(SSE_TYPE):
+            await upstream.take_stream_report()  # a stream LiteLLM continued from its fallback: who answered
         report = RouteReport.from_headers(upstream.headers)
         _annotate(trace, report, app[MATRIX_KEY], group)
         _learn(app, trace, report, upstream.status)

@@ -13,7 +13,9 @@ from types import TracebackType
 from typing import Protocol
 
 import aiohttp
+from multidict import CIMultiDict, CIMultiDictProxy
 
+from torchrouter_core.contract import MAX_STREAM_REPORT_BYTES, STREAM_REPORT_PREFIX, decode_stream_report
 from torchrouter_core.errors import ApiError, UpstreamTimeout, UpstreamUnavailable
 
 
@@ -22,12 +24,55 @@ class UpstreamResponse:
     status: int
     headers: Mapping[str, str]
     _response: aiohttp.ClientResponse
+    _head: bytes = b""  # read ahead by take_stream_report, relayed first
+    _broke: BaseException | None = None  # the stream broke while reading ahead: raised after _head
 
     async def read(self) -> bytes:
         return await self._response.read()
 
     def iter_chunks(self) -> AsyncIterator[bytes]:
-        return self._response.content.iter_any()
+        if not self._head and self._broke is None:  # no read-ahead (nearly every stream): aiohttp's own
+            return self._response.content.iter_any()
+        return self._after_head()
+
+    async def _after_head(self) -> AsyncIterator[bytes]:
+        if self._head:
+            yield self._head
+        if self._broke is not None:
+            raise self._broke
+        async for chunk in self._response.content.iter_any():
+            yield chunk
+
+    async def take_stream_report(self) -> None:
+        """When an SSE stream opens with the hooks' stream report (:data:`STREAM_REPORT_PREFIX`), read it
+        over the headers (it describes the attempt that answered) and take it out of the stream. Reads no
+        further than the first event, and only while it can still be a report; what it read that is not
+        the report is relayed first by :meth:`iter_chunks`; a stream that breaks meanwhile breaks there."""
+        head = b""
+        try:
+            while _may_be_report(head) and len(head) <= MAX_STREAM_REPORT_BYTES:
+                chunk = await self._response.content.readany()
+                if not chunk:
+                    break
+                head += chunk
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            self._broke = exc
+        end = head.find(b"\n\n")
+        report = decode_stream_report(head[:end]) if end >= 0 else None
+        if report is not None:
+            merged = CIMultiDict(self.headers)
+            for name, value in report.items():
+                merged[name] = value
+            self.headers = CIMultiDictProxy(merged)
+            head = head[end + 2 :]
+        self._head = head
+
+
+def _may_be_report(head: bytes) -> bool:
+    """The stream's first bytes so far may still be (or be the start of) a whole stream report event."""
+    if len(head) < len(STREAM_REPORT_PREFIX):
+        return STREAM_REPORT_PREFIX.startswith(head)
+    return head.startswith(STREAM_REPORT_PREFIX) and b"\n\n" not in head
 
 
 class Forwarder(Protocol):

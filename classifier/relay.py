@@ -33,7 +33,8 @@ RELAYED_HEADERS = (
     "x-litellm-response-cost",
     "x-litellm-attempted-fallbacks",
 )
-STREAM_TYPES = ("text/event-stream", "application/x-ndjson")
+SSE_TYPE = "text/event-stream"
+STREAM_TYPES = (SSE_TYPE, "application/x-ndjson")
 
 _SSE_DONE = b"data: [DONE]"
 
@@ -67,7 +68,7 @@ async def relay_stream(
     relay.status = 200
     await response.prepare(request)
     relay.sent = 200
-    sse = str(headers.get("Content-Type", "")).startswith("text/event-stream")
+    sse = str(headers.get("Content-Type", "")).startswith(SSE_TYPE)
     try:
         async for chunk in upstream.iter_chunks():
             if relay.ttft_s is None:

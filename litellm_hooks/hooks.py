@@ -35,6 +35,7 @@ import aiohttp
 import litellm
 from litellm.integrations.custom_logger import CustomLogger
 from litellm.types.router import RouterRateLimitError, RouterRateLimitErrorBasic
+from litellm.types.utils import CostPerToken
 
 from capability_matrix import FleetView, Matrix, MatrixStore, WarmState, next_auth_lockouts
 from capability_matrix.live import sharing_credentials
@@ -48,7 +49,13 @@ from litellm_hooks.streams import name_the_group, shaped_stream
 from torchrouter_core import spend_file
 from torchrouter_core.breaker import Breakers, Failure, Scope, State, Transition
 from torchrouter_core.budgets import budget_for
-from torchrouter_core.contract import RouteReport, RouteRequest, decode_needs, encode_needs
+from torchrouter_core.contract import (
+    RouteReport,
+    RouteRequest,
+    decode_needs,
+    encode_needs,
+    encode_stream_report,
+)
 from torchrouter_core.events import EventKind, EventSink, open_sink
 from torchrouter_core.eviction import EvictionLog, RecentUse
 from torchrouter_core.inflight import InFlight
@@ -348,6 +355,37 @@ def _seconds_between(start: object, end: object) -> float | None:
     return None
 
 
+def _price_list(deployment: Mapping[str, Any]) -> list[Any]:
+    """[LiteLLM model, input USD per token or None, output USD per token or None] of a deployment (plain
+    values: it is kept in our request context, which LiteLLM copies)."""
+    params = deployment.get("litellm_params") or {}
+    return [params.get("model"), params.get("input_cost_per_token"), params.get("output_cost_per_token")]
+
+
+def _cost_from_usage(ctx: Mapping[str, Any], key: str | None, response: object) -> float | None:
+    """USD of an answer from its usage at the deployment's prices: the deployment's own
+    ``input_cost_per_token``/``output_cost_per_token`` when both are set, else LiteLLM's cost map for its
+    model (``litellm.cost_per_token``). None for a deployment without a price list (a local one)."""
+    prices = (ctx.get("prices") or {}).get(key) if key else None
+    usage = getattr(response, "usage", None)
+    if not isinstance(prices, list) or len(prices) != 3 or not isinstance(prices[0], str) or usage is None:
+        return None
+    model, input_cost, output_cost = prices
+    custom = None
+    if isinstance(input_cost, int | float) and isinstance(output_cost, int | float):
+        custom = CostPerToken(
+            input_cost_per_token=float(input_cost), output_cost_per_token=float(output_cost)
+        )
+    prompt_usd, completion_usd = litellm.cost_per_token(
+        model=model,
+        prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
+        completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
+        usage_object=usage,
+        custom_cost_per_token=custom,
+    )
+    return prompt_usd + completion_usd
+
+
 def _response_cost(response: object) -> object:
     hidden = getattr(response, "_hidden_params", None)
     return hidden.get("response_cost") if isinstance(hidden, Mapping) else None
@@ -512,7 +550,12 @@ class RouterHooks(CustomLogger):
             if last_group and last_group != model:  # a failure hop: one fallback and one ladder step each
                 hop = int(ctx.get("hops") or 0) + 1
                 ctx["hops"] = hop
-                reason = f"attempt_failed:{ctx.get('last_failure') or 'unknown'}"
+                failure = ctx.get("last_failure") or "unknown"
+                if "reported" in ctx and ctx.get("pending"):
+                    # LiteLLM continues a stream whose attempt failed before its first chunk (the response
+                    # headers were made) from its fallback group, and logs that failure after this pick.
+                    failure = "before_first_chunk"
+                reason = f"attempt_failed:{failure}"
                 runtime.events.emit(
                     EventKind.FALLBACK_SELECTED,
                     **who,
@@ -578,6 +621,8 @@ class RouterHooks(CustomLogger):
             ctx.setdefault("pending", []).append(chosen.key)
             runtime.breakers.picked(chosen.key, chosen.host_id, now)
             picked = [d for d in healthy_deployments if (d.get("model_info") or {}).get("id") == chosen.key]
+            if picked and not chosen.is_local:  # its price list, should its cost have to be worked out here
+                ctx.setdefault("prices", {})[chosen.key] = _price_list(picked[0])
             if request_kwargs is not None and picked:  # this attempt's budgets (read per attempt)
                 budget = budget_for(runtime.settings.time_budgets, ctx.get("tier"))
                 cold = chosen.is_local and chosen.warm_state not in RESIDENT
@@ -694,9 +739,16 @@ class RouterHooks(CustomLogger):
         try:
             await self._release(kwargs)
             self._finished(kwargs, None)
-            self._observe(kwargs, start_time, end_time)
+            ctx, cost = _ctx_of(kwargs), kwargs.get("response_cost")
+            if ctx.get("switched"):
+                # A stream LiteLLM continued from its fallback: LiteLLM 1.102.4 logs it with the first
+                # attempt's cost (0.0 for a local one), and its start time is the first attempt's. The cost
+                # is worked out from the usage at the deployment's own prices; no times are learnt.
+                cost = _cost_from_usage(ctx, _deployment_key(kwargs), response_obj)
+            else:
+                self._observe(kwargs, start_time, end_time)
             if self._runtime is not None:  # streamed answers' cost is known only here
-                self._runtime.book(kwargs.get("litellm_call_id"), kwargs.get("response_cost"), time.time())
+                self._runtime.book(kwargs.get("litellm_call_id"), cost, time.time())
                 if self._runtime.unbooked:
                     await self._runtime.sync_spend(time.time())
         except Exception:
@@ -727,42 +779,47 @@ class RouterHooks(CustomLogger):
     ) -> dict[str, str] | None:
         try:
             runtime = self._runtime
-            ctx = _ctx_of(data)
             now = time.time()
             if runtime is not None:  # a non-streamed answer's cost is known now: book it before reporting
                 runtime.book(data.get("litellm_call_id"), _response_cost(response), now)
                 await runtime.sync_spend(now)  # the shared book's total (other workers' spend included)
-            warm = ctx.get("warm_state")
-            ledger = own = None
-            if runtime is not None:
-                matrix = runtime.fleet.matrix(now)
-                ledger = host_reports(
-                    matrix, await runtime.reservations.view(matrix, now), runtime.in_flight.counts(now)
-                )
-                token, request_id = ctx.get("lease_token"), ctx.get("request_id")
-                own = own_report(
-                    matrix,
-                    runtime.reservations.of_token(token) if isinstance(token, str) else [],
-                    runtime.in_flight.of_request(str(request_id)) if request_id else [],
-                )
-            report = RouteReport(
-                deployment=ctx.get("deployment"),
-                warm_state=WarmState(warm) if isinstance(warm, str) else None,
-                score_ms=ctx.get("score_ms"),
-                auth_lockouts=frozenset(runtime.fleet.auth_lockouts) if runtime is not None else None,
-                daily_spend_usd=runtime.spend.today(now) if runtime is not None else None,
-                hook_errors=self.errors,
-                no_candidate=ctx.get("no_candidate") or None,
-                ledger=ledger,
-                breakers=frozenset(runtime.blocked(runtime.fleet.store.current, now)) if runtime else None,
-                groups=tuple(ctx.get("groups") or ()),
-                degraded=runtime.reservations.faults.report() if runtime is not None else None,
-                own=own,
-            )
-            return report.to_headers()
+            ctx = _ctx_of(data)
+            ctx["reported"] = ctx.get("deployment")  # a stream's first chunk checks it (_stream_report)
+            return (await self._report(data, now)).to_headers()
         except Exception:
             self._failed("response_headers")
             return None
+
+    async def _report(self, data: dict[str, Any], now: float) -> RouteReport:
+        """The request's :class:`RouteReport` as of ``now`` (its attempts so far, the fleet as seen now)."""
+        runtime, ctx = self._runtime, _ctx_of(data)
+        warm = ctx.get("warm_state")
+        ledger = own = None
+        if runtime is not None:
+            matrix = runtime.fleet.matrix(now)
+            ledger = host_reports(
+                matrix, await runtime.reservations.view(matrix, now), runtime.in_flight.counts(now)
+            )
+            token, request_id = ctx.get("lease_token"), ctx.get("request_id")
+            own = own_report(
+                matrix,
+                runtime.reservations.of_token(token) if isinstance(token, str) else [],
+                runtime.in_flight.of_request(str(request_id)) if request_id else [],
+            )
+        return RouteReport(
+            deployment=ctx.get("deployment"),
+            warm_state=WarmState(warm) if isinstance(warm, str) else None,
+            score_ms=ctx.get("score_ms"),
+            auth_lockouts=frozenset(runtime.fleet.auth_lockouts) if runtime is not None else None,
+            daily_spend_usd=runtime.spend.today(now) if runtime is not None else None,
+            hook_errors=self.errors,
+            no_candidate=ctx.get("no_candidate") or None,
+            ledger=ledger,
+            breakers=frozenset(runtime.blocked(runtime.fleet.store.current, now)) if runtime else None,
+            groups=tuple(ctx.get("groups") or ()),
+            degraded=runtime.reservations.faults.report() if runtime is not None else None,
+            own=own,
+        )
 
     async def async_post_call_failure_hook(
         self,
@@ -815,6 +872,20 @@ class RouterHooks(CustomLogger):
         except Exception:
             self._failed("stream_abandoned")
 
+    async def _stream_report(self, request_data: dict[str, Any]) -> bytes | None:
+        """At a stream's first chunk: when the deployment that produced it is not the one the response
+        headers named (LiteLLM continued the stream from its fallback group after the first attempt failed
+        before its first chunk), the report of what answered, as the stream's first event; else None."""
+        try:
+            ctx = _ctx_of(request_data)
+            if "reported" not in ctx or ctx.get("deployment") == ctx["reported"]:
+                return None
+            ctx["reported"], ctx["switched"] = ctx.get("deployment"), True
+            return encode_stream_report(await self._report(request_data, time.time()))
+        except Exception:
+            self._failed("stream_report")
+            return None
+
     # --- answers and streams in OpenAI's shape, streams stopped for a client that left (streams.py) ---
     async def async_post_call_success_hook(
         self, data: dict[str, Any], user_api_key_dict: Any, response: Any
@@ -836,6 +907,7 @@ class RouterHooks(CustomLogger):
             client_gone=self.client_watches.take(request_data.get("litellm_call_id")),
             on_error=self._failed,
             on_abandoned=lambda: self._abandoned(request_data),
+            before_first=lambda: self._stream_report(request_data),
         )
         runtime, token = self._runtime, _ctx_of(request_data).get("lease_token")
         if runtime is None or not isinstance(token, str):

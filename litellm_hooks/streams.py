@@ -4,6 +4,8 @@ shaper in :mod:`litellm_hooks.stream_shape`, kept out of hooks.py so that stays 
 - :func:`shaped_stream`: a chat stream as SSE bytes in OpenAI's chunk shape (LiteLLM passes ``data:``
   bytes through untouched); once the client has gone (:mod:`litellm_hooks.client_watch`), the provider
   stream is closed, which stops the model.
+  A stream LiteLLM continued from its fallback before the first chunk opens with the stream report
+  (:func:`torchrouter_core.contract.encode_stream_report`).
 - :func:`name_the_group`: a non-streamed answer says the group in ``model`` (after a fallback LiteLLM
   names the fallback's model) and carries a ``chatcmpl-`` id.
 """
@@ -11,7 +13,7 @@ shaper in :mod:`litellm_hooks.stream_shape`, kept out of hooks.py so that stays 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from litellm.types.utils import ModelResponse, ModelResponseStream
@@ -27,12 +29,19 @@ async def shaped_stream(
     client_gone: ClientGone | None,
     on_error: Callable[[str], None],
     on_abandoned: Callable[[], None],
+    before_first: Callable[[], Awaitable[bytes | None]] | None = None,
 ) -> AsyncGenerator[Any, None]:
     """LiteLLM's chunks, each chat chunk as SSE bytes in OpenAI's shape; anything else, or a chunk the
     shaper fails on (``on_error`` logs and counts it), as LiteLLM made it. When ``client_gone`` says the
-    client has left, the provider stream is closed, ``on_abandoned`` runs, and the stream ends."""
+    client has left, the provider stream is closed, ``on_abandoned`` runs, and the stream ends.
+    ``before_first`` runs once LiteLLM has the first chunk (so after any fallback it took to get it); what
+    it returns goes out ahead of that chunk."""
     shaper = shaper_for(request_data)
     async for chunk in response:
+        if before_first is not None:
+            ahead, before_first = await before_first(), None
+            if ahead is not None:
+                yield ahead
         if client_gone is not None and client_gone():
             await close_stream(response)
             on_abandoned()

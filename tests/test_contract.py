@@ -233,3 +233,42 @@ def test_needs_encoding_round_trips() -> None:
     audio = RequestNeeds(modalities=frozenset({"text", "audio"}))
     assert encode_needs(audio).endswith(";modalities=audio+text")
     assert decode_needs(encode_needs(audio)) == audio
+
+
+# --- the stream report: the report again as a stream's first event ---------------------------------------
+def test_the_stream_report_carries_the_whole_report() -> None:
+    report = RouteReport(
+        deployment="openai-api/openai/gpt-4o-mini",
+        warm_state=WarmState.WARM,
+        score_ms=0.25,
+        daily_spend_usd=0.0001,
+        groups=("fast-chat", "cloud-fast"),
+        breakers=frozenset({"matthew-100.86.174.11/ollama/qwen3:8b"}),
+    )
+    event = contract.encode_stream_report(report)
+    assert event.startswith(b": ") and event.endswith(b"\n\n") and event.count(b"\n") == 2  # one SSE comment
+    problems, problem = collect()
+    headers = contract.decode_stream_report(event, problem=problem)
+    assert headers is not None and problems == []
+    assert RouteReport.from_headers(CIMultiDict(headers)) == report
+
+
+@pytest.mark.parametrize(
+    ("event", "problem_seen"),
+    [
+        (b'data: {"id": "chatcmpl-1"}', False),  # an ordinary first chunk
+        (b": keep-alive", False),  # another comment
+        (b": x-torchrouter-report {not json", True),
+        (b': x-torchrouter-report ["x-torchrouter-deployment"]', True),
+        (b': x-torchrouter-report {"x-torchrouter-score-ms": 1.5}', True),  # values are strings
+    ],
+)
+def test_anything_else_is_not_a_stream_report(event: bytes, problem_seen: bool) -> None:
+    problems, problem = collect()
+    assert contract.decode_stream_report(event, problem=problem) is None
+    assert bool(problems) == problem_seen, problems
+
+
+def test_a_stream_report_sets_only_our_headers() -> None:
+    event = b': x-torchrouter-report {"X-TorchRouter-Deployment": "a/b/c", "Content-Type": "text/html"}'
+    assert contract.decode_stream_report(event) == {"x-torchrouter-deployment": "a/b/c"}

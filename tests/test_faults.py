@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import litellm
 import pytest
 import yaml
 
@@ -200,6 +201,72 @@ async def test_a_stream_cut_midway_ends_clearly_and_opens_the_breaker(
     fault_stack.sim.set_fault(HOST, "none")
     for target in opened:  # each breaker that opened closes again, so the next test starts clean
         await recover(fault_url, fault_stack, target)
+    await no_slot_leaks(fault_url)
+
+
+async def health(url: str) -> dict[str, Any]:
+    async with aiohttp.ClientSession() as session, session.get(url + "/health") as resp:
+        body: dict[str, Any] = await resp.json()
+        return body
+
+
+async def test_a_stream_that_fails_before_its_first_chunk_is_credited_to_the_deployment_that_answered(
+    fault_stack: Stack, fault_url: str
+) -> None:
+    """LiteLLM continues a stream whose attempt failed before its first chunk from its fallback group (its
+    mid-stream fallback), after the response headers were made: the client's headers, the trail's
+    ``request_completed`` and the spend book name the deployment that answered, and the hooks' report of
+    it (an SSE comment ahead of the first chunk) never reaches the client."""
+    await breakers_clear(fault_url)
+    spent_before = (await health(fault_url))["daily_spend_usd"]
+    fault_stack.sim.set_fault(HOST, "cut_stream", count=1, after_chunks=0)
+    body = {
+        "model": "auto",
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "messages": [{"role": "user", "content": "Status, one line?"}],
+    }
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            fault_url + "/v1/chat/completions", json=body, headers={"X-Agent-Id": "fault-tester"}
+        ) as resp,
+    ):
+        text = await resp.text()
+        headers = resp.headers
+    assert resp.status == 200 and text.rstrip().endswith("data: [DONE]"), text[-300:]
+    assert "x-torchrouter" not in text and not any(line.startswith(":") for line in text.splitlines())
+    request_id = headers["X-Router-Request-Id"]
+    completed = await wait_for_event(fault_stack.events_path, request_id, "request_completed")
+    mine = [e for e in fault_stack.events() if e["request_id"] == request_id]
+    picks = [d for _, d in routed(mine)]
+    assert picks[0] == FAST and len(picks) == 2 and picks[1].startswith(CLOUD_HOST), picks
+    answered = picks[1]
+    [failed] = [e for e in mine if e["event"] == "attempt_failed"]
+    assert failed["deployment"] == FAST and failed["failure"] == "stream_broken", failed
+    [hop] = [e for e in mine if e["event"] == "fallback_selected"]
+    assert hop["reason"] == "attempt_failed:before_first_chunk" and hop["to_group"] == "cloud-fast", hop
+    assert headers["X-Router-Model"] == answered == completed["deployment"], (dict(headers), completed)
+    assert headers["X-Router-Fallback"] == "fallback:fast-chat->cloud-fast" == completed["fallback"]
+    assert completed["outcome"] == "ok" and completed["warm_state"] == "warm", completed
+    # The cloud's cost is booked once, at the answering deployment's prices, from the stream's usage.
+    usage = next(
+        json.loads(line[6:])["usage"]
+        for line in text.splitlines()
+        if line.startswith("data: {") and json.loads(line[6:]).get("usage")
+    )
+    model = {
+        "openai-api/openai/gpt-4o-mini": "openai/gpt-4o-mini",
+        "openai-api/openai/gpt-4.1-nano": "openai/gpt-4.1-nano",
+    }[answered]
+    prompt_usd, completion_usd = litellm.cost_per_token(
+        model=model, prompt_tokens=usage["prompt_tokens"], completion_tokens=usage["completion_tokens"]
+    )
+    assert prompt_usd + completion_usd > 0
+    assert (await ask(fault_url)).status == 200  # the classifier mirrors the book from the next response
+    spent = (await health(fault_url))["daily_spend_usd"] - spent_before
+    # /health rounds to a millionth of a dollar: booked once (not 0, not twice), within that rounding.
+    assert spent == pytest.approx(prompt_usd + completion_usd, abs=1.01e-6), (spent, usage)
     await no_slot_leaks(fault_url)
 
 

@@ -12,7 +12,9 @@ Version history (``x-torchrouter-protocol``):
   fallback count. Added compatibly (a peer without it reads as "not reported"): the profiles the
   hooks' circuit breakers refuse (``x-torchrouter-breakers``); the group of each of the request's
   attempts, in order (``x-torchrouter-groups``: the failure fallbacks' path, which LiteLLM's count does
-  not give when a hop's own fallback walk carried the request on).
+  not give when a hop's own fallback walk carried the request on). The stream report: when LiteLLM
+  continued a stream from its fallback before the first chunk (after the response headers were made),
+  the stream opens with one SSE comment carrying the whole report again (:func:`encode_stream_report`).
 
 Decoding never raises: a missing value is ``None`` (or the stated default), a malformed one is logged in
 one line naming the header and treated as missing, and a peer speaking another version is logged (the
@@ -28,6 +30,8 @@ import re
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
+
+import orjson
 
 from capability_matrix.model import WarmState
 from torchrouter_core.needs import TEXT_ONLY
@@ -265,6 +269,39 @@ _OUR_REPORT_HEADERS = (
 _REPORT_READS = (VERSION_HEADER, *_OUR_REPORT_HEADERS, LITELLM_MODEL_ID_HEADER, LITELLM_FALLBACKS_HEADER)
 _MAX_GROUPS = 16  # attempts of one request: LiteLLM's fallback depth is far below this
 _MAX_DEGRADED = 8  # kinds of backend failure (litellm_hooks.backend): five today
+
+
+# --- the stream report: the RouteReport again, as a stream's first event ------------------------------------
+# LiteLLM 1.102.4 makes a stream's response headers (ours among them) once the first attempt's provider has
+# answered, then may continue the stream from its fallback group when that attempt fails before its first
+# chunk (its mid-stream fallback): the headers then describe an attempt that did not answer. The hooks send
+# the report of what did as an SSE comment ahead of the first chunk; the classifier reads it over the
+# headers and does not relay it. A client of LiteLLM itself sees a comment line, which SSE clients skip.
+STREAM_REPORT_PREFIX = b": x-torchrouter-report "
+MAX_STREAM_REPORT_BYTES = 64 * 1024  # a report is well under 2 KB; a reader gives up on an event past this
+
+
+def encode_stream_report(report: RouteReport) -> bytes:
+    """``: x-torchrouter-report {"<header>": "<value>", ...}`` and the blank line that ends the event."""
+    return STREAM_REPORT_PREFIX + orjson.dumps(report.to_headers()) + b"\n\n"
+
+
+def decode_stream_report(event: bytes, *, problem: Problem = log_problem) -> dict[str, str] | None:
+    """The report headers of one SSE event (its bytes, with or without the blank line that ends it); None
+    when the event is not a stream report, or is one that cannot be read (logged by ``problem``)."""
+    if not event.startswith(STREAM_REPORT_PREFIX):
+        return None
+    body = event[len(STREAM_REPORT_PREFIX) :].strip()
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        value = None
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        problem("stream report", body[:80].decode("utf-8", "replace"), "is not a JSON object of strings")
+        return None
+    return {k.lower(): v for k, v in value.items() if k.lower().startswith("x-torchrouter-")}
 
 
 # --- request needs: "prompt_tokens=<int>;max_output_tokens=<int>;tools=<0|1>[;modalities=<m>+<m>...]" ------
