@@ -298,11 +298,18 @@ async def test_a_host_whose_packets_vanish_is_given_up_on_after_the_connect_budg
 ) -> None:
     """A black-holed host (a SYN never answered) costs an attempt the tier's connect budget, not its
     first-byte budget; the next step answers; the host's breakers open and recover as for a refusal."""
-    await breakers_clear(fault_url)
-    answers = await run_fault(fault_stack, fault_url, HOST, "blackhole")
-    assert [a.status for a in answers] == [200] * len(answers), [a.text[:200] for a in answers]
-    events = fault_stack.events()[fault_stack.mark :]
-    failed = [e for e in events if e["event"] == "attempt_failed" and on_target(e["deployment"], HOST)]
+    for _ in range(3):
+        await breakers_clear(fault_url)
+        answers = await run_fault(fault_stack, fault_url, HOST, "blackhole")
+        assert [a.status for a in answers] == [200] * len(answers), [a.text[:200] for a in answers]
+        events = fault_stack.events()[fault_stack.mark :]
+        failed = [e for e in events if e["event"] == "attempt_failed" and on_target(e["deployment"], HOST)]
+        if failed:
+            break
+        # On a loaded machine the probes (every 0.2 s here) can find the silent host before the first
+        # request reaches the hooks: then nothing is sent to it at all (right, but nothing to measure).
+        assert all(not on_target(d, HOST) for _, d in routed(events)), routed(events)
+        fault_stack.sim.set_fault(HOST, "none")
     assert failed and {e["failure"] for e in failed} <= {"connect_timeout", "refused"}, failed
     assert "connect_timeout" in {e["failure"] for e in failed}, failed
     # From the pick of the black-holed host to the request's next pick: at least the connect budget, and

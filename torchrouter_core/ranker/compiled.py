@@ -402,12 +402,18 @@ def decide(
         timings_ms={"filter_score_pick": (t1 - t0) * 1e3},
         ttft_s={best_key: round(best_ttft, 4)},
     )
-    placement = Placement(best_victims) if best_victims else FITS
+    placement = _placement(best_victims) if best_victims else FITS
     return Decision(ranking, None, placement, grp.unknown, grp.known)
 
 
-_Step = tuple[float, int, tuple[Resident, ...], float]  # free GB (+ EPS), model slots, victims so far, charge
-_NO_VICTIMS: tuple[Resident, ...] = ()
+_Victim = tuple[ResidentInfo, float]  # a resident the walk would evict, and its charge (s)
+_Step = tuple[float, int, tuple[_Victim, ...], float]  # free GB (+ EPS), model slots, victims so far, charge
+_NO_VICTIMS: tuple[_Victim, ...] = ()
+
+
+def _placement(victims: tuple[_Victim, ...]) -> Placement:
+    """The pick's placement: its victims as :class:`Resident` (what ``ResidentInfo.victim`` makes)."""
+    return Placement(tuple(Resident(info.model, info.gb, None, charge_s) for info, charge_s in victims))
 
 
 def _walk(
@@ -430,10 +436,11 @@ def _walk(
     held = reserved.get(host_id) if reserved else None
     evicting, leased = (held.evicting, held.leased) if held is not None else (_EMPTY, _EMPTY)
     free, slots = room[0] + EPS_GB, room[1]
-    victims: tuple[Resident, ...] = ()
+    victims: tuple[_Victim, ...] = ()
     charge_s: float = 0  # Placement.charge_s's sum, in the same order (it starts from int 0 too)
     flight_get = in_flight.get
-    for info in plan.infos_of(host_id):
+    infos = plan.infos.get(host_id)
+    for info in infos if infos is not None else plan.infos_of(host_id):
         # ResidentInfo.keep, inline (this is the hot path's inner loop; the random fleets of
         # tests/test_ranker.py hold it to the plain cycle's answers): skipped, refused, or a victim
         model = info.model
@@ -456,11 +463,18 @@ def _walk(
                 at = evicted_at.get((host_id, model))
                 if at is not None and now - at < rules.hold_s:
                     break
-        victim = info.victim(now, charge)
-        victims = (*victims, victim)
+        # ResidentInfo.victim's charge; its Resident is built for the pick's placement only (_placement)
+        if charge is None:
+            victim_charge = 0.0
+        else:
+            expires_at = info.expires_at
+            victim_charge = charge(
+                info.profile, None if expires_at is None or now is None else expires_at - now
+            )
+        victims = (*victims, (info, victim_charge))
         free += info.gb
         slots += 1
-        charge_s += victim.charge_s
+        charge_s += victim_charge
         steps.append((free, slots, victims, charge_s))
     return steps
 

@@ -87,7 +87,8 @@ class ObservedTimes:
     def load_time_s(self, profile: Profile) -> float:
         """Seconds ``profile``'s model takes to load cold: observed on that deployment, else the prior
         (:func:`~torchrouter_core.ranker.scorers.load_estimate_s`)."""
-        return self.load_s.get(profile.key, load_estimate_s(profile))
+        seen = self.load_s.get(profile.key)
+        return load_estimate_s(profile) if seen is None else seen
 
     def started_load(self, key: str, now: float, expected_s: float) -> None:
         """A pick of ``key`` while its model was not resident: a load of about ``expected_s`` seconds

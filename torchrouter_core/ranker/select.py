@@ -122,6 +122,8 @@ def charge_of(use: RecentUse | None, observed: ObservedTimes | None, now: float 
 
     def charge(profile: Profile, expires_in_s: float | None) -> float:
         rate = use.rate(profile.host_id, profile.model, now)
+        if rate <= 0.0:  # unused lately: no charge (eviction_charge_s's first rule), no reload time needed
+            return 0.0
         return eviction_charge_s(rate, reload_of(profile), expires_in_s)
 
     return charge
