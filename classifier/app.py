@@ -191,6 +191,8 @@ async def _running(app: web.Application, probe: Probe) -> AsyncIterator[None]:
 
     def on_update(observations: dict[str, HostObservation]) -> None:
         fleet.on_observations(observations)
+        # A report left counting a request that ended before its answer stands one probe interval at most.
+        app[LEDGER_KEY].expire(time.time(), settings.probe_interval_s)
         refresh_lane_limits(app)
 
     # One round before serving, so the first requests see real lane limits rather than zero.

@@ -40,6 +40,48 @@ class LedgerMirror:
     live: dict[str, Mapping[str, HostReport]] = field(default_factory=dict)
     # The requests whose own parts ``hosts`` includes: those live when the last report came.
     included: set[str] = field(default_factory=set)
+    awaiting: int = 0  # requests forwarded whose answer (and report) has not come yet
+    # When a request ended before its answer came (a client that left, a budget, LiteLLM unreachable)
+    # while ``hosts`` said something: the report may still count what that request held.
+    unsettled_since: float | None = None
+
+    def started(self) -> None:
+        """A request was forwarded: its report comes with its answer."""
+        self.awaiting += 1
+
+    def answered(self) -> None:
+        """The request's answer (and report) came."""
+        self.awaiting = max(0, self.awaiting - 1)
+
+    def lost(self, now: float) -> None:
+        """The request ended before its answer came: the hooks have given back what it held by now (they
+        release a cancelled call's leases and in-flight entries), but the last report may still count it,
+        and without another answer no report says otherwise (:meth:`expire`)."""
+        self.awaiting = max(0, self.awaiting - 1)
+        if self.hosts and self.unsettled_since is None:
+            self.unsettled_since = now
+
+    def expire(self, now: float, after_s: float) -> bool:
+        """After a request was :meth:`lost` and no report came for ``after_s`` seconds while nothing else
+        awaits its answer, the mirror keeps only what it knows still runs (the own parts of the requests
+        being relayed): what the last report counted for the lost request would otherwise stay in the
+        lanes' capacity and ``/fleet`` until the next answer. ``True`` when the reservations changed."""
+        since = self.unsettled_since
+        if since is None or self.awaiting > 0 or now - since < after_s:
+            return False
+        self.unsettled_since = None
+        hosts: dict[str, HostReport] = {}
+        for own in self.live.values():
+            for host, mine in own.items():
+                r = hosts.get(host, HostReport(0.0, 0, 0, 0))
+                hosts[host] = HostReport(
+                    r.reserved_gb + mine.reserved_gb,
+                    r.leases + mine.leases,
+                    r.pending_models + mine.pending_models,
+                    r.in_flight + mine.in_flight,
+                )
+        self.included = set(self.live)
+        return self._replace(hosts, self.received_at)
 
     def update(
         self,
@@ -53,6 +95,7 @@ class LedgerMirror:
         if request_id is not None and own is not None:
             self.live[request_id] = own
         self.included = set(self.live)
+        self.unsettled_since = None  # a fresh report: it counts only what is held now
         return self._replace(dict(report), now)
 
     def ended(self, request_id: str) -> bool:
