@@ -21,7 +21,6 @@ from capability_matrix import MatrixStore
 from classifier.admission import Admission
 from classifier.chat_body import parse_chat_body
 from classifier.deadlines import Deadlines
-from classifier.forwarder import UpstreamResponse
 from classifier.http_errors import error_response
 from classifier.keys import (
     AGENTS_KEY,
@@ -323,6 +322,7 @@ async def _exchange(
 ) -> web.StreamResponse:
     """One exchange with LiteLLM; ``times``: (request started, forwarded) from ``perf_counter``."""
     app = request.app
+    started, sent = times
     mirror = app[LEDGER_KEY]
     mirror.started()
     answered = False
@@ -332,35 +332,23 @@ async def _exchange(
         ) as upstream:
             answered = True
             mirror.answered()
-            return await _answered(request, upstream, trace, group, times, relay, deadline)
+            deadline.cancel()  # the answer has started: the total budget is met
+            headers_at = time.perf_counter()
+            if upstream.status == 200 and upstream.headers.get("Content-Type", "").startswith(SSE_TYPE):
+                # a stream LiteLLM continued from its fallback opens with who answered (the hooks' report)
+                await upstream.take_stream_report()
+            report = RouteReport.from_headers(upstream.headers)
+            _annotate(trace, report, app[MATRIX_KEY], group)
+            _learn(app, trace, report, upstream.status)
+            try:
+                return await _relay(
+                    request, upstream, trace, group, report, (started, sent, headers_at), relay
+                )
+            finally:  # this request no longer holds a lease or runs anywhere: the mirror drops its part
+                mirror.ended(trace.request_id)
     finally:
         if not answered:  # what the last report counted for this request may be gone: LedgerMirror.expire
             mirror.lost(time.time())
-
-
-async def _answered(
-    request: web.Request,
-    upstream: UpstreamResponse,
-    trace: RouteTrace,
-    group: str,
-    times: tuple[float, float],
-    relay: Relay,
-    deadline: _Deadline,
-) -> web.StreamResponse:
-    """LiteLLM's answer has started: read the hooks' report, learn from it, relay the answer."""
-    app = request.app
-    started, sent = times
-    deadline.cancel()  # the answer has started: the total budget is met
-    headers_at = time.perf_counter()
-    if upstream.status == 200 and upstream.headers.get("Content-Type", "").startswith(SSE_TYPE):
-        await upstream.take_stream_report()  # a stream LiteLLM continued from its fallback: who answered
-    report = RouteReport.from_headers(upstream.headers)
-    _annotate(trace, report, app[MATRIX_KEY], group)
-    _learn(app, trace, report, upstream.status)
-    try:
-        return await _relay(request, upstream, trace, group, report, (started, sent, headers_at), relay)
-    finally:  # this request no longer holds a lease or runs anywhere: the mirror drops its part
-        app[LEDGER_KEY].ended(trace.request_id)
 
 
 async def _relay(
