@@ -23,10 +23,12 @@ import aiohttp
 import litellm
 import pytest
 import yaml
+from openai import AsyncOpenAI
 
 from tests.conftest import Stack, classifiers_for, running_stack
 from tests.harness import eventually, wait_for_event
 from torchrouter import cli
+from torchrouter_core import contract
 from torchrouter_core.budgets import parse_time_budgets
 
 OUTCOMES = {"ok", "upstream_error", "shed", "timeout", "upstream_unavailable", "cancelled", "error"}
@@ -267,6 +269,54 @@ async def test_a_stream_that_fails_before_its_first_chunk_is_credited_to_the_dep
     spent = (await health(fault_url))["daily_spend_usd"] - spent_before
     # /health rounds to a millionth of a dollar: booked once (not 0, not twice), within that rounding.
     assert spent == pytest.approx(prompt_usd + completion_usd, abs=1.01e-6), (spent, usage)
+    await no_slot_leaks(fault_url)
+
+
+async def test_a_client_of_litellm_itself_reads_such_a_stream_with_the_openai_sdk(
+    fault_stack: Stack, fault_url: str
+) -> None:
+    """Sent to LiteLLM directly (no classifier to take the hooks' report out), the stream's first event is
+    an SSE comment, which the OpenAI SDK skips: the answer reads as any other."""
+    await breakers_clear(fault_url)
+    fault_stack.sim.set_fault(HOST, "cut_stream", count=1, after_chunks=0)
+    body = {
+        "model": "fast-chat",
+        "stream": True,
+        "fallbacks": ["cloud-fast"],
+        "messages": [{"role": "user", "content": "Status, one line?"}],
+    }
+    auth = {"Authorization": f"Bearer {fault_stack.master_key}"}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(fault_stack.litellm.url + "/v1/chat/completions", json=body, headers=auth) as resp,
+    ):
+        raw = await resp.read()
+    first, _, rest = raw.partition(b"\n\n")
+    report = contract.decode_stream_report(first)
+    assert report is not None, raw[:300]
+    assert report[contract.DEPLOYMENT_HEADER].startswith(CLOUD_HOST), report
+    assert resp.headers[contract.DEPLOYMENT_HEADER] == FAST  # what the headers said before the switch
+    assert rest.rstrip().endswith(b"data: [DONE]"), rest[-200:]
+    fault_stack.sim.set_fault(HOST, "cut_stream", count=1, after_chunks=0)
+    client = AsyncOpenAI(
+        base_url=fault_stack.litellm.url + "/v1", api_key=fault_stack.master_key, max_retries=0
+    )
+    try:
+        stream = await client.chat.completions.create(
+            model="fast-chat",
+            messages=[{"role": "user", "content": "Status, one line?"}],
+            stream=True,
+            extra_body={"fallbacks": ["cloud-fast"]},
+        )
+        text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+    finally:
+        await client.close()
+    assert text.strip(), "no answer"
+    events = fault_stack.events()
+    [failed] = [e for e in events[-20:] if e["event"] == "attempt_failed" and e["deployment"] == FAST][-1:]
+    assert failed["failure"] == "stream_broken", failed
+    picks = routed([e for e in events if e["request_id"] == failed["request_id"]])
+    assert picks[-1][1].startswith(CLOUD_HOST), picks  # the fallback answered
     await no_slot_leaks(fault_url)
 
 
