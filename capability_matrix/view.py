@@ -168,6 +168,6 @@ class FleetView:
 
 
 def _usd(amount: float) -> str:
-    """Dollars as an operator reads them: cents for ordinary amounts, enough digits for tiny ones (a budget
-    of 0.00001 USD is not shown as 0.00)."""
-    return f"{amount:.2f}" if amount == 0 or abs(amount) >= 0.01 else f"{amount:.2g}"
+    """Dollars as an operator reads them: cents from a dollar up, three significant digits below it (a
+    spend of 0.0253 against a budget of 0.0245 is not shown as 0.03 against 0.02, nor 0.00001 as 0.00)."""
+    return f"{amount:.2f}" if amount == 0 or abs(amount) >= 1 else f"{amount:.3g}"

@@ -336,11 +336,16 @@ def _json(data: Any, status: int = 200) -> web.Response:
 
 async def health(request: web.Request) -> web.Response:
     """``ok``; or ``degraded`` with the shared backends the hooks' last report said were failing (the
-    VRAM ledger or the spend book in Redis: ``kind:ExceptionClass``), until a report says they answer."""
+    VRAM ledger or the spend book in Redis: ``kind:ExceptionClass``), until a report says they answer;
+    ``litellm:unreachable`` while the last request could not connect to LiteLLM at all (until one is
+    answered); ``spend_book:unknown`` for a day book that cannot be read. Spend in USD, 8 decimals."""
     now = time.time()
-    degraded = list(request.app[HOOKS_SEEN_KEY].degraded)
+    seen = request.app[HOOKS_SEEN_KEY]
+    degraded = list(seen.degraded)
+    if seen.litellm_unreachable is not None:  # the last forward could not connect: every request fails
+        degraded.append("litellm:unreachable")
     unknown = request.app[FLEET_KEY].spend_unknown(now)
-    spend: float | None = None if unknown else round(request.app[SPEND_KEY].today(now), 6)
+    spend: float | None = None if unknown else round(request.app[SPEND_KEY].today(now), 8)
     if unknown:  # a corrupt book: the spend is not zero, it is not known (the cloud is locked meanwhile)
         degraded.append("spend_book:unknown")
     body: dict[str, Any] = {"status": "degraded" if degraded else "ok", "daily_spend_usd": spend}

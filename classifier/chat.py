@@ -46,7 +46,16 @@ from classifier.routing_headers import RouteTrace, request_id_from
 from torchrouter_core.budgets import budget_for
 from torchrouter_core.contract import RouteReport, RouteRequest
 from torchrouter_core.decide import CloudLocked, RouteDecision, decide
-from torchrouter_core.errors import ApiError, PayloadTooLarge, QueueFull, UpstreamTimeout, verdict_error
+from torchrouter_core.errors import (
+    ApiError,
+    LiteLLMUnreachable,
+    PayloadTooLarge,
+    QueueFull,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+    upstream_error_body,
+    verdict_error,
+)
 from torchrouter_core.fallbacks import failure_chain
 from torchrouter_core.feasibility import explain_no_deployment
 from torchrouter_core.identity import IdentityError, identify
@@ -332,13 +341,14 @@ async def _exchange(
         ) as upstream:
             answered = True
             mirror.answered()
+            app[HOOKS_SEEN_KEY].litellm_unreachable = None
             deadline.cancel()  # the answer has started: the total budget is met
             headers_at = time.perf_counter()
             if upstream.status == 200 and upstream.headers.get("Content-Type", "").startswith(SSE_TYPE):
                 # a stream LiteLLM continued from its fallback opens with who answered (the hooks' report)
                 await upstream.take_stream_report()
             report = RouteReport.from_headers(upstream.headers)
-            _annotate(trace, report, app[MATRIX_KEY], group)
+            _annotate(trace, report, app[MATRIX_KEY], group, upstream.status < 400)
             _learn(app, trace, report, upstream.status)
             try:
                 return await _relay(
@@ -346,6 +356,9 @@ async def _exchange(
                 )
             finally:  # this request no longer holds a lease or runs anywhere: the mirror drops its part
                 mirror.ended(trace.request_id)
+    except LiteLLMUnreachable as exc:
+        app[HOOKS_SEEN_KEY].litellm_unreachable = exc.message
+        raise
     finally:
         if not answered:  # what the last report counted for this request may be gone: LedgerMirror.expire
             mirror.lost(time.time())
@@ -374,11 +387,22 @@ async def _relay(
     trace.total_ms = (done - started) * 1e3
     relay.status, relay.ttft_s = upstream.status, done - started
     if upstream.status == 429 and b"No deployments available" in payload:
-        # LiteLLM's "no deployments" is not "busy": say what it really is (torchrouter_core.feasibility).
-        verdict = explain_no_deployment(group, report.no_candidate, upstream.headers.get("Retry-After"))
-        error = verdict_error(verdict)
+        if report.deployment is not None:
+            # A hop had no candidate, but a later one made an attempt, which failed: LiteLLM answers
+            # with the first hop's error. The request failed upstream; it was not refused for its shape.
+            error: ApiError = UpstreamUnavailable(
+                f"no deployment answered: the last attempt, on {report.deployment}, failed",
+                code="upstream_error",
+            )
+        else:
+            # LiteLLM's "no deployments" is not "busy": say what it is (torchrouter_core.feasibility).
+            verdict = explain_no_deployment(group, report.no_candidate, upstream.headers.get("Retry-After"))
+            error = verdict_error(verdict)
         relay.status = error.status
         return error_response(error, trace.headers())
+    if upstream.status >= 400:  # LiteLLM's error, in OpenAI's shape whatever it carried (type, message)
+        payload = upstream_error_body(upstream.status, payload)
+        out_headers["Content-Type"] = "application/json"
     return web.Response(status=upstream.status, body=payload, headers={**out_headers, **trace.headers()})
 
 
@@ -471,18 +495,22 @@ def _learn(app: web.Application, trace: RouteTrace, report: RouteReport, status:
             refresh_lane_limits(app)
 
 
-def _annotate(trace: RouteTrace, report: RouteReport, matrix: MatrixStore, group: str) -> None:
-    """Fill the trace from what LiteLLM and our hooks reported."""
-    if report.deployment:
+def _annotate(
+    trace: RouteTrace, report: RouteReport, matrix: MatrixStore, group: str, answered: bool
+) -> None:
+    """Fill the trace from what LiteLLM and our hooks reported; the deployment (``X-Router-Model``,
+    ``request_completed.deployment``) and its warm state only when it ``answered`` (an error status names
+    none: the hooks' report then names the last attempt, which failed; the trail has every attempt)."""
+    if report.deployment and answered:
         trace.model = report.deployment
-    if report.warm_state is not None:
-        trace.warm_state = report.warm_state.value
+        if report.warm_state is not None:
+            trace.warm_state = report.warm_state.value
     if report.score_ms is not None:
         trace.score_ms = report.score_ms
     if len(report.groups) > 1:  # the hooks' record of every hop's group, in order
         step = "fallback:" + "->".join(report.groups)
     elif report.fallbacks > 0:  # LiteLLM's own count of failure fallbacks; the deployment names the group
-        profile = matrix.current.profiles.get(trace.model)
+        profile = matrix.current.profiles.get(report.deployment or "")
         step = f"fallback:{group}->{profile.lane if profile is not None else 'unknown'}"
     else:
         return

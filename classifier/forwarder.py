@@ -16,7 +16,7 @@ import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from torchrouter_core.contract import MAX_STREAM_REPORT_BYTES, STREAM_REPORT_PREFIX, decode_stream_report
-from torchrouter_core.errors import ApiError, UpstreamTimeout, UpstreamUnavailable
+from torchrouter_core.errors import ApiError, LiteLLMUnreachable, UpstreamTimeout, UpstreamUnavailable
 
 
 @dataclass
@@ -148,7 +148,7 @@ class HttpForwarder:
 
     def _upstream_error(self, exc: aiohttp.ClientError | TimeoutError) -> ApiError:
         if isinstance(exc, aiohttp.ClientConnectorError):
-            return UpstreamUnavailable(f"the router's LiteLLM proxy is unreachable ({exc.os_error.strerror})")
+            return LiteLLMUnreachable(f"the router's LiteLLM proxy is unreachable ({exc.os_error.strerror})")
         if isinstance(exc, TimeoutError):  # before ClientError: aiohttp's read timeout is both
             return UpstreamTimeout(f"LiteLLM sent nothing for {self._timeout_s:.0f} s")
         # Disconnects, resets, broken payloads: all a bad gateway.

@@ -51,6 +51,8 @@ class HooksSeen:
     breakers_at: float = 0.0
     # The shared backends (VRAM ledger, spend book in Redis) failing as of the last report: /health.
     degraded: tuple[str, ...] = ()
+    # Why the last forward could not reach LiteLLM at all; None once an answer came (/health: degraded).
+    litellm_unreachable: str | None = None
 
     def refused(self, now: float) -> frozenset[str]:
         """The mirrored set while fresh; after ``BREAKERS_TTL_S`` without a report, nothing (the hooks

@@ -101,7 +101,8 @@ async def relay_stream(
         await _end_stream_with_error(response, ApiError(_NO_DONE, code="upstream_stream_broken"))
         return response
     relay.complete = True
-    await response.write_eof()
+    with contextlib.suppress(ConnectionResetError):  # the client left as the whole answer ended
+        await response.write_eof()
     return response
 
 

@@ -486,8 +486,8 @@ class RouterHooks(CustomLogger):
                     await asyncio.wait_for(runtime.first_round.wait(), FIRST_ROUND_WAIT_S)
             kwargs = request_kwargs or {}
             ctx = _ctx_of(kwargs)
-            if ctx.get("tried"):  # a later attempt of this request: its failure must be logged too
-                _rearm_failure_log(kwargs)
+            if ctx.get("last_group"):  # a later hop of this request (an earlier one may have had no
+                _rearm_failure_log(kwargs)  # candidate and logged that): its failure must be logged too
             now = time.time()
             if runtime.shared_spend is not None and not runtime.spend_synced:  # after a restart: the book
                 await runtime.sync_spend(now)
@@ -599,6 +599,7 @@ class RouterHooks(CustomLogger):
             if chosen is None:
                 # Why, for the classifier: a static reason is a 400 there, a lockout a 503 (feasibility).
                 ctx["no_candidate"] = ",".join(sorted(set(selection.rejected.values())))
+                ctx["last_failure"] = "no_candidate"  # the next hop's reason (this hop made no attempt)
                 return []
             ctx.update(deployment=chosen.key, warm_state=chosen.warm_state.value, score_ms=selection.score_ms)
             if chosen.is_local:  # recent use prices evicting this model later
@@ -762,6 +763,9 @@ class RouterHooks(CustomLogger):
             await self._release(kwargs)
             exc = kwargs.get("exception")
             if _no_deployment(exc):  # a hop where no candidate was left: no attempt of it to account for
+                # LiteLLM may log it late, while the next hop's attempt runs, and that log marks the
+                # request's failure as logged: the attempt's own failure would then never be told.
+                _rearm_failure_log(kwargs)
                 return
             if _first_report(_ctx_of(kwargs), exc):
                 self._finished(kwargs, _status_of(exc) or 0, exc)
@@ -844,6 +848,12 @@ class RouterHooks(CustomLogger):
             if failure is not None and left and _first_report(ctx, original_exception):
                 # The last attempt's failure that no failure log told (a catch-up; normally none is left).
                 self._finished(request_data, _status_of(original_exception) or 0, original_exception)
+            elif left and _no_deployment(original_exception):
+                # A chain whose first hop had no candidate: LiteLLM ends with that hop's error and may
+                # never log a later attempt's own failure. Each attempt still pending failed, of a cause
+                # nobody told (recorded without one; no breaker is charged for an unknown cause).
+                for _ in range(len(pending)):  # type: ignore[arg-type]  # left: a non-empty list
+                    self._finished(request_data, 0, None)
             if request_id:
                 runtime.in_flight.finish_request(str(request_id))
         except Exception:

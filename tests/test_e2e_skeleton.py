@@ -163,6 +163,25 @@ async def test_bad_bodies_are_answered_by_the_classifier_itself(
     assert mentions in error["message"]
 
 
+async def test_health_says_when_litellm_cannot_be_reached(make_classifier: ClassifierFactory) -> None:
+    """A classifier whose LiteLLM is gone (nothing listens there): requests get 502, and ``/health`` says
+    ``degraded`` with ``litellm:unreachable`` (not ``ok`` while every request fails)."""
+    url = await make_classifier(litellm_url=f"http://127.0.0.1:{free_ports(1)[0]}")
+    body = {"model": "auto", "messages": [{"role": "user", "content": "hello"}]}
+    async with aiohttp.ClientSession() as http:
+        async with http.get(url + "/health") as resp:
+            assert (await resp.json())["status"] == "ok"  # nothing tried yet
+        async with http.post(
+            url + "/v1/chat/completions", json=body, headers={"X-Agent-Id": "inbox-triage"}
+        ) as resp:
+            error = (await resp.json())["error"]
+            assert resp.status == 502 and error["code"] == "upstream_unavailable", error
+            assert "unreachable" in error["message"]
+        async with http.get(url + "/health") as resp:
+            health = await resp.json()
+    assert health["status"] == "degraded" and "litellm:unreachable" in health["degraded"], health
+
+
 async def test_oversized_body_gets_413(make_classifier: ClassifierFactory) -> None:
     url = await make_classifier(max_body_bytes=1024)
     body = b'{"messages": [{"role": "user", "content": "' + b"x" * 4096 + b'"}]}'

@@ -267,8 +267,8 @@ async def test_a_stream_that_fails_before_its_first_chunk_is_credited_to_the_dep
     assert prompt_usd + completion_usd > 0
     assert (await ask(fault_url)).status == 200  # the classifier mirrors the book from the next response
     spent = (await health(fault_url))["daily_spend_usd"] - spent_before
-    # /health rounds to a millionth of a dollar: booked once (not 0, not twice), within that rounding.
-    assert spent == pytest.approx(prompt_usd + completion_usd, abs=1.01e-6), (spent, usage)
+    # Booked once (not 0, not twice); /health shows 8 decimals, as the hooks' report carries them.
+    assert spent == pytest.approx(prompt_usd + completion_usd, abs=2e-8), (spent, usage)
     await no_slot_leaks(fault_url)
 
 
@@ -317,6 +317,42 @@ async def test_a_client_of_litellm_itself_reads_such_a_stream_with_the_openai_sd
     assert failed["failure"] == "stream_broken", failed
     picks = routed([e for e in events if e["request_id"] == failed["request_id"]])
     assert picks[-1][1].startswith(CLOUD_HOST), picks  # the fallback answered
+    await no_slot_leaks(fault_url)
+
+
+async def test_a_chain_whose_first_hop_has_no_candidate_reports_the_later_attempts_failure(
+    fault_stack: Stack, fault_url: str
+) -> None:
+    """The cloud locked out (a 401), every host answering 500, a request for ``cloud-fast``: its first hop
+    has no candidate, its local fallback's attempt fails. LiteLLM answers with the first hop's "no
+    deployments" error; the client gets the upstream failure it was (502), not "locked out, do not retry",
+    and the later attempt's failure is recorded (logged once, counted by its breaker)."""
+    await breakers_clear(fault_url)
+    fault_stack.sim.set_fault("cloud", "auth")
+    assert (await ask(fault_url, model="cloud-fast")).status == 200  # 401, then the local fallback answers
+    for host in local_hosts(fault_stack):
+        fault_stack.sim.set_fault(host, "error_500")
+    fault_stack.mark = len(fault_stack.events())
+    answers = [await ask(fault_url, model="cloud-fast") for _ in range(3)]
+    events = fault_stack.events()[fault_stack.mark :]
+    fault_stack.sim.reset()
+    exercised = 0
+    for answer in answers:
+        mine = [e for e in events if e["request_id"] == answer.request_id]
+        hops = [e for e in mine if e["event"] == "route_selected"]
+        picked = [e["deployment"] for e in hops if e.get("deployment")]
+        failed = [e["deployment"] for e in mine if e["event"] == "attempt_failed"]
+        assert sorted(failed) == sorted(picked), (picked, failed)  # every attempt's failure, once
+        assert answer.status != 200 and answer.headers["X-Router-Model"] == "none", answer
+        if hops and hops[0]["outcome"] == "no_candidate" and picked:
+            exercised += 1
+            assert answer.status == 502, answer.text
+            error = json.loads(answer.text)["error"]
+            assert error["code"] == "upstream_error" and picked[-1] in error["message"], error
+        completed = await wait_for_event(fault_stack.events_path, answer.request_id, "request_completed")
+        assert completed["deployment"] is None and completed["outcome"] == "upstream_error", completed
+    assert exercised, [a.text[:200] for a in answers]  # the auth re-check (1.5 s here) came later
+    await breakers_clear(fault_url)
     await no_slot_leaks(fault_url)
 
 

@@ -99,9 +99,16 @@ def test_a_tiny_budget_and_spend_are_shown_not_rounded_away() -> None:
     fleet, clock = view(budget_usd=0.00001, spend=spend)
     spend.add(0.0000156, clock.now)
     reason = fleet.budget_reason(clock.now)
-    assert reason == "daily cloud spend 1.6e-05 USD passed the budget of 1e-05 USD", reason
+    assert reason == "daily cloud spend 1.56e-05 USD passed the budget of 1e-05 USD", reason
     spend.add(2.5, clock.now)
     assert "spend 2.50 USD passed" in str(fleet.budget_reason(clock.now))
+
+
+def test_a_spend_just_over_a_small_budget_is_not_rounded_to_look_otherwise() -> None:
+    spend = DailySpend()
+    fleet, clock = view(budget_usd=0.0245, spend=spend)
+    spend.add(0.0253, clock.now)
+    assert fleet.budget_reason(clock.now) == "daily cloud spend 0.0253 USD passed the budget of 0.0245 USD"
 
 
 def test_the_overlay_keeps_residency_times_and_every_size_seen() -> None:

@@ -26,6 +26,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+import orjson
+
 if TYPE_CHECKING:  # the verdict's type only: this module imports nothing of ours at run time
     from torchrouter_core.feasibility import Verdict
 
@@ -94,6 +96,11 @@ class UpstreamUnavailable(ApiError):
     code = "upstream_unavailable"
 
 
+class LiteLLMUnreachable(UpstreamUnavailable):
+    """The classifier could not connect to its LiteLLM proxy at all (refused, no route): ``/health`` says
+    so until an answer comes again."""
+
+
 class UpstreamTimeout(ApiError):
     status = 504
     code = "upstream_timeout"
@@ -146,3 +153,45 @@ def verdict_error(verdict: Verdict) -> ApiError:
         return Unprocessable(verdict.message, code=verdict.code, param=verdict.param)
     headers = {"Retry-After": verdict.retry_after} if verdict.retry_after else None
     return NoDeploymentNow(verdict.message, code=verdict.code, headers=headers)
+
+
+# OpenAI's error ``type`` by HTTP status (its API reference's error codes table).
+_TYPE_BY_STATUS = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}
+# LiteLLM appends its fallback bookkeeping to a message after these (one per line).
+_LITELLM_TAILS = ("Received Model Group=", "Available Model Group Fallbacks=", "Error doing the fallback:")
+MAX_UPSTREAM_MESSAGE = 1000  # characters of an upstream error's message kept
+
+
+def upstream_error_body(status: int, payload: bytes) -> bytes:
+    """LiteLLM's error response as OpenAI's ``{"error": {"message", "type", "param", "code"}}``: its
+    message without LiteLLM's fallback bookkeeping (the trail has each attempt) and at most
+    ``MAX_UPSTREAM_MESSAGE`` characters, ``type`` filled in from the status when missing, ``code`` kept
+    (else the status). A body that is not such JSON becomes a message naming the status."""
+    try:
+        doc = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        doc = None
+    error = doc.get("error") if isinstance(doc, dict) else None
+    if not isinstance(error, dict):
+        error = {"message": f"LiteLLM answered {status}"}
+    message = error.get("message")
+    message = str(message) if message is not None else f"LiteLLM answered {status}"
+    for tail in _LITELLM_TAILS:
+        at = message.find(tail)
+        if at > 0:
+            message = message[:at]
+    message = message.strip().rstrip(".") or f"LiteLLM answered {status}"
+    if len(message) > MAX_UPSTREAM_MESSAGE:
+        message = message[: MAX_UPSTREAM_MESSAGE - 3] + "..."
+    error_type = error.get("type")
+    if not isinstance(error_type, str) or not error_type:
+        error_type = _TYPE_BY_STATUS.get(status, "invalid_request_error" if status < 500 else "api_error")
+    code = error.get("code")
+    param = error.get("param")
+    body = {
+        "message": message,
+        "type": error_type,
+        "param": param if isinstance(param, str) else None,
+        "code": str(code) if code is not None and not isinstance(code, (dict, list)) else str(status),
+    }
+    return orjson.dumps({"error": body})
