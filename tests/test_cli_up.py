@@ -261,3 +261,36 @@ def _litellm_cmdlines() -> list[bytes]:
             if b"litellm.proxy.proxy_cli" in cmdline:
                 found.append(cmdline)
     return found
+
+
+def test_up_stops_with_one_message_when_litellm_dies(tmp_path: Path) -> None:
+    """LiteLLM killed under a running stack: ``up`` says so and stops everything (exit 1), rather than
+    keep a classifier answering 502 to every request with nothing in its output."""
+    proc = subprocess.Popen(
+        _up(tmp_path, "--free-ports"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=_env(), text=True
+    )
+    lines: list[str] = []
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if "Ctrl-C stops everything" in line:
+                break
+        assert "Ctrl-C stops everything" in "".join(lines), "".join(lines)
+        classifier, litellm = _port_on(lines, "classifier"), _port_on(lines, "LiteLLM proxy")
+        [child] = _litellm_children(litellm)
+        os.kill(child, signal.SIGKILL)
+        rest, _ = proc.communicate(timeout=60)
+        lines.append(rest)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    output = "".join(lines)
+    assert proc.returncode == 1, output
+    assert "torchrouter up: LiteLLM exited with code -9 while the stack ran" in output, output
+    assert not _listening(classifier), "the classifier outlived LiteLLM"

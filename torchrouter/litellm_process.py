@@ -35,6 +35,10 @@ class LiteLLMStartError(RuntimeError):
     pass
 
 
+class LiteLLMExited(LiteLLMStartError):
+    """LiteLLM stopped on its own while the stack ran (every request would get a 502 from then on)."""
+
+
 class LiteLLMProcess:
     def __init__(self, proc: subprocess.Popen[bytes], port: int, log_path: Path) -> None:
         self.proc = proc

@@ -30,7 +30,7 @@ from capability_matrix import DEFAULT_MATRIX_PATH, load_matrix
 from classifier.app import create_app
 from classifier.protocol_edge import ClassifierRunner
 from classifier.settings import PACKAGE_ROOT, Settings
-from torchrouter.litellm_process import LiteLLMProcess
+from torchrouter.litellm_process import LiteLLMExited, LiteLLMProcess
 from torchrouter.ports import check_ports, free_ports, render_fleet_files
 from torchrouter.sim import SimFleet, fleet_spec_from_matrix
 from torchrouter.sim.spec import SIM_CLOUD_KEY
@@ -186,6 +186,15 @@ async def run_stack(opts: StackOptions, stop: asyncio.Event, say: Callable[[str]
             '-d \'{"model":"auto","messages":[{"role":"user","content":"Summarize the routing policy."}]}\''
         )
         say("Ctrl-C stops everything.")
-        await stop.wait()
+        stopping = asyncio.ensure_future(stop.wait())
+        # A thread waits on the process (it returns once the exit stack stops LiteLLM, if nothing else).
+        exited = asyncio.ensure_future(asyncio.to_thread(litellm.proc.wait))
+        await asyncio.wait({stopping, exited}, return_when=asyncio.FIRST_COMPLETED)
+        if not stopping.done():  # LiteLLM died under a running stack: stop rather than answer 502s
+            stopping.cancel()
+            raise LiteLLMExited(
+                f"LiteLLM exited with code {litellm.proc.returncode} while the stack ran; stopping the "
+                f"stack. Log tail ({litellm.log_path}):\n{litellm.log_tail()}"
+            )
         say("stopping...")
     say("stopped.")
