@@ -246,6 +246,16 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         )
 
 
+class _FailedBeforeAnswer(Exception):
+    """A streamed request that failed before any of its answer was relayed: ``why``, the groups LiteLLM
+    went through (the hooks' report), and the answer to give if the chain has nothing left (``None``: a
+    502 saying ``why``)."""
+
+    def __init__(self, why: str, groups: tuple[str, ...], answer: web.StreamResponse | None = None) -> None:
+        super().__init__(why)
+        self.why, self.groups, self.answer = why, groups, answer
+
+
 async def _forward(
     request: web.Request,
     body: dict[str, Any],
@@ -258,7 +268,82 @@ async def _forward(
 ) -> web.StreamResponse:
     """Forward to LiteLLM with model=group and relay the answer, recording its progress in ``relay`` (which
     the caller still reads when the client goes away part-way). ``fallbacks``: the failure chain, sent as
-    LiteLLM's own per-request ``fallbacks`` (none: ``disable_fallbacks``)."""
+    LiteLLM's own per-request ``fallbacks`` (none: ``disable_fallbacks``).
+
+    A stream that fails before any of its answer went out goes on from here to the groups of the chain
+    LiteLLM did not reach, each once: LiteLLM 1.102.4 continues a stream from its fallback group once, so
+    when that stream fails before its first chunk too, the rest of the chain would be lost. Each such hop
+    is a ``fallback_selected`` and a ``degradation_ladder_step``; with nothing left, the client gets the
+    failure as an error status (502 ``upstream_stream_broken``, or LiteLLM's own error), not a 200."""
+    streaming = body.get("stream") is True
+    tried: list[str] = []  # groups the earlier legs went through, in order
+    base = trace.fallback  # what admission wrote (overflow diverts); each leg's path is added to it
+    while True:
+        try:
+            return await _forward_leg(
+                request,
+                body,
+                decision,
+                group,
+                trace,
+                started,
+                relay,
+                fallbacks,
+                streaming,
+                (tuple(tried), base),
+            )
+        except _FailedBeforeAnswer as failed:
+            for g in (group, *failed.groups):
+                if g not in tried:
+                    tried.append(g)
+            remaining = [g for g in fallbacks if g not in tried]
+            if not remaining:
+                if failed.answer is not None:
+                    return failed.answer
+                relay.status = 502
+                error = UpstreamUnavailable(failed.why, code="upstream_stream_broken")
+                return error_response(error, trace.headers())
+            relay.status, relay.ttft_s = 0, None
+            who = {"request_id": trace.request_id, "agent_id": decision.agent_label, "tier": trace.tier}
+            reason = "attempt_failed:before_first_chunk"
+            events = request.app[EVENTS_KEY]
+            events.emit(
+                "fallback_selected",
+                **who,
+                group=decision.first_group,
+                from_group=tried[-1],
+                to_group=remaining[0],
+                planned=True,
+                hop=len(tried),
+                reason=reason,
+            )
+            events.emit(
+                "degradation_ladder_step",
+                **who,
+                group=decision.first_group,
+                from_group=tried[-1],
+                to_group=remaining[0],
+                reason=reason,
+                estimated_wait_ms=None,
+                step=ladder_step_kind(remaining[0]),
+            )
+            group, fallbacks = remaining[0], tuple(remaining[1:])
+
+
+async def _forward_leg(
+    request: web.Request,
+    body: dict[str, Any],
+    decision: RouteDecision,
+    group: str,
+    trace: RouteTrace,
+    started: float,
+    relay: Relay,
+    fallbacks: tuple[str, ...],
+    streaming: bool,
+    prior: tuple[tuple[str, ...], str],
+) -> web.StreamResponse:
+    """One request to LiteLLM for ``group`` with the chain ``fallbacks`` (see :func:`_forward`);
+    ``prior``: the groups earlier legs went through and the trace's fallback before the first leg."""
     app = request.app
     settings = app[SETTINGS_KEY]
     chain: dict[str, Any] = {"fallbacks": list(fallbacks)} if fallbacks else {"disable_fallbacks": True}
@@ -281,7 +366,7 @@ async def _forward(
     deadline = _Deadline(app[DEADLINES_KEY], max(0.001, total_s - (sent - started)))
     try:
         return await _exchange(
-            request, upstream_body, headers, trace, group, (started, sent), relay, deadline
+            request, upstream_body, headers, trace, group, (started, sent), relay, deadline, streaming, prior
         )
     except asyncio.CancelledError:
         if deadline.expired and deadline.task.uncancel() == 0:  # our timer, not the client leaving
@@ -328,8 +413,11 @@ async def _exchange(
     times: tuple[float, float],
     relay: Relay,
     deadline: _Deadline,
+    streaming: bool = False,
+    prior: tuple[tuple[str, ...], str] = ((), "none"),
 ) -> web.StreamResponse:
-    """One exchange with LiteLLM; ``times``: (request started, forwarded) from ``perf_counter``."""
+    """One exchange with LiteLLM; ``times``: (request started, forwarded) from ``perf_counter``. A
+    streamed request that failed before any of its answer went out raises :class:`_FailedBeforeAnswer`."""
     app = request.app
     started, sent = times
     mirror = app[LEDGER_KEY]
@@ -344,16 +432,23 @@ async def _exchange(
             app[HOOKS_SEEN_KEY].litellm_unreachable = None
             deadline.cancel()  # the answer has started: the total budget is met
             headers_at = time.perf_counter()
+            why = None
             if upstream.status == 200 and upstream.headers.get("Content-Type", "").startswith(SSE_TYPE):
-                # a stream LiteLLM continued from its fallback opens with who answered (the hooks' report)
-                await upstream.take_stream_report()
+                # Up to where the answer opens (who answered, when LiteLLM continued it from its fallback,
+                # comes first): a stream that failed before it goes on to the rest of the chain.
+                why = await upstream.read_ahead()
             report = RouteReport.from_headers(upstream.headers)
-            _annotate(trace, report, app[MATRIX_KEY], group, upstream.status < 400)
+            _annotate(trace, report, app[MATRIX_KEY], group, upstream.status < 400 and why is None, prior)
             _learn(app, trace, report, upstream.status)
             try:
-                return await _relay(
+                if why is not None and streaming:
+                    raise _FailedBeforeAnswer(why, report.groups)
+                answer = await _relay(
                     request, upstream, trace, group, report, (started, sent, headers_at), relay
                 )
+                if streaming and upstream.status >= 500:  # LiteLLM's own error, before any answer
+                    raise _FailedBeforeAnswer(f"LiteLLM answered {upstream.status}", report.groups, answer)
+                return answer
             finally:  # this request no longer holds a lease or runs anywhere: the mirror drops its part
                 mirror.ended(trace.request_id)
     except LiteLLMUnreachable as exc:
@@ -496,7 +591,12 @@ def _learn(app: web.Application, trace: RouteTrace, report: RouteReport, status:
 
 
 def _annotate(
-    trace: RouteTrace, report: RouteReport, matrix: MatrixStore, group: str, answered: bool
+    trace: RouteTrace,
+    report: RouteReport,
+    matrix: MatrixStore,
+    group: str,
+    answered: bool,
+    prior: tuple[tuple[str, ...], str] = ((), "none"),
 ) -> None:
     """Fill the trace from what LiteLLM and our hooks reported; the deployment (``X-Router-Model``,
     ``request_completed.deployment``) and its warm state only when it ``answered`` (an error status names
@@ -507,11 +607,16 @@ def _annotate(
             trace.warm_state = report.warm_state.value
     if report.score_ms is not None:
         trace.score_ms = report.score_ms
-    if len(report.groups) > 1:  # the hooks' record of every hop's group, in order
-        step = "fallback:" + "->".join(report.groups)
+    earlier, base = prior  # the groups of earlier legs (_forward) and the trace's fallback before them
+    groups = (
+        (*earlier, *(g for g in report.groups or (group,) if g not in earlier)) if earlier else report.groups
+    )
+    if len(groups) > 1:  # the hooks' record of every hop's group, in order
+        step = "fallback:" + "->".join(groups)
     elif report.fallbacks > 0:  # LiteLLM's own count of failure fallbacks; the deployment names the group
         profile = matrix.current.profiles.get(report.deployment or "")
         step = f"fallback:{group}->{profile.lane if profile is not None else 'unknown'}"
     else:
         return
-    trace.fallback = step if trace.fallback == "none" else f"{trace.fallback};{step}"
+    base = base if earlier else trace.fallback
+    trace.fallback = step if base == "none" else f"{base};{step}"

@@ -13,9 +13,10 @@ from types import TracebackType
 from typing import Protocol
 
 import aiohttp
+import orjson
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from torchrouter_core.contract import MAX_STREAM_REPORT_BYTES, STREAM_REPORT_PREFIX, decode_stream_report
+from torchrouter_core.contract import MAX_STREAM_REPORT_BYTES, decode_stream_report
 from torchrouter_core.errors import ApiError, LiteLLMUnreachable, UpstreamTimeout, UpstreamUnavailable
 
 
@@ -43,36 +44,80 @@ class UpstreamResponse:
         async for chunk in self._response.content.iter_any():
             yield chunk
 
-    async def take_stream_report(self) -> None:
-        """When an SSE stream opens with the hooks' stream report (:data:`STREAM_REPORT_PREFIX`), read it
-        over the headers (it describes the attempt that answered) and take it out of the stream. Reads no
-        further than the first event, and only while it can still be a report; what it read that is not
-        the report is relayed first by :meth:`iter_chunks`; a stream that breaks meanwhile breaks there."""
-        head = b""
+    async def read_ahead(self) -> str | None:
+        """Read an SSE stream up to where its answer opens, before anything is sent to the client: the
+        first event with content (a role-only first chunk is read past), ``[DONE]``, an error event, or
+        the stream's end or break. The hooks' stream report, when the stream opens with one
+        (:data:`~torchrouter_core.contract.STREAM_REPORT_PREFIX`), is read over the headers (it names who
+        answered) and taken out.
+        Returns None when the answer opened (everything read is relayed first by :meth:`iter_chunks`), or
+        why it failed before any content (LiteLLM's error event, or the stream ending or breaking), for the
+        caller to go on to the rest of the failure chain or answer an error: nothing was relayed yet.
+        Reads at most ``MAX_STREAM_REPORT_BYTES`` ahead (then relays as it is)."""
+        head, failed, at = b"", None, 0
         try:
-            while _may_be_report(head) and len(head) <= MAX_STREAM_REPORT_BYTES:
-                chunk = await self._response.content.readany()
-                if not chunk:
-                    break
-                head += chunk
+            while len(head) <= MAX_STREAM_REPORT_BYTES:
+                end = head.find(b"\n\n", at)
+                if end < 0:
+                    chunk = await self._response.content.readany()
+                    if not chunk:
+                        failed = "the stream ended before its answer began"
+                        break
+                    head += chunk
+                    continue
+                event = head[at:end]
+                if at == 0 and (report := decode_stream_report(event)) is not None:
+                    merged = CIMultiDict(self.headers)
+                    for name, value in report.items():
+                        merged[name] = value
+                    self.headers = CIMultiDictProxy(merged)
+                    head, end = head[end + 2 :], -2
+                else:
+                    verdict = _opening(event)
+                    if verdict is not None:
+                        failed = verdict or None
+                        break
+                at = end + 2
         except (aiohttp.ClientError, TimeoutError) as exc:
             self._broke = exc
-        end = head.find(b"\n\n")
-        report = decode_stream_report(head[:end]) if end >= 0 else None
-        if report is not None:
-            merged = CIMultiDict(self.headers)
-            for name, value in report.items():
-                merged[name] = value
-            self.headers = CIMultiDictProxy(merged)
-            head = head[end + 2 :]
+            failed = f"the stream broke before its answer began ({type(exc).__name__})"
         self._head = head
+        return failed
 
 
-def _may_be_report(head: bytes) -> bool:
-    """The stream's first bytes so far may still be (or be the start of) a whole stream report event."""
-    if len(head) < len(STREAM_REPORT_PREFIX):
-        return STREAM_REPORT_PREFIX.startswith(head)
-    return head.startswith(STREAM_REPORT_PREFIX) and b"\n\n" not in head
+def _opening(event: bytes) -> str | None:
+    """One SSE event at a stream's start: ``""`` when the answer opens with it (content, ``[DONE]``, or
+    anything this does not read), the error's message for an error event, None for an event that opens
+    nothing (a comment, a role-only first chunk): read on."""
+    if event.startswith(b":"):
+        return None  # a comment: nothing of the answer
+    if not event.startswith(b"data:"):
+        return ""  # another field (event:, id:): not LiteLLM's shape, relayed as it is
+    data = event[5:].strip()
+    if data == b"[DONE]":
+        return ""
+    try:
+        chunk = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return ""
+    if not isinstance(chunk, dict):
+        return ""
+    error = chunk.get("error")
+    if error is not None:
+        message = error.get("message") if isinstance(error, dict) else None
+        return (
+            f"upstream stream broke: {message}"[:500] if isinstance(message, str) else "upstream stream broke"
+        )
+    choices = chunk.get("choices")
+    if not isinstance(choices, list) or not choices:
+        return ""  # usage, or something else: relayed as it is
+    for choice in choices:
+        delta = choice.get("delta") if isinstance(choice, dict) else None
+        if not isinstance(delta, dict) or choice.get("finish_reason") is not None:
+            return ""
+        if any(k not in ("role", "content") for k in delta) or delta.get("content"):
+            return ""
+    return None  # a role-only chunk (content "" or none): the answer has not begun
 
 
 class Forwarder(Protocol):

@@ -272,6 +272,55 @@ async def test_a_stream_that_fails_before_its_first_chunk_is_credited_to_the_dep
     await no_slot_leaks(fault_url)
 
 
+async def test_a_stream_whose_fallback_fails_before_its_first_chunk_too_goes_on_down_the_chain(
+    fault_stack: Stack, fault_url: str
+) -> None:
+    """Tier R's chain is fast-chat -> cloud-fast -> balanced. The fast-chat host and the cloud both cut
+    their streams before the first chunk: LiteLLM continues the stream from cloud-fast once and stops there;
+    the classifier, which has sent nothing yet, goes on to balanced, which answers."""
+    await breakers_clear(fault_url)
+    fault_stack.sim.set_fault(HOST, "cut_stream", count=1, after_chunks=0)
+    fault_stack.sim.set_fault("cloud", "cut_stream", count=1, after_chunks=0)
+    answer = await ask(fault_url, stream=True)
+    fault_stack.sim.reset()
+    assert answer.status == 200 and answer.text.rstrip().endswith("data: [DONE]"), answer.text[-300:]
+    assert "upstream_stream_broken" not in answer.text and "x-torchrouter" not in answer.text
+    completed = await wait_for_event(fault_stack.events_path, answer.request_id, "request_completed")
+    mine = [e for e in fault_stack.events() if e["request_id"] == answer.request_id]
+    picks = [d for _, d in routed(mine)]
+    assert picks[0] == FAST and picks[1].startswith(CLOUD_HOST) and len(picks) == 3, picks
+    hops = [(e["from_group"], e["to_group"], e["hop"]) for e in mine if e["event"] == "fallback_selected"]
+    assert hops == [("fast-chat", "cloud-fast", 1), ("cloud-fast", "balanced", 2)], hops
+    assert answer.headers["X-Router-Model"] == picks[2] == completed["deployment"], (picks, completed)
+    path = "fallback:fast-chat->cloud-fast->balanced"
+    assert answer.headers["X-Router-Fallback"] == path == completed["fallback"], completed
+    assert completed["outcome"] == "ok" and completed["status"] == 200, completed
+    await no_slot_leaks(fault_url)
+
+
+async def test_a_stream_that_fails_before_its_first_chunk_everywhere_is_an_error_status(
+    fault_stack: Stack, fault_url: str
+) -> None:
+    """Every step of the chain cuts its stream before the first chunk: nothing of an answer went out, so
+    the client gets 502 ``upstream_stream_broken`` (not a 200 followed by an error event)."""
+    await breakers_clear(fault_url)
+    for target in (*local_hosts(fault_stack), "cloud"):
+        fault_stack.sim.set_fault(target, "cut_stream", after_chunks=0)
+    answer = await ask(fault_url, stream=True)
+    fault_stack.sim.reset()
+    assert answer.status == 502, (answer.status, answer.text[:300])
+    error = json.loads(answer.text)["error"]
+    assert error["code"] == "upstream_stream_broken" and error["type"] == "api_error", error
+    completed = await wait_for_event(fault_stack.events_path, answer.request_id, "request_completed")
+    assert (completed["outcome"], completed["status"], completed["deployment"]) == (
+        "upstream_error",
+        502,
+        None,
+    )
+    await breakers_clear(fault_url)
+    await no_slot_leaks(fault_url)
+
+
 async def test_a_client_of_litellm_itself_reads_such_a_stream_with_the_openai_sdk(
     fault_stack: Stack, fault_url: str
 ) -> None:

@@ -95,10 +95,12 @@ async def test_other_errors_in_the_body_pass_through_unchanged() -> None:
             await forwarder.close()
 
 
-# --- the hooks' stream report (torchrouter_core.contract): read over the headers, never relayed ------------
+# --- reading a stream ahead to where its answer opens (the hooks' stream report read, never relayed) --------
 REPORT = b': x-torchrouter-report {"x-torchrouter-deployment": "openai-api/openai/gpt-4o-mini"}\n\n'
-FIRST = b'data: {"id": "chatcmpl-1", "choices": []}\n\n'
+ROLE = b'data: {"id": "c-1", "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}\n\n'
+FIRST = b'data: {"id": "chatcmpl-1", "choices": [{"index": 0, "delta": {"content": "Hel"}}]}\n\n'
 REST = b"data: [DONE]\n\n"
+ERROR = b'data: {"error": {"message": "Response payload is not completed", "type": null, "code": "500"}}\n\n'
 
 
 def streaming(parts: list[bytes], *, cut: bool = False) -> web.Application:
@@ -120,22 +122,25 @@ def streaming(parts: list[bytes], *, cut: bool = False) -> web.Application:
     return upstream(chat)
 
 
-async def read_stream(parts: list[bytes], *, cut: bool = False) -> tuple[dict[str, str], bytes, str]:
-    """(headers after take_stream_report, the bytes relayed, how the relay ended)."""
+async def read_stream(
+    parts: list[bytes], *, cut: bool = False
+) -> tuple[dict[str, str], str | None, bytes, str]:
+    """(headers after read_ahead, why it failed before the answer (None: it opened), the bytes relayed,
+    how the relay ended)."""
     async with served(streaming(parts, cut=cut)) as url:
         forwarder = HttpForwarder(url, timeout_s=5)
         try:
             async with forwarder.open("POST", PATH, b"{}", {}) as answer:
-                await answer.take_stream_report()
+                why = await answer.read_ahead()
                 relayed, ended = b"", "whole"
                 try:
                     async for chunk in answer.iter_chunks():
                         relayed += chunk
                 except Exception as exc:
                     ended = type(exc).__name__
-                return dict(answer.headers), relayed, ended
+                return dict(answer.headers), why, relayed, ended
         except UpstreamUnavailable:
-            return {}, b"", "unavailable"
+            return {}, "unavailable", b"", "unavailable"
         finally:
             await forwarder.close()
 
@@ -146,31 +151,47 @@ async def read_stream(parts: list[bytes], *, cut: bool = False) -> tuple[dict[st
         [REPORT, FIRST, REST],
         [REPORT + FIRST + REST],  # all in one read
         [REPORT[:1], REPORT[1:9], REPORT[9:40], REPORT[40:] + FIRST[:5], FIRST[5:], REST],  # split anywhere
+        [REPORT, ROLE, FIRST, REST],  # a role-only first chunk: read past, relayed with the rest
     ],
 )
 async def test_a_stream_report_is_read_over_the_headers_and_not_relayed(parts: list[bytes]) -> None:
-    headers, relayed, ended = await read_stream(parts)
-    assert headers["x-torchrouter-deployment"] == "openai-api/openai/gpt-4o-mini"
+    headers, why, relayed, ended = await read_stream(parts)
+    assert why is None and headers["x-torchrouter-deployment"] == "openai-api/openai/gpt-4o-mini"
     assert headers["Content-Type"] == "text/event-stream" and headers["x-litellm-model-id"] == "m"
-    assert relayed == FIRST + REST and ended == "whole"
+    assert relayed == b"".join(parts).replace(REPORT, b"") and ended == "whole"
 
 
 @pytest.mark.parametrize(
     "parts",
     [
         [FIRST, REST],
-        [FIRST[:1], FIRST[1:], REST],  # "d" could not start a report: read no further
+        [FIRST[:1], FIRST[1:], REST],
         [b": keep-alive\n\n", FIRST, REST],  # another comment is the stream's own
         [b": x-torchrouter-report {broken\n\n", FIRST, REST],  # not readable: relayed as the comment it is
+        [ROLE, REST],  # an empty answer is an answer
+        [b"event: x\ndata: {}\n\n", REST],  # not LiteLLM's shape: relayed as it is, not read on
     ],
 )
 async def test_any_other_stream_is_relayed_as_it_came(parts: list[bytes]) -> None:
-    headers, relayed, ended = await read_stream(parts)
-    assert "x-torchrouter-deployment" not in headers
+    headers, why, relayed, ended = await read_stream(parts)
+    assert why is None and "x-torchrouter-deployment" not in headers
     assert relayed == b"".join(parts) and ended == "whole"
 
 
-async def test_a_stream_that_breaks_while_its_report_is_read_breaks_for_the_relay() -> None:
-    headers, relayed, ended = await read_stream([REPORT[:20]], cut=True)
-    assert "x-torchrouter-deployment" not in headers
-    assert relayed == REPORT[:20] and ended != "whole", (relayed, ended)
+@pytest.mark.parametrize(
+    ("parts", "cut", "says"),
+    [
+        ([ERROR], False, "upstream stream broke: Response payload is not completed"),
+        ([REPORT, ROLE, ERROR], False, "upstream stream broke: Response payload is not completed"),
+        ([ROLE], False, "the stream ended before its answer began"),
+        ([REPORT[:20]], True, "the stream broke before its answer began"),
+        ([ROLE], True, "the stream broke before its answer began"),
+    ],
+)
+async def test_a_stream_that_fails_before_its_answer_opens_says_why(
+    parts: list[bytes], cut: bool, says: str
+) -> None:
+    _, why, _, ended = await read_stream(parts, cut=cut)
+    assert why is not None and why.startswith(says), why
+    if cut:
+        assert ended != "whole"  # the relay, were it asked, breaks where the stream did
