@@ -363,12 +363,23 @@ def _price_list(deployment: Mapping[str, Any]) -> list[Any]:
 
 
 def _cost_from_usage(ctx: Mapping[str, Any], key: str | None, response: object) -> float | None:
-    """USD of an answer from its usage at the deployment's prices: the deployment's own
-    ``input_cost_per_token``/``output_cost_per_token`` when both are set, else LiteLLM's cost map for its
-    model (``litellm.cost_per_token``). None for a deployment without a price list (a local one)."""
-    prices = (ctx.get("prices") or {}).get(key) if key else None
+    """USD of an answer from its usage at the deployment's prices (:func:`_priced`). None for a deployment
+    without a price list (a local one) or an answer without usage."""
     usage = getattr(response, "usage", None)
-    if not isinstance(prices, list) or len(prices) != 3 or not isinstance(prices[0], str) or usage is None:
+    if usage is None:
+        return None
+    prompt = int(getattr(usage, "prompt_tokens", 0) or 0)
+    return _priced(ctx, key, prompt, int(getattr(usage, "completion_tokens", 0) or 0), usage)
+
+
+def _priced(
+    ctx: Mapping[str, Any], key: str | None, prompt_tokens: int, completion_tokens: int, usage: Any = None
+) -> float | None:
+    """USD of ``prompt_tokens`` and ``completion_tokens`` at deployment ``key``'s prices: its own
+    ``input_cost_per_token``/``output_cost_per_token`` when both are set, else LiteLLM's cost map for its
+    model (``litellm.cost_per_token``); None for a deployment without a price list (a local one)."""
+    prices = (ctx.get("prices") or {}).get(key) if key else None
+    if not isinstance(prices, list) or len(prices) != 3 or not isinstance(prices[0], str):
         return None
     model, input_cost, output_cost = prices
     custom = None
@@ -378,8 +389,8 @@ def _cost_from_usage(ctx: Mapping[str, Any], key: str | None, response: object) 
         )
     prompt_usd, completion_usd = litellm.cost_per_token(
         model=model,
-        prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
-        completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
         usage_object=usage,
         custom_cost_per_token=custom,
     )
@@ -860,9 +871,12 @@ class RouterHooks(CustomLogger):
             self._failed("post_call_failure")
         return None
 
-    def _abandoned(self, request_data: dict[str, Any]) -> None:
-        """A stream closed because its client left: LiteLLM reports neither success nor failure for it, so
-        the deployment's in-flight count is ended here, and the trail says so (``upstream_cancelled``)."""
+    def _abandoned(self, request_data: dict[str, Any], relayed_chars: int) -> None:
+        """A stream closed because its client left: LiteLLM reports neither success nor failure for it
+        reliably, so the deployment's in-flight count is ended here, the trail says so
+        (``upstream_cancelled``), and a cloud answer's cost is booked from an estimate (the request's
+        prompt tokens as the classifier counted them, and the answer relayed so far at 4 characters a
+        token), once per call: a client that leaves never takes tokens off the day's budget."""
         try:
             runtime, ctx = self._runtime, _ctx_of(request_data)
             key, request_id = ctx.get("deployment"), ctx.get("request_id")
@@ -870,6 +884,11 @@ class RouterHooks(CustomLogger):
                 return
             if key and request_id:
                 runtime.in_flight.finish(str(key), str(request_id))
+            needs = ctx.get("needs")
+            prompt = decode_needs(needs).prompt_tokens if isinstance(needs, str) else 0
+            cost = _priced(ctx, key if isinstance(key, str) else None, prompt, -(-relayed_chars // 4))
+            if cost is not None:
+                runtime.book(request_data.get("litellm_call_id"), cost, time.time())
             runtime.events.emit(
                 EventKind.UPSTREAM_CANCELLED,
                 request_id=request_id,
@@ -916,7 +935,7 @@ class RouterHooks(CustomLogger):
             request_data,
             client_gone=self.client_watches.take(request_data.get("litellm_call_id")),
             on_error=self._failed,
-            on_abandoned=lambda: self._abandoned(request_data),
+            on_abandoned=lambda relayed: self._abandoned(request_data, relayed),
             before_first=lambda: self._stream_report(request_data),
         )
         runtime, token = self._runtime, _ctx_of(request_data).get("lease_token")

@@ -28,15 +28,17 @@ async def shaped_stream(
     *,
     client_gone: ClientGone | None,
     on_error: Callable[[str], None],
-    on_abandoned: Callable[[], None],
+    on_abandoned: Callable[[int], None],
     before_first: Callable[[], Awaitable[bytes | None]] | None = None,
 ) -> AsyncGenerator[Any, None]:
     """LiteLLM's chunks, each chat chunk as SSE bytes in OpenAI's shape; anything else, or a chunk the
     shaper fails on (``on_error`` logs and counts it), as LiteLLM made it. When ``client_gone`` says the
-    client has left, the provider stream is closed, ``on_abandoned`` runs, and the stream ends.
+    client has left, the provider stream is closed, ``on_abandoned`` runs (with the characters of answer
+    relayed so far: content and tool-call arguments), and the stream ends.
     ``before_first`` runs once LiteLLM has the first chunk (so after any fallback it took to get it); what
     it returns goes out ahead of that chunk."""
     shaper = shaper_for(request_data)
+    relayed = 0  # characters of answer so far: what an abandoned stream's cost is estimated from
     async for chunk in response:
         if before_first is not None:
             ahead, before_first = await before_first(), None
@@ -44,9 +46,13 @@ async def shaped_stream(
                 yield ahead
         if client_gone is not None and client_gone():
             await close_stream(response)
-            on_abandoned()
+            on_abandoned(relayed)
             return
-        if shaper is None or not isinstance(chunk, ModelResponseStream):
+        if not isinstance(chunk, ModelResponseStream):
+            yield chunk
+            continue
+        relayed += answer_chars(chunk)
+        if shaper is None:
             yield chunk
             continue
         try:
@@ -57,6 +63,21 @@ async def shaped_stream(
             continue
         for event in events:
             yield event
+
+
+def answer_chars(chunk: ModelResponseStream) -> int:
+    """Characters of answer in one chunk: its choices' content and tool-call arguments."""
+    total = 0
+    for choice in chunk.choices:
+        delta = getattr(choice, "delta", None)
+        content = getattr(delta, "content", None)
+        if isinstance(content, str):
+            total += len(content)
+        for call in getattr(delta, "tool_calls", None) or ():
+            arguments = getattr(getattr(call, "function", None), "arguments", None)
+            if isinstance(arguments, str):
+                total += len(arguments)
+    return total
 
 
 async def close_stream(response: Any) -> None:

@@ -321,6 +321,33 @@ async def test_a_stream_that_fails_before_its_first_chunk_everywhere_is_an_error
     await no_slot_leaks(fault_url)
 
 
+async def test_a_cloud_stream_the_client_leaves_is_still_booked(fault_stack: Stack, fault_url: str) -> None:
+    """The client reads part of a cloud stream and leaves: the hooks close the provider's stream, and its
+    cost (estimated from the prompt and the answer relayed so far) is booked, never nothing."""
+    await breakers_clear(fault_url)
+    spent_before = (await health(fault_url))["daily_spend_usd"]
+    body = {
+        "model": "cloud-fast",
+        "stream": True,
+        "max_tokens": 3000,
+        "messages": [{"role": "user", "content": "Write a long story, please."}],
+    }
+    async with aiohttp.ClientSession() as session:
+        resp = await session.post(
+            fault_url + "/v1/chat/completions", json=body, headers={"X-Agent-Id": "fault-tester"}
+        )
+        assert resp.status == 200
+        received = b""
+        while received.count(b'"content":"') < 3:
+            received += await resp.content.readany()
+        request_id = resp.headers["X-Router-Request-Id"]
+        resp.close()  # the client leaves part-way
+    cancelled = await wait_for_event(fault_stack.events_path, request_id, "upstream_cancelled")
+    assert cancelled["deployment"].startswith(CLOUD_HOST), cancelled
+    assert (await ask(fault_url)).status == 200  # the classifier mirrors the book from the next response
+    assert (await health(fault_url))["daily_spend_usd"] > spent_before
+
+
 async def test_a_client_of_litellm_itself_reads_such_a_stream_with_the_openai_sdk(
     fault_stack: Stack, fault_url: str
 ) -> None:
