@@ -355,6 +355,7 @@ async def _forward_leg(
         agent_id=decision.agent_label,
         needs=decision.needs,
         route=decision.ladder_groups,
+        hops=len(prior[0]),  # hops taken before this leg: one into each group the earlier legs reached
     )
     headers = {"Content-Type": "application/json", **route.to_headers()}
     if settings.master_key:

@@ -474,6 +474,7 @@ class RouterHooks(CustomLogger):
                 "chain": [g for g in chain if isinstance(g, str)] if isinstance(chain, list) else [],
                 "needs": encode_needs(needs),
                 "lease_token": uuid.uuid4().hex,  # names this request's VRAM reservations (every attempt)
+                "hops": request.hops,  # failure hops taken before this forward: ours number on from there
             }
             if data.get("stream") is True:
                 self.client_watches.add(data.get("litellm_call_id"), watch_current_client())
@@ -631,7 +632,8 @@ class RouterHooks(CustomLogger):
                 )
             ctx.setdefault("tried", []).append(chosen.key)
             ctx.setdefault("pending", []).append(chosen.key)
-            runtime.breakers.picked(chosen.key, chosen.host_id, now)
+            if runtime.breakers.picked(chosen.key, chosen.host_id, now):
+                ctx.setdefault("trials", []).append(chosen.key)  # given back if it ends with no verdict
             picked = [d for d in healthy_deployments if (d.get("model_info") or {}).get("id") == chosen.key]
             if picked and not chosen.is_local:  # its price list, should its cost have to be worked out here
                 ctx.setdefault("prices", {})[chosen.key] = _price_list(picked[0])
@@ -863,13 +865,29 @@ class RouterHooks(CustomLogger):
                 # A chain whose first hop had no candidate: LiteLLM ends with that hop's error and may
                 # never log a later attempt's own failure. Each attempt still pending failed, of a cause
                 # nobody told (recorded without one; no breaker is charged for an unknown cause).
-                for _ in range(len(pending)):  # type: ignore[arg-type]  # left: a non-empty list
+                unknown = list(pending)  # type: ignore[arg-type]  # left: a non-empty list
+                for _ in unknown:
                     self._finished(request_data, 0, None)
+                self._release_trials(ctx, unknown)  # no verdict on their health either
+            if isinstance(pending, list) and pending:  # attempts no verdict came for (a client that left)
+                self._release_trials(ctx, pending)
             if request_id:
                 runtime.in_flight.finish_request(str(request_id))
         except Exception:
             self._failed("post_call_failure")
         return None
+
+    def _release_trials(self, ctx: dict[str, Any], keys: list[Any]) -> None:
+        """Give back the half-open breaker trials that these attempts of the request took (they ended with
+        no verdict on the deployment's health)."""
+        runtime, trials = self._runtime, ctx.get("trials")
+        if runtime is None or not isinstance(trials, list):
+            return
+        profiles = runtime.fleet.store.current.profiles
+        for key in keys:
+            if key in trials and key in profiles:
+                trials.remove(key)
+                runtime.breakers.released(key, profiles[key].host_id)
 
     def _abandoned(self, request_data: dict[str, Any], relayed_chars: int) -> None:
         """A stream closed because its client left: LiteLLM reports neither success nor failure for it
@@ -884,6 +902,7 @@ class RouterHooks(CustomLogger):
                 return
             if key and request_id:
                 runtime.in_flight.finish(str(key), str(request_id))
+            self._release_trials(ctx, [key])
             needs = ctx.get("needs")
             prompt = decode_needs(needs).prompt_tokens if isinstance(needs, str) else 0
             cost = _priced(ctx, key if isinstance(key, str) else None, prompt, -(-relayed_chars // 4))

@@ -147,6 +147,20 @@ def test_a_trial_that_never_reports_back_frees_its_place() -> None:
     assert b.blocked({KEY: HOST}, 11.1)[0] == {}
 
 
+def test_a_trial_whose_client_left_is_given_back_at_once() -> None:
+    b = Breakers(BreakerConfig(consecutive_failures=1, cool_off_s=1.0, trial_timeout_s=300.0))
+    assert not b.picked(KEY, HOST, 0.0)  # closed: not a trial
+    b.failed(KEY, HOST, Failure.TIMEOUT, 0.0)
+    b.blocked({KEY: HOST}, 1.0)  # half-open now
+    assert b.picked(KEY, HOST, 1.0)  # the trial
+    assert b.blocked({KEY: HOST}, 1.5)[0] == {KEY: "breaker_half_open"}  # no second one meanwhile
+    b.released(KEY, HOST)  # its client left: no verdict
+    assert b.blocked({KEY: HOST}, 1.6)[0] == {}  # the next request is the trial
+    assert b.state(Scope.DEPLOYMENT, KEY).state is State.HALF_OPEN
+    b.released(KEY, HOST)  # once more changes nothing (no trial to give back)
+    assert b.state(Scope.DEPLOYMENT, KEY).trials == 0
+
+
 def test_parse_breaker_config() -> None:
     from torchrouter_core.breaker import parse_breaker_config
 

@@ -35,6 +35,7 @@ def collect() -> tuple[Problems, contract.Problem]:
             agent_id="codex-runner",
             needs=RequestNeeds(prompt_tokens=1234, max_output_tokens=512, needs_tools=True),
             route=("code", "balanced", "cloud-code"),
+            hops=2,
         ),
         RouteRequest(request_id="x", group="fast-chat", tier="R", needs=RequestNeeds()),
         RouteRequest(

@@ -591,7 +591,11 @@ async def breakers_clear(url: str) -> None:
             refused: list[object] = (await resp.json())["refused"]
         return refused == []
 
-    await eventually(clear, timeout_s=30.0, what="no deployment refused by a breaker")
+    try:
+        await eventually(clear, timeout_s=30.0, what="no deployment refused by a breaker")
+    except AssertionError as exc:
+        async with aiohttp.ClientSession() as session, session.get(url + "/breakers") as resp:
+            raise AssertionError(f"{exc}; /breakers: {await resp.text()}") from None
 
 
 def _agents_with_r_chain(path: Path, chain: str) -> None:

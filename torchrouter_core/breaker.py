@@ -262,12 +262,24 @@ class Breakers:
                 out[key] = why
         return out, changes
 
-    def picked(self, key: str, host: str, now: float) -> None:
-        """A request was sent to ``key``: a half-open breaker counts it as a trial."""
+    def picked(self, key: str, host: str, now: float) -> bool:
+        """A request was sent to ``key``: a half-open breaker counts it as a trial. True when it is one
+        (the deployment's or its host's)."""
+        trial = False
         for scope, target in ((Scope.HOST, host), (Scope.DEPLOYMENT, key)):
             b = self.states.get((scope, target))
             if b is not None and b.state is State.HALF_OPEN:
                 self.states[(scope, target)] = replace(b, trials=b.trials + 1, trial_at=now)
+                trial = True
+        return trial
+
+    def released(self, key: str, host: str) -> None:
+        """A trial sent to ``key`` ended with no verdict on its health (its client left): the trial is
+        given back, so the next request is the trial (rather than none until ``trial_timeout_s``)."""
+        for scope, target in ((Scope.HOST, host), (Scope.DEPLOYMENT, key)):
+            b = self.states.get((scope, target))
+            if b is not None and b.state is State.HALF_OPEN and b.trials:
+                self.states[(scope, target)] = replace(b, trials=b.trials - 1)
 
     def succeeded(self, key: str, host: str, now: float) -> list[Transition]:
         out: list[Transition] = []

@@ -51,6 +51,7 @@ TIER_HEADER = "x-torchrouter-tier"
 GROUP_HEADER = "x-torchrouter-group"
 NEEDS_HEADER = "x-torchrouter-needs"
 ROUTE_HEADER = "x-torchrouter-route"
+HOPS_HEADER = "x-torchrouter-hops"
 # Hooks -> classifier (response headers).
 DEPLOYMENT_HEADER = "x-torchrouter-deployment"
 WARM_STATE_HEADER = "x-torchrouter-warm-state"
@@ -88,7 +89,9 @@ class RouteRequest:
 
     ``tier``: ``H``, ``R`` or ``C``; ``group``: the LiteLLM group forwarded to (the first the hooks rank);
     ``route``: the request's planned groups in order (its ladder), for the hooks' fallback trail;
-    ``needs``: what a deployment must offer (:mod:`torchrouter_core.needs` worked it out)."""
+    ``needs``: what a deployment must offer (:mod:`torchrouter_core.needs` worked it out); ``hops``: the
+    failure hops the request already took before this forward (the classifier going on down the chain
+    after a stream failed before its first chunk), so the hooks number theirs on from there."""
 
     request_id: str
     group: str
@@ -96,6 +99,7 @@ class RouteRequest:
     agent_id: str | None = None
     needs: RequestNeeds | None = None
     route: tuple[str, ...] = ()
+    hops: int = 0
 
     def to_headers(self) -> dict[str, str]:
         headers = {
@@ -111,6 +115,8 @@ class RouteRequest:
             headers[NEEDS_HEADER] = encode_needs(self.needs)
         if self.route:
             headers[ROUTE_HEADER] = ",".join(self.route)
+        if self.hops:
+            headers[HOPS_HEADER] = str(self.hops)
         return headers
 
     @classmethod
@@ -133,6 +139,7 @@ class RouteRequest:
             agent_id=_token(headers, AGENT_HEADER, problem),
             needs=_needs(headers, problem),
             route=_token_list(headers, ROUTE_HEADER, _MAX_ROUTE_STEPS, problem),
+            hops=min(_count(headers, HOPS_HEADER, problem) or 0, _MAX_ROUTE_STEPS),
         )
 
 
@@ -250,6 +257,7 @@ _OUR_REQUEST_HEADERS = (
     AGENT_HEADER,
     NEEDS_HEADER,
     ROUTE_HEADER,
+    HOPS_HEADER,
 )
 _OUR_REPORT_HEADERS = (
     DEPLOYMENT_HEADER,
