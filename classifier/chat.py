@@ -247,13 +247,22 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 
 
 class _FailedBeforeAnswer(Exception):
-    """A streamed request that failed before any of its answer was relayed: ``why``, the groups LiteLLM
-    went through (the hooks' report), and the answer to give if the chain has nothing left (``None``: a
-    502 saying ``why``)."""
+    """A streamed request that failed before any of its answer was relayed: ``why`` (the client's 502
+    says it if the chain has nothing left) and the groups LiteLLM went through (the hooks' report)."""
 
-    def __init__(self, why: str, groups: tuple[str, ...], answer: web.StreamResponse | None = None) -> None:
+    def __init__(self, why: str, groups: tuple[str, ...]) -> None:
         super().__init__(why)
-        self.why, self.groups, self.answer = why, groups, answer
+        self.why, self.groups = why, groups
+
+
+def _message_of(answer: web.StreamResponse, status: int) -> str:
+    """The message of an error answer built from LiteLLM's (:func:`upstream_error_body`)."""
+    body = answer.body if isinstance(answer, web.Response) else None
+    try:
+        message = orjson.loads(body)["error"]["message"] if isinstance(body, bytes) else None
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        message = None
+    return f"upstream failed: {message}" if isinstance(message, str) else f"LiteLLM answered {status}"
 
 
 async def _forward(
@@ -298,8 +307,6 @@ async def _forward(
                     tried.append(g)
             remaining = [g for g in fallbacks if g not in tried]
             if not remaining:
-                if failed.answer is not None:
-                    return failed.answer
                 relay.status = 502
                 error = UpstreamUnavailable(failed.why, code="upstream_stream_broken")
                 return error_response(error, trace.headers())
@@ -448,7 +455,7 @@ async def _exchange(
                     request, upstream, trace, group, report, (started, sent, headers_at), relay
                 )
                 if streaming and upstream.status >= 500:  # LiteLLM's own error, before any answer
-                    raise _FailedBeforeAnswer(f"LiteLLM answered {upstream.status}", report.groups, answer)
+                    raise _FailedBeforeAnswer(_message_of(answer, upstream.status), report.groups)
                 return answer
             finally:  # this request no longer holds a lease or runs anywhere: the mirror drops its part
                 mirror.ended(trace.request_id)

@@ -472,6 +472,9 @@ class RouterHooks(CustomLogger):
                 "group": request.group,
                 "route": list(request.route),
                 "chain": [g for g in chain if isinstance(g, str)] if isinstance(chain, list) else [],
+                # The classifier always says (a chain, or `disable_fallbacks`); a client of LiteLLM itself
+                # may say neither, and then LiteLLM's configured fallbacks stand.
+                "chain_set": isinstance(chain, list) or data.get("disable_fallbacks") is True,
                 "needs": encode_needs(needs),
                 "lease_token": uuid.uuid4().hex,  # names this request's VRAM reservations (every attempt)
                 "hops": request.hops,  # failure hops taken before this forward: ours number on from there
@@ -521,6 +524,16 @@ class RouterHooks(CustomLogger):
                 **dict.fromkeys(ctx.get("tried") or (), "already_tried"),
                 **blocked_now,
             }
+            hop_from = ctx.get("last_group") or ctx.get("group")
+            off_chain = (
+                bool(ctx.get("chain_set")) and hop_from != model and model not in (ctx.get("chain") or ())
+            )
+            if off_chain:
+                # A hop the request's own failure chain does not have: LiteLLM 1.102.4 continues a stream
+                # that failed before its first chunk from the config's router-level fallbacks, whatever the
+                # request's (`fallbacks`, `disable_fallbacks`) said, which would take a local-only request
+                # or a tier whose chain leaves the cloud out to the cloud. Every candidate is refused.
+                breakers.update(dict.fromkeys((k for k in keys if isinstance(k, str)), "not_in_chain"))
             reserved, refused, held = await reservations.view(matrix, now), {}, None
             while True:
                 selection = select(
@@ -559,7 +572,7 @@ class RouterHooks(CustomLogger):
             who = {k: ctx.get(k) for k in ("request_id", "agent_id", "tier")}
             first_group = ctx.get("group")
             last_group = ctx.get("last_group") or first_group
-            if last_group and last_group != model:  # a failure hop: one fallback and one ladder step each
+            if last_group and last_group != model and not off_chain:  # a failure hop: a fallback and a step
                 hop = int(ctx.get("hops") or 0) + 1
                 ctx["hops"] = hop
                 failure = ctx.get("last_failure") or "unknown"

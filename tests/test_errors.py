@@ -43,8 +43,13 @@ def test_a_verdict_becomes_its_error(
             b'{"error": {"message": "litellm.APIConnectionError: payload not completed. Received Model'
             b' Group=balanced\\nAvailable Model Group Fallbacks=None\\nError doing the fallback: x",'
             b' "type": null, "param": null, "code": "500"}}',
-            {"message": "litellm.APIConnectionError: payload not completed", "type": "api_error",
-             "param": None, "code": "500"},
+            {"message": "payload not completed", "type": "api_error", "param": None, "code": "500"},
+        ),
+        (  # LiteLLM's own type name and its exception names before the provider's message
+            500,
+            b'{"error": {"message": "litellm.InternalServerError: Ollama_chatException - '
+            b'{\\"error\\":\\"boom\\"}", "type": "internal_server_error", "param": null, "code": "500"}}',
+            {"message": '{"error":"boom"}', "type": "api_error", "param": None, "code": "500"},
         ),
         (
             401,

@@ -298,6 +298,36 @@ async def test_a_stream_whose_fallback_fails_before_its_first_chunk_too_goes_on_
     await no_slot_leaks(fault_url)
 
 
+async def test_a_stream_failing_before_its_first_chunk_never_leaves_the_requests_own_chain(
+    fault_stack: Stack,
+) -> None:
+    """LiteLLM continues such a stream from litellm_config.yaml's router-level fallbacks (fast-chat ->
+    cloud-fast), whatever the request's chain said. With ROUTING_MODE=local-only the chain has no cloud:
+    the hooks refuse the off-chain hop (``not_in_chain``), the classifier goes on to balanced, and the
+    cloud never sees a request."""
+    fault_stack.sim.reset()
+    async with classifiers_for(fault_stack) as factory:
+        url = await factory(probe_interval_s=0.2, routing_mode="local-only")
+        await breakers_clear(url)
+        cloud_before = fault_stack.sim.state()["cloud"]["counters"]["requests"]
+        fault_stack.sim.set_fault(HOST, "cut_stream", count=1, after_chunks=0)
+        answer = await ask(url, stream=True)
+        cloud_after = fault_stack.sim.state()["cloud"]["counters"]["requests"]
+        fault_stack.sim.reset()
+        assert answer.status == 200 and answer.text.rstrip().endswith("data: [DONE]"), answer.text[-300:]
+        assert cloud_after == cloud_before, "the cloud got a request in local-only mode"
+        mine = [e for e in fault_stack.events() if e["request_id"] == answer.request_id]
+        picks = [d for _, d in routed(mine)]
+        assert picks[0] == FAST and not any(p.startswith(CLOUD_HOST) for p in picks), picks
+        refused = [e for e in mine if e["event"] == "route_selected" and e.get("group") == "cloud-fast"]
+        assert all(set(e["rejected"].values()) == {"not_in_chain"} for e in refused), refused
+        assert (
+            answer.headers["X-Router-Model"] == picks[-1] and answer.headers["X-Router-Group"] == "fast-chat"
+        )
+        assert not answer.headers["X-Router-Model"].startswith(CLOUD_HOST)
+        await no_slot_leaks(url)
+
+
 async def test_a_stream_that_fails_before_its_first_chunk_everywhere_is_an_error_status(
     fault_stack: Stack, fault_url: str
 ) -> None:

@@ -23,6 +23,7 @@ Messages never include request headers or keys.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
@@ -155,8 +156,22 @@ def verdict_error(verdict: Verdict) -> ApiError:
     return NoDeploymentNow(verdict.message, code=verdict.code, headers=headers)
 
 
-# OpenAI's error ``type`` by HTTP status (its API reference's error codes table).
+# OpenAI's error ``type`` by HTTP status (its API reference's error codes table), and the types kept as sent.
 _TYPE_BY_STATUS = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}
+_OPENAI_TYPES = frozenset(
+    {
+        "invalid_request_error",
+        "authentication_error",
+        "permission_error",
+        "not_found_error",
+        "rate_limit_error",
+        "insufficient_quota",
+        "api_error",
+        "server_error",
+    }
+)
+# LiteLLM's exception names before a message: "litellm.APIConnectionError: Ollama_chatException - ..."
+_LITELLM_PREFIX = re.compile(r"^(?:litellm\.\w+:\s*)+(?:\w+Exception\s+-\s+)?")
 # LiteLLM appends its fallback bookkeeping to a message after these (one per line).
 _LITELLM_TAILS = ("Received Model Group=", "Available Model Group Fallbacks=", "Error doing the fallback:")
 MAX_UPSTREAM_MESSAGE = 1000  # characters of an upstream error's message kept
@@ -180,11 +195,11 @@ def upstream_error_body(status: int, payload: bytes) -> bytes:
         at = message.find(tail)
         if at > 0:
             message = message[:at]
-    message = message.strip().rstrip(".") or f"LiteLLM answered {status}"
+    message = _LITELLM_PREFIX.sub("", message.strip()).strip().rstrip(".") or f"LiteLLM answered {status}"
     if len(message) > MAX_UPSTREAM_MESSAGE:
         message = message[: MAX_UPSTREAM_MESSAGE - 3] + "..."
     error_type = error.get("type")
-    if not isinstance(error_type, str) or not error_type:
+    if error_type not in _OPENAI_TYPES:  # missing, null, or LiteLLM's own ("internal_server_error")
         error_type = _TYPE_BY_STATUS.get(status, "invalid_request_error" if status < 500 else "api_error")
     code = error.get("code")
     param = error.get("param")
