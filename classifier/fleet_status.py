@@ -28,6 +28,10 @@ from capability_matrix.model import BYTES_PER_GB
 from torchrouter_core.contract import HostReport
 from torchrouter_core.ledger import HostLedger
 
+# The hooks give back a cancelled call's leases and in-flight entries a few milliseconds after the classifier
+# closes its connection; a report another answer brings within this many seconds may still count them.
+LOSS_GRACE_S = 1.0
+
 
 @dataclass
 class LedgerMirror:
@@ -58,8 +62,8 @@ class LedgerMirror:
         release a cancelled call's leases and in-flight entries), but the last report may still count it,
         and without another answer no report says otherwise (:meth:`expire`)."""
         self.awaiting = max(0, self.awaiting - 1)
-        if self.hosts and self.unsettled_since is None:
-            self.unsettled_since = now
+        if self.hosts or self.unsettled_since is not None:
+            self.unsettled_since = now  # the latest loss: reports before LOSS_GRACE_S after it may count it
 
     def expire(self, now: float, after_s: float) -> bool:
         """After a request was :meth:`lost` and no report came for ``after_s`` seconds while nothing else
@@ -95,7 +99,8 @@ class LedgerMirror:
         if request_id is not None and own is not None:
             self.live[request_id] = own
         self.included = set(self.live)
-        self.unsettled_since = None  # a fresh report: it counts only what is held now
+        if self.unsettled_since is not None and now - self.unsettled_since >= LOSS_GRACE_S:
+            self.unsettled_since = None  # a report taken well after the loss counts only what is held now
         return self._replace(dict(report), now)
 
     def ended(self, request_id: str) -> bool:

@@ -94,7 +94,11 @@ class JsonErrorRequestHandler(web.RequestHandler):
         message: str | None = None,
     ) -> web.StreamResponse:
         error = _protocol_error(exc, status)
-        if error is None:
+        if isinstance(exc, ConnectionResetError):
+            # The client left while its answer was being written: the chat handler recorded it
+            # (``cancelled``); there is no one to answer and nothing went wrong here.
+            log.debug("client %s left while its answer was being written", request.remote)
+        elif error is None:
             self.log_exception("Error handling request from %s", request.remote, exc_info=exc)
         else:
             # A client's malformed input: one line, no traceback, and none of its bytes.

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import aiohttp
 
-from classifier.fleet_status import LedgerMirror
+from classifier.fleet_status import LOSS_GRACE_S, LedgerMirror
 from tests.conftest import Stack, classifiers_for, running_stack
 from tests.harness import eventually
 from tests.redis_server import RedisServer
@@ -176,6 +176,24 @@ def test_nothing_expires_while_another_answer_is_awaited_or_after_a_fresh_report
     assert not mirror.expire(20.0, 1.0) and H1 in mirror.hosts
     mirror.answered()
     mirror.update({H2: HostReport(0.0, 0, 0, 1)}, 21.0)  # a fresh report: what is held now
+    assert not mirror.expire(30.0, 1.0) and mirror.hosts == {H2: HostReport(0.0, 0, 0, 1)}
+
+
+def test_a_report_right_after_a_loss_may_still_count_it_and_does_not_settle_it() -> None:
+    """Another request's answer brings a report taken before the hooks let go of the lost request (they do
+    a few milliseconds after): it still counts it, so it must not end the wait for a settled view."""
+    mirror = LedgerMirror()
+    mirror.update({H1: HostReport(0.0, 0, 0, 1)}, 10.0)
+    mirror.started()
+    mirror.started()
+    mirror.lost(11.0)  # one client left
+    mirror.answered()
+    mirror.update({H1: HostReport(0.0, 0, 0, 1)}, 11.01)  # taken before the hooks saw it: still counted
+    mirror.ended("nobody")
+    assert mirror.expire(11.01 + LOSS_GRACE_S, 1.0) and mirror.hosts == {}
+    mirror.started()
+    mirror.lost(20.0)
+    mirror.update({H2: HostReport(0.0, 0, 0, 1)}, 20.0 + LOSS_GRACE_S)  # well after: what is held now
     assert not mirror.expire(30.0, 1.0) and mirror.hosts == {H2: HostReport(0.0, 0, 0, 1)}
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Awaitable, Callable
 
 import aiohttp
@@ -205,10 +206,11 @@ async def test_a_client_closing_a_stream_is_ok_only_after_done(
 
 
 async def test_a_client_gone_before_the_upstream_breaks_is_cancelled_with_the_200_it_got(
-    stack: Stack, make_classifier: ClassifierFactory
+    stack: Stack, make_classifier: ClassifierFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The client leaves part-way while the upstream goes on (the classifier's write to it fails: once
-    reported as a 502 from LiteLLM); then the upstream dies. The client got a 200: the trail says so."""
+    reported as a 502 from LiteLLM); then the upstream dies. The client got a 200: the trail says so, and
+    the server's log has no error (a client leaving is not one)."""
     client_left = asyncio.Event()
 
     async def upstream_chat(request: web.Request) -> web.StreamResponse:
@@ -229,6 +231,8 @@ async def test_a_client_gone_before_the_upstream_breaks_is_cancelled_with_the_20
         client_left.set()
         completed = await wait_for_event(stack.events_path, request_id, "request_completed")
     assert (completed["outcome"], completed["status"]) == ("cancelled", 200)
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [], errors
 
 
 async def test_a_failed_write_to_the_client_is_not_litellms_failure() -> None:
