@@ -283,7 +283,7 @@ async def _forward(
     LiteLLM did not reach, each once: LiteLLM 1.102.4 continues a stream from its fallback group once, so
     when that stream fails before its first chunk too, the rest of the chain would be lost. Each such hop
     is a ``fallback_selected`` and a ``degradation_ladder_step``; with nothing left, the client gets the
-    failure as an error status (502 ``upstream_stream_broken``, or LiteLLM's own error), not a 200."""
+    failure as 502 ``upstream_stream_broken`` with its cause, not a 200 followed by an error event."""
     streaming = body.get("stream") is True
     tried: list[str] = []  # groups the earlier legs went through, in order
     base = trace.fallback  # what admission wrote (overflow diverts); each leg's path is added to it
