@@ -115,9 +115,9 @@ def _opening(event: bytes) -> str | None:
         delta = choice.get("delta") if isinstance(choice, dict) else None
         if not isinstance(delta, dict) or choice.get("finish_reason") is not None:
             return ""
-        if any(k not in ("role", "content") for k in delta) or delta.get("content"):
+        if any(value for key, value in delta.items() if key != "role"):
             return ""
-    return None  # a role-only chunk (content "" or none): the answer has not begun
+    return None  # a role-only chunk (content "", nothing else set): the answer has not begun
 
 
 class Forwarder(Protocol):

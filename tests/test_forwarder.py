@@ -169,6 +169,7 @@ async def test_a_stream_report_is_read_over_the_headers_and_not_relayed(parts: l
         [b": keep-alive\n\n", FIRST, REST],  # another comment is the stream's own
         [b": x-torchrouter-report {broken\n\n", FIRST, REST],  # not readable: relayed as the comment it is
         [ROLE, REST],  # an empty answer is an answer
+        [ROLE, b'data: {"choices": [{"delta": {"content": null, "tool_calls": [{"index": 0}]}}]}\n\n', REST],
         [b"event: x\ndata: {}\n\n", REST],  # not LiteLLM's shape: relayed as it is, not read on
     ],
 )
