@@ -85,7 +85,11 @@ async def run_mode(breaker: str, target: str, mode: str, model: str, budgets: st
         "TORCHROUTER_PROBE_INTERVAL_S": "0.5",
     }
     with tempfile.TemporaryDirectory() as tmp, running_stack(Path(tmp), env, _one_fast_chat_host) as stack:
-        async with classifiers_for(stack) as factory, aiohttp.ClientSession() as session:
+        # A connection per request: a stream that broke after its 200 ends with the error event and a
+        # closed connection (README, known limits), and a pooled client can send its next request on that
+        # connection before it sees the close ("Server disconnected": the client's race, not the router's).
+        connector = aiohttp.TCPConnector(force_close=True)
+        async with classifiers_for(stack) as factory, aiohttp.ClientSession(connector=connector) as session:
             url = await factory(probe_interval_s=0.5)
             # Warm up both the path and the one the fault sends requests to (LiteLLM's first call to a
             # provider builds its client, about 0.7 s here, which is not the time to fail over).
