@@ -454,7 +454,8 @@ async def _exchange(
                 answer = await _relay(
                     request, upstream, trace, group, report, (started, sent, headers_at), relay
                 )
-                if streaming and upstream.status >= 500:  # LiteLLM's own error, before any answer
+                if streaming and (upstream.status >= 500 or upstream.status == 408):  # LiteLLM's error
+                    # before any answer (408: its attempt's timeout), like a stream that failed
                     raise _FailedBeforeAnswer(_message_of(answer, upstream.status), report.groups)
                 return answer
             finally:  # this request no longer holds a lease or runs anywhere: the mirror drops its part
@@ -503,6 +504,10 @@ async def _relay(
             error = verdict_error(verdict)
         relay.status = error.status
         return error_response(error, trace.headers())
+    if upstream.status == 408:  # LiteLLM's attempt timed out upstream: a gateway timeout, not the client's
+        timeout = UpstreamTimeout(orjson.loads(upstream_error_body(408, payload))["error"]["message"])
+        relay.status = timeout.status
+        return error_response(timeout, trace.headers())
     if upstream.status >= 400:  # LiteLLM's error, in OpenAI's shape whatever it carried (type, message)
         payload = upstream_error_body(upstream.status, payload)
         out_headers["Content-Type"] = "application/json"

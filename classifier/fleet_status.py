@@ -28,10 +28,6 @@ from capability_matrix.model import BYTES_PER_GB
 from torchrouter_core.contract import HostReport
 from torchrouter_core.ledger import HostLedger
 
-# The hooks give back a cancelled call's leases and in-flight entries a few milliseconds after the classifier
-# closes its connection; a report another answer brings within this many seconds may still count them.
-LOSS_GRACE_S = 1.0
-
 
 @dataclass
 class LedgerMirror:
@@ -58,18 +54,21 @@ class LedgerMirror:
         self.awaiting = max(0, self.awaiting - 1)
 
     def lost(self, now: float) -> None:
-        """The request ended before its answer came: the hooks have given back what it held by now (they
-        release a cancelled call's leases and in-flight entries), but the last report may still count it,
-        and without another answer no report says otherwise (:meth:`expire`)."""
+        """The request ended before its answer came: the hooks give back what it held (a cancelled call's
+        leases and in-flight entries) when they notice, which for a stream already answered by its provider
+        is at its next chunk, seconds later for a slow model. Until then every report, this request's
+        neighbours' included, may still count it; :meth:`expire` settles the view once nothing of this
+        classifier's awaits an answer."""
         self.awaiting = max(0, self.awaiting - 1)
         if self.hosts or self.unsettled_since is not None:
-            self.unsettled_since = now  # the latest loss: reports before LOSS_GRACE_S after it may count it
+            self.unsettled_since = now  # the latest loss: expire() waits from here
 
     def expire(self, now: float, after_s: float) -> bool:
-        """After a request was :meth:`lost` and no report came for ``after_s`` seconds while nothing else
-        awaits its answer, the mirror keeps only what it knows still runs (the own parts of the requests
-        being relayed): what the last report counted for the lost request would otherwise stay in the
-        lanes' capacity and ``/fleet`` until the next answer. ``True`` when the reservations changed."""
+        """``after_s`` seconds after a request was :meth:`lost`, once nothing else awaits its answer, the
+        mirror keeps only what it knows still runs (the own parts of the requests being relayed): what the
+        reports counted for the lost request would otherwise stay in the lanes' capacity and ``/fleet``
+        until the next answer. Every request of this classifier is then either relayed (its part known) or
+        over, so nothing it holds is dropped. ``True`` when the reservations (GB, pending loads) changed."""
         since = self.unsettled_since
         if since is None or self.awaiting > 0 or now - since < after_s:
             return False
@@ -99,8 +98,6 @@ class LedgerMirror:
         if request_id is not None and own is not None:
             self.live[request_id] = own
         self.included = set(self.live)
-        if self.unsettled_since is not None and now - self.unsettled_since >= LOSS_GRACE_S:
-            self.unsettled_since = None  # a report taken well after the loss counts only what is held now
         return self._replace(dict(report), now)
 
     def ended(self, request_id: str) -> bool:

@@ -47,7 +47,7 @@ class UpstreamResponse:
     async def read_ahead(self) -> str | None:
         """Read an SSE stream up to where its answer opens, before anything is sent to the client: the
         first event with content (a role-only first chunk is read past), ``[DONE]``, an error event, or
-        the stream's end or break. The hooks' stream report, when the stream opens with one
+        the stream's end or break. The hooks' stream report, when one comes before the answer opens
         (:data:`~torchrouter_core.contract.STREAM_REPORT_PREFIX`), is read over the headers (it names who
         answered) and taken out.
         Returns None when the answer opened (everything read is relayed first by :meth:`iter_chunks`), or
@@ -66,12 +66,12 @@ class UpstreamResponse:
                     head += chunk
                     continue
                 event = head[at:end]
-                if at == 0 and (report := decode_stream_report(event)) is not None:
+                if (report := decode_stream_report(event)) is not None:  # who answered: over the headers
                     merged = CIMultiDict(self.headers)
                     for name, value in report.items():
                         merged[name] = value
                     self.headers = CIMultiDictProxy(merged)
-                    head, end = head[end + 2 :], -2
+                    head, end = head[:at] + head[end + 2 :], at - 2
                 else:
                     verdict = _opening(event)
                     if verdict is not None:

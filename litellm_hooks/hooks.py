@@ -715,6 +715,8 @@ class RouterHooks(CustomLogger):
             if failure is not None:
                 changes = runtime.breakers.failed(key, profile.host_id, failure, now, retry_after)
                 runtime.breaker_changes(changes, who)
+            else:  # no verdict on its health (a client that left: LiteLLM logs 499): a trial is given back
+                self._release_trials(ctx, [key])
         fleet.set_auth_lockouts(
             next_auth_lockouts(matrix, fleet.auth_lockouts, key, 200 if status is None else status)
         )
@@ -878,10 +880,8 @@ class RouterHooks(CustomLogger):
                 # A chain whose first hop had no candidate: LiteLLM ends with that hop's error and may
                 # never log a later attempt's own failure. Each attempt still pending failed, of a cause
                 # nobody told (recorded without one; no breaker is charged for an unknown cause).
-                unknown = list(pending)  # type: ignore[arg-type]  # left: a non-empty list
-                for _ in unknown:
-                    self._finished(request_data, 0, None)
-                self._release_trials(ctx, unknown)  # no verdict on their health either
+                for _ in range(len(pending)):  # type: ignore[arg-type]  # left: a non-empty list
+                    self._finished(request_data, 0, None)  # no verdict: a trial it took is given back
             if isinstance(pending, list) and pending:  # attempts no verdict came for (a client that left)
                 self._release_trials(ctx, pending)
             if request_id:

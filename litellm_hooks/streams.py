@@ -35,13 +35,13 @@ async def shaped_stream(
     shaper fails on (``on_error`` logs and counts it), as LiteLLM made it. When ``client_gone`` says the
     client has left, the provider stream is closed, ``on_abandoned`` runs (with the characters of answer
     relayed so far: content and tool-call arguments), and the stream ends.
-    ``before_first`` runs once LiteLLM has the first chunk (so after any fallback it took to get it); what
-    it returns goes out ahead of that chunk."""
+    ``before_first`` runs for each chunk until the answer's first characters (so after any fallback
+    LiteLLM took to get them); what it returns goes out ahead of that chunk."""
     shaper = shaper_for(request_data)
     relayed = 0  # characters of answer so far: what an abandoned stream's cost is estimated from
     async for chunk in response:
-        if before_first is not None:
-            ahead, before_first = await before_first(), None
+        if before_first is not None and relayed == 0:  # until the answer's first characters: a role-only
+            ahead = await before_first()  # first chunk may come from an attempt LiteLLM then gives up on
             if ahead is not None:
                 yield ahead
         if client_gone is not None and client_gone():

@@ -57,6 +57,14 @@ def test_a_verdict_becomes_its_error(
             {"message": "Authentication Error", "type": "authentication_error", "param": "key",
              "code": "401"},
         ),
+        (  # LiteLLM's nested names, its deployment info, a transport error's object reprs
+            408,
+            b'{"error": {"message": "litellm.Timeout: Ollama_chatException - litellm.Timeout: Cannot connect'
+            b' to host h:1 ssl:<ssl.SSLContext object at 0x7fe3cf29ff50> [refused]\\n\\nDeployment Info: x",'
+            b' "type": null, "code": "408"}}',
+            {"message": "Cannot connect to host h:1 [refused]", "type": "invalid_request_error",
+             "param": None, "code": "408"},
+        ),
         (  # a type LiteLLM did set is kept
             400,
             b'{"error": {"message": "bad", "type": "invalid_request_error", "code": null}}',

@@ -272,6 +272,39 @@ async def test_a_stream_that_fails_before_its_first_chunk_is_credited_to_the_dep
     await no_slot_leaks(fault_url)
 
 
+async def test_a_cloud_stream_cut_after_its_role_chunk_is_credited_to_the_fallback_that_answered(
+    fault_stack: Stack, fault_url: str
+) -> None:
+    """The cloud (as OpenAI does) sends a role-only chunk, then its stream is cut before any content; LiteLLM
+    continues from the fallback group. The hooks' report comes after that role chunk, and still names who
+    answered."""
+    await breakers_clear(fault_url)
+    fault_stack.sim.set_fault("cloud", "cut_stream", count=1, after_chunks=0)
+    body = {
+        "model": "cloud-fast",
+        "stream": True,
+        "messages": [{"role": "user", "content": "please answer " + "word " * 3000}],
+    }
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            fault_url + "/v1/chat/completions", json=body, headers={"X-Agent-Id": "fault-tester"}
+        ) as resp,
+    ):
+        text = await resp.text()
+        headers = resp.headers
+    fault_stack.sim.reset()
+    assert resp.status == 200 and text.rstrip().endswith("data: [DONE]"), text[-300:]
+    assert "x-torchrouter" not in text
+    request_id = headers["X-Router-Request-Id"]
+    completed = await wait_for_event(fault_stack.events_path, request_id, "request_completed")
+    picks = [d for _, d in routed([e for e in fault_stack.events() if e["request_id"] == request_id])]
+    assert picks[0].startswith(CLOUD_HOST) and not picks[-1].startswith(CLOUD_HOST), picks
+    assert headers["X-Router-Model"] == picks[-1] == completed["deployment"], (dict(headers), picks)
+    assert headers["X-Router-Fallback"].startswith("fallback:cloud-fast->"), dict(headers)
+    await no_slot_leaks(fault_url)
+
+
 async def test_a_stream_whose_fallback_fails_before_its_first_chunk_too_goes_on_down_the_chain(
     fault_stack: Stack, fault_url: str
 ) -> None:
@@ -326,6 +359,30 @@ async def test_a_stream_failing_before_its_first_chunk_never_leaves_the_requests
         )
         assert not answer.headers["X-Router-Model"].startswith(CLOUD_HOST)
         await no_slot_leaks(url)
+
+
+async def test_every_local_host_hanging_is_a_gateway_error_not_the_clients(fault_stack: Stack) -> None:
+    """Local-only, every host hangs: each attempt ends at its first-byte budget and LiteLLM answers 408.
+    The client gets 502 ``upstream_stream_broken`` for a stream and 504 ``upstream_timeout`` otherwise,
+    never a 408 ``invalid_request_error`` (that would tell it the request was at fault)."""
+    fault_stack.sim.reset()
+    async with classifiers_for(fault_stack) as factory:
+        url = await factory(probe_interval_s=0.2, routing_mode="local-only")
+        await breakers_clear(url)
+        for host in local_hosts(fault_stack):
+            fault_stack.sim.set_fault(host, "hang")
+        try:
+            streamed, plain = await ask(url, stream=True), await ask(url)
+        finally:
+            fault_stack.sim.reset()
+        for answer, status, code in (
+            (streamed, 502, "upstream_stream_broken"),
+            (plain, 504, "upstream_timeout"),
+        ):
+            error = json.loads(answer.text)["error"]
+            assert answer.status == status and error["code"] == code, (answer.status, error)
+            assert error["type"] == "api_error" and "Deployment Info" not in error["message"], error
+        await breakers_clear(url)
 
 
 async def test_a_stream_that_fails_before_its_first_chunk_everywhere_is_an_error_status(

@@ -152,6 +152,7 @@ async def read_stream(
         [REPORT + FIRST + REST],  # all in one read
         [REPORT[:1], REPORT[1:9], REPORT[9:40], REPORT[40:] + FIRST[:5], FIRST[5:], REST],  # split anywhere
         [REPORT, ROLE, FIRST, REST],  # a role-only first chunk: read past, relayed with the rest
+        [ROLE, REPORT, FIRST, REST],  # the report after a role-only chunk (of the attempt that failed)
     ],
 )
 async def test_a_stream_report_is_read_over_the_headers_and_not_relayed(parts: list[bytes]) -> None:

@@ -173,7 +173,14 @@ _OPENAI_TYPES = frozenset(
 # LiteLLM's exception names before a message: "litellm.APIConnectionError: Ollama_chatException - ..."
 _LITELLM_PREFIX = re.compile(r"^(?:litellm\.\w+:\s*)+(?:\w+Exception\s+-\s+)?")
 # LiteLLM appends its fallback bookkeeping to a message after these (one per line).
-_LITELLM_TAILS = ("Received Model Group=", "Available Model Group Fallbacks=", "Error doing the fallback:")
+_LITELLM_TAILS = (
+    "Received Model Group=",
+    "Available Model Group Fallbacks=",
+    "Error doing the fallback:",
+    "Deployment Info:",
+)
+# Python object reprs a transport error carries ("ssl:<ssl.SSLContext object at 0x7f...>"): noise to a client.
+_OBJECT_REPR = re.compile(r"\s*\w*:?<[^<>]* object at 0x[0-9a-f]+>")
 MAX_UPSTREAM_MESSAGE = 1000  # characters of an upstream error's message kept
 
 
@@ -195,7 +202,10 @@ def upstream_error_body(status: int, payload: bytes) -> bytes:
         at = message.find(tail)
         if at > 0:
             message = message[:at]
-    message = _LITELLM_PREFIX.sub("", message.strip()).strip().rstrip(".") or f"LiteLLM answered {status}"
+    message = _OBJECT_REPR.sub("", message).strip()
+    while (bare := _LITELLM_PREFIX.sub("", message).strip()) != message:  # LiteLLM nests its names
+        message = bare
+    message = message.rstrip(".") or f"LiteLLM answered {status}"
     if len(message) > MAX_UPSTREAM_MESSAGE:
         message = message[: MAX_UPSTREAM_MESSAGE - 3] + "..."
     error_type = error.get("type")
