@@ -311,28 +311,19 @@ async def _forward(
                 error = UpstreamUnavailable(failed.why, code="upstream_stream_broken")
                 return error_response(error, trace.headers())
             relay.status, relay.ttft_s = 0, None
-            who = {"request_id": trace.request_id, "agent_id": decision.agent_label, "tier": trace.tier}
-            reason = "attempt_failed:before_first_chunk"
+            hop: dict[str, Any] = {
+                "request_id": trace.request_id,
+                "agent_id": decision.agent_label,
+                "tier": trace.tier,
+                "group": decision.first_group,
+                "from_group": tried[-1],
+                "to_group": remaining[0],
+                "reason": "attempt_failed:before_first_chunk",
+            }
             events = request.app[EVENTS_KEY]
+            events.emit("fallback_selected", **hop, planned=True, hop=len(tried))
             events.emit(
-                "fallback_selected",
-                **who,
-                group=decision.first_group,
-                from_group=tried[-1],
-                to_group=remaining[0],
-                planned=True,
-                hop=len(tried),
-                reason=reason,
-            )
-            events.emit(
-                "degradation_ladder_step",
-                **who,
-                group=decision.first_group,
-                from_group=tried[-1],
-                to_group=remaining[0],
-                reason=reason,
-                estimated_wait_ms=None,
-                step=ladder_step_kind(remaining[0]),
+                "degradation_ladder_step", **hop, estimated_wait_ms=None, step=ladder_step_kind(remaining[0])
             )
             group, fallbacks = remaining[0], tuple(remaining[1:])
 

@@ -86,21 +86,26 @@ def _squatting(port: int) -> Iterator[None]:
         yield
 
 
+def _read_until_up(proc: subprocess.Popen[str], lines: list[str], timeout_s: float = 120.0) -> None:
+    """Collect ``up``'s output lines until it says the stack is up (or it ends, or ``timeout_s`` passes)."""
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            return
+        lines.append(line)
+        if "Ctrl-C stops everything" in line:
+            return
+
+
 def test_up_starts_answers_and_stops_cleanly(tmp_path: Path) -> None:
     proc = subprocess.Popen(
         _up(tmp_path, "--free-ports"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=_env(), text=True
     )
     lines: list[str] = []
     try:
-        assert proc.stdout is not None
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            if "Ctrl-C stops everything" in line:
-                break
+        _read_until_up(proc, lines)
         output = "".join(lines)
         assert "Ctrl-C stops everything" in output, output
         classifier, litellm = _port_on(lines, "classifier"), _port_on(lines, "LiteLLM proxy")
@@ -271,15 +276,7 @@ def test_up_stops_with_one_message_when_litellm_dies(tmp_path: Path) -> None:
     )
     lines: list[str] = []
     try:
-        assert proc.stdout is not None
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            if "Ctrl-C stops everything" in line:
-                break
+        _read_until_up(proc, lines)
         assert "Ctrl-C stops everything" in "".join(lines), "".join(lines)
         classifier, litellm = _port_on(lines, "classifier"), _port_on(lines, "LiteLLM proxy")
         [child] = _litellm_children(litellm)

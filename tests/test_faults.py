@@ -77,8 +77,21 @@ class Answer:
     headers: Mapping[str, str]
 
 
-async def ask(url: str, *, stream: bool = False, model: str = "auto", agent: str = "fault-tester") -> Answer:
-    body = {"model": model, "stream": stream, "messages": [{"role": "user", "content": "Status, one line?"}]}
+async def ask(
+    url: str,
+    *,
+    stream: bool = False,
+    model: str = "auto",
+    agent: str = "fault-tester",
+    body: dict[str, Any] | None = None,
+) -> Answer:
+    """One request (``body``, else a one-line question to ``model``), read whole."""
+    if body is None:
+        body = {
+            "model": model,
+            "stream": stream,
+            "messages": [{"role": "user", "content": "Status, one line?"}],
+        }
     t0 = time.monotonic()
     async with (
         aiohttp.ClientSession() as session,
@@ -228,15 +241,9 @@ async def test_a_stream_that_fails_before_its_first_chunk_is_credited_to_the_dep
         "stream_options": {"include_usage": True},
         "messages": [{"role": "user", "content": "Status, one line?"}],
     }
-    async with (
-        aiohttp.ClientSession() as session,
-        session.post(
-            fault_url + "/v1/chat/completions", json=body, headers={"X-Agent-Id": "fault-tester"}
-        ) as resp,
-    ):
-        text = await resp.text()
-        headers = resp.headers
-    assert resp.status == 200 and text.rstrip().endswith("data: [DONE]"), text[-300:]
+    answer = await ask(fault_url, body=body)
+    text, headers = answer.text, answer.headers
+    assert answer.status == 200 and text.rstrip().endswith("data: [DONE]"), text[-300:]
     assert "x-torchrouter" not in text and not any(line.startswith(":") for line in text.splitlines())
     request_id = headers["X-Router-Request-Id"]
     completed = await wait_for_event(fault_stack.events_path, request_id, "request_completed")
@@ -285,16 +292,10 @@ async def test_a_cloud_stream_cut_after_its_role_chunk_is_credited_to_the_fallba
         "stream": True,
         "messages": [{"role": "user", "content": "please answer " + "word " * 3000}],
     }
-    async with (
-        aiohttp.ClientSession() as session,
-        session.post(
-            fault_url + "/v1/chat/completions", json=body, headers={"X-Agent-Id": "fault-tester"}
-        ) as resp,
-    ):
-        text = await resp.text()
-        headers = resp.headers
+    answer = await ask(fault_url, body=body)
+    text, headers = answer.text, answer.headers
     fault_stack.sim.reset()
-    assert resp.status == 200 and text.rstrip().endswith("data: [DONE]"), text[-300:]
+    assert answer.status == 200 and text.rstrip().endswith("data: [DONE]"), text[-300:]
     assert "x-torchrouter" not in text
     request_id = headers["X-Router-Request-Id"]
     completed = await wait_for_event(fault_stack.events_path, request_id, "request_completed")
