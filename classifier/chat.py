@@ -53,10 +53,11 @@ from torchrouter_core.errors import (
     QueueFull,
     UpstreamTimeout,
     UpstreamUnavailable,
+    upstream_error,
     upstream_error_body,
     verdict_error,
 )
-from torchrouter_core.fallbacks import failure_chain
+from torchrouter_core.fallbacks import failure_chain, next_leg
 from torchrouter_core.feasibility import explain_no_deployment
 from torchrouter_core.identity import IdentityError, identify
 from torchrouter_core.queue_policy import GroupSnapshot, finite_ms
@@ -255,16 +256,6 @@ class _FailedBeforeAnswer(Exception):
         self.why, self.groups = why, groups
 
 
-def _message_of(answer: web.StreamResponse, status: int) -> str:
-    """The message of an error answer built from LiteLLM's (:func:`upstream_error_body`)."""
-    body = answer.body if isinstance(answer, web.Response) else None
-    try:
-        message = orjson.loads(body)["error"]["message"] if isinstance(body, bytes) else None
-    except (orjson.JSONDecodeError, KeyError, TypeError):
-        message = None
-    return f"upstream failed: {message}" if isinstance(message, str) else f"LiteLLM answered {status}"
-
-
 async def _forward(
     request: web.Request,
     body: dict[str, Any],
@@ -285,7 +276,7 @@ async def _forward(
     is a ``fallback_selected`` and a ``degradation_ladder_step``; with nothing left, the client gets the
     failure as 502 ``upstream_stream_broken`` with its cause, not a 200 followed by an error event."""
     streaming = body.get("stream") is True
-    tried: list[str] = []  # groups the earlier legs went through, in order
+    tried: tuple[str, ...] = ()  # groups the earlier legs went through, in order
     base = trace.fallback  # what admission wrote (overflow diverts); each leg's path is added to it
     while True:
         try:
@@ -299,15 +290,13 @@ async def _forward(
                 relay,
                 fallbacks,
                 streaming,
-                (tuple(tried), base),
+                (tried, base),
             )
         except _FailedBeforeAnswer as failed:
-            for g in (group, *failed.groups):
-                if g not in tried:
-                    tried.append(g)
-            remaining = [g for g in fallbacks if g not in tried]
+            tried, remaining = next_leg(fallbacks, tried, (group, *failed.groups))
             if not remaining:
                 relay.status = 502
+                trace.total_ms = (time.perf_counter() - started) * 1e3
                 error = UpstreamUnavailable(failed.why, code="upstream_stream_broken")
                 return error_response(error, trace.headers())
             relay.status, relay.ttft_s = 0, None
@@ -442,13 +431,13 @@ async def _exchange(
             try:
                 if why is not None and streaming:
                     raise _FailedBeforeAnswer(why, report.groups)
-                answer = await _relay(
-                    request, upstream, trace, group, report, (started, sent, headers_at), relay
-                )
                 if streaming and (upstream.status >= 500 or upstream.status == 408):  # LiteLLM's error
                     # before any answer (408: its attempt's timeout), like a stream that failed
-                    raise _FailedBeforeAnswer(_message_of(answer, upstream.status), report.groups)
-                return answer
+                    error = upstream_error(upstream.status, await upstream.read())
+                    raise _FailedBeforeAnswer(f"upstream failed: {error['message']}", report.groups)
+                return await _relay(
+                    request, upstream, trace, group, report, (started, sent, headers_at), relay
+                )
             finally:  # this request no longer holds a lease or runs anywhere: the mirror drops its part
                 mirror.ended(trace.request_id)
     except LiteLLMUnreachable as exc:
@@ -496,7 +485,7 @@ async def _relay(
         relay.status = error.status
         return error_response(error, trace.headers())
     if upstream.status == 408:  # LiteLLM's attempt timed out upstream: a gateway timeout, not the client's
-        timeout = UpstreamTimeout(orjson.loads(upstream_error_body(408, payload))["error"]["message"])
+        timeout = UpstreamTimeout(str(upstream_error(408, payload)["message"]))
         relay.status = timeout.status
         return error_response(timeout, trace.headers())
     if upstream.status >= 400:  # LiteLLM's error, in OpenAI's shape whatever it carried (type, message)

@@ -17,7 +17,13 @@ import orjson
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from torchrouter_core.contract import MAX_STREAM_REPORT_BYTES, decode_stream_report
-from torchrouter_core.errors import ApiError, LiteLLMUnreachable, UpstreamTimeout, UpstreamUnavailable
+from torchrouter_core.errors import (
+    ApiError,
+    LiteLLMUnreachable,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+    stream_broke_message,
+)
 
 
 @dataclass
@@ -25,16 +31,16 @@ class UpstreamResponse:
     status: int
     headers: Mapping[str, str]
     _response: aiohttp.ClientResponse
-    _head: bytes = b""  # read ahead by take_stream_report, relayed first
+    _head: bytes = b""  # read ahead by read_ahead, relayed first
     _broke: BaseException | None = None  # the stream broke while reading ahead: raised after _head
 
     async def read(self) -> bytes:
         return await self._response.read()
 
     def iter_chunks(self) -> AsyncIterator[bytes]:
-        if not self._head and self._broke is None:  # no read-ahead (nearly every stream): aiohttp's own
+        if not self._head and self._broke is None:  # nothing read ahead (not a stream): aiohttp's own
             return self._response.content.iter_any()
-        return self._after_head()
+        return self._after_head()  # a stream read ahead: one generator step more a chunk (~0.1 us here)
 
     async def _after_head(self) -> AsyncIterator[bytes]:
         if self._head:
@@ -104,10 +110,7 @@ def _opening(event: bytes) -> str | None:
         return ""
     error = chunk.get("error")
     if error is not None:
-        message = error.get("message") if isinstance(error, dict) else None
-        return (
-            f"upstream stream broke: {message}"[:500] if isinstance(message, str) else "upstream stream broke"
-        )
+        return stream_broke_message(error)
     choices = chunk.get("choices")
     if not isinstance(choices, list) or not choices:
         return ""  # usage, or something else: relayed as it is

@@ -21,7 +21,7 @@ import orjson
 from aiohttp import web
 
 from classifier.forwarder import UpstreamResponse
-from torchrouter_core.errors import ApiError
+from torchrouter_core.errors import ApiError, stream_broke_message
 
 log = logging.getLogger("torchrouter.classifier")
 
@@ -126,9 +126,7 @@ def _error_message(event: bytes) -> str:
         parsed = orjson.loads(event.strip()[len(b"data: ") :].split(b"\n\n", 1)[0])
     except orjson.JSONDecodeError:
         return "upstream stream broke (its error event was cut)"
-    error = parsed.get("error") if isinstance(parsed, dict) else None
-    message = error.get("message") if isinstance(error, dict) else None
-    return f"upstream stream broke: {message}"[:500] if isinstance(message, str) else "upstream stream broke"
+    return stream_broke_message(parsed.get("error") if isinstance(parsed, dict) else None)
 
 
 async def _end_stream_with_error(response: web.StreamResponse, exc: BaseException) -> None:

@@ -58,6 +58,7 @@ from torchrouter_core.contract import (
 )
 from torchrouter_core.events import EventKind, EventSink, open_sink
 from torchrouter_core.eviction import EvictionLog, RecentUse
+from torchrouter_core.fallbacks import hop_allowed
 from torchrouter_core.inflight import InFlight
 from torchrouter_core.needs import request_needs
 from torchrouter_core.ranker.interfaces import RequestNeeds
@@ -524,15 +525,9 @@ class RouterHooks(CustomLogger):
                 **dict.fromkeys(ctx.get("tried") or (), "already_tried"),
                 **blocked_now,
             }
-            hop_from = ctx.get("last_group") or ctx.get("group")
-            off_chain = (
-                bool(ctx.get("chain_set")) and hop_from != model and model not in (ctx.get("chain") or ())
-            )
-            if off_chain:
-                # A hop the request's own failure chain does not have: LiteLLM 1.102.4 continues a stream
-                # that failed before its first chunk from the config's router-level fallbacks, whatever the
-                # request's (`fallbacks`, `disable_fallbacks`) said, which would take a local-only request
-                # or a tier whose chain leaves the cloud out to the cloud. Every candidate is refused.
+            own_chain = ctx.get("chain") if ctx.get("chain_set") else None
+            off_chain = not hop_allowed(own_chain, ctx.get("last_group") or ctx.get("group"), model)
+            if off_chain:  # a hop the request's own chain does not have (see hop_allowed): none is picked
                 breakers.update(dict.fromkeys((k for k in keys if isinstance(k, str)), "not_in_chain"))
             reserved, refused, held = await reservations.view(matrix, now), {}, None
             while True:

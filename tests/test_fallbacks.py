@@ -11,7 +11,7 @@ import yaml
 
 from capability_matrix import DEFAULT_MATRIX_PATH, load_matrix
 from torchrouter import cli
-from torchrouter_core.fallbacks import allowed_groups, chain_problems, failure_chain
+from torchrouter_core.fallbacks import allowed_groups, chain_problems, failure_chain, hop_allowed, next_leg
 from torchrouter_core.ranker.interfaces import RequestNeeds
 from torchrouter_core.routing import RoutingMode
 from torchrouter_core.tiering import (
@@ -125,3 +125,29 @@ def test_validate_checks_the_agents_file(tmp_path: Path, capsys: pytest.CaptureF
     assert cli.main([*args[:-1], str(broken)]) == 1
     assert "tiers.R.fallbacks[1]: 'turbo' is not a group" in capsys.readouterr().out
     assert cli.main(["validate"]) == 0  # the shipped files agree
+
+
+# --- hops LiteLLM takes on its own, and the classifier's legs after a stream failed before its answer ------
+@pytest.mark.parametrize(
+    ("chain", "hop_from", "group", "allowed"),
+    [
+        (["cloud-fast", "balanced"], "fast-chat", "cloud-fast", True),
+        (["balanced"], "fast-chat", "cloud-fast", False),  # local-only: the config's fast-chat -> cloud-fast
+        ([], "fast-chat", "cloud-fast", False),  # disable_fallbacks
+        ([], "fast-chat", "fast-chat", True),  # staying in the group is no hop
+        ([], None, "fast-chat", True),  # the first attempt
+        (None, "fast-chat", "cloud-fast", True),  # a client of LiteLLM itself: its configured fallbacks
+    ],
+)
+def test_a_hop_is_allowed_only_into_the_requests_own_chain(
+    chain: list[str] | None, hop_from: str | None, group: str, allowed: bool
+) -> None:
+    assert hop_allowed(chain, hop_from, group) is allowed
+
+
+def test_the_next_leg_takes_what_the_chain_has_left_each_group_once() -> None:
+    chain = ("cloud-fast", "balanced", "code")
+    tried, left = next_leg(chain, (), ("fast-chat", "fast-chat", "cloud-fast"))
+    assert tried == ("fast-chat", "cloud-fast") and left == ("balanced", "code")
+    tried, left = next_leg(left[1:], tried, ("balanced", "code"))
+    assert tried == ("fast-chat", "cloud-fast", "balanced", "code") and left == ()

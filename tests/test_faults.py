@@ -399,6 +399,7 @@ async def test_a_stream_that_fails_before_its_first_chunk_everywhere_is_an_error
     assert answer.status == 502, (answer.status, answer.text[:300])
     error = json.loads(answer.text)["error"]
     assert error["code"] == "upstream_stream_broken" and error["type"] == "api_error", error
+    assert float(answer.headers["X-Router-Timing-Total-Ms"]) > 0  # every answer carries its timings
     completed = await wait_for_event(fault_stack.events_path, answer.request_id, "request_completed")
     assert (completed["outcome"], completed["status"], completed["deployment"]) == (
         "upstream_error",

@@ -263,3 +263,27 @@ async def test_litellm_refusing_the_connection_is_still_a_502() -> None:
                 pass
     finally:
         await forwarder.close()
+
+
+async def test_a_write_to_a_client_that_left_is_no_server_error(caplog: pytest.LogCaptureFixture) -> None:
+    """On the classifier's own server, a handler whose write to its client fails with a reset (the client
+    left part-way; the chat handler records it as ``cancelled`` and re-raises) is not logged as an error,
+    where aiohttp's default logs a traceback for it; any other exception still is."""
+
+    async def left(_: web.Request) -> web.StreamResponse:
+        raise ConnectionResetError("Cannot write to closing transport")
+
+    async def broken(_: web.Request) -> web.StreamResponse:
+        raise RuntimeError("a real bug")
+
+    app = web.Application()
+    app.router.add_get("/left", left)
+    app.router.add_get("/broken", broken)
+    async with served(app, classifier=True) as url, aiohttp.ClientSession() as http:
+        with contextlib.suppress(aiohttp.ClientError):
+            async with http.get(url + "/left") as resp:
+                await resp.read()
+        assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+        async with http.get(url + "/broken") as resp:
+            assert resp.status == 500
+    assert any(r.levelno >= logging.ERROR for r in caplog.records)  # the real bug is still logged

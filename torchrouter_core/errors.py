@@ -185,10 +185,22 @@ MAX_UPSTREAM_MESSAGE = 1000  # characters of an upstream error's message kept
 
 
 def upstream_error_body(status: int, payload: bytes) -> bytes:
-    """LiteLLM's error response as OpenAI's ``{"error": {"message", "type", "param", "code"}}``: its
-    message without LiteLLM's fallback bookkeeping (the trail has each attempt) and at most
-    ``MAX_UPSTREAM_MESSAGE`` characters, ``type`` filled in from the status when missing, ``code`` kept
-    (else the status). A body that is not such JSON becomes a message naming the status."""
+    """LiteLLM's error response as OpenAI's ``{"error": {...}}`` body (:func:`upstream_error`)."""
+    return orjson.dumps({"error": upstream_error(status, payload)})
+
+
+def stream_broke_message(error: object) -> str:
+    """The message for a stream LiteLLM ended with its own error event, ``error`` being that event's
+    ``error`` value: its message (at most 500 characters in all), else that the stream broke."""
+    message = error.get("message") if isinstance(error, dict) else None
+    return f"upstream stream broke: {message}"[:500] if isinstance(message, str) else "upstream stream broke"
+
+
+def upstream_error(status: int, payload: bytes) -> dict[str, str | None]:
+    """LiteLLM's error response as OpenAI's ``{"message", "type", "param", "code"}``: its message without
+    LiteLLM's fallback bookkeeping (the trail has each attempt) and at most ``MAX_UPSTREAM_MESSAGE``
+    characters, ``type`` filled in from the status when missing, ``code`` kept (else the status). A body
+    that is not such JSON becomes a message naming the status."""
     try:
         doc = orjson.loads(payload)
     except orjson.JSONDecodeError:
@@ -213,10 +225,9 @@ def upstream_error_body(status: int, payload: bytes) -> bytes:
         error_type = _TYPE_BY_STATUS.get(status, "invalid_request_error" if status < 500 else "api_error")
     code = error.get("code")
     param = error.get("param")
-    body = {
+    return {
         "message": message,
         "type": error_type,
         "param": param if isinstance(param, str) else None,
         "code": str(code) if code is not None and not isinstance(code, (dict, list)) else str(status),
     }
-    return orjson.dumps({"error": body})

@@ -109,3 +109,22 @@ def chain_problems(directory: AgentDirectory, groups: Collection[str]) -> list[s
             if group not in groups
         )
     return problems
+
+
+def hop_allowed(chain: Sequence[str] | None, hop_from: str | None, group: str) -> bool:
+    """Whether an attempt may move from group ``hop_from`` to ``group`` for a request whose own failure
+    chain is ``chain`` (``None``: the request set none, as a client of LiteLLM itself may: LiteLLM's
+    configured fallbacks stand). Staying in a group is always allowed. LiteLLM 1.102.4 continues a stream
+    that failed before its first chunk from its configured router-level fallbacks whatever the request
+    said, so the hooks check every hop against this."""
+    return chain is None or hop_from is None or hop_from == group or group in chain
+
+
+def next_leg(
+    chain: Sequence[str], tried: Sequence[str], leg: Sequence[str]
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """After one forward to LiteLLM failed before any answer went out: the groups tried so far (``tried``
+    then the forward's own ``leg``, in order, each once) and what is left of the request's ``chain`` for
+    the next forward, in the chain's order (empty: nothing left)."""
+    done = tuple(dict.fromkeys((*tried, *leg)))
+    return done, tuple(g for g in chain if g not in done)
