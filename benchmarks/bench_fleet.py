@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import copy
 import dataclasses
 import json
 import os
@@ -88,6 +89,7 @@ from torchrouter_core import eviction
 FLEET_DIR = Path(__file__).resolve().parent / "fleets" / "hard"
 REPO = Path(__file__).resolve().parent.parent
 SCALED_HOOKS = "benchmarks.scaled_hooks.router_hooks"
+DISK_BASE_S = 2.0  # a load's fixed part with --disk-gb-per-s (the simulator's default has the same)
 # name -> (LiteLLM routing_strategy, our callbacks): None for the strategy keeps the config's (our hooks').
 ROUTERS: dict[str, tuple[str | None, str | None]] = {
     "torchrouter": (None, SCALED_HOOKS),  # the ranker's time priors in the fleet's time (scaled_hooks)
@@ -134,13 +136,31 @@ def eviction_setting(scale: float) -> str:
 
 
 # -- fleet files --------------------------------------------------------------------------------------------
-def render_fleet(fleet_dir: Path, dst: Path) -> dict[str, Any]:
-    """The fleet's matrix and config in ``dst`` on free ports, checked as `torchrouter validate` does."""
+def render_fleet(
+    fleet_dir: Path, dst: Path, disk_gb_per_s: float | None = None, router_scale: float | None = None
+) -> dict[str, Any]:
+    """The fleet's matrix and config in ``dst`` on free ports, checked as `torchrouter validate` does.
+
+    ``disk_gb_per_s``: every local profile declares ``load_time_s`` = 2 s + its ``vram_gb`` / that rate
+    (slower disks than the simulator's default 2 s + 0.4 s per GB), which the simulated hosts load in and
+    the router reads as the matrix's value. The answered matrix is in simulated seconds; with
+    ``router_scale`` the file the router reads has them times that scale (the router's clock is the wall's,
+    as ``benchmarks.scaled_hooks`` does for its constants)."""
     ports.render_fleet_files(fleet_dir / "matrix.yaml", fleet_dir / "litellm_config.yaml", dst)
+    doc: dict[str, Any] = yaml.safe_load((dst / "matrix.yaml").read_text())
+    if disk_gb_per_s is not None:
+        for p in doc["profiles"].values():
+            if p["provider"] == "ollama":
+                p["load_time_s"] = round(DISK_BASE_S + float(p["vram_gb"]) / disk_gb_per_s, 3)
+        scale = 1.0 if router_scale is None else router_scale
+        routers = copy.deepcopy(doc)
+        for p in routers["profiles"].values():
+            if "load_time_s" in p:
+                p["load_time_s"] = round(p["load_time_s"] * scale, 6)
+        (dst / "matrix.yaml").write_text(yaml.safe_dump(routers, sort_keys=False))
     problems = validate_files(dst / "matrix.yaml", dst / "litellm_config.yaml")
     if problems:
         raise SystemExit(f"{fleet_dir}: " + "; ".join(problems))
-    doc: dict[str, Any] = yaml.safe_load((dst / "matrix.yaml").read_text())
     return doc
 
 
@@ -286,11 +306,15 @@ def host_history(sim: SimThread) -> dict[str, dict[str, Any]]:
     return sim.run(read())
 
 
-async def run_router(name: str, requests: Sequence[Request], scale: float, fleet_dir: Path) -> RunResult:
+async def run_router(
+    name: str, requests: Sequence[Request], scale: float, fleet_dir: Path, disk_gb_per_s: float | None = None
+) -> RunResult:
     strategy, callbacks = ROUTERS[name]
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        matrix = render_fleet(fleet_dir, tmp)
+        matrix = render_fleet(
+            fleet_dir, tmp, disk_gb_per_s, router_scale=scale if ROUTERS[name][1] == SCALED_HOOKS else None
+        )
         config = tmp / "bench_config.yaml"
         config_for(tmp / "litellm_config.yaml", config, matrix, strategy, callbacks, KEEP_ALIVE_S * scale)
         spec = fleet_spec_from_matrix(matrix, cloud_api_key="unused", seed=5, time_scale=scale)
@@ -506,7 +530,7 @@ async def main_async(args: argparse.Namespace) -> None:
     fleet_dir = Path(args.fleet)
     requests = workload(args.seed, PHASES[: args.phases])
     with tempfile.TemporaryDirectory() as tmp:
-        matrix = render_fleet(fleet_dir, Path(tmp))
+        matrix = render_fleet(fleet_dir, Path(tmp), args.disk_gb_per_s)
     bounds = {r.index: lower_bound_s(matrix, r) for r in requests}
     load = os.getloadavg()
     print(
@@ -514,7 +538,9 @@ async def main_async(args: argparse.Namespace) -> None:
         f"load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}"
     )
     print(
-        f"fleet {fleet_dir.name}: {len(requests)} requests over {requests[-1].at:.0f} s simulated "
+        f"fleet {fleet_dir.name}"
+        + (f" on {args.disk_gb_per_s:g} GB/s disks" if args.disk_gb_per_s else "")
+        + f": {len(requests)} requests over {requests[-1].at:.0f} s simulated "
         f"({args.phases} phases), time scale {args.time_scale}, seed {args.seed}; latencies in simulated s"
     )
     rows: list[Row] = []
@@ -538,7 +564,7 @@ async def main_async(args: argparse.Namespace) -> None:
     rows.append(row_of("lower bound (pure simulation)", bounds, bounds, floor, None, None))
     for name in args.routers:
         t = time.monotonic()
-        result = await run_router(name, requests, args.time_scale, fleet_dir)
+        result = await run_router(name, requests, args.time_scale, fleet_dir, args.disk_gb_per_s)
         latency = {a.request.index: a.latency_s for a in result.answers}
         failed = sum(1 for a in result.answers if a.status != 200)
         retried = sum(1 for a in result.answers if a.tries > 1)
@@ -597,6 +623,11 @@ def main() -> None:
         default=[r for r in ROUTERS if r != "torchrouter-unscaled"],
     )
     parser.add_argument("--no-floor", action="store_true", help="skip the measured floor run")
+    parser.add_argument(
+        "--disk-gb-per-s",
+        type=float,
+        help="slower disks: every local profile loads in 2 s + vram_gb / this (matrix load_time_s)",
+    )
     parser.add_argument("--dump", help="write each router's answers, host records and events here (JSON)")
     args = parser.parse_args()
     if args.dump:

@@ -189,6 +189,7 @@ def _build(doc: Mapping[str, Any]) -> Matrix:
             quality_score=float(p["quality_score"]),
             input_modalities=frozenset(p.get("input_modalities") or ("text",)),
             num_parallel=p.get("num_parallel"),
+            load_time_s=float(p["load_time_s"]) if p.get("load_time_s") is not None else None,
         )
         for key, p in doc["profiles"].items()
     }

@@ -85,6 +85,7 @@ class Profile:
     # What the model can read (MODALITIES); text only unless the matrix says more.
     input_modalities: frozenset[str] = frozenset({"text"})
     num_parallel: int | None = None  # Ollama's parallel slots for this model; None: the host's num_parallel
+    load_time_s: float | None = None  # seconds to load cold here, before one is observed; None: from vram_gb
 
     @property
     def is_local(self) -> bool:
@@ -111,6 +112,7 @@ class Profile:
             "quality_score": self.quality_score,
             "input_modalities": sorted(self.input_modalities),
             **({"num_parallel": self.num_parallel} if self.num_parallel is not None else {}),
+            **({"load_time_s": self.load_time_s} if self.load_time_s is not None else {}),
         }
 
 

@@ -90,6 +90,11 @@ ENV_DOCS: dict[str, tuple[str, str]] = {
         "min_residency_s=60,hold_s=300,unload_s=1.5",
         "the eviction rules (placement and lane capacity): off, or any of min_residency_s, hold_s, unload_s",
     ),
+    "TORCHROUTER_PREWARM": (
+        "share=0.75",
+        "load one more copy of a model when its group's demand passes this share of its resident slots "
+        "(placed as a request's pick; read by the hooks): off, or share=<number > 0>",
+    ),
 }
 
 

@@ -43,10 +43,11 @@ from capability_matrix.probe import FleetProbe
 from litellm_hooks.client_watch import ClientWatches, watch_current_client
 from litellm_hooks.connect_budget import LocalClients, apply_budget
 from litellm_hooks.failures import classify
+from litellm_hooks.prewarm import LoadFailed, load_model
 from litellm_hooks.reservations import Reservations, host_reports, open_ledger, own_report
 from litellm_hooks.settings import HooksSettings
 from litellm_hooks.streams import name_the_group, shaped_stream
-from torchrouter_core import spend_file
+from torchrouter_core import prewarm, spend_file
 from torchrouter_core.breaker import Breakers, Failure, Scope, State, Transition
 from torchrouter_core.budgets import budget_for
 from torchrouter_core.contract import (
@@ -64,7 +65,7 @@ from torchrouter_core.needs import request_needs
 from torchrouter_core.ranker.interfaces import RequestNeeds
 from torchrouter_core.ranker.observed import ObservedTimes
 from torchrouter_core.ranker.scorers import weights_for
-from torchrouter_core.ranker.select import select
+from torchrouter_core.ranker.select import eviction_fields, select
 from torchrouter_core.routing import ladder_step_kind
 from torchrouter_core.spend import SharedSpend, SpendBook
 from torchrouter_core.usability import FITS, RESIDENT, host_rooms
@@ -138,6 +139,8 @@ class HooksRuntime:
     spend_synced: bool = False  # today's shared total read at least once since start
     local_clients: LocalClients = field(default_factory=LocalClients)  # Ollama calls, connect budget applied
     registered: set[str] = field(default_factory=set)  # ollama_chat/<model> names told to LiteLLM
+    prewarming: dict[str, asyncio.Task[None]] = field(default_factory=dict)  # group -> its prewarm (one)
+    prewarm_quiet: dict[str, float] = field(default_factory=dict)  # group -> no prewarm before (Unix s)
 
     @classmethod
     def build(cls, settings: HooksSettings) -> HooksRuntime:
@@ -652,10 +655,131 @@ class RouterHooks(CustomLogger):
                 apply_budget(request_kwargs, picked[0], first_byte_s, budget.connect_s, runtime.local_clients)
             if ctx.get("request_id"):
                 runtime.in_flight.start(chosen.key, str(ctx["request_id"]), now)
+            quiet = runtime.prewarm_quiet.get(model, 0.0) > now
+            if (
+                chosen.is_local
+                and runtime.settings.prewarm.enabled
+                and model not in runtime.prewarming
+                and not quiet
+            ):
+                counts = {**in_flight, chosen.key: in_flight.get(chosen.key, 0) + 1}  # this one included
+                loading = runtime.observed.loading_s(now)
+                demand, slots = prewarm.pressure(
+                    matrix, [k for k in keys if isinstance(k, str)], counts, loading
+                )
+                if prewarm.wanted(runtime.settings.prewarm, demand, slots):
+                    task = asyncio.ensure_future(
+                        self._prewarm(runtime, model, healthy_deployments, needs, who, (demand, slots))
+                    )
+                    runtime.prewarming[model] = task  # held until it ends (its own `finally` forgets it)
             return picked[:1]
         except Exception:
             self._failed("filter_deployments")
             return healthy_deployments
+
+    # --- one more copy before the line forms (torchrouter_core.prewarm) ------------------------------------
+    async def _prewarm(
+        self,
+        runtime: HooksRuntime,
+        group: str,
+        deployments: list[dict[str, Any]],
+        needs: RequestNeeds,
+        who: Mapping[str, Any],
+        pressure: tuple[int, int],
+    ) -> None:
+        """Rank ``group``'s deployments for the request that found its copies this busy, every resident or
+        loading copy set aside; load the pick if it is cold (in free memory, or evicting what the eviction
+        rules let a request's pick evict), holding its memory in the VRAM ledger until the load is done (the
+        probe lists the model by then). Events: ``prewarm``, ``outcome`` started, then loaded or failed."""
+        token = "prewarm-" + uuid.uuid4().hex
+        try:
+            now = time.time()
+            matrix, overlay = runtime.live_matrix(now), runtime.fleet.overlay(now)
+            by_key = {(d.get("model_info") or {}).get("id"): d for d in deployments}
+            keys = [k for k in by_key if isinstance(k, str)]
+            loading = runtime.observed.loading_s(now)
+            aside = prewarm.set_aside(matrix, keys, loading)
+            if len(aside) == len(keys):
+                return
+            selection = select(
+                group,
+                keys,
+                needs,
+                matrix=matrix,
+                overlay=overlay,
+                in_flight=runtime.in_flight.counts(now),
+                reserved=await runtime.reservations.view(matrix, now),
+                weights=weights_for(who.get("tier"), runtime.settings.tier_weights),
+                observed=runtime.observed,
+                breakers={**runtime.blocked(matrix, now), **aside},
+                now=now,
+                rules=runtime.settings.eviction,
+                evicted_at=runtime.evictions.evicted_at,
+                use=runtime.use,
+            )
+            chosen = prewarm.candidate(selection.chosen)
+            if chosen is None:  # no cold copy has room now: ask again once the probe has looked again
+                runtime.prewarm_quiet[group] = now + runtime.settings.probe_interval_s
+                return
+            room = host_rooms(matrix, overlay, hosts=(chosen.host_id,)).get(chosen.host_id)
+            placement = selection.placement or FITS
+            held = await runtime.reservations.reserve(
+                token, chosen, room, matrix, now, placement=placement, observed_gb=overlay.observed_gb
+            )
+            if not held:  # refused (another request or worker took the memory first), or nothing to hold
+                runtime.prewarm_quiet[group] = now + runtime.settings.probe_interval_s
+                return
+            if held.victims:  # the evicted-recently rule's memory, as for a request's pick
+                runtime.evictions.record(held.host_id, held.model, now)
+            expected_s = runtime.observed.load_time_s(chosen)
+            runtime.observed.started_load(chosen.key, now, expected_s)
+            runtime.use.record(chosen.host_id, chosen.model, now)  # a fresh copy is not evicted straight away
+            demand, slots = pressure
+            entry: dict[str, Any] = {
+                **who,
+                "group": group,
+                "deployment": chosen.key,
+                "host_id": chosen.host_id,
+                "model": chosen.model,
+                "demand": demand,
+                "slots": slots,
+                "reservation": {
+                    "host_id": held.host_id,
+                    "model": held.model,
+                    "gb": held.gb,
+                    "victims": [model for model, _ in held.victims],
+                },
+                "eviction": eviction_fields(placement),
+                "estimated_load_ms": round(expected_s * 1e3, 1),
+                "worker": os.getpid(),
+            }
+            runtime.events.emit(EventKind.PREWARM, **entry, outcome="started", load_ms=None, error=None)
+            params = by_key[chosen.key].get("litellm_params") or {}
+            budget = budget_for(runtime.settings.time_budgets, who.get("tier"))
+            started = time.monotonic()
+            try:
+                await load_model(
+                    str(params.get("api_base") or chosen.api_base),
+                    chosen.model,
+                    params.get("keep_alive"),
+                    budget.first_byte(cold=True),
+                )
+            except LoadFailed as exc:
+                runtime.observed.load_ended(chosen.key)
+                runtime.events.emit(
+                    EventKind.PREWARM, **entry, outcome="failed", load_ms=None, error=str(exc)
+                )
+                return
+            took_s = time.monotonic() - started
+            runtime.observed.record(chosen.key, service_s=None, ttft_s=took_s, was_cold=True)
+            load_ms = round(took_s * 1e3, 1)
+            runtime.events.emit(EventKind.PREWARM, **entry, outcome="loaded", load_ms=load_ms, error=None)
+        except Exception:
+            self._failed("prewarm")
+        finally:
+            runtime.prewarming.pop(group, None)
+            with contextlib.suppress(Exception):
+                await runtime.reservations.release(token, None, time.time())
 
     # --- the picked deployment's call: think: false from the matrix -----------------------------------------
     async def async_pre_call_deployment_hook(

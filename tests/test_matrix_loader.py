@@ -96,6 +96,24 @@ def test_matrix_to_json_is_the_capability_matrix_body() -> None:
     assert parse_matrix({**SHIPPED_DOC, "profiles": body["profiles"]}) == m
 
 
+def test_a_declared_load_time_is_the_rankers_prior_and_the_simulators_load() -> None:
+    from torchrouter.sim.spec import fleet_spec_from_matrix
+    from torchrouter_core.ranker.scorers import load_estimate_s
+
+    doc = copy.deepcopy(SHIPPED_DOC)
+    doc["profiles"][K]["load_time_s"] = 31.5  # a slow disk: 6.5 GB at about 0.2 GB/s
+    m = parse_matrix(doc)
+    assert m.profiles[K].load_time_s == 31.5 and m.to_json()["profiles"][K]["load_time_s"] == 31.5
+    assert load_estimate_s(m.profiles[K]) == 31.5
+    other = next(p for k, p in m.profiles.items() if p.is_local and k != K)
+    assert other.load_time_s is None and load_estimate_s(other) == 2.0 + 0.4 * other.vram_gb  # the default
+    spec = fleet_spec_from_matrix(doc, cloud_api_key="k")
+    host = next(h for h in spec.hosts if h.host_id == HOST)
+    model = host.model("qwen3:8b")
+    assert model is not None and model.load_s == 31.5
+    assert parse_matrix({**doc, "profiles": m.to_json()["profiles"]}) == m  # round-trips
+
+
 def test_matrix_is_immutable_and_independent_of_its_inputs() -> None:
     m = load_matrix(DEFAULT_MATRIX_PATH)
     with pytest.raises(TypeError):
@@ -224,6 +242,19 @@ REJECTIONS = [
     ),
     ("bad api_base", _set("api_base", "localhost:11501"), f"{AT}.api_base: 'localhost:11501' does not"),
     ("vram over capacity", _set("vram_gb", 30), f"{AT}.vram_gb: 30 is more than hosts['{HOST}']"),
+    (
+        "load time zero",
+        _set("load_time_s", 0),
+        f"{AT}.load_time_s: 0 is less than or equal to the minimum of 0",
+    ),
+    (
+        "load time negative",
+        _set("load_time_s", -5),
+        f"{AT}.load_time_s: -5 is less than or equal to the minimum",
+    ),
+    ("load time text", _set("load_time_s", "30s"), f"{AT}.load_time_s: '30s' is not of type 'number'"),
+    ("load time NaN", _set("load_time_s", float("nan")), f"{AT}.load_time_s: must be a finite number"),
+    ("load time an hour+", _set("load_time_s", 3601), f"{AT}.load_time_s: 3601 is greater than the maximum"),
     (
         "host out of range",
         _host("num_parallel", 0),

@@ -102,7 +102,7 @@ def test_every_variable_either_process_reads_is_documented_in_env_docs_and_the_r
     Settings.from_env(classifier_env)
     HooksSettings.from_env(hooks_env)
     read = classifier_env.asked | hooks_env.asked | _litellm_config_env()
-    assert len(classifier_env.asked) >= 15 and len(hooks_env.asked) == 11  # the recorder saw the reads
+    assert len(classifier_env.asked) >= 15 and len(hooks_env.asked) == 12  # the recorder saw the reads
     assert "TORCHROUTER_CLOUD_API_KEY" in _litellm_config_env()
     assert read - ENV_DOCS.keys() == set(), "read but not in ENV_DOCS"
     assert ENV_DOCS.keys() - read == set(), "in ENV_DOCS but read by neither process nor LiteLLM's config"
@@ -116,7 +116,7 @@ def test_the_readme_names_every_variable_the_hooks_read_and_how_many() -> None:
     paragraph = _readme_env_section().split("The hooks inside", 1)[1].split("LiteLLM itself reads", 1)[0]
     named = set(re.findall(r"`(TORCHROUTER_[A-Z_]+)`", paragraph))
     assert named == hooks_env.asked, named ^ hooks_env.asked
-    words = {11: "eleven"}
+    words = {12: "twelve"}
     assert f"read {words[len(hooks_env.asked)]} of them" in " ".join(paragraph.split())
 
 
@@ -136,6 +136,13 @@ def test_hooks_settings_parse_and_name_a_bad_variable() -> None:
     with pytest.raises(SettingsError, match="TORCHROUTER_EVICTION"):
         Settings.from_env({"TORCHROUTER_EVICTION": "never_s=1"})
     assert HooksSettings.from_env({"TORCHROUTER_EVICTION": "off"}).eviction.enabled is False
+    for bad in ("share=0", "share=-1", "share=nan", "share=1,off", "sharing=1", "0.5", "share="):
+        with pytest.raises(SettingsError, match="TORCHROUTER_PREWARM"):
+            HooksSettings.from_env({"TORCHROUTER_PREWARM": bad})
+    assert HooksSettings.from_env({"TORCHROUTER_PREWARM": "off"}).prewarm.enabled is False
+    assert HooksSettings.from_env({"TORCHROUTER_PREWARM": " share = 1.5 "}).prewarm.share == 1.5
+    assert HooksSettings.from_env({}).prewarm == HooksSettings().prewarm
+    assert (HooksSettings().prewarm.enabled, HooksSettings().prewarm.share) == (True, 0.75)
     assert Settings.from_env({"TORCHROUTER_EVICTION": "hold_s=30"}).eviction.hold_s == 30.0
     tuned = HooksSettings.from_env(
         {"TORCHROUTER_BREAKER": "cool_off_s=1", "TORCHROUTER_TIME_BUDGETS": "R.total_s=9"}

@@ -150,6 +150,26 @@ async def test_ps_reports_resident_models_and_keep_alive(
     assert await ps() == []
 
 
+async def test_chat_with_no_messages_loads_the_model_and_answers_done_reason_load(
+    fleet: SimFleet, http: aiohttp.ClientSession
+) -> None:
+    started = time.monotonic()
+    status, body = await chat(http, host(fleet), model=SLOW, messages=[], keep_alive="2m")
+    took = time.monotonic() - started
+    assert status == 200, body
+    assert body["done"] is True and body["done_reason"] == "load" and body["model"] == SLOW
+    assert body["message"] == {"role": "assistant", "content": ""}
+    assert took >= 0.9 * 10.0 * 0.02  # it waited for the load (10 s simulated at this time scale)
+    got = await state(http, host(fleet))
+    (resident,) = got["resident"]
+    assert (resident["model"], resident["active"], resident["loading"]) == (SLOW, 0, False)
+    assert 60 < resident["expires_in_s"] <= 120  # its keep_alive, counted from the end of the load
+    assert (got["counters"]["loads"], got["counters"]["requests"], got["in_flight"]) == (1, 0, 0)
+    status, again = await chat(http, host(fleet), model=SLOW, messages=[])  # resident already: at once
+    assert status == 200 and again["done_reason"] == "load"
+    assert (await state(http, host(fleet)))["counters"]["loads"] == 1
+
+
 async def test_bad_requests(fleet: SimFleet, http: aiohttp.ClientSession) -> None:
     status, body = await chat(http, host(fleet), model="nope:1b")
     assert (status, body) == (404, {"error": 'model "nope:1b" not found, try pulling it first'})

@@ -45,6 +45,7 @@ class EventKind(StrEnum):
     UPSTREAM_CANCELLED = "upstream_cancelled"  # the hooks closed a provider stream whose client had gone
     ATTEMPT_FAILED = "attempt_failed"  # one LiteLLM attempt failed: which deployment, and how
     BREAKER_CHANGED = "breaker_changed"  # a circuit breaker opened, turned half-open or closed, and why
+    PREWARM = "prewarm"  # one more copy of a model loaded ahead of a burst: started, then loaded or failed
 
 
 EVENT_KINDS = frozenset(k.value for k in EventKind)

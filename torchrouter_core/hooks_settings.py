@@ -12,7 +12,8 @@ LiteLLM worker; set: every worker shares the Redis ledger and the Redis spend bo
 ``TORCHROUTER_SPEND_PATH``, ``TORCHROUTER_BREAKER`` (circuit-breaker settings,
 :func:`torchrouter_core.breaker.parse_breaker_config`) and ``TORCHROUTER_TIME_BUDGETS``
 (:func:`torchrouter_core.budgets.parse_time_budgets`) and ``TORCHROUTER_EVICTION`` (the eviction rules,
-:func:`torchrouter_core.eviction.parse_eviction_rules`). A bad value raises
+:func:`torchrouter_core.eviction.parse_eviction_rules`) and ``TORCHROUTER_PREWARM`` (loading one more copy
+ahead of a burst, :func:`torchrouter_core.prewarm.parse_prewarm_rules`). A bad value raises
 :class:`~torchrouter_core.env.SettingsError` naming the variable, which stops LiteLLM at start. A Redis URL
 must be ``redis://``, ``rediss://`` (with a host) or ``unix://`` (with a path).
 """
@@ -30,6 +31,7 @@ from torchrouter_core.breaker import BreakerConfig, parse_breaker_config
 from torchrouter_core.budgets import DEFAULT_BUDGETS, TimeBudget, parse_time_budgets
 from torchrouter_core.env import SettingsError, parse_float
 from torchrouter_core.eviction import EvictionRules, parse_eviction_rules
+from torchrouter_core.prewarm import PrewarmRules, parse_prewarm_rules
 from torchrouter_core.ranker.scorers import TIER_WEIGHTS, parse_tier_weights
 
 
@@ -46,6 +48,7 @@ class HooksSettings:
     breaker: BreakerConfig = field(default_factory=BreakerConfig)
     time_budgets: Mapping[str, TimeBudget] = field(default_factory=lambda: dict(DEFAULT_BUDGETS))
     eviction: EvictionRules = field(default_factory=EvictionRules)
+    prewarm: PrewarmRules = field(default_factory=PrewarmRules)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> HooksSettings:
@@ -71,6 +74,10 @@ class HooksSettings:
             eviction = parse_eviction_rules(env.get("TORCHROUTER_EVICTION") or "")
         except ValueError as exc:
             raise SettingsError(f"TORCHROUTER_EVICTION: {exc}") from None
+        try:
+            prewarm = parse_prewarm_rules(env.get("TORCHROUTER_PREWARM") or "")
+        except ValueError as exc:
+            raise SettingsError(f"TORCHROUTER_PREWARM: {exc}") from None
         return cls(
             matrix_path=Path(env.get("TORCHROUTER_CAPABILITY_MATRIX_PATH") or defaults.matrix_path),
             event_path=env.get("TORCHROUTER_ROUTING_CONTINUITY_EVENT_PATH") or None,
@@ -89,6 +96,7 @@ class HooksSettings:
             breaker=breaker_config,
             time_budgets=time_budgets,
             eviction=eviction,
+            prewarm=prewarm,
         )
 
 

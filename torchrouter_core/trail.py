@@ -63,7 +63,8 @@ def story(events: Iterable[Mapping[str, Any]], request_id: str) -> dict[str, Any
     all), ``classified`` (tier and why, ladder), ``ladder_steps``, ``attempts`` (one per routing step in
     LiteLLM: group, pick, warm state, scores, rejected candidates and why, reservation when recorded),
     ``failures`` (attempts that failed, and how), ``breakers`` (breaker changes this request caused),
-    ``breakers_met`` (candidates a breaker refused), ``fallbacks``, ``rejected`` (a queue refusal),
+    ``breakers_met`` (candidates a breaker refused), ``prewarms`` (loads of one more copy this request's
+    pick set off, :mod:`torchrouter_core.prewarm`), ``fallbacks``, ``rejected`` (a queue refusal),
     ``completed`` (outcome, status, deployment, timings, queue wait against its estimate); milliseconds
     as recorded."""
     mine = [dict(e) for e in events if e.get("request_id") == request_id]
@@ -105,6 +106,7 @@ def story(events: Iterable[Mapping[str, Any]], request_id: str) -> dict[str, Any
         "failures": by_kind.get("attempt_failed", []),
         "breakers": by_kind.get("breaker_changed", []),
         "breakers_met": [{"deployment": k, "why": why} for k, why in met],
+        "prewarms": by_kind.get("prewarm", []),
         "fallbacks": by_kind.get("fallback_selected", []),
         "rejected": first("queue_rejected"),
         "completed": first("request_completed"),
@@ -169,6 +171,12 @@ def render(s: Mapping[str, Any]) -> str:
         lines.append(
             f"  breaker {b.get('scope')} {b.get('target')}: {b.get('from_state')} -> {b.get('to_state')} "
             f"({b.get('reason')})"
+        )
+    for p in s.get("prewarms", []):
+        how = {"loaded": f"loaded in {_ms(p.get('load_ms'))}", "failed": f"failed: {p.get('error')}"}
+        lines.append(
+            f"  prewarm of {p.get('deployment')}: {how.get(str(p.get('outcome')), 'started')} "
+            f"({p.get('demand')} in flight on {p.get('slots')} resident slots of {p.get('group')})"
         )
     if done and done.get("fallbacks"):
         lines.append(f"  failure chain: {' -> '.join(done['fallbacks'])}")

@@ -342,6 +342,22 @@ class HostRuntime(SimRuntime):
             self.sched.release(ticket, self.clock())
             self.notify()
 
+    async def load(self, model: str, keep_alive_s: float) -> float:
+        """Load ``model`` without running anything, as Ollama's ``/api/chat`` with no messages does: wait
+        for memory (the scheduler's rules), then for the load; seconds waited for the load (0: resident)."""
+        ticket = self.sched.submit(model, self.clock(), keep_alive_s=keep_alive_s, label="")
+        try:
+            while not isinstance(decision := self.sched.try_start(ticket, self.clock()), Start):
+                await self._changed.wait()
+            self.notify()
+            ready_in = decision.ready_at - self.clock()
+            if ready_in > 0:
+                await asyncio.sleep(ready_in)
+            return max(0.0, ready_in)
+        finally:
+            self.sched.release(ticket, self.clock())
+            self.notify()
+
     def state(self) -> dict[str, Any]:
         now, wall = self.clock(), time.time()
         snap = self.sched.snapshot(now)
@@ -493,10 +509,16 @@ async def ollama_chat(request: web.Request) -> web.StreamResponse:
     except BadRequest as exc:
         return ollama_error(400, str(exc))
     stream = body.get("stream", True) is not False  # Ollama streams unless told not to
-    rt.counters.note_request(model, job.think)
-    fault = rt.faults.take()
+    if messages:  # a load alone (below) is not a request
+        rt.counters.note_request(model, job.think)
+    fault = rt.faults.take()  # a host's fault meets a load alone too
     if (failed := await _apply_fault(fault, ollama_error)) is not None:
         return failed
+    if not messages:  # Ollama's API reference, "Load a model": no messages loads the model and answers
+        await rt.load(model, job.keep_alive_s)
+        loaded = {"role": "assistant", "content": ""}
+        done = {"done_reason": "load", "done": True}
+        return json_response({"model": model, "created_at": _created_at(), "message": loaded, **done})
 
     async with rt.run(job) as run:
         if not stream:

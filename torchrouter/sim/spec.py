@@ -81,9 +81,10 @@ def fleet_spec_from_matrix(
 ) -> FleetSpec:
     """Build the fleet the capability matrix describes: one simulated Ollama per host, one cloud.
 
-    Profiles with provider "ollama" become models on their host (size = vram_gb, speed and load time derived
-    from speed_score and vram_gb, parallel slots from the profile's num_parallel when it has one); profiles
-    with provider "openai" become models of the one cloud, whose port comes from their shared api_base.
+    Profiles with provider "ollama" become models on their host (size = vram_gb, speed derived from
+    speed_score, load time the profile's load_time_s, else derived from vram_gb, parallel slots from the
+    profile's num_parallel when it has one); profiles with provider "openai" become models of the one
+    cloud, whose port comes from their shared api_base.
     """
     hosts_doc: Mapping[str, Any] = doc.get("hosts") or {}
     profiles: Mapping[str, Any] = doc.get("profiles") or {}
@@ -99,7 +100,7 @@ def fleet_spec_from_matrix(
                     name=str(p["model"]),
                     size_gb=vram,
                     tokens_per_s=20.0 + 130.0 * float(p.get("speed_score", 0.5)),
-                    load_s=2.0 + 0.4 * vram,
+                    load_s=float(p["load_time_s"]) if p.get("load_time_s") is not None else 2.0 + 0.4 * vram,
                     context_window=int(p.get("context_window", 32768)),
                     reasoning=bool(p.get("reasoning", False) or p.get("requires_think_false", False)),
                     num_parallel=int(p["num_parallel"]) if p.get("num_parallel") is not None else None,

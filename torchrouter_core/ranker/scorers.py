@@ -43,7 +43,11 @@ def idle(profile: Profile, fleet: FleetSnapshot) -> float:
 
 
 def load_estimate_s(profile: Profile) -> float:
-    """Seconds to load ``profile``'s model cold before any observation: 2 s + 0.4 s per GB of ``vram_gb``."""
+    """Seconds to load ``profile``'s model cold before any observation: the matrix's ``load_time_s`` when
+    the profile has one, else 2 s + 0.4 s per GB of ``vram_gb`` (the short end of Ollama's loads: a fast
+    NVMe, page cache warm)."""
+    if profile.load_time_s is not None:
+        return profile.load_time_s
     return LOAD_BASE_S + LOAD_S_PER_GB * profile.vram_gb
 
 

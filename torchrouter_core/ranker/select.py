@@ -93,14 +93,14 @@ class Selection:
             "candidates": self.candidates,
             **self._best_scores(),
             "estimated_ttft_ms": round(self.ranking.ttft_s.get(chosen.key, 0.0) * 1e3, 1),
-            "eviction": _eviction_fields(self.placement),
+            "eviction": eviction_fields(self.placement),
             "rejected": dict(self.ranking.rejected),
             "unknown_deployments": list(self.unknown),
             "score_ms": self.score_ms,
         }
 
 
-def _eviction_fields(placement: Placement | None) -> dict[str, Any] | None:
+def eviction_fields(placement: Placement | None) -> dict[str, Any] | None:
     if placement is None or not placement.victims:
         return None
     return {

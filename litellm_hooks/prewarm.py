@@ -1,0 +1,47 @@
+"""The prewarm's one call to a host: load a model without running a request (the rule that decides when and
+where is :mod:`torchrouter_core.prewarm`; the hooks reserve its memory in the VRAM ledger around this call).
+
+Ollama's API reference, "Load a model": ``POST /api/chat`` with ``model`` and an empty ``messages`` array
+loads the model and answers once it is loaded, ``{"done": true, "done_reason": "load", ...}``;
+``keep_alive`` applies as for any request (the deployment's own, so a prewarmed copy stays as long as a
+used one would).
+"""
+
+from __future__ import annotations
+
+import aiohttp
+import orjson
+
+MAX_ERROR_CHARS = 300  # of a host's error text kept in the event
+
+
+class LoadFailed(Exception):
+    """The host did not load the model: its status and error text, or why no answer came."""
+
+
+async def load_model(api_base: str, model: str, keep_alive: object, timeout_s: float) -> None:
+    """Load ``model`` on the Ollama at ``api_base`` and return once it is loaded (within ``timeout_s``
+    seconds). ``keep_alive``: Ollama's (seconds, or a duration such as ``"5m"``; ``None``: the host's
+    default). Raises :class:`LoadFailed`."""
+    body: dict[str, object] = {"model": model, "messages": [], "stream": False}
+    if keep_alive is not None:
+        body["keep_alive"] = keep_alive
+    url = api_base.rstrip("/") + "/api/chat"
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as session,
+            session.post(url, data=orjson.dumps(body), headers={"Content-Type": "application/json"}) as resp,
+        ):
+            text = await resp.text(errors="replace")
+    except TimeoutError:
+        raise LoadFailed(f"no answer from {url} within {timeout_s:g} s") from None
+    except aiohttp.ClientError as exc:
+        raise LoadFailed(f"{type(exc).__name__} from {url}: {exc}"[:MAX_ERROR_CHARS]) from None
+    if resp.status != 200:
+        raise LoadFailed(f"HTTP {resp.status} from {url}: {text[:MAX_ERROR_CHARS]}")
+    try:
+        answer = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        raise LoadFailed(f"not Ollama's answer from {url}: {text[:80]!r}") from None
+    if not isinstance(answer, dict) or answer.get("done") is not True:
+        raise LoadFailed(f"not Ollama's answer from {url}: {text[:80]!r}")
