@@ -711,7 +711,7 @@ class RouterHooks(CustomLogger):
                 reserved=await runtime.reservations.view(matrix, now),
                 weights=weights_for(who.get("tier"), runtime.settings.tier_weights),
                 observed=runtime.observed,
-                breakers={**runtime.blocked(matrix, now), **aside},
+                breakers={**runtime.breakers.not_closed_keys(matrix.host_of()), **aside},
                 now=now,
                 rules=runtime.settings.eviction,
                 evicted_at=runtime.evictions.evicted_at,

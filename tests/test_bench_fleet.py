@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from benchmarks import fleet_reference, scaled_hooks
-from benchmarks.bench_fleet import FLEET_DIR, eviction_setting
+from benchmarks.bench_fleet import FLEET_DIR, eviction_setting, render_fleet
 from benchmarks.fleet_workload import KINDS, PHASES, lower_bound_s, percentile, service_s, workload
 from capability_matrix.consistency import validate_files
 from capability_matrix.loader import load_matrix
@@ -36,6 +36,21 @@ def test_the_hard_fleet_validates_as_the_shipped_one_does() -> None:
     matrix = load_matrix(FLEET_DIR / "matrix.yaml")
     assert len(matrix.hosts) == 4 and len(matrix.profiles) == 12
     assert all(p.num_parallel is not None for p in matrix.profiles.values())
+
+
+def test_slower_disks_declare_load_times_the_simulator_loads_in_and_the_router_reads_scaled(
+    tmp_path: Path,
+) -> None:
+    sim_doc = render_fleet(FLEET_DIR, tmp_path, 1.0, router_scale=0.1)
+    spec = fleet_spec_from_matrix(sim_doc, cloud_api_key="k")
+    loads = {(h.host_id, m.name): m.load_s for h in spec.hosts for m in h.models}
+    assert loads[("a100-10.0.0.24", "qwen2.5-coder:32b")] == 2.0 + 21.0  # 2 s + 21 GB at 1 GB/s
+    assert loads[("rtx4090-10.0.0.21", "qwen3:8b")] == 2.0 + 6.5
+    router = load_matrix(tmp_path / "matrix.yaml")  # what the router reads: the same loads, in wall seconds
+    assert router.profiles["a100-10.0.0.24/ollama/qwen2.5-coder:32b"].load_time_s == 2.3
+    assert validate_files(tmp_path / "matrix.yaml", tmp_path / "litellm_config.yaml") == []
+    default = render_fleet(FLEET_DIR, tmp_path / "default")  # no disk given: the simulator's 2 s + 0.4 s/GB
+    assert all("load_time_s" not in p for p in default["profiles"].values())
 
 
 def test_the_hard_fleet_cannot_hold_every_deployment_at_once() -> None:

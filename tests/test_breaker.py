@@ -82,6 +82,24 @@ def test_connection_failures_open_the_host_and_take_every_model_on_it_down() -> 
     assert blocked == {KEY: "host_breaker_open", other: "host_breaker_open"}
 
 
+def test_work_that_is_no_request_stays_away_from_every_breaker_not_closed_without_moving_one() -> None:
+    b = Breakers(CFG)
+    hosts = {KEY: HOST, "h1/ollama/other": HOST, "h2/ollama/m": "h2"}
+    assert b.not_closed_keys(hosts) == {}
+    for t in (0.0, 0.1, 0.2):
+        b.failed(KEY, HOST, Failure.SERVER_ERROR, t)  # the deployment's breaker opens, not its host's
+    assert b.not_closed_keys(hosts) == {KEY: "breaker_not_closed"}
+    assert b.not_closed_keys(hosts) == {KEY: "breaker_not_closed"}  # long past its cool-off: no tick here
+    assert states(b)[("deployment", KEY)] == "open"
+    b.blocked(hosts, 10.0)  # a request's tick turns it half-open: still not closed, still avoided
+    assert states(b)[("deployment", KEY)] == "half_open" and b.not_closed_keys(hosts) == {
+        KEY: "breaker_not_closed"
+    }
+    for t in (11.0, 11.1, 11.2):
+        b.failed("h2/ollama/m", "h2", Failure.REFUSED, t)  # a host down takes every profile on it
+    assert set(b.not_closed_keys(hosts)) == {KEY, "h2/ollama/m"}
+
+
 def test_5xx_counts_against_the_deployment_only() -> None:
     b = Breakers(CFG)
     for t in (0.0, 0.1, 0.2):

@@ -262,6 +262,18 @@ class Breakers:
                 out[key] = why
         return out, changes
 
+    def not_closed_keys(self, hosts: Mapping[str, str]) -> dict[str, str]:
+        """Profile key -> ``breaker_not_closed`` for every key of ``hosts`` (profile key -> host id) whose
+        own breaker or whose host's is open or half-open, as last set (no tick, no transition): what work
+        that is not a request (a prewarm) stays away from, trial or not."""
+        if not self.not_closed:
+            return {}
+        return {
+            key: "breaker_not_closed"
+            for key, host in hosts.items()
+            if (Scope.DEPLOYMENT, key) in self.not_closed or (Scope.HOST, host) in self.not_closed
+        }
+
     def picked(self, key: str, host: str, now: float) -> bool:
         """A request was sent to ``key``: a half-open breaker counts it as a trial. True when it is one
         (the deployment's or its host's)."""

@@ -15,7 +15,8 @@ loaded model ``OLLAMA_NUM_PARALLEL`` slots. When ``demand > share * slots`` (def
 least two requests are in flight (one is no burst: an agent's calls one after another never load a second
 copy of a one-slot model) and no prewarm of the group is under way in this worker, one more copy is
 loaded: the ranker ranks the group's deployments for the same request with every resident or loading copy
-set aside (:func:`set_aside`), and its pick is taken if it is local and cold (:func:`candidate`), placed
+set aside (:func:`set_aside`) and every deployment whose breaker or host's breaker is open or half-open
+(a prewarm is no trial), and its pick is taken if it is local and cold (:func:`candidate`), placed
 as the ranker placed it: in free memory, or after evicting idle models exactly as a request's own pick
 could (the eviction rules of
 :mod:`torchrouter_core.eviction`: never a model with requests in flight, none served within the hot
