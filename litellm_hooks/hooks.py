@@ -37,7 +37,7 @@ from litellm.integrations.custom_logger import CustomLogger
 from litellm.types.router import RouterRateLimitError, RouterRateLimitErrorBasic
 from litellm.types.utils import CostPerToken
 
-from capability_matrix import FleetView, Matrix, MatrixStore, WarmState, next_auth_lockouts
+from capability_matrix import FleetView, Matrix, MatrixStore, Profile, WarmState, next_auth_lockouts
 from capability_matrix.live import sharing_credentials
 from capability_matrix.probe import FleetProbe
 from litellm_hooks.client_watch import ClientWatches, watch_current_client
@@ -303,6 +303,27 @@ def _attempt_of(ctx: dict[str, Any], reported: str | None, *, failed: bool) -> s
     return attempt if isinstance(attempt, str) else reported
 
 
+def _claim(runtime: HooksRuntime, ctx: Mapping[str, Any], pick: Profile, now: float) -> Callable[[], None]:
+    """Count ``pick`` as this request's in flight, and as loading when it is cold and no load of it is
+    under way, before the request waits for the ledger; answers the undo (a refusal, a cancellation)."""
+    rid = str(ctx["request_id"]) if ctx.get("request_id") else None
+    starts_load = (
+        pick.is_local and pick.warm_state not in RESIDENT and pick.key not in runtime.observed.loading
+    )
+    if rid is not None:
+        runtime.in_flight.start(pick.key, rid, now)
+    if starts_load:
+        runtime.observed.started_load(pick.key, now, runtime.observed.load_time_s(pick))
+
+    def undo() -> None:
+        if rid is not None:
+            runtime.in_flight.finish(pick.key, rid)
+        if starts_load:
+            runtime.observed.load_ended(pick.key)
+
+    return undo
+
+
 def _no_deployment(exc: object) -> bool:
     """LiteLLM's "no deployments available" error: raised when our filter left a hop no candidate (its
     ``route_selected`` says ``no_candidate``). That hop made no attempt, so its failure, logged while the
@@ -554,18 +575,27 @@ class RouterHooks(CustomLogger):
                     break
                 host_id = selection.chosen.host_id
                 room = host_rooms(matrix, overlay, hosts=(host_id,)).get(host_id)
-                outcome = await reservations.reserve(
-                    token,
-                    selection.chosen,
-                    room,
-                    matrix,
-                    now,
-                    placement=selection.placement or FITS,
-                    observed_gb=overlay.observed_gb,
-                )
+                # A cold pick's reserve lets other requests rank meanwhile: they see this one's place in the
+                # line and the load it starts now (a burst does not all pick the same cold copy), taken back
+                # if the ledger refuses or the request goes away.
+                undo = _claim(runtime, ctx, selection.chosen, now)
+                try:
+                    outcome = await reservations.reserve(
+                        token,
+                        selection.chosen,
+                        room,
+                        matrix,
+                        now,
+                        placement=selection.placement or FITS,
+                        observed_gb=overlay.observed_gb,
+                    )
+                except BaseException:
+                    undo()
+                    raise
                 if outcome is not False:
                     held = outcome
                     break
+                undo()
                 refused[selection.chosen.key] = "ledger_refused"
             who = {k: ctx.get(k) for k in ("request_id", "agent_id", "tier")}
             first_group = ctx.get("group")
@@ -662,7 +692,9 @@ class RouterHooks(CustomLogger):
                 and model not in runtime.prewarming
                 and not quiet
             ):
-                counts = {**in_flight, chosen.key: in_flight.get(chosen.key, 0) + 1}  # this one included
+                counts = runtime.in_flight.counts(now)  # now: requests that ranked meanwhile included
+                if not ctx.get("request_id"):  # not counted in flight: this one included all the same
+                    counts[chosen.key] = counts.get(chosen.key, 0) + 1
                 loading = runtime.observed.loading_s(now)
                 demand, slots = prewarm.pressure(
                     matrix, [k for k in keys if isinstance(k, str)], counts, loading
@@ -692,6 +724,7 @@ class RouterHooks(CustomLogger):
         rules let a request's pick evict), holding its memory in the VRAM ledger until the load is done (the
         probe lists the model by then). Events: ``prewarm``, ``outcome`` started, then loaded or failed."""
         token = "prewarm-" + uuid.uuid4().hex
+        load: asyncio.Future[None] | None = None
         try:
             now = time.time()
             matrix, overlay = runtime.live_matrix(now), runtime.fleet.overlay(now)
@@ -757,13 +790,20 @@ class RouterHooks(CustomLogger):
             params = by_key[chosen.key].get("litellm_params") or {}
             budget = budget_for(runtime.settings.time_budgets, who.get("tier"))
             started = time.monotonic()
-            try:
-                await load_model(
+            load = asyncio.ensure_future(
+                load_model(
                     str(params.get("api_base") or chosen.api_base),
                     chosen.model,
                     params.get("keep_alive"),
                     budget.first_byte(cold=True),
                 )
+            )
+            try:
+                while not load.done():  # a load longer than a lease keeps its reservation, as a stream does
+                    await asyncio.wait({load}, timeout=runtime.reservations.ledger.ttl_s / 3)
+                    if not load.done():
+                        await runtime.reservations.renew(token, time.time())
+                load.result()
             except LoadFailed as exc:
                 runtime.observed.load_ended(chosen.key)
                 runtime.events.emit(
@@ -777,6 +817,8 @@ class RouterHooks(CustomLogger):
         except Exception:
             self._failed("prewarm")
         finally:
+            if load is not None and not load.done():  # cancelled (LiteLLM stopping): the call goes too
+                load.cancel()
             runtime.prewarming.pop(group, None)
             with contextlib.suppress(Exception):
                 await runtime.reservations.release(token, None, time.time())

@@ -12,6 +12,8 @@ from __future__ import annotations
 import aiohttp
 import orjson
 
+from torchrouter_core.hooks_settings import redacted_url
+
 MAX_ERROR_CHARS = 300  # of a host's error text kept in the event
 
 
@@ -27,6 +29,11 @@ async def load_model(api_base: str, model: str, keep_alive: object, timeout_s: f
     if keep_alive is not None:
         body["keep_alive"] = keep_alive
     url = api_base.rstrip("/") + "/api/chat"
+    shown = redacted_url(url)  # what messages name: a password in api_base never reaches the trail
+
+    def said(text: str) -> str:
+        return text.replace(url, shown).replace(api_base, redacted_url(api_base))[:MAX_ERROR_CHARS]
+
     try:
         async with (
             aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as session,
@@ -34,14 +41,14 @@ async def load_model(api_base: str, model: str, keep_alive: object, timeout_s: f
         ):
             text = await resp.text(errors="replace")
     except TimeoutError:
-        raise LoadFailed(f"no answer from {url} within {timeout_s:g} s") from None
-    except aiohttp.ClientError as exc:
-        raise LoadFailed(f"{type(exc).__name__} from {url}: {exc}"[:MAX_ERROR_CHARS]) from None
+        raise LoadFailed(f"no answer from {shown} within {timeout_s:g} s") from None
+    except (aiohttp.ClientError, ValueError) as exc:  # ValueError: a URL aiohttp cannot use
+        raise LoadFailed(said(f"{type(exc).__name__} from {shown}: {exc}")) from None
     if resp.status != 200:
-        raise LoadFailed(f"HTTP {resp.status} from {url}: {text[:MAX_ERROR_CHARS]}")
+        raise LoadFailed(said(f"HTTP {resp.status} from {shown}: {text}"))
     try:
         answer = orjson.loads(text)
     except orjson.JSONDecodeError:
-        raise LoadFailed(f"not Ollama's answer from {url}: {text[:80]!r}") from None
+        raise LoadFailed(said(f"not Ollama's answer from {shown}: {text[:80]!r}")) from None
     if not isinstance(answer, dict) or answer.get("done") is not True:
-        raise LoadFailed(f"not Ollama's answer from {url}: {text[:80]!r}")
+        raise LoadFailed(said(f"not Ollama's answer from {shown}: {text[:80]!r}"))

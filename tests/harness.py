@@ -12,21 +12,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import secrets
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+import urllib.request
+from collections.abc import AsyncIterator, Callable, Collection, Coroutine, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, TypeVar
 
+import aiohttp
 import orjson
+import yaml
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from aiohttp.web_runner import BaseRunner
 
 from classifier.protocol_edge import ClassifierRunner
 from torchrouter import ports
-from torchrouter.sim import FleetSpec, SimFleet
+from torchrouter.litellm_process import LiteLLMProcess
+from torchrouter.sim import FleetSpec, SimFleet, fleet_spec_from_matrix
+from torchrouter_core.contract import RouteReport
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED_MATRIX = REPO / "capability_matrix" / "matrix.yaml"
@@ -149,3 +156,79 @@ async def served(
         yield str(server.make_url("")).rstrip("/")
     finally:
         await server.close()
+
+
+def preload_model(url: str, model: str) -> None:
+    """One request straight to a simulated Ollama at ``url`` (not through the router): the model loads
+    there, as after an earlier session."""
+    body = orjson.dumps({"model": model, "messages": [{"role": "user", "content": "hi"}], "stream": False})
+    request = urllib.request.Request(url + "/api/chat", data=body, method="POST")
+    with urllib.request.urlopen(request, timeout=30) as resp:
+        assert resp.status == 200
+        resp.read()
+
+
+@contextlib.contextmanager
+def litellm_on_sim(
+    tmp: Path,
+    *,
+    only: Mapping[str, Collection[str]],
+    preload: Sequence[tuple[str, str]] = (),
+    time_scale: float,
+    env: Mapping[str, str | None] | None = None,
+) -> Iterator[tuple[SimThread, LiteLLMProcess, str]]:
+    """The shipped fleet files in ``tmp`` with, for each lane of ``only``, every profile but the keys named
+    there locked out (``codex``); the simulated fleet of that matrix (seed 5, ``time_scale``) with each
+    ``(host id, model)`` of ``preload`` loaded straight at its host before the router starts watching; a
+    real LiteLLM with our hooks on it (the in-process ledger, a probe every 0.5 s, the trail at
+    ``tmp/events.jsonl``; ``env`` over that, a ``None`` value unsetting the variable). Yields
+    ``(sim, proxy, master key)``; stops both."""
+    render_fleet_files(tmp)
+    matrix_path = tmp / "matrix.yaml"
+    doc = yaml.safe_load(matrix_path.read_text())
+    for key, profile in doc["profiles"].items():
+        if profile["lane"] in only and key not in only[profile["lane"]]:
+            profile["lockout_state"] = "codex"
+    matrix_path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    sim = SimThread(fleet_spec_from_matrix(doc, cloud_api_key="k", seed=5, time_scale=time_scale))
+    sim.start()
+    key = "sk-test-" + secrets.token_hex(8)
+    child_env = {
+        **os.environ,
+        "LITELLM_MASTER_KEY": key,
+        "TORCHROUTER_CLOUD_API_KEY": "k",
+        "TORCHROUTER_CAPABILITY_MATRIX_PATH": str(matrix_path),
+        "TORCHROUTER_ROUTING_CONTINUITY_EVENT_PATH": str(tmp / "events.jsonl"),
+        "TORCHROUTER_PROBE_INTERVAL_S": "0.5",
+        "TORCHROUTER_LEDGER_REDIS_URL": None,
+        **(env or {}),
+    }
+    proxy: LiteLLMProcess | None = None
+    try:
+        for host_id, model in preload:
+            preload_model(sim.fleet.host_urls[host_id], model)
+        proxy = LiteLLMProcess.start(
+            tmp / "litellm_config.yaml",
+            port=free_ports(1)[0],
+            env={k: v for k, v in child_env.items() if v is not None},
+            log_path=tmp / "litellm.log",
+        )
+        proxy.wait_ready()
+        yield sim, proxy, key
+    finally:
+        if proxy is not None:
+            proxy.stop()
+        sim.stop()
+
+
+async def ledger_is_empty(proxy: LiteLLMProcess, key: str) -> bool:
+    """Whether the hooks report an empty VRAM ledger (``x-torchrouter-ledger``), asked with a cloud request
+    (it reserves nothing itself)."""
+    probe = {"model": "cloud-fast", "messages": [{"role": "user", "content": "?"}], "max_tokens": 2}
+    headers = {"Authorization": f"Bearer {key}"}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(proxy.url + "/v1/chat/completions", json=probe, headers=headers) as resp,
+    ):
+        await resp.read()
+        return RouteReport.from_headers({k.lower(): v for k, v in resp.headers.items()}).ledger == {}

@@ -15,20 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import os
-import secrets
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import yaml
 
-from tests.harness import SimThread, eventually, free_ports, read_events, render_fleet_files
+from tests.harness import SimThread, eventually, ledger_is_empty, litellm_on_sim, read_events
 from torchrouter.litellm_process import LiteLLMProcess
-from torchrouter.sim import fleet_spec_from_matrix
 from torchrouter_core.contract import RouteReport
 
 TIME_SCALE = 0.05
@@ -37,49 +30,11 @@ BIG = f"{FRODO}/ollama/qwen2.5:32b"
 SMALL = "qwen3:8b"
 
 
-@contextlib.contextmanager
-def frodo_only_balanced(tmp: Path) -> Iterator[tuple[SimThread, LiteLLMProcess, str]]:
-    render_fleet_files(tmp)
-    matrix_path = tmp / "matrix.yaml"
-    doc = yaml.safe_load(matrix_path.read_text())
-    for key, profile in doc["profiles"].items():
-        if profile["lane"] == "balanced" and key != BIG:
-            profile["lockout_state"] = "codex"
-    matrix_path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    sim = SimThread(fleet_spec_from_matrix(doc, cloud_api_key="k", seed=5, time_scale=TIME_SCALE))
-    sim.start()
-    key = "sk-test-" + secrets.token_hex(8)
-    env = {
-        **os.environ,
-        "LITELLM_MASTER_KEY": key,
-        "TORCHROUTER_CLOUD_API_KEY": "k",
-        "TORCHROUTER_CAPABILITY_MATRIX_PATH": str(matrix_path),
-        "TORCHROUTER_ROUTING_CONTINUITY_EVENT_PATH": str(tmp / "events.jsonl"),
-        "TORCHROUTER_PROBE_INTERVAL_S": "0.5",
-    }
-    env.pop("TORCHROUTER_LEDGER_REDIS_URL", None)
-    proxy: LiteLLMProcess | None = None
-    try:
-        # qwen3:8b resident on frodo before the router starts watching, as after an earlier session
-        _preload(sim.fleet.host_urls[FRODO], SMALL)
-        proxy = LiteLLMProcess.start(
-            tmp / "litellm_config.yaml", port=free_ports(1)[0], env=env, log_path=tmp / "litellm.log"
-        )
-        proxy.wait_ready()
-        yield sim, proxy, key
-    finally:
-        if proxy is not None:
-            proxy.stop()
-        sim.stop()
-
-
-def _preload(url: str, model: str) -> None:
-    """One request straight to the simulated Ollama (not through the router): the model loads there."""
-    body = json.dumps({"model": model, "messages": [{"role": "user", "content": "hi"}], "stream": False})
-    request = urllib.request.Request(url + "/api/chat", data=body.encode(), method="POST")
-    with urllib.request.urlopen(request, timeout=30) as resp:
-        assert resp.status == 200
-        resp.read()
+def frodo_only_balanced(
+    tmp: Path,
+) -> contextlib.AbstractContextManager[tuple[SimThread, LiteLLMProcess, str]]:
+    # qwen3:8b resident on frodo before the router starts watching, as after an earlier session
+    return litellm_on_sim(tmp, only={"balanced": {BIG}}, preload=[(FRODO, SMALL)], time_scale=TIME_SCALE)
 
 
 def _frodo(sim: SimThread) -> dict[str, Any]:
@@ -128,15 +83,6 @@ async def test_a_request_that_needs_an_eviction_gets_it_without_overcommit(tmp_p
         assert routed[0]["estimated_ttft_ms"] > 0
 
         async def ledger_empty() -> bool:
-            probe = {"model": "cloud-fast", "messages": [{"role": "user", "content": "?"}], "max_tokens": 2}
-            async with (
-                aiohttp.ClientSession() as s,
-                s.post(
-                    proxy.url + "/v1/chat/completions", json=probe, headers={"Authorization": f"Bearer {key}"}
-                ) as resp,
-            ):
-                await resp.read()
-                seen = RouteReport.from_headers({k.lower(): v for k, v in resp.headers.items()})
-            return seen.ledger == {}
+            return await ledger_is_empty(proxy, key)
 
         await eventually(ledger_empty, timeout_s=30, what="the ledger back at zero")

@@ -17,21 +17,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import secrets
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import yaml
+import pytest
+from aiohttp import web
 
-from tests.harness import SimThread, eventually, free_ports, read_events, render_fleet_files
-from tests.test_eviction_fleet import _preload
+from litellm_hooks.prewarm import LoadFailed, load_model
+from tests.harness import SimThread, eventually, ledger_is_empty, litellm_on_sim, read_events, served
 from torchrouter.litellm_process import LiteLLMProcess
-from torchrouter.sim import fleet_spec_from_matrix
 from torchrouter_core import trail
-from torchrouter_core.contract import RouteReport
 
 TIME_SCALE = 0.2
 MATTHEW, SAMWISE = "matthew-100.86.174.11", "samwise-100.86.174.14"
@@ -39,46 +35,19 @@ MODEL = "qwen3:8b"
 WARM, SPARE = f"{MATTHEW}/ollama/{MODEL}", f"{SAMWISE}/ollama/{MODEL}"
 
 
-@contextlib.contextmanager
 def two_copies(
-    tmp: Path, prewarm: str | None, on_samwise: str | None = None
-) -> Iterator[tuple[SimThread, LiteLLMProcess, str]]:
-    render_fleet_files(tmp)
-    matrix_path = tmp / "matrix.yaml"
-    doc = yaml.safe_load(matrix_path.read_text())
-    for key, profile in doc["profiles"].items():
-        if profile["lane"] == "fast-chat" and key not in (WARM, SPARE):
-            profile["lockout_state"] = "codex"
-    matrix_path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    sim = SimThread(fleet_spec_from_matrix(doc, cloud_api_key="k", seed=5, time_scale=TIME_SCALE))
-    sim.start()
-    key = "sk-test-" + secrets.token_hex(8)
-    env = {
-        **os.environ,
-        "LITELLM_MASTER_KEY": key,
-        "TORCHROUTER_CLOUD_API_KEY": "k",
-        "TORCHROUTER_CAPABILITY_MATRIX_PATH": str(matrix_path),
-        "TORCHROUTER_ROUTING_CONTINUITY_EVENT_PATH": str(tmp / "events.jsonl"),
-        "TORCHROUTER_PROBE_INTERVAL_S": "0.5",
-    }
-    env.pop("TORCHROUTER_LEDGER_REDIS_URL", None)
-    env.pop("TORCHROUTER_PREWARM", None)
-    if prewarm is not None:
-        env["TORCHROUTER_PREWARM"] = prewarm
-    proxy: LiteLLMProcess | None = None
-    try:
-        _preload(sim.fleet.host_urls[MATTHEW], MODEL)  # resident on matthew before the router watches
-        if on_samwise is not None:  # an idle model of another group, loaded before the router watched
-            _preload(sim.fleet.host_urls[SAMWISE], on_samwise)
-        proxy = LiteLLMProcess.start(
-            tmp / "litellm_config.yaml", port=free_ports(1)[0], env=env, log_path=tmp / "litellm.log"
-        )
-        proxy.wait_ready()
-        yield sim, proxy, key
-    finally:
-        if proxy is not None:
-            proxy.stop()
-        sim.stop()
+    tmp: Path, prewarm: str | None, on_samwise: str | None = None, warm_matthew: bool = True
+) -> contextlib.AbstractContextManager[tuple[SimThread, LiteLLMProcess, str]]:
+    preload = ([(MATTHEW, MODEL)] if warm_matthew else []) + (
+        [(SAMWISE, on_samwise)] if on_samwise is not None else []
+    )
+    return litellm_on_sim(
+        tmp,
+        only={"fast-chat": {WARM, SPARE}},
+        preload=preload,  # resident before the router watches (the other group's model: idle, not hot)
+        time_scale=TIME_SCALE,
+        env={"TORCHROUTER_PREWARM": prewarm},
+    )
 
 
 async def _burst(sim: SimThread, proxy: LiteLLMProcess, key: str, n: int) -> list[tuple[int, str]]:
@@ -106,18 +75,6 @@ async def _burst(sim: SimThread, proxy: LiteLLMProcess, key: str, n: int) -> lis
                     assert state["memory_in_use_gb"] <= capacity[host] + 1e-6, state
             await asyncio.sleep(0.01)
         return [c.result() for c in calls]
-
-
-async def _ledger_empty(proxy: LiteLLMProcess, key: str) -> bool:
-    probe = {"model": "cloud-fast", "messages": [{"role": "user", "content": "?"}], "max_tokens": 2}
-    async with (
-        aiohttp.ClientSession() as s,
-        s.post(
-            proxy.url + "/v1/chat/completions", json=probe, headers={"Authorization": f"Bearer {key}"}
-        ) as r,
-    ):
-        await r.read()
-        return RouteReport.from_headers({k.lower(): v for k, v in r.headers.items()}).ledger == {}
 
 
 def _prewarms(tmp: Path) -> list[dict[str, Any]]:
@@ -151,7 +108,7 @@ async def test_a_burst_on_one_resident_copy_loads_a_second_copy_ahead_of_need(tm
                 assert state["counters"].get("spills", 0) == 0 and state["counters"].get("evictions", 0) == 0
 
         async def settled() -> bool:
-            return await _ledger_empty(proxy, key)
+            return await ledger_is_empty(proxy, key)
 
         await eventually(settled, timeout_s=30, what="the ledger back at zero")
 
@@ -183,6 +140,8 @@ async def test_a_prewarm_evicts_an_idle_model_as_a_requests_pick_could(tmp_path:
         started, _ = _prewarms(tmp_path)
         assert started["deployment"] == SPARE and started["reservation"]["victims"] == [coder]
         assert [v["model"] for v in started["eviction"]["victims"]] == [coder]
+        story = trail.render(trail.story(read_events(tmp_path / "events.jsonl"), started["request_id"]))
+        assert f'"victims": ["{coder}"]' in story, story  # explain names what the prewarm evicted
         samwise = sim.state()[SAMWISE]
         assert [r["model"] for r in samwise["resident"]] == [MODEL]
         counters = samwise["counters"]
@@ -195,6 +154,71 @@ async def test_a_prewarm_evicts_an_idle_model_as_a_requests_pick_could(tmp_path:
         assert trail.problems(read_events(tmp_path / "events.jsonl")) == []
 
         async def settled() -> bool:
-            return await _ledger_empty(proxy, key)
+            return await ledger_is_empty(proxy, key)
 
         await eventually(settled, timeout_s=30, what="the ledger back at zero")
+
+
+async def test_a_burst_on_a_cold_group_does_not_all_pick_the_same_copy(tmp_path: Path) -> None:
+    # Nothing resident, prewarm off: the first pick's reserve lets the others rank meanwhile; they see its
+    # load under way and its place in the line, so the burst spreads instead of all waiting on one copy
+    with two_copies(tmp_path, "off", warm_matthew=False) as (sim, proxy, key):
+        answers = await _burst(sim, proxy, key, 6)
+        assert [status for status, _ in answers] == [200] * 6, answers
+        picked = [
+            e["deployment"] for e in read_events(tmp_path / "events.jsonl") if e["event"] == "route_selected"
+        ]
+        assert len(picked) == 6 and set(picked) == {WARM, SPARE}, picked
+        for host in (MATTHEW, SAMWISE):
+            counters = sim.state()[host]["counters"]
+            assert (counters["loads"], counters["spills"]) == (1, 0), (host, counters)
+
+        async def settled() -> bool:
+            return await ledger_is_empty(proxy, key)
+
+        await eventually(settled, timeout_s=30, what="the ledger back at zero")
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "said"),
+    [
+        (200, b'{"model": "m", "done": true, "done_reason": "load"}', None),
+        (500, b'{"error": "out of memory"}', "HTTP 500 from http://ops:***@127.0.0.1:"),
+        (200, b"<html>proxy</html>", "not Ollama's answer from http://ops:***@"),
+        (200, b'{"done": false}', "not Ollama's answer"),
+    ],
+)
+async def test_the_load_call_says_what_the_host_answered_and_never_the_password(
+    status: int, body: bytes, said: str | None
+) -> None:
+    seen: list[dict[str, Any]] = []
+
+    async def chat(request: web.Request) -> web.Response:
+        seen.append(await request.json())
+        return web.Response(status=status, body=body, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/api/chat", chat)
+    async with served(app) as url:
+        base = url.replace("http://", "http://ops:hunter2@")  # credentials in api_base
+        if said is None:
+            await load_model(base, "m", "30s", 5.0)
+        else:
+            with pytest.raises(LoadFailed) as failed:
+                await load_model(base, "m", "30s", 5.0)
+            assert said in str(failed.value) and "hunter2" not in str(failed.value), failed.value
+    assert seen == [{"model": "m", "messages": [], "stream": False, "keep_alive": "30s"}]
+
+
+async def test_the_load_call_gives_up_at_its_budget_and_on_a_closed_port() -> None:
+    async def hang(request: web.Request) -> web.Response:
+        await asyncio.sleep(30)
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_post("/api/chat", hang)
+    async with served(app) as url:
+        with pytest.raises(LoadFailed, match=r"within 0\.2 s"):
+            await load_model(url, "m", None, 0.2)
+    with pytest.raises(LoadFailed, match="ClientConnectorError"):
+        await load_model(url, "m", None, 2.0)  # the server is gone

@@ -178,6 +178,8 @@ def render(s: Mapping[str, Any]) -> str:
             f"  prewarm of {p.get('deployment')}: {how.get(str(p.get('outcome')), 'started')} "
             f"({p.get('demand')} in flight on {p.get('slots')} resident slots of {p.get('group')})"
         )
+        if p.get("outcome") == "started" and p.get("reservation"):
+            lines.append(f"      reservation: {json.dumps(p['reservation'], sort_keys=True)}")
     if done and done.get("fallbacks"):
         lines.append(f"  failure chain: {' -> '.join(done['fallbacks'])}")
     for f in s["fallbacks"]:
