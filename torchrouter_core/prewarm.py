@@ -1,38 +1,38 @@
 """Loading one more copy of a model before requests line up for it: the prewarm rule (pure: values in, values
 out; the hooks do the load, :mod:`litellm_hooks.prewarm`).
 
-A greedy ranker places each request on its own: a burst of code requests lines up behind the two slots of
-the one coder that is resident, each one finding the line shorter than a cold load elsewhere, until the line
-is longer than a load and the next request pays for the load itself. Loading a copy as soon as a group's
-demand nears its resident slots lets the later requests of the burst find it warm (or its load under way,
-priced as such).
+A greedy ranker places each request on its own: a burst of code requests lines up behind the two slots of the
+one coder that is resident, each one finding the line shorter than a cold load elsewhere, until the line is
+longer than a load and the next request pays for the load itself. Loading a copy as soon as a group's demand
+nears its resident slots lets the later requests of the burst find it warm (or its load under way, priced as
+such).
 
-**The rule.** After a local pick, a model group's *demand* is the requests in flight on its local
-deployments (this worker's count, the new one included) and its *resident slots* are the parallel slots of
-every copy that is resident (warm or hot in the last ``/api/ps``) or loading (a pick or a prewarm started
-its load and it has not answered yet): each copy's ``num_parallel``, else its host's, as Ollama gives each
-loaded model ``OLLAMA_NUM_PARALLEL`` slots. When ``demand > share * slots`` (default ``share = 0.75``), at
-least two requests are in flight (one is no burst: an agent's calls one after another never load a second
-copy of a one-slot model) and no prewarm of the group is under way in this worker, one more copy is
-loaded: the ranker ranks the group's deployments for the same request with every resident or loading copy
-set aside (:func:`set_aside`) and every deployment whose breaker or host's breaker is open or half-open
-(a prewarm is no trial), and its pick is taken if it is local and cold (:func:`candidate`), placed
-as the ranker placed it: in free memory, or after evicting idle models exactly as a request's own pick
-could (the eviction rules of
-:mod:`torchrouter_core.eviction`: never a model with requests in flight, none served within the hot
-window, loaded less than ``min_residency_s`` ago or whose own load evicted another less than ``hold_s``
-ago, the charge of each victim's recent use priced in the ranking; ``TORCHROUTER_EVICTION=off`` plans no
-eviction, for a prewarm either). Its memory is reserved in the VRAM ledger like any cold pick's (a refused
-reservation means it does not fit, and nothing loads).
+**The rule.** After a local pick, a model group's *demand* is the requests in flight on its local deployments
+(this worker's count, the new one included) and its *resident slots* are the parallel slots of every copy that
+is resident (warm or hot in the last ``/api/ps``) or loading (a pick or a prewarm started its load and it has
+not answered yet): each copy's ``num_parallel``, else its host's, as Ollama gives each loaded model
+``OLLAMA_NUM_PARALLEL`` slots. When ``demand > share * slots`` (default ``share = 0.75``), at least two
+requests are in flight (one is no burst: an agent's calls one after another never load a second copy of a
+one-slot model) and no prewarm of the group is under way in this worker, one more copy is loaded: the ranker
+ranks the group's deployments for the same request with every resident or loading copy set aside
+(:func:`set_aside`) and every deployment whose breaker or host's breaker is open or half-open (a prewarm is no
+trial), and its pick is taken if it is local and cold (:func:`candidate`), placed as the ranker placed it: in
+free memory, or after evicting idle models exactly as a request's own pick could (the eviction rules of
+:mod:`torchrouter_core.eviction`: never a model with requests in flight, none served within the hot window,
+loaded less than ``min_residency_s`` ago or whose own load evicted another less than ``hold_s`` ago, the
+charge of each victim's recent use priced in the ranking; ``TORCHROUTER_EVICTION=off`` plans no eviction, for
+a prewarm either). Its memory is reserved in the VRAM ledger like any cold pick's (a refused reservation means
+it does not fit, and nothing loads).
 
 **Why these numbers.** The fleet benchmark (``benchmarks/bench_fleet.py``, the fleet
-``benchmarks/fleets/hard``, seed 7; BENCHMARKS.md) measured TorchRouter's p95 at 1.52x the lower bound
-without prewarm, 1.28x with this rule, and 1.46x with ``share = 1.0`` (a copy only once a request would
-wait); a prewarm limited to free memory made it worse (1.71x at 0.75, 1.62x at 1.0): it filled the free
-memory early with copies that were not the ones a later burst needed, and left the burst fewer evictable
-hosts. The pure-simulation replay (``benchmarks/fleet_reference.py``) agrees in direction: its greedy
-informed router goes from 1.52x to 1.16x (seeds 1-3: 1.24-1.30x) with a like rule (share 0.75, evicting
-only idle models unused for a minute), and to 1.35x (1.27-1.36x) with one limited to free memory.
+``benchmarks/fleets/hard``, seed 7; BENCHMARKS.md) measured TorchRouter's p95 at 1.52-2.07x the lower bound
+without prewarm (four runs), 1.28-1.31x with this rule (six runs), 1.46x with ``share = 1.0`` (a copy only
+once a request would wait) and 1.39x with ``share = 0.5``; a prewarm limited to free memory made it worse
+(1.71x at 0.75, 1.62x at 1.0): it filled the free memory early with copies that were not the ones a later
+burst needed, and left the burst fewer evictable hosts. The pure-simulation replay
+(``benchmarks/fleet_reference.py``) agrees in direction: its greedy informed router goes from 1.52x to 1.16x
+(seeds 1-3: 1.24-1.30x) with a like rule (share 0.75, evicting only idle models unused for a minute), and to
+1.35x (1.27-1.36x) with one limited to free memory.
 
 With no slots resident there is nothing to add to: the pick itself loads the first copy.
 """
