@@ -519,6 +519,7 @@ class RouterHooks(CustomLogger):
         request_kwargs: dict[str, Any] | None = None,
         parent_otel_span: Any = None,
     ) -> list[dict[str, Any]]:
+        undo: Callable[[], None] | None = None  # this request's claim on its pick (see _claim)
         try:
             runtime = self._ensure()
             if not runtime.first_round.is_set():  # right after start: rank on observed state, not "unknown"
@@ -591,11 +592,13 @@ class RouterHooks(CustomLogger):
                     )
                 except BaseException:
                     undo()
+                    undo = None
                     raise
                 if outcome is not False:
                     held = outcome
                     break
                 undo()
+                undo = None
                 refused[selection.chosen.key] = "ledger_refused"
             who = {k: ctx.get(k) for k in ("request_id", "agent_id", "tier")}
             first_group = ctx.get("group")
@@ -706,6 +709,8 @@ class RouterHooks(CustomLogger):
                     runtime.prewarming[model] = task  # held until it ends (its own `finally` forgets it)
             return picked[:1]
         except Exception:
+            if undo is not None:  # LiteLLM picks on its own now: the claim is taken back
+                undo()
             self._failed("filter_deployments")
             return healthy_deployments
 
