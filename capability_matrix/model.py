@@ -173,6 +173,12 @@ class Matrix:
         """The lane's profiles in file order; empty for an unknown lane."""
         return self._by_lane.get(lane, ())
 
+    def parallel_slots(self, profile: Profile) -> int:
+        """Requests ``profile`` runs at once: its ``num_parallel``, else its host's (Ollama's
+        ``OLLAMA_NUM_PARALLEL`` per loaded model); 0 when its host is not declared (a cloud profile)."""
+        host = self.hosts.get(profile.host_id)
+        return profile.num_parallel or (host.num_parallel if host is not None else 0)
+
     def host_of(self) -> Mapping[str, str]:
         """Profile key -> its host id (precomputed: the breakers read it on every request)."""
         return self._host_of

@@ -26,7 +26,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import AsyncGenerator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -37,7 +37,15 @@ from litellm.integrations.custom_logger import CustomLogger
 from litellm.types.router import RouterRateLimitError, RouterRateLimitErrorBasic
 from litellm.types.utils import CostPerToken
 
-from capability_matrix import FleetView, Matrix, MatrixStore, Profile, WarmState, next_auth_lockouts
+from capability_matrix import (
+    FleetView,
+    LiveOverlay,
+    Matrix,
+    MatrixStore,
+    Profile,
+    WarmState,
+    next_auth_lockouts,
+)
 from capability_matrix.live import sharing_credentials
 from capability_matrix.probe import FleetProbe
 from litellm_hooks.client_watch import ClientWatches, watch_current_client
@@ -61,11 +69,12 @@ from torchrouter_core.events import EventKind, EventSink, open_sink
 from torchrouter_core.eviction import EvictionLog, RecentUse
 from torchrouter_core.fallbacks import hop_allowed
 from torchrouter_core.inflight import InFlight
+from torchrouter_core.ledger import HostLedger
 from torchrouter_core.needs import request_needs
 from torchrouter_core.ranker.interfaces import RequestNeeds
 from torchrouter_core.ranker.observed import ObservedTimes
 from torchrouter_core.ranker.scorers import weights_for
-from torchrouter_core.ranker.select import eviction_fields, select
+from torchrouter_core.ranker.select import Selection, eviction_fields, select
 from torchrouter_core.routing import ladder_step_kind
 from torchrouter_core.spend import SharedSpend, SpendBook
 from torchrouter_core.usability import FITS, RESIDENT, host_rooms
@@ -240,6 +249,39 @@ class HooksRuntime:
         if not self.unbooked:  # booked meanwhile by another task: it mirrors after its own booking
             self.spend.daily.mirror(total, now)
         self.spend_synced = True
+
+    def rank(
+        self,
+        group: str,
+        keys: Sequence[str | None],
+        needs: RequestNeeds,
+        tier: str | None,
+        state: tuple[Matrix, LiveOverlay, float],
+        *,
+        in_flight: Mapping[str, int],
+        reserved: Mapping[str, HostLedger],
+        breakers: Mapping[str, str],
+    ) -> Selection:
+        """:func:`~torchrouter_core.ranker.select.select` with this worker's learned state (service and load
+        times, recent use, evictions), its tier's weights and eviction rules; ``state``: the live matrix,
+        overlay and ``now`` (Unix s) the caller ranks on."""
+        matrix, overlay, now = state
+        return select(
+            group,
+            keys,
+            needs,
+            matrix=matrix,
+            overlay=overlay,
+            in_flight=in_flight,
+            reserved=reserved,
+            weights=weights_for(tier, self.settings.tier_weights),
+            observed=self.observed,
+            breakers=breakers,
+            now=now,
+            rules=self.settings.eviction,
+            evicted_at=self.evictions.evicted_at,
+            use=self.use,
+        )
 
     def live_matrix(self, now: float) -> Matrix:
         store = self.fleet.store
@@ -556,21 +598,15 @@ class RouterHooks(CustomLogger):
                 breakers.update(dict.fromkeys((k for k in keys if isinstance(k, str)), "not_in_chain"))
             reserved, refused, held = await reservations.view(matrix, now), {}, None
             while True:
-                selection = select(
+                selection = runtime.rank(
                     model,
                     [k for k in keys if k not in refused],
                     needs,
-                    matrix=matrix,
-                    overlay=overlay,
+                    ctx.get("tier"),
+                    (matrix, overlay, now),
                     in_flight=in_flight,
                     reserved=reserved,
-                    weights=weights_for(ctx.get("tier"), runtime.settings.tier_weights),
-                    observed=runtime.observed,
                     breakers=breakers,
-                    now=now,
-                    rules=runtime.settings.eviction,
-                    evicted_at=runtime.evictions.evicted_at,
-                    use=runtime.use,
                 )
                 if selection.chosen is None:
                     break
@@ -739,21 +775,15 @@ class RouterHooks(CustomLogger):
             aside = prewarm.set_aside(matrix, keys, loading)
             if len(aside) == len(keys):
                 return
-            selection = select(
+            selection = runtime.rank(
                 group,
                 keys,
                 needs,
-                matrix=matrix,
-                overlay=overlay,
+                who.get("tier"),
+                (matrix, overlay, now),
                 in_flight=runtime.in_flight.counts(now),
                 reserved=await runtime.reservations.view(matrix, now),
-                weights=weights_for(who.get("tier"), runtime.settings.tier_weights),
-                observed=runtime.observed,
                 breakers={**runtime.breakers.not_closed_keys(matrix.host_of()), **aside},
-                now=now,
-                rules=runtime.settings.eviction,
-                evicted_at=runtime.evictions.evicted_at,
-                use=runtime.use,
             )
             chosen = prewarm.candidate(selection.chosen)
             if chosen is None:  # no cold copy has room now: ask again once the probe has looked again

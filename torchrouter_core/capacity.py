@@ -90,11 +90,7 @@ def lane_limits(
     )
     limits: dict[str, int] = {}
     for lane in lanes:
-        slots = sum(
-            p.num_parallel or matrix.hosts[p.host_id].num_parallel
-            for p in matrix.in_lane(lane)
-            if p.key in usable
-        )
+        slots = sum(matrix.parallel_slots(p) for p in matrix.in_lane(lane) if p.key in usable)
         cap = caps.get(lane)
         limits[lane] = slots if cap is None else min(slots, cap)
     return limits

@@ -77,12 +77,6 @@ def parse_prewarm_rules(text: str) -> PrewarmRules:
     return PrewarmRules(share=number)
 
 
-def slots_of(matrix: Matrix, profile: Profile) -> int:
-    """A local copy's parallel slots: its ``num_parallel``, else its host's (0 for a host not declared)."""
-    host = matrix.hosts.get(profile.host_id)
-    return profile.num_parallel or (host.num_parallel if host is not None else 0)
-
-
 def pressure(
     matrix: Matrix, keys: Iterable[str], in_flight: Mapping[str, int], loading: Collection[str]
 ) -> tuple[int, int]:
@@ -96,7 +90,7 @@ def pressure(
             continue
         demand += in_flight.get(key, 0)
         if profile.warm_state in RESIDENT or key in loading:
-            slots += slots_of(matrix, profile)
+            slots += matrix.parallel_slots(profile)
     return demand, slots
 
 

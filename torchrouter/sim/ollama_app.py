@@ -315,9 +315,14 @@ class HostRuntime(SimRuntime):
         self._changed = asyncio.Event()
 
     @asynccontextmanager
-    async def run(self, job: Job) -> AsyncIterator[Run]:
+    async def _started(
+        self, model: str, keep_alive_s: float, label: str
+    ) -> AsyncIterator[tuple[Start, float, float]]:
+        """A slot of ``model`` as the scheduler hands it out: wait for it (memory, slots, loads in arrival
+        order), then for the load; yields ``(decision, arrived, seconds waited for the load)``; gives the
+        slot back however the caller ends."""
         arrived = self.clock()
-        ticket = self.sched.submit(job.model, arrived, keep_alive_s=job.keep_alive_s, label=job_label(job))
+        ticket = self.sched.submit(model, arrived, keep_alive_s=keep_alive_s, label=label)
         try:
             while not isinstance(decision := self.sched.try_start(ticket, self.clock()), Start):
                 await self._changed.wait()
@@ -325,6 +330,14 @@ class HostRuntime(SimRuntime):
             ready_in = decision.ready_at - self.clock()
             if ready_in > 0:
                 await asyncio.sleep(ready_in)
+            yield decision, arrived, max(0.0, ready_in)
+        finally:
+            self.sched.release(ticket, self.clock())
+            self.notify()
+
+    @asynccontextmanager
+    async def run(self, job: Job) -> AsyncIterator[Run]:
+        async with self._started(job.model, job.keep_alive_s, job_label(job)) as (decision, arrived, load_s):
             model = self.spec.model(job.model)
             assert model is not None
             reply = job_reply(
@@ -336,27 +349,14 @@ class HostRuntime(SimRuntime):
                 self.time_scale,
                 self.clock,
                 arrived,
-                max(0.0, ready_in),
+                load_s,
             )
-        finally:
-            self.sched.release(ticket, self.clock())
-            self.notify()
 
     async def load(self, model: str, keep_alive_s: float) -> float:
         """Load ``model`` without running anything, as Ollama's ``/api/chat`` with no messages does: wait
         for memory (the scheduler's rules), then for the load; seconds waited for the load (0: resident)."""
-        ticket = self.sched.submit(model, self.clock(), keep_alive_s=keep_alive_s, label="")
-        try:
-            while not isinstance(decision := self.sched.try_start(ticket, self.clock()), Start):
-                await self._changed.wait()
-            self.notify()
-            ready_in = decision.ready_at - self.clock()
-            if ready_in > 0:
-                await asyncio.sleep(ready_in)
-            return max(0.0, ready_in)
-        finally:
-            self.sched.release(ticket, self.clock())
-            self.notify()
+        async with self._started(model, keep_alive_s, "") as (_, _, load_s):
+            return load_s
 
     def state(self) -> dict[str, Any]:
         now, wall = self.clock(), time.time()

@@ -175,9 +175,7 @@ class Compiled:
         cands: dict[str, _Cand] = {}
         hosts = matrix.hosts
         for key, profile in matrix.profiles.items():
-            host = hosts.get(profile.host_id)
-            raw = profile.num_parallel or (host.num_parallel if host is not None else 0)
-            cands[key] = _Cand(profile, raw, observed)
+            cands[key] = _Cand(profile, matrix.parallel_slots(profile), observed)
         resident = resident_profiles(matrix)
         base: dict[str, tuple[float, int]] = {}
         for host_id, host in hosts.items():

@@ -147,11 +147,7 @@ def snapshot(
     """The fleet as the ranker reads it, for the candidates ``keys`` (all in ``matrix``); ``reserved`` is
     the VRAM ledger's view (host id -> reservations), taken off each host's room; ``now``, ``rules``,
     ``evicted_at`` and ``use`` feed the eviction rules and charges (:func:`host_rooms`)."""
-    slots = {}
-    for key in keys:
-        profile = matrix.profiles[key]
-        host = matrix.hosts.get(profile.host_id)
-        slots[key] = profile.num_parallel or (host.num_parallel if host is not None else 0)
+    slots = {key: matrix.parallel_slots(matrix.profiles[key]) for key in keys}
     rooms = host_rooms(
         matrix,
         overlay,
