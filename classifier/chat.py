@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -186,7 +187,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         if admission.diverts:
             trace.fallback = "ladder:" + "->".join([*(g for g, _ in admission.diverts), admission.group])
         fallbacks = _failure_chain(app, decision, admission)
-        response = await _forward(request, body, decision, admission.group, trace, started, relay, fallbacks)
+        call = _Call(request, body, decision, trace, started, relay)
+        response = await _forward(call, admission.group, fallbacks)
         outcome = "upstream_error" if relay.status >= 400 else "ok"
         status = relay.sent or relay.status
         return response
@@ -247,6 +249,20 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """One admitted request on its way to LiteLLM: what each of its legs (:func:`_forward`) shares.
+    ``started``: ``perf_counter`` when it arrived; ``relay``: its answer's progress, which the handler reads
+    when the client goes away part-way."""
+
+    request: web.Request
+    body: dict[str, Any]
+    decision: RouteDecision
+    trace: RouteTrace
+    started: float
+    relay: Relay
+
+
 class _FailedBeforeAnswer(Exception):
     """A streamed request that failed before any of its answer was relayed: ``why`` (the client's 502
     says it if the chain has nothing left) and the groups LiteLLM went through (the hooks' report)."""
@@ -256,47 +272,28 @@ class _FailedBeforeAnswer(Exception):
         self.why, self.groups = why, groups
 
 
-async def _forward(
-    request: web.Request,
-    body: dict[str, Any],
-    decision: RouteDecision,
-    group: str,
-    trace: RouteTrace,
-    started: float,
-    relay: Relay,
-    fallbacks: tuple[str, ...] = (),
-) -> web.StreamResponse:
-    """Forward to LiteLLM with model=group and relay the answer, recording its progress in ``relay`` (which
-    the caller still reads when the client goes away part-way). ``fallbacks``: the failure chain, sent as
-    LiteLLM's own per-request ``fallbacks`` (none: ``disable_fallbacks``).
+async def _forward(call: _Call, group: str, fallbacks: tuple[str, ...] = ()) -> web.StreamResponse:
+    """Forward ``call`` to LiteLLM with model=group and relay the answer, recording its progress in
+    ``call.relay``. ``fallbacks``: the failure chain, sent as LiteLLM's own per-request ``fallbacks`` (none:
+    ``disable_fallbacks``).
 
     A stream that fails before any of its answer went out goes on from here to the groups of the chain
     LiteLLM did not reach, each once: LiteLLM 1.102.4 continues a stream from its fallback group once, so
     when that stream fails before its first chunk too, the rest of the chain would be lost. Each such hop
     is a ``fallback_selected`` and a ``degradation_ladder_step``; with nothing left, the client gets the
     failure as 502 ``upstream_stream_broken`` with its cause, not a 200 followed by an error event."""
-    streaming = body.get("stream") is True
+    decision, trace, relay = call.decision, call.trace, call.relay
+    streaming = call.body.get("stream") is True
     tried: tuple[str, ...] = ()  # groups the earlier legs went through, in order
     base = trace.fallback  # what admission wrote (overflow diverts); each leg's path is added to it
     while True:
         try:
-            return await _forward_leg(
-                request,
-                body,
-                decision,
-                group,
-                trace,
-                started,
-                relay,
-                fallbacks,
-                streaming,
-                (tried, base),
-            )
+            return await _forward_leg(call, group, fallbacks, streaming, (tried, base))
         except _FailedBeforeAnswer as failed:
             tried, remaining = next_leg(fallbacks, tried, (group, *failed.groups))
             if not remaining:
                 relay.status = 502
-                trace.total_ms = (time.perf_counter() - started) * 1e3
+                trace.total_ms = (time.perf_counter() - call.started) * 1e3
                 error = UpstreamUnavailable(failed.why, code="upstream_stream_broken")
                 return error_response(error, trace.headers())
             relay.status, relay.ttft_s = 0, None
@@ -309,7 +306,7 @@ async def _forward(
                 "to_group": remaining[0],
                 "reason": "attempt_failed:before_first_chunk",
             }
-            events = request.app[EVENTS_KEY]
+            events = call.request.app[EVENTS_KEY]
             events.emit("fallback_selected", **hop, planned=True, hop=len(tried))
             events.emit(
                 "degradation_ladder_step", **hop, estimated_wait_ms=None, step=ladder_step_kind(remaining[0])
@@ -318,23 +315,18 @@ async def _forward(
 
 
 async def _forward_leg(
-    request: web.Request,
-    body: dict[str, Any],
-    decision: RouteDecision,
+    call: _Call,
     group: str,
-    trace: RouteTrace,
-    started: float,
-    relay: Relay,
     fallbacks: tuple[str, ...],
     streaming: bool,
     prior: tuple[tuple[str, ...], str],
 ) -> web.StreamResponse:
     """One request to LiteLLM for ``group`` with the chain ``fallbacks`` (see :func:`_forward`);
     ``prior``: the groups earlier legs went through and the trace's fallback before the first leg."""
-    app = request.app
+    app, decision, trace = call.request.app, call.decision, call.trace
     settings = app[SETTINGS_KEY]
     chain: dict[str, Any] = {"fallbacks": list(fallbacks)} if fallbacks else {"disable_fallbacks": True}
-    upstream_body = orjson.dumps({**body, "model": group, **decision.upstream_extras, **chain})
+    upstream_body = orjson.dumps({**call.body, "model": group, **decision.upstream_extras, **chain})
     route = RouteRequest(
         request_id=trace.request_id,
         group=group,
@@ -351,11 +343,9 @@ async def _forward_leg(
     # The tier's total budget bounds everything until LiteLLM's answer starts (queue wait and every failed
     # hop included); a non-streamed answer is whole by then, a stream runs on LiteLLM's inter-chunk budget.
     total_s = budget_for(settings.time_budgets, trace.tier).total_s
-    deadline = _Deadline(app[DEADLINES_KEY], max(0.001, total_s - (sent - started)))
+    deadline = _Deadline(app[DEADLINES_KEY], max(0.001, total_s - (sent - call.started)))
     try:
-        return await _exchange(
-            request, upstream_body, headers, trace, group, (started, sent), relay, deadline, streaming, prior
-        )
+        return await _exchange(call, upstream_body, headers, group, sent, deadline, streaming, prior)
     except asyncio.CancelledError:
         if deadline.expired and deadline.task.uncancel() == 0:  # our timer, not the client leaving
             raise UpstreamTimeout(f"no answer within the tier's total budget of {total_s:g} s") from None
@@ -393,21 +383,18 @@ class _Deadline:
 
 
 async def _exchange(
-    request: web.Request,
+    call: _Call,
     upstream_body: bytes,
     headers: dict[str, str],
-    trace: RouteTrace,
     group: str,
-    times: tuple[float, float],
-    relay: Relay,
+    sent: float,
     deadline: _Deadline,
-    streaming: bool = False,
-    prior: tuple[tuple[str, ...], str] = ((), "none"),
+    streaming: bool,
+    prior: tuple[tuple[str, ...], str],
 ) -> web.StreamResponse:
-    """One exchange with LiteLLM; ``times``: (request started, forwarded) from ``perf_counter``. A
-    streamed request that failed before any of its answer went out raises :class:`_FailedBeforeAnswer`."""
-    app = request.app
-    started, sent = times
+    """One exchange with LiteLLM; ``sent``: when it was forwarded (``perf_counter``). A streamed request
+    that failed before any of its answer went out raises :class:`_FailedBeforeAnswer`."""
+    app, trace = call.request.app, call.trace
     mirror = app[LEDGER_KEY]
     mirror.started()
     answered = False
@@ -435,9 +422,7 @@ async def _exchange(
                     # before any answer (408: its attempt's timeout), like a stream that failed
                     error = upstream_error(upstream.status, await upstream.read())
                     raise _FailedBeforeAnswer(f"upstream failed: {error['message']}", report.groups)
-                return await _relay(
-                    request, upstream, trace, group, report, (started, sent, headers_at), relay
-                )
+                return await _relay(call, upstream, group, report, (sent, headers_at))
             finally:  # this request no longer holds a lease or runs anywhere: the mirror drops its part
                 mirror.ended(trace.request_id)
     except LiteLLMUnreachable as exc:
@@ -449,16 +434,11 @@ async def _exchange(
 
 
 async def _relay(
-    request: web.Request,
-    upstream: Any,
-    trace: RouteTrace,
-    group: str,
-    report: RouteReport,
-    times: tuple[float, float, float],
-    relay: Relay,
+    call: _Call, upstream: Any, group: str, report: RouteReport, times: tuple[float, float]
 ) -> web.StreamResponse:
-    """The answer of :func:`_exchange`, relayed; ``times``: (started, forwarded, headers received)."""
-    started, sent, headers_at = times
+    """The answer of :func:`_exchange`, relayed; ``times``: (forwarded, headers in) from ``perf_counter``."""
+    request, trace, relay, started = call.request, call.trace, call.relay, call.started
+    sent, headers_at = times
     trace.litellm_ttft_ms = (headers_at - sent) * 1e3
     trace.total_ms = (headers_at - started) * 1e3
     out_headers = {h: upstream.headers[h] for h in RELAYED_HEADERS if h in upstream.headers}

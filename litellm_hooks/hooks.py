@@ -33,6 +33,7 @@ from typing import Any
 
 import aiohttp
 import litellm
+import orjson
 from litellm.integrations.custom_logger import CustomLogger
 from litellm.types.router import RouterRateLimitError, RouterRateLimitErrorBasic
 from litellm.types.utils import CostPerToken
@@ -420,6 +421,29 @@ def _seconds_between(start: object, end: object) -> float | None:
     if isinstance(start, int | float) and isinstance(end, int | float):
         return float(end) - float(start)
     return None
+
+
+OLLAMA_TIMED_MAX_BYTES = 1 << 20  # a larger answer is not parsed again for its timings: its wall time serves
+
+
+def _ollama_run_s(original: object) -> float | None:
+    """Seconds a call ran on its slot by Ollama's own timings: ``prompt_eval_duration`` + ``eval_duration``
+    (ns) of /api/chat's final answer (Ollama's API reference, "Generate a chat completion"), i.e. without
+    the wait for a slot or a load that its wall time includes. ``original``: LiteLLM's
+    ``original_response`` (the upstream's raw body; str). None when it is not such an answer (a cloud
+    deployment, a stream, a body over ``OLLAMA_TIMED_MAX_BYTES``, a field missing or not a count)."""
+    if not isinstance(original, str | bytes) or not original or len(original) > OLLAMA_TIMED_MAX_BYTES:
+        return None
+    try:
+        body = orjson.loads(original)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(body, dict):
+        return None
+    parts = (body.get("prompt_eval_duration"), body.get("eval_duration"))
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in parts):
+        return None
+    return sum(parts) / 1e9  # type: ignore[arg-type]  # ints, checked above
 
 
 def _price_list(deployment: Mapping[str, Any]) -> list[Any]:
@@ -918,16 +942,19 @@ class RouterHooks(CustomLogger):
         )
 
     def _observe(self, kwargs: Mapping[str, Any], start_time: Any, end_time: Any) -> None:
-        """A success teaches the ranker this deployment's service time, and its load time when it was cold."""
+        """A success teaches the ranker this deployment's service time (Ollama's own timings when the answer
+        carries them, :func:`_ollama_run_s`, else the call's wall time), and its load time when it was
+        cold."""
         runtime, key = self._runtime, _deployment_key(kwargs)
         if runtime is None or key is None or key not in runtime.fleet.store.current.profiles:
             return
         first = kwargs.get("completion_start_time")
         matrix = runtime.fleet.store.current
         model = matrix.profiles[key].model
+        run_s = _ollama_run_s(kwargs.get("original_response"))
         runtime.observed.record(
             key,
-            service_s=_seconds_between(start_time, end_time),
+            service_s=_seconds_between(start_time, end_time) if run_s is None else run_s,
             ttft_s=_seconds_between(start_time, first),
             was_cold=_ctx_of(kwargs).get("warm_state") == WarmState.COLD.value,
             model=model,

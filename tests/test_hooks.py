@@ -14,11 +14,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import yaml
 
 from capability_matrix import WarmState
-from litellm_hooks.hooks import RouterHooks
+from litellm_hooks.hooks import RouterHooks, _ollama_run_s
 from litellm_hooks.reservations import Held
 from litellm_hooks.settings import HooksSettings
 from tests.conftest import Stack
@@ -355,3 +356,34 @@ def test_a_backend_failing_is_logged_once_per_kind_and_window_and_reported_until
     assert all(r.exc_info is None for r in caplog.records)
     assert "spend_book answers again" in lines[-1]
     assert faults.report() == ("vram_ledger_reserve:ConnectionError",)
+
+
+# --- a success's service time: Ollama's own timings, not the wall time of a call that waited -------------
+def _answer(**timings: object) -> str:
+    """An Ollama /api/chat final answer (non-streamed) with ``timings`` (ns) among its fields."""
+    head = {"model": "m", "message": {"role": "assistant", "content": "x"}, "done": True}
+    return orjson.dumps({**head, "total_duration": 9_000_000_000, **timings}).decode()
+
+
+@pytest.mark.parametrize(
+    ("original", "expected"),
+    [
+        (_answer(load_duration=4e9, prompt_eval_duration=500_000_000, eval_duration=2_000_000_000), 2.5),
+        (_answer(prompt_eval_duration=0, eval_duration=0), 0.0),  # a cached prompt, an empty answer: kept
+        (_answer(prompt_eval_duration=10**9, eval_duration=10**9).encode(), 2.0),  # bytes
+        (_answer(eval_duration=2_000_000_000), None),  # no prompt_eval_duration: not a final answer
+        (_answer(prompt_eval_duration=-1, eval_duration=2_000_000_000), None),  # negative
+        (_answer(prompt_eval_duration=1.5, eval_duration=2_000_000_000), None),  # not a count of ns
+        (_answer(prompt_eval_duration=True, eval_duration=2_000_000_000), None),  # bool is not a count
+        (_answer(prompt_eval_duration="1", eval_duration="2"), None),  # strings
+        ('{"id":"chatcmpl-1","choices":[],"usage":{"prompt_tokens":3}}', None),  # a cloud (OpenAI) answer
+        ("[1, 2]", None),  # JSON, not an object
+        ("data: {not json", None),  # a stream's text
+        ("", None),
+        (None, None),
+        (17, None),
+        (_answer(prompt_eval_duration=1, eval_duration=1, pad="x" * (1 << 20)), None),  # over 1 MiB
+    ],
+)
+def test_a_success_s_service_time_is_ollama_s_run_time(original: object, expected: float | None) -> None:
+    assert _ollama_run_s(original) == expected
