@@ -51,13 +51,17 @@ KEYS = [WARM_A.key, COLD_B.key, COLD_C.key, CLOUD.key]
         ("No", PrewarmRules(enabled=False)),
         ("share=1", PrewarmRules(share=1.0)),
         (" share = 0.5 ", PrewarmRules(share=0.5)),
+        ("share=4", PrewarmRules(share=4.0)),  # the most: a line of three times the slots first
     ],
 )
 def test_parse_prewarm_rules(text: str, rules: PrewarmRules) -> None:
     assert parse_prewarm_rules(text) == rules
 
 
-@pytest.mark.parametrize("text", ["share=0", "share=-0.5", "share=inf", "share=nan", "share", "0.75", "x=1"])
+@pytest.mark.parametrize(
+    "text",
+    ["share=0", "share=-0.5", "share=4.01", "share=1000", "share=inf", "share=nan", "share", "0.75", "x=1"],
+)
 def test_parse_prewarm_rules_refuses_and_says_what_it_expects(text: str) -> None:
     with pytest.raises(ValueError, match="prewarm"):
         parse_prewarm_rules(text)

@@ -48,6 +48,7 @@ from torchrouter_core.env import finite_float
 from torchrouter_core.usability import RESIDENT
 
 SHARE: Final = 0.75  # demand above this share of the resident slots loads one more copy
+MAX_SHARE: Final = 4.0  # above it the line is three times the slots before a copy loads: that is "off"
 MIN_DEMAND: Final = 2  # one request in flight is no burst: an agent's calls one after another need no copy
 
 
@@ -62,7 +63,7 @@ class PrewarmRules:
 
 def parse_prewarm_rules(text: str) -> PrewarmRules:
     """``TORCHROUTER_PREWARM``: ``"off"``, or ``"share=0.75"`` (empty: the defaults) -> :class:`PrewarmRules`.
-    Raises ValueError naming the bad part."""
+    Raises ValueError naming the bad part (a share must be in (0, :data:`MAX_SHARE`])."""
     text = text.strip()
     if not text:
         return PrewarmRules()
@@ -72,8 +73,11 @@ def parse_prewarm_rules(text: str) -> PrewarmRules:
     number = finite_float(raw)
     if not eq or name != "share" or number is None or "," in raw:
         raise ValueError(f"prewarm {text!r}: expected off, or share=<finite number > 0>")
-    if number <= 0:
-        raise ValueError(f"prewarm {text!r}: share must be > 0 (demand above share x resident slots)")
+    if not 0 < number <= MAX_SHARE:
+        raise ValueError(
+            f"prewarm {text!r}: share must be > 0 and at most {MAX_SHARE:g} (demand above share x resident"
+            " slots; to never prewarm, say off)"
+        )
     return PrewarmRules(share=number)
 
 
