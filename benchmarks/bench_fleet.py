@@ -83,7 +83,7 @@ from tests.harness import SimThread, free_ports
 from torchrouter import ports
 from torchrouter.litellm_process import LiteLLMProcess
 from torchrouter.sim import FleetSpec, HostSpec, ModelSpec, fleet_spec_from_matrix
-from torchrouter.sim.ollama_app import HostRuntime
+from torchrouter.sim.ollama_app import PROMPT_SPEEDUP, HostRuntime
 from torchrouter_core import eviction
 
 FLEET_DIR = Path(__file__).resolve().parent / "fleets" / "hard"
@@ -485,6 +485,43 @@ def tail_report(result: RunResult, scale: float) -> list[str]:
     return lines
 
 
+def estimate_report(result: RunResult, matrix: Mapping[str, Any], scale: float) -> list[str]:
+    """How close our hooks' ``route_selected.estimated_ttft_ms`` came to the time to first token on the
+    host (simulated s: the wait for a slot, memory or a load under way, then the prompt at the simulated
+    Ollama's pace), for picks that found the model resident: all of them, and those that waited for a slot.
+    Median of estimate / actual (with its quartiles) and of |estimate - actual|. No events: no lines."""
+    routed = {
+        e["request_id"]: e
+        for e in result.events
+        if e.get("event") == "route_selected" and e.get("outcome") == "routed"
+    }
+    pairs: dict[str, list[tuple[float, float]]] = {"resident": [], "waited for a slot": []}
+    for a in result.answers:
+        event, record = routed.get(a.call_id or ""), result.history.get(a.request.label)
+        profile = matrix["profiles"].get(a.deployment or "")
+        if event is None or record is None or profile is None or a.status != 200:
+            continue
+        if event.get("warm_state") not in ("warm", "hot") or event.get("estimated_ttft_ms") is None:
+            continue
+        prompt_s = a.request.prompt_tokens / (tokens_per_s(profile) * PROMPT_SPEEDUP)
+        actual = (max(record["started_at"], record["ready_at"]) - record["submitted_at"]) / scale + prompt_s
+        pair = (event["estimated_ttft_ms"] / 1e3 / scale, actual)
+        pairs["resident"].append(pair)
+        if record["waited_s"].get("slot", 0.0) > 0:
+            pairs["waited for a slot"].append(pair)
+    lines = []
+    for what, got in pairs.items():
+        if got:
+            ratios = [est / max(actual, 1e-9) for est, actual in got]
+            errors = [abs(est - actual) for est, actual in got]
+            q1, q2, q3 = (percentile(ratios, q) for q in (0.25, 0.5, 0.75))
+            lines.append(
+                f"{result.router} TTFT estimates, picks {what} (n={len(got)}): estimate/actual median "
+                f"{q2:.2f} (quartiles {q1:.2f}-{q3:.2f}), |error| median {percentile(errors, 0.5):.2f} s"
+            )
+    return lines
+
+
 def fmt_row(r: Row) -> str:
     def num(v: int | None) -> str:
         return "-" if v is None else str(v)
@@ -524,6 +561,31 @@ def dump(path: Path, result: RunResult, bounds: Mapping[int, float]) -> None:
         "events": result.events,
     }
     path.write_text(json.dumps(doc, indent=1, default=str))
+
+
+def undump(path: Path) -> RunResult:
+    """A run back from what :func:`dump` wrote (answers, host records, events)."""
+    doc = json.loads(path.read_text())
+    names = [f.name for f in dataclasses.fields(Request)]
+    own = [f.name for f in dataclasses.fields(Answer) if f.name != "request"]
+    answers, history = [], {}
+    for a in doc["answers"]:
+        request = Request(**{name: a[name] for name in names})
+        answers.append(Answer(request, **{name: a[name] for name in own}))
+        if a["host"] is not None:
+            history[request.label] = a["host"]
+    return RunResult(doc["router"], answers, doc["counters"], history, doc["events"])
+
+
+def reread(args: argparse.Namespace) -> None:
+    """``--reread DIR``: the tail and estimate reports of each run dumped in DIR (``--dump``), without
+    running anything; ``--fleet`` and ``--disk-gb-per-s`` must be the dumped run's."""
+    with tempfile.TemporaryDirectory() as tmp:
+        matrix = render_fleet(Path(args.fleet), Path(tmp), args.disk_gb_per_s)
+    for path in sorted(Path(args.reread).glob("*.json")):
+        result = undump(path)
+        for line in tail_report(result, args.time_scale) + estimate_report(result, matrix, args.time_scale):
+            print(line)
 
 
 async def main_async(args: argparse.Namespace) -> None:
@@ -578,7 +640,7 @@ async def main_async(args: argparse.Namespace) -> None:
         ]
         row = dataclasses.replace(row, overhead_p95=percentile(outside, 0.95))
         rows.append(row)
-        tails += tail_report(result, args.time_scale)
+        tails += tail_report(result, args.time_scale) + estimate_report(result, matrix, args.time_scale)
         print(f"{name} ({time.monotonic() - t:.0f} s):", fmt_row(row), flush=True)
         if args.dump:
             dump(Path(args.dump) / f"{name}.json", result, bounds)
@@ -629,7 +691,11 @@ def main() -> None:
         help="slower disks: every local profile loads in 2 s + vram_gb / this (matrix load_time_s)",
     )
     parser.add_argument("--dump", help="write each router's answers, host records and events here (JSON)")
+    parser.add_argument("--reread", help="only print the reports of the runs --dump wrote in this folder")
     args = parser.parse_args()
+    if args.reread:
+        reread(args)
+        return
     if args.dump:
         Path(args.dump).mkdir(parents=True, exist_ok=True)
     asyncio.run(main_async(args))

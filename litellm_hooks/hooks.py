@@ -424,14 +424,31 @@ def _seconds_between(start: object, end: object) -> float | None:
 
 
 OLLAMA_TIMED_MAX_BYTES = 1 << 20  # a larger answer is not parsed again for its timings: its wall time serves
+OLLAMA_TIMED_MAX_NS = 3600 * 10**9  # a duration over an hour is not a run's: a broken upstream, not learnt
 
 
-def _ollama_run_s(original: object) -> float | None:
-    """Seconds a call ran on its slot by Ollama's own timings: ``prompt_eval_duration`` + ``eval_duration``
-    (ns) of /api/chat's final answer (Ollama's API reference, "Generate a chat completion"), i.e. without
-    the wait for a slot or a load that its wall time includes. ``original``: LiteLLM's
-    ``original_response`` (the upstream's raw body; str). None when it is not such an answer (a cloud
-    deployment, a stream, a body over ``OLLAMA_TIMED_MAX_BYTES``, a field missing or not a count)."""
+@dataclass(frozen=True, slots=True)
+class OllamaRun:
+    """What Ollama's own timings say of one call (/api/chat's final answer, Ollama's API reference,
+    "Generate a chat completion"): ``run_s``, seconds it ran on its slot (``prompt_eval_duration`` +
+    ``eval_duration``: the wait for a slot and any load left out, unlike its wall time); ``prompt``,
+    (tokens, seconds) of its prompt's evaluation (``prompt_eval_count``, ``prompt_eval_duration``), or
+    None when the count is missing."""
+
+    run_s: float
+    prompt: tuple[int, float] | None
+
+
+def _count(value: object) -> int | None:
+    """A JSON count (ns, tokens): a non-negative int, not a bool."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def _ollama_run(original: object) -> OllamaRun | None:
+    """:class:`OllamaRun` of LiteLLM's ``original_response`` (the upstream's raw body; str). None when it is
+    not Ollama's final answer with its timings (a cloud deployment's, a stream's placeholder, a body over
+    ``OLLAMA_TIMED_MAX_BYTES``, a duration missing, not a count or over ``OLLAMA_TIMED_MAX_NS``). Raises
+    nothing."""
     if not isinstance(original, str | bytes) or not original or len(original) > OLLAMA_TIMED_MAX_BYTES:
         return None
     try:
@@ -440,10 +457,11 @@ def _ollama_run_s(original: object) -> float | None:
         return None
     if not isinstance(body, dict):
         return None
-    parts = (body.get("prompt_eval_duration"), body.get("eval_duration"))
-    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in parts):
+    prompt_ns, eval_ns = _count(body.get("prompt_eval_duration")), _count(body.get("eval_duration"))
+    if prompt_ns is None or eval_ns is None or max(prompt_ns, eval_ns) > OLLAMA_TIMED_MAX_NS:
         return None
-    return sum(parts) / 1e9  # type: ignore[arg-type]  # ints, checked above
+    tokens = _count(body.get("prompt_eval_count"))
+    return OllamaRun((prompt_ns + eval_ns) / 1e9, None if tokens is None else (tokens, prompt_ns / 1e9))
 
 
 def _price_list(deployment: Mapping[str, Any]) -> list[Any]:
@@ -943,22 +961,23 @@ class RouterHooks(CustomLogger):
 
     def _observe(self, kwargs: Mapping[str, Any], start_time: Any, end_time: Any) -> None:
         """A success teaches the ranker this deployment's service time (Ollama's own timings when the answer
-        carries them, :func:`_ollama_run_s`, else the call's wall time), and its load time when it was
-        cold."""
+        carries them, :func:`_ollama_run`, else the call's wall time), its prompt rate (those timings only)
+        and its load time when it was cold."""
         runtime, key = self._runtime, _deployment_key(kwargs)
         if runtime is None or key is None or key not in runtime.fleet.store.current.profiles:
             return
         first = kwargs.get("completion_start_time")
         matrix = runtime.fleet.store.current
         model = matrix.profiles[key].model
-        run_s = _ollama_run_s(kwargs.get("original_response"))
+        run = _ollama_run(kwargs.get("original_response"))
         runtime.observed.record(
             key,
-            service_s=_seconds_between(start_time, end_time) if run_s is None else run_s,
+            service_s=_seconds_between(start_time, end_time) if run is None else run.run_s,
             ttft_s=_seconds_between(start_time, first),
             was_cold=_ctx_of(kwargs).get("warm_state") == WarmState.COLD.value,
             model=model,
             peers={p.key: p.speed_score for p in matrix.local_with_model(model)},
+            prompt=None if run is None else run.prompt,
         )
 
     async def _release(self, kwargs: dict[str, Any]) -> None:

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from capability_matrix import WarmState
-from litellm_hooks.hooks import RouterHooks, _ollama_run_s
+from litellm_hooks.hooks import OllamaRun, RouterHooks, _ollama_run
 from litellm_hooks.reservations import Held
 from litellm_hooks.settings import HooksSettings
 from tests.conftest import Stack
@@ -360,30 +360,44 @@ def test_a_backend_failing_is_logged_once_per_kind_and_window_and_reported_until
 
 # --- a success's service time: Ollama's own timings, not the wall time of a call that waited -------------
 def _answer(**timings: object) -> str:
-    """An Ollama /api/chat final answer (non-streamed) with ``timings`` (ns) among its fields."""
+    """An Ollama /api/chat final answer (non-streamed) with ``timings`` (ns, tokens) among its fields."""
     head = {"model": "m", "message": {"role": "assistant", "content": "x"}, "done": True}
     return orjson.dumps({**head, "total_duration": 9_000_000_000, **timings}).decode()
+
+
+_RUN = {"prompt_eval_duration": 500_000_000, "eval_duration": 2_000_000_000}
 
 
 @pytest.mark.parametrize(
     ("original", "expected"),
     [
-        (_answer(load_duration=4e9, prompt_eval_duration=500_000_000, eval_duration=2_000_000_000), 2.5),
-        (_answer(prompt_eval_duration=0, eval_duration=0), 0.0),  # a cached prompt, an empty answer: kept
-        (_answer(prompt_eval_duration=10**9, eval_duration=10**9).encode(), 2.0),  # bytes
+        (_answer(load_duration=4e9, prompt_eval_count=1000, **_RUN), OllamaRun(2.5, (1000, 0.5))),
+        (_answer(**_RUN), OllamaRun(2.5, None)),  # no prompt_eval_count: a run time, no prompt sample
+        (_answer(prompt_eval_count=7.5, **_RUN), OllamaRun(2.5, None)),  # a count that is not one
+        (_answer(prompt_eval_count=0, prompt_eval_duration=0, eval_duration=0), OllamaRun(0.0, (0, 0.0))),
+        (_answer(prompt_eval_duration=10**9, eval_duration=10**9).encode(), OllamaRun(2.0, None)),  # bytes
+        (_answer(prompt_eval_duration=3600 * 10**9, eval_duration=0), OllamaRun(3600.0, None)),  # an hour
+        (_answer(prompt_eval_duration=3600 * 10**9 + 1, eval_duration=0), None),  # over: not a run's
+        ('{"prompt_eval_duration": 18446744073709551615, "eval_duration": 1}', None),  # u64 max
+        ('{"prompt_eval_duration": 1000000000000000000000000000000, "eval_duration": 1}', None),  # a float
+        ('{"prompt_eval_duration": 1e400, "eval_duration": 1}', None),  # infinity: not JSON for orjson
         (_answer(eval_duration=2_000_000_000), None),  # no prompt_eval_duration: not a final answer
         (_answer(prompt_eval_duration=-1, eval_duration=2_000_000_000), None),  # negative
         (_answer(prompt_eval_duration=1.5, eval_duration=2_000_000_000), None),  # not a count of ns
         (_answer(prompt_eval_duration=True, eval_duration=2_000_000_000), None),  # bool is not a count
         (_answer(prompt_eval_duration="1", eval_duration="2"), None),  # strings
         ('{"id":"chatcmpl-1","choices":[],"usage":{"prompt_tokens":3}}', None),  # a cloud (OpenAI) answer
+        ("first stream response received", None),  # LiteLLM's placeholder for a stream
+        ("redacted-by-litellm", None),  # message logging turned off
         ("[1, 2]", None),  # JSON, not an object
-        ("data: {not json", None),  # a stream's text
+        ("data: {not json", None),
+        (b"\xff\xfe{", None),  # not UTF-8
         ("", None),
         (None, None),
+        ({"prompt_eval_duration": 1, "eval_duration": 1}, None),  # a dict is not a raw body
         (17, None),
         (_answer(prompt_eval_duration=1, eval_duration=1, pad="x" * (1 << 20)), None),  # over 1 MiB
     ],
 )
-def test_a_success_s_service_time_is_ollama_s_run_time(original: object, expected: float | None) -> None:
-    assert _ollama_run_s(original) == expected
+def test_a_success_s_service_time_is_ollama_s_run_time(original: object, expected: OllamaRun | None) -> None:
+    assert _ollama_run(original) == expected

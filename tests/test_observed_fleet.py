@@ -1,5 +1,5 @@
-"""The ranker learns a deployment's service time from Ollama's own timings (issue #9): real LiteLLM with our
-hooks, the simulated fleet, requests that wait in Ollama's line.
+"""The ranker learns a deployment's service time and prompt rate from Ollama's own timings (issue #9): real
+LiteLLM with our hooks, the simulated fleet, requests that wait in Ollama's line.
 
 The shipped fleet with every balanced deployment but frodo's ``qwen2.5:32b`` locked out (frodo has one
 slot), that model loaded before the router starts. Three requests sent at once run one after another on
@@ -8,6 +8,9 @@ the wall would blend to about 1.8R, one from Ollama's ``prompt_eval_duration`` +
 R. Then one request holds the slot and another ranks behind it: its ``route_selected`` estimate is the
 prompt plus one service time of wait (``torchrouter_core.ranker.scorers.estimated_ttft_s``), read against
 a third request's estimate on the idle slot (the prompt alone) and R from the simulated host's own records.
+Last, a long prompt teaches the prompt rate (``prompt_eval_count`` / ``prompt_eval_duration``): the next
+long prompt's estimate on the idle slot is its evaluation at the simulated host's pace, not at the prior
+(2000 tokens/s x ``speed_score``, real seconds, twenty times this fleet's time scale).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import Any
 import aiohttp
 
 from tests.harness import SimThread, eventually, litellm_on_sim, read_events
-from torchrouter.sim.ollama_app import HostRuntime
+from torchrouter.sim.ollama_app import PROMPT_SPEEDUP, HostRuntime
 
 TIME_SCALE = 0.05
 FRODO = "frodo-100.86.174.12"
@@ -48,7 +51,18 @@ def _busy(sim: SimThread) -> bool:
     return any(r["active"] for r in sim.state()[FRODO]["resident"])
 
 
-async def test_a_call_that_waited_in_ollama_s_line_teaches_its_run_time_not_its_wait(tmp_path: Path) -> None:
+def _prompt_s(sim: SimThread, prompt: str) -> float:
+    """Wall seconds frodo's qwen2.5:32b takes to evaluate ``prompt`` as one user message (the simulated
+    Ollama's own count and pace: ``torchrouter.sim.ollama_app``)."""
+    runtime = sim.fleet.runtime(FRODO)
+    assert isinstance(runtime, HostRuntime)
+    model = runtime.spec.model("qwen2.5:32b")
+    assert model is not None
+    tokens = 4 + -(-len(prompt) // 4)
+    return tokens / (model.tokens_per_s * PROMPT_SPEEDUP) * TIME_SCALE
+
+
+async def test_ollama_s_timings_teach_the_run_time_not_the_wait_and_the_prompt_rate(tmp_path: Path) -> None:
     with litellm_on_sim(
         tmp_path,
         only={"balanced": {BIG}},
@@ -84,14 +98,23 @@ async def test_a_call_that_waited_in_ollama_s_line_teaches_its_run_time_not_its_
             await post("behind", "wait your turn", 4)
             await holder
             await post("alone", "wait your turn", 4)  # same prompt, the slot idle: the prompt's part alone
+            long_prompt = "review this diff line by line " * 400  # about 3,000 tokens
+            await post("teach", long_prompt, 4)  # its prompt's evaluation teaches the rate
+            await post("long", long_prompt + "again", 4)
+            prompt_s = _prompt_s(sim, long_prompt + "again")
 
         routed = {
             e["request_id"]: e
             for e in read_events(tmp_path / "events.jsonl")
             if e["event"] == "route_selected" and e["deployment"] == BIG
         }
-        assert {"behind", "alone"} <= routed.keys(), sorted(routed)
+        assert {"behind", "alone", "teach", "long"} <= routed.keys(), sorted(routed)
         wait_s = (routed["behind"]["estimated_ttft_ms"] - routed["alone"]["estimated_ttft_ms"]) / 1e3
         # The estimate's service time is the last sample blended in (the holder's, an answer of 200 tokens,
         # is still running): the three lined-up calls' run on the slot, not their 1R-3R of wall time.
         assert 0.7 * on_slot <= wait_s <= 1.3 * on_slot, (wait_s, on_slot, walls)
+        # The long prompt on the idle slot: its evaluation at the rate the first one showed (the hooks count
+        # chars / 4 tokens, Ollama 4 + chars / 4: within a few percent), where the prior says ~20x more.
+        before, after = routed["teach"]["estimated_ttft_ms"] / 1e3, routed["long"]["estimated_ttft_ms"] / 1e3
+        assert 0.75 * prompt_s <= after <= 1.25 * prompt_s, (after, prompt_s)
+        assert before > 5 * prompt_s, (before, prompt_s)  # the prior, before any long prompt was seen

@@ -1,9 +1,11 @@
 """Service and cold-load times the ranker learns per deployment, and the loads in progress (pure: values in,
 values out).
 
-Moving averages (weight ``alpha`` for each new sample) of a request's service time (end - start of a
-successful call) and of a cold load (time to first token of a call whose pick was ``cold``: the load
-dominates it), per profile key; :func:`~torchrouter_core.ranker.scorers.estimated_ttft_s` reads them
+Moving averages (weight ``alpha`` for each new sample) of a request's service time (its run on a slot as
+Ollama timed it, else end - start of a successful call), of a cold load (time to first token of a call
+whose pick was ``cold``: the load dominates it) and of the prompt rate (tokens per second of Ollama's
+``prompt_eval_count`` / ``prompt_eval_duration``, from prompts of :data:`MIN_PROMPT_SAMPLE_TOKENS` or
+more), per profile key; :func:`~torchrouter_core.ranker.scorers.estimated_ttft_s` reads them
 through :class:`~torchrouter_core.ranker.interfaces.FleetSnapshot`. Keys are the matrix's profile keys
 (bounded by it); a sample that is not a finite non-negative number is ignored.
 
@@ -34,6 +36,7 @@ from torchrouter_core.ranker.scorers import load_estimate_s
 
 LOAD_FORGET_FACTOR = 2.0  # a load in progress is forgotten after this many times its expected seconds
 MIN_SPEED = 0.05  # the floor of a speed_score when scaling a peer's service time (as for the prompt rate)
+MIN_PROMPT_SAMPLE_TOKENS = 64  # a shorter prompt's evaluation times its fixed costs more than the rate
 
 
 @dataclass
@@ -42,6 +45,7 @@ class ObservedTimes:
     # What the ranker reads: own observations, and for a deployment never observed its peers' (scaled).
     service_s: dict[str, float] = field(default_factory=dict)
     load_s: dict[str, float] = field(default_factory=dict)
+    prompt_tps: dict[str, float] = field(default_factory=dict)  # key -> prompt tokens per second seen
     own_service: set[str] = field(default_factory=set)  # keys whose service_s is their own
     model_work: dict[str, float] = field(default_factory=dict)  # model -> mean service x speed_score
     loading: dict[str, tuple[float, float]] = field(default_factory=dict)  # key -> (started, expected s)
@@ -61,12 +65,20 @@ class ObservedTimes:
         was_cold: bool,
         model: str | None = None,
         peers: Mapping[str, float] | None = None,
+        prompt: tuple[int, float] | None = None,
     ) -> None:
         """One successful call on ``key``: its TTFT as a load sample when its pick was cold (its duration
         is then mostly the load, so it teaches no service time), else its service time; it ends any load
         in progress on ``key``. ``model`` and ``peers`` (every profile key serving the same
-        model -> its ``speed_score``, ``key`` included) spread the service time to peers never observed."""
+        model -> its ``speed_score``, ``key`` included) spread the service time to peers never observed.
+        ``prompt``: (tokens, seconds) of its prompt's evaluation as Ollama timed it, a sample of the prompt
+        rate when it has at least :data:`MIN_PROMPT_SAMPLE_TOKENS` tokens (a cold call's too: Ollama times
+        the prompt apart from the load)."""
         self.loading.pop(key, None)
+        if prompt is not None:
+            tokens, seconds = prompt
+            if tokens >= MIN_PROMPT_SAMPLE_TOKENS and math.isfinite(seconds) and seconds > 0:
+                self._blend(self.prompt_tps, key, tokens / seconds)
         if was_cold:  # its duration is mostly the load: it teaches the load time, not the service time
             self._blend(self.load_s, key, ttft_s)
             return

@@ -61,12 +61,13 @@ def estimated_ttft_s(profile: Profile, fleet: FleetSnapshot) -> float:
     not listed yet, only while some is left), else none when the last ``/api/ps`` lists the model (warm,
     hot), else the observed load time, else :func:`load_estimate_s`.
     Evictions: ``fleet.unload_s`` per model the load must unload first (:meth:`FleetSnapshot.placement`).
-    Prompt: ``prompt_tokens / (PROMPT_TOKENS_PER_S * speed_score)``.
+    Prompt: ``prompt_tokens`` / the prompt rate observed on the deployment (``fleet.prompt_tps``, Ollama's
+    own timings), else ``/ (PROMPT_TOKENS_PER_S * speed_score)`` (a cloud profile: always).
     """
-    speed_factor = max(profile.speed_score, 0.05)
-    prompt = fleet.prompt_tokens / (PROMPT_TOKENS_PER_S * speed_factor)
+    prior_tps = PROMPT_TOKENS_PER_S * max(profile.speed_score, 0.05)
     if not profile.is_local:
-        return CLOUD_FIRST_TOKEN_S + prompt
+        return CLOUD_FIRST_TOKEN_S + fleet.prompt_tokens / prior_tps
+    prompt = fleet.prompt_tokens / fleet.prompt_tps.get(profile.key, prior_tps)
     slots = max(1, fleet.slots.get(profile.key, 1))
     ahead = max(0, fleet.in_flight.get(profile.key, 0) - slots + 1)
     wait = ahead * fleet.service_s.get(profile.key, DEFAULT_SERVICE_S) / slots
