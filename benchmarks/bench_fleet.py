@@ -51,7 +51,10 @@ Measurement:
 - Per router, the requests at or above its p95 are taken apart from the hosts' history: slot line, memory
   wait, load queue, load, run, and "outside", and counted by their largest part other than the run.
   ``--dump DIR`` writes every answer with its host record (and our hooks' ``route_selected`` events,
-  matched by ``call_id``) for a closer look.
+  matched by ``call_id``) for a closer look; ``--reread DIR`` prints a dumped run's reports again.
+- For our hooks, how close each ``route_selected.estimated_ttft_ms`` came to the time to first token on
+  the host (:func:`estimate_report`): the picks that found their model resident, and those of them that
+  waited for a slot.
 """
 
 from __future__ import annotations
@@ -489,7 +492,10 @@ def estimate_report(result: RunResult, matrix: Mapping[str, Any], scale: float) 
     """How close our hooks' ``route_selected.estimated_ttft_ms`` came to the time to first token on the
     host (simulated s: the wait for a slot, memory or a load under way, then the prompt at the simulated
     Ollama's pace), for picks that found the model resident: all of them, and those that waited for a slot.
-    Median of estimate / actual (with its quartiles) and of |estimate - actual|. No events: no lines."""
+    Median of estimate / actual (with its quartiles) and of |estimate - actual|. An answer is paired with
+    its request's last ``route_selected``, only when that names the deployment that answered (a retried or
+    continued request's earlier picks are not); the workload's prompts are exactly ``prompt_tokens`` to the
+    simulated Ollama, no host spills here (its slowdown is not counted). No events: no lines."""
     routed = {
         e["request_id"]: e
         for e in result.events
@@ -501,7 +507,8 @@ def estimate_report(result: RunResult, matrix: Mapping[str, Any], scale: float) 
         profile = matrix["profiles"].get(a.deployment or "")
         if event is None or record is None or profile is None or a.status != 200:
             continue
-        if event.get("warm_state") not in ("warm", "hot") or event.get("estimated_ttft_ms") is None:
+        resident = event.get("warm_state") in ("warm", "hot")
+        if event.get("deployment") != a.deployment or not resident or event.get("estimated_ttft_ms") is None:
             continue
         prompt_s = a.request.prompt_tokens / (tokens_per_s(profile) * PROMPT_SPEEDUP)
         actual = (max(record["started_at"], record["ready_at"]) - record["submitted_at"]) / scale + prompt_s
@@ -579,7 +586,7 @@ def undump(path: Path) -> RunResult:
 
 def reread(args: argparse.Namespace) -> None:
     """``--reread DIR``: the tail and estimate reports of each run dumped in DIR (``--dump``), without
-    running anything; ``--fleet`` and ``--disk-gb-per-s`` must be the dumped run's."""
+    running anything; ``--fleet``, ``--disk-gb-per-s`` and ``--time-scale`` must be the dumped run's."""
     with tempfile.TemporaryDirectory() as tmp:
         matrix = render_fleet(Path(args.fleet), Path(tmp), args.disk_gb_per_s)
     for path in sorted(Path(args.reread).glob("*.json")):

@@ -93,7 +93,7 @@ ENV_DOCS: dict[str, tuple[str, str]] = {
     "TORCHROUTER_PREWARM": (
         "share=0.75",
         "load one more copy of a model when its group's demand passes this share of its resident slots "
-        "(placed as a request's pick; read by the hooks): off, or share=<number > 0>",
+        "(placed as a request's pick; read by the hooks): off, or share=<number in (0, 4]>",
     ),
 }
 

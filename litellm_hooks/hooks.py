@@ -423,7 +423,7 @@ def _seconds_between(start: object, end: object) -> float | None:
     return None
 
 
-OLLAMA_TIMED_MAX_BYTES = 1 << 20  # a larger answer is not parsed again for its timings: its wall time serves
+OLLAMA_TIMED_MAX_LEN = 1 << 20  # a longer raw answer (chars, or bytes) is not parsed again for its timings
 OLLAMA_TIMED_MAX_NS = 3600 * 10**9  # a duration over an hour is not a run's: a broken upstream, not learnt
 
 
@@ -432,8 +432,11 @@ class OllamaRun:
     """What Ollama's own timings say of one call (/api/chat's final answer, Ollama's API reference,
     "Generate a chat completion"): ``run_s``, seconds it ran on its slot (``prompt_eval_duration`` +
     ``eval_duration``: the wait for a slot and any load left out, unlike its wall time); ``prompt``,
-    (tokens, seconds) of its prompt's evaluation (``prompt_eval_count``, ``prompt_eval_duration``), or
-    None when the count is missing."""
+    (tokens evaluated, seconds) of its prompt, or None when the count is missing. Ollama's
+    ``prompt_eval_count`` includes the tokens read from its prompt cache (``llm/llama_server.go``: cached +
+    evaluated) while ``prompt_eval_duration`` times only those evaluated, so the cached ones
+    (``prompt_eval_cached_count``, in Ollama's ``api.Metrics``; absent when none, or from an Ollama that
+    does not report it) are taken off the count."""
 
     run_s: float
     prompt: tuple[int, float] | None
@@ -446,22 +449,24 @@ def _count(value: object) -> int | None:
 
 def _ollama_run(original: object) -> OllamaRun | None:
     """:class:`OllamaRun` of LiteLLM's ``original_response`` (the upstream's raw body; str). None when it is
-    not Ollama's final answer with its timings (a cloud deployment's, a stream's placeholder, a body over
-    ``OLLAMA_TIMED_MAX_BYTES``, a duration missing, not a count or over ``OLLAMA_TIMED_MAX_NS``). Raises
-    nothing."""
-    if not isinstance(original, str | bytes) or not original or len(original) > OLLAMA_TIMED_MAX_BYTES:
+    not Ollama's final answer (``done`` true) with an ``eval_duration`` (a cloud deployment's, a stream's
+    placeholder, an answer longer than ``OLLAMA_TIMED_MAX_LEN``), or a duration is not a count or over
+    ``OLLAMA_TIMED_MAX_NS``. Ollama leaves out a zero field (``omitempty``): a prompt served whole from
+    its cache has no ``prompt_eval_duration``, taken as 0. Raises nothing."""
+    if not isinstance(original, str | bytes) or not original or len(original) > OLLAMA_TIMED_MAX_LEN:
         return None
     try:
         body = orjson.loads(original)
     except orjson.JSONDecodeError:
         return None
-    if not isinstance(body, dict):
+    if not isinstance(body, dict) or body.get("done") is not True or "eval_duration" not in body:
         return None
-    prompt_ns, eval_ns = _count(body.get("prompt_eval_duration")), _count(body.get("eval_duration"))
+    prompt_ns, eval_ns = _count(body.get("prompt_eval_duration", 0)), _count(body["eval_duration"])
     if prompt_ns is None or eval_ns is None or max(prompt_ns, eval_ns) > OLLAMA_TIMED_MAX_NS:
         return None
-    tokens = _count(body.get("prompt_eval_count"))
-    return OllamaRun((prompt_ns + eval_ns) / 1e9, None if tokens is None else (tokens, prompt_ns / 1e9))
+    tokens, cached = _count(body.get("prompt_eval_count")), _count(body.get("prompt_eval_cached_count", 0))
+    evaluated = None if tokens is None or cached is None or cached > tokens else tokens - cached
+    return OllamaRun((prompt_ns + eval_ns) / 1e9, None if evaluated is None else (evaluated, prompt_ns / 1e9))
 
 
 def _price_list(deployment: Mapping[str, Any]) -> list[Any]:
@@ -969,10 +974,12 @@ class RouterHooks(CustomLogger):
         first = kwargs.get("completion_start_time")
         matrix = runtime.fleet.store.current
         model = matrix.profiles[key].model
-        run = _ollama_run(kwargs.get("original_response"))
+        run, service_s = _ollama_run(kwargs.get("original_response")), _seconds_between(start_time, end_time)
+        if run is not None and run.run_s > 0:  # its run on a slot: never longer than the whole call
+            service_s = run.run_s if service_s is None else min(run.run_s, service_s)
         runtime.observed.record(
             key,
-            service_s=_seconds_between(start_time, end_time) if run is None else run.run_s,
+            service_s=service_s,
             ttft_s=_seconds_between(start_time, first),
             was_cold=_ctx_of(kwargs).get("warm_state") == WarmState.COLD.value,
             model=model,

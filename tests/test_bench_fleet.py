@@ -8,6 +8,7 @@ silently wrong benchmark).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import subprocess
 import sys
@@ -17,10 +18,29 @@ from pathlib import Path
 import yaml
 
 from benchmarks import fleet_reference, scaled_hooks
-from benchmarks.bench_fleet import FLEET_DIR, eviction_setting, render_fleet
-from benchmarks.fleet_workload import KINDS, PHASES, lower_bound_s, percentile, service_s, workload
+from benchmarks.bench_fleet import (
+    FLEET_DIR,
+    Answer,
+    RunResult,
+    dump,
+    estimate_report,
+    eviction_setting,
+    render_fleet,
+    undump,
+)
+from benchmarks.fleet_workload import (
+    KINDS,
+    PHASES,
+    Request,
+    lower_bound_s,
+    percentile,
+    service_s,
+    tokens_per_s,
+    workload,
+)
 from capability_matrix.consistency import validate_files
 from capability_matrix.loader import load_matrix
+from torchrouter.sim.ollama_app import PROMPT_SPEEDUP
 from torchrouter.sim.spec import fleet_spec_from_matrix
 
 REPO = Path(__file__).resolve().parent.parent
@@ -145,3 +165,38 @@ def test_the_shim_scales_the_router_s_time_constants() -> None:
 
 def test_the_shim_finds_every_time_constant_it_scales() -> None:
     assert len(scaled_hooks.slots()) == 10  # raises when one of them was renamed or removed
+
+
+def test_the_estimate_report_pairs_each_answer_with_its_own_pick_and_survives_a_dump(tmp_path: Path) -> None:
+    """Two answers on the same warm deployment, one on an idle slot and one after 3 s in a slot's line
+    (simulated), estimated at the truth and at twice it; a third whose last pick named another deployment
+    (a retry) is left out. The report's medians say so, and a dump read back gives the same report."""
+    matrix = render_fleet(FLEET_DIR, tmp_path)
+    key = next(k for k, p in matrix["profiles"].items() if p["provider"] == "ollama")
+    prompt_s = 800 / (tokens_per_s(matrix["profiles"][key]) * PROMPT_SPEEDUP)
+    scale = 0.1
+    answers, history, events = [], {}, []
+    for i, (line_s, factor, picked) in enumerate([(0.0, 1.0, key), (3.0, 2.0, key), (0.0, 1.0, "other")]):
+        request = Request(i, 1.0 * i, "chat", "chat", "fast-chat", 800, 100, False)
+        answers.append(Answer(request, 5.0, 200, 1, key, 0.0, f"call-{i}"))
+        history[request.label] = {
+            "host": "h", "model": "m", "submitted_at": 100.0, "started_at": 100.0 + line_s * scale,
+            "ready_at": 100.0, "finished_at": 101.0, "loaded": False, "evicted": [],
+            "waited_s": {"slot": line_s * scale} if line_s else {},
+        }  # fmt: skip
+        ttft_ms = factor * (line_s + prompt_s) * scale * 1e3
+        events.append(
+            {"event": "route_selected", "request_id": f"call-{i}", "outcome": "routed", "deployment": picked,
+             "warm_state": "warm", "estimated_ttft_ms": ttft_ms}
+        )  # fmt: skip
+    result = RunResult("torchrouter", answers, {}, history, events)
+    lines = estimate_report(result, matrix, scale)
+    assert len(lines) == 2
+    assert "picks resident (n=2): estimate/actual median 1.00 (quartiles 1.00-2.00)" in lines[0], lines
+    assert "picks waited for a slot (n=1): estimate/actual median 2.00" in lines[1], lines
+    assert lines[1].endswith(f"|error| median {3.0 + prompt_s:.2f} s"), lines
+    dump(tmp_path / "torchrouter.json", result, {i: 1.0 for i in range(3)})
+    again = undump(tmp_path / "torchrouter.json")
+    assert again.answers == result.answers and again.history == result.history
+    assert estimate_report(again, matrix, scale) == lines
+    assert estimate_report(dataclasses.replace(result, events=[]), matrix, scale) == []

@@ -372,16 +372,25 @@ _RUN = {"prompt_eval_duration": 500_000_000, "eval_duration": 2_000_000_000}
     ("original", "expected"),
     [
         (_answer(load_duration=4e9, prompt_eval_count=1000, **_RUN), OllamaRun(2.5, (1000, 0.5))),
+        # prompt_eval_count includes the tokens read from the cache; the duration times the others only
+        (_answer(prompt_eval_count=1000, prompt_eval_cached_count=800, **_RUN), OllamaRun(2.5, (200, 0.5))),
+        (_answer(prompt_eval_count=10, prompt_eval_cached_count=11, **_RUN), OllamaRun(2.5, None)),  # more
         (_answer(**_RUN), OllamaRun(2.5, None)),  # no prompt_eval_count: a run time, no prompt sample
         (_answer(prompt_eval_count=7.5, **_RUN), OllamaRun(2.5, None)),  # a count that is not one
-        (_answer(prompt_eval_count=0, prompt_eval_duration=0, eval_duration=0), OllamaRun(0.0, (0, 0.0))),
+        # omitempty: a prompt read whole from the cache has no prompt_eval_duration (0 ns)
+        (
+            _answer(prompt_eval_count=900, prompt_eval_cached_count=900, eval_duration=10**9),
+            OllamaRun(1.0, (0, 0.0)),
+        ),
+        (_answer(prompt_eval_duration=0, eval_duration=0), OllamaRun(0.0, None)),  # zero: the caller's call
         (_answer(prompt_eval_duration=10**9, eval_duration=10**9).encode(), OllamaRun(2.0, None)),  # bytes
         (_answer(prompt_eval_duration=3600 * 10**9, eval_duration=0), OllamaRun(3600.0, None)),  # an hour
         (_answer(prompt_eval_duration=3600 * 10**9 + 1, eval_duration=0), None),  # over: not a run's
-        ('{"prompt_eval_duration": 18446744073709551615, "eval_duration": 1}', None),  # u64 max
-        ('{"prompt_eval_duration": 1000000000000000000000000000000, "eval_duration": 1}', None),  # a float
-        ('{"prompt_eval_duration": 1e400, "eval_duration": 1}', None),  # infinity: not JSON for orjson
-        (_answer(eval_duration=2_000_000_000), None),  # no prompt_eval_duration: not a final answer
+        ('{"done": true, "prompt_eval_duration": 18446744073709551615, "eval_duration": 1}', None),  # u64
+        ('{"done": true, "prompt_eval_duration": 1000000000000000000000000000000, "eval_duration": 1}', None),
+        ('{"done": true, "prompt_eval_duration": 1e400, "eval_duration": 1}', None),  # not JSON to orjson
+        (_answer(prompt_eval_duration=500), None),  # no eval_duration: not a final answer's timings
+        (_answer(done=False, **_RUN), None),  # a stream's chunk, not the final answer
         (_answer(prompt_eval_duration=-1, eval_duration=2_000_000_000), None),  # negative
         (_answer(prompt_eval_duration=1.5, eval_duration=2_000_000_000), None),  # not a count of ns
         (_answer(prompt_eval_duration=True, eval_duration=2_000_000_000), None),  # bool is not a count
@@ -394,9 +403,9 @@ _RUN = {"prompt_eval_duration": 500_000_000, "eval_duration": 2_000_000_000}
         (b"\xff\xfe{", None),  # not UTF-8
         ("", None),
         (None, None),
-        ({"prompt_eval_duration": 1, "eval_duration": 1}, None),  # a dict is not a raw body
+        ({"done": True, "eval_duration": 1}, None),  # a dict is not a raw body
         (17, None),
-        (_answer(prompt_eval_duration=1, eval_duration=1, pad="x" * (1 << 20)), None),  # over 1 MiB
+        (_answer(eval_duration=1, pad="x" * (1 << 20)), None),  # longer than OLLAMA_TIMED_MAX_LEN
     ],
 )
 def test_a_success_s_service_time_is_ollama_s_run_time(original: object, expected: OllamaRun | None) -> None:

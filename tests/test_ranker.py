@@ -638,33 +638,33 @@ def test_a_deployment_never_observed_takes_its_model_s_service_time_from_its_pee
 
 
 @pytest.mark.parametrize(
-    ("samples", "rate"),
+    ("samples", "per_token"),
     [
-        ([(1000, 0.5, False)], 2000.0),  # Ollama's prompt_eval_count / prompt_eval_duration
-        ([(1000, 0.5, True)], 2000.0),  # a cold call's too: Ollama times the prompt apart from the load
-        ([(1000, 0.5, False), (1000, 0.25, False)], 2600.0),  # blended as service times are (alpha 0.3)
-        ([(64, 0.032, False)], 2000.0),  # the shortest prompt that teaches a rate
-        ([(63, 0.0063, False)], None),  # shorter: its fixed costs, not the rate
+        ([(1000, 0.5, False)], 0.0005),  # Ollama's prompt_eval_duration over the tokens it evaluated
+        ([(1000, 0.5, True)], 0.0005),  # a cold call's too: Ollama times the prompt apart from the load
+        ([(1000, 0.5, False), (1000, 0.25, False)], 0.000425),  # blended as service times are (alpha 0.3)
+        ([(64, 0.032, False)], 0.0005),  # the fewest tokens that teach
+        ([(63, 0.0063, False)], None),  # fewer: its fixed costs, not the rate
         ([(1000, 0.0, False), (1000, float("nan"), False), (1000, -1.0, False)], None),  # no time, bad times
         ([], None),
     ],
 )
-def test_the_prompt_rate_is_learnt_from_ollama_s_timings(
-    samples: list[tuple[int, float, bool]], rate: float | None
+def test_the_prompt_s_seconds_per_token_are_learnt_from_ollama_s_timings(
+    samples: list[tuple[int, float, bool]], per_token: float | None
 ) -> None:
     observed = ObservedTimes(alpha=0.3)
     for tokens, seconds, cold in samples:
         observed.record("k", service_s=3.0, ttft_s=9.0, was_cold=cold, prompt=(tokens, seconds))
-    assert observed.prompt_tps.get("k") == (None if rate is None else pytest.approx(rate))
-    fleet = FleetSnapshot(prompt_tps=observed.prompt_tps, prompt_tokens=6000)
+    assert observed.prompt_s_per_token.get("k") == (None if per_token is None else pytest.approx(per_token))
+    fleet = FleetSnapshot(prompt_s_per_token=observed.prompt_s_per_token, prompt_tokens=6000)
     warm = local(key="k", warm_state=WarmState.WARM, speed_score=0.5)
-    # idle and warm: the prompt alone, at the observed rate, else at the prior (2000 tok/s x speed_score)
-    expected = 6000 / (rate if rate is not None else scorers.PROMPT_TOKENS_PER_S * 0.5)
+    # idle and warm: the prompt alone, at the observed pace, else at the prior (2000 tok/s x speed_score)
+    expected = 6000 * per_token if per_token is not None else 6000 / (scorers.PROMPT_TOKENS_PER_S * 0.5)
     assert scorers.estimated_ttft_s(warm, fleet) == pytest.approx(expected)
 
 
 def test_a_cloud_profile_s_prompt_is_priced_at_the_prior_whatever_was_observed() -> None:
-    fleet = FleetSnapshot(prompt_tps={CLOUD.key: 1.0}, prompt_tokens=2000)
+    fleet = FleetSnapshot(prompt_s_per_token={CLOUD.key: 1.0}, prompt_tokens=2000)
     prior = 2000 / (scorers.PROMPT_TOKENS_PER_S * max(CLOUD.speed_score, 0.05))
     assert scorers.estimated_ttft_s(CLOUD, fleet) == pytest.approx(scorers.CLOUD_FIRST_TOKEN_S + prior)
 

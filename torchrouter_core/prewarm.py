@@ -55,7 +55,7 @@ MIN_DEMAND: Final = 2  # one request in flight is no burst: an agent's calls one
 @dataclass(frozen=True, slots=True)
 class PrewarmRules:
     """``enabled``: whether the hooks prewarm at all; ``share``: the demand, as a share of the resident
-    slots, above which one more copy is loaded (> 0; 1.0: only once a request would wait for a slot)."""
+    slots, above which one more copy is loaded (in (0, 4]; 1.0: only once a request would wait for a slot)."""
 
     enabled: bool = True
     share: float = SHARE
@@ -72,7 +72,7 @@ def parse_prewarm_rules(text: str) -> PrewarmRules:
     name, eq, raw = (x.strip() for x in text.partition("="))
     number = finite_float(raw)
     if not eq or name != "share" or number is None or "," in raw:
-        raise ValueError(f"prewarm {text!r}: expected off, or share=<finite number > 0>")
+        raise ValueError(f"prewarm {text!r}: expected off, or share=<number in (0, 4]>")
     if not 0 < number <= MAX_SHARE:
         raise ValueError(
             f"prewarm {text!r}: share must be > 0 and at most {MAX_SHARE:g} (demand above share x resident"

@@ -236,7 +236,7 @@ class Decision(NamedTuple):
     known: int
 
 
-_NO_RATES: Final[Mapping[str, float]] = {}
+_NO_PROMPTS: Final[Mapping[str, float]] = {}
 
 
 def decide(
@@ -257,7 +257,7 @@ def decide(
     evicted_at: Mapping[tuple[str, str], float] | None,
     charge: ChargeFn | None,
     loading_s: Mapping[str, float] | None = None,
-    prompt_tps: Mapping[str, float] | None = None,
+    prompt_s_per_token: Mapping[str, float] | None = None,
 ) -> Decision:
     """One cycle, as :func:`~torchrouter_core.ranker.select.select` would run :func:`rank` over its
     snapshot (same inputs, same answers). Raises nothing: a cycle with nothing left answers its
@@ -287,7 +287,7 @@ def decide(
     names, shares = _shares(weights)
     unload_s = rules.unload_s
     service_get, load_get, flight_get = service_s.get, load_s.get, in_flight.get
-    rate_get = (prompt_tps if prompt_tps else _NO_RATES).get  # observed, else the row's prior (prompt_denom)
+    per_token_get = (prompt_s_per_token or _NO_PROMPTS).get  # observed, else the row's prior (prompt_denom)
     default_service, cloud_first = scorers.DEFAULT_SERVICE_S, scorers.CLOUD_FIRST_TOKEN_S
     ref = scorers.TTFT_REFERENCE_S
     out_keys: list[str] = []
@@ -324,7 +324,8 @@ def decide(
                 if going is not None and model in going:
                     rejected[key] = "evicting"
                     continue
-            prompt = prompt_tokens / rate_get(key, prompt_denom)
+            per_token = per_token_get(key)
+            prompt = prompt_tokens * per_token if per_token is not None else prompt_tokens / prompt_denom
             ahead = flight_get(key, 0) - slots + 1
             if loading_s and key in loading_s:  # listed resident, still loading (scorers: wait + load + ...)
                 wait = (ahead if ahead > 0 else 0) * service_get(key, default_service) / slots
@@ -365,7 +366,8 @@ def decide(
                     rejected[key] = "no_room"
                     continue
                 victims = fitted
-            prompt = prompt_tokens / rate_get(key, prompt_denom)
+            per_token = per_token_get(key)
+            prompt = prompt_tokens * per_token if per_token is not None else prompt_tokens / prompt_denom
             ahead = flight_get(key, 0) - slots + 1
             wait = (ahead if ahead > 0 else 0) * service_get(key, default_service) / slots
             load = loading_s.get(key) if loading_s else None  # scorers: some left of a load under way

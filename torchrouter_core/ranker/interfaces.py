@@ -46,17 +46,17 @@ class FleetSnapshot:
     """Requests in flight per profile key, the parallel slots behind each (from its host), and each host's
     room (host id -> :class:`HostRoom`, residents and their eviction rules included; ``rooms`` ``None``:
     room is not checked); for the expected time to first token: observed service seconds per request,
-    cold-load seconds and prompt tokens per second (``prompt_tps``), per profile key (absent: the defaults
-    in :mod:`.scorers`), and the request's prompt tokens; every ``size_vram`` seen (``(host id, model)`` ->
-    GB: what a load claims, :func:`torchrouter_core.memory.claim_gb`) and the seconds each evicted model
-    adds (``unload_s``)."""
+    cold-load seconds and prompt seconds per token (``prompt_s_per_token``), per profile key (absent: the
+    defaults in :mod:`.scorers`), and the request's prompt tokens; every ``size_vram`` seen (``(host id,
+    model)`` -> GB: what a load claims, :func:`torchrouter_core.memory.claim_gb`) and the seconds each
+    evicted model adds (``unload_s``)."""
 
     in_flight: Mapping[str, int] = field(default_factory=dict)
     slots: Mapping[str, int] = field(default_factory=dict)
     rooms: Mapping[str, HostRoom] | None = None
     service_s: Mapping[str, float] = field(default_factory=dict)
     load_s: Mapping[str, float] = field(default_factory=dict)
-    prompt_tps: Mapping[str, float] = field(default_factory=dict)
+    prompt_s_per_token: Mapping[str, float] = field(default_factory=dict)
     # Profile key -> seconds left of a load a pick started that has not answered yet (ObservedTimes):
     # the copy may be listed resident already, but answers only after it.
     loading_s: Mapping[str, float] = field(default_factory=dict)

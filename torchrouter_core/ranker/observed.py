@@ -3,9 +3,10 @@ values out).
 
 Moving averages (weight ``alpha`` for each new sample) of a request's service time (its run on a slot as
 Ollama timed it, else end - start of a successful call), of a cold load (time to first token of a call
-whose pick was ``cold``: the load dominates it) and of the prompt rate (tokens per second of Ollama's
-``prompt_eval_count`` / ``prompt_eval_duration``, from prompts of :data:`MIN_PROMPT_SAMPLE_TOKENS` or
-more), per profile key; :func:`~torchrouter_core.ranker.scorers.estimated_ttft_s` reads them
+whose pick was ``cold``: the load dominates it) and of a prompt token's evaluation (seconds per token:
+Ollama's ``prompt_eval_duration`` over the tokens it evaluated, from prompts of
+:data:`MIN_PROMPT_SAMPLE_TOKENS` or more; per token, not per second, so that the mean is that of the
+time a prompt takes), per profile key; :func:`~torchrouter_core.ranker.scorers.estimated_ttft_s` reads them
 through :class:`~torchrouter_core.ranker.interfaces.FleetSnapshot`. Keys are the matrix's profile keys
 (bounded by it); a sample that is not a finite non-negative number is ignored.
 
@@ -45,7 +46,7 @@ class ObservedTimes:
     # What the ranker reads: own observations, and for a deployment never observed its peers' (scaled).
     service_s: dict[str, float] = field(default_factory=dict)
     load_s: dict[str, float] = field(default_factory=dict)
-    prompt_tps: dict[str, float] = field(default_factory=dict)  # key -> prompt tokens per second seen
+    prompt_s_per_token: dict[str, float] = field(default_factory=dict)  # key -> s per prompt token seen
     own_service: set[str] = field(default_factory=set)  # keys whose service_s is their own
     model_work: dict[str, float] = field(default_factory=dict)  # model -> mean service x speed_score
     loading: dict[str, tuple[float, float]] = field(default_factory=dict)  # key -> (started, expected s)
@@ -71,14 +72,14 @@ class ObservedTimes:
         is then mostly the load, so it teaches no service time), else its service time; it ends any load
         in progress on ``key``. ``model`` and ``peers`` (every profile key serving the same
         model -> its ``speed_score``, ``key`` included) spread the service time to peers never observed.
-        ``prompt``: (tokens, seconds) of its prompt's evaluation as Ollama timed it, a sample of the prompt
-        rate when it has at least :data:`MIN_PROMPT_SAMPLE_TOKENS` tokens (a cold call's too: Ollama times
-        the prompt apart from the load)."""
+        ``prompt``: (tokens evaluated, seconds) of its prompt as Ollama timed it, a sample of the seconds
+        per prompt token when it evaluated at least :data:`MIN_PROMPT_SAMPLE_TOKENS` tokens (a cold call's
+        too: Ollama times the prompt apart from the load)."""
         self.loading.pop(key, None)
         if prompt is not None:
             tokens, seconds = prompt
             if tokens >= MIN_PROMPT_SAMPLE_TOKENS and math.isfinite(seconds) and seconds > 0:
-                self._blend(self.prompt_tps, key, tokens / seconds)
+                self._blend(self.prompt_s_per_token, key, seconds / tokens)
         if was_cold:  # its duration is mostly the load: it teaches the load time, not the service time
             self._blend(self.load_s, key, ttft_s)
             return

@@ -61,13 +61,15 @@ def estimated_ttft_s(profile: Profile, fleet: FleetSnapshot) -> float:
     not listed yet, only while some is left), else none when the last ``/api/ps`` lists the model (warm,
     hot), else the observed load time, else :func:`load_estimate_s`.
     Evictions: ``fleet.unload_s`` per model the load must unload first (:meth:`FleetSnapshot.placement`).
-    Prompt: ``prompt_tokens`` / the prompt rate observed on the deployment (``fleet.prompt_tps``, Ollama's
-    own timings), else ``/ (PROMPT_TOKENS_PER_S * speed_score)`` (a cloud profile: always).
+    Prompt: ``prompt_tokens`` x the seconds per prompt token observed on the deployment
+    (``fleet.prompt_s_per_token``, Ollama's own timings), else ``/ (PROMPT_TOKENS_PER_S * speed_score)``
+    (a cloud profile: always).
     """
     prior_tps = PROMPT_TOKENS_PER_S * max(profile.speed_score, 0.05)
     if not profile.is_local:
         return CLOUD_FIRST_TOKEN_S + fleet.prompt_tokens / prior_tps
-    prompt = fleet.prompt_tokens / fleet.prompt_tps.get(profile.key, prior_tps)
+    per_token = fleet.prompt_s_per_token.get(profile.key)
+    prompt = fleet.prompt_tokens * per_token if per_token is not None else fleet.prompt_tokens / prior_tps
     slots = max(1, fleet.slots.get(profile.key, 1))
     ahead = max(0, fleet.in_flight.get(profile.key, 0) - slots + 1)
     wait = ahead * fleet.service_s.get(profile.key, DEFAULT_SERVICE_S) / slots
