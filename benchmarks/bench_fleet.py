@@ -118,6 +118,7 @@ class Answer:
     deployment: str | None  # x-litellm-model-id: the profile key that answered
     sent_at: float = 0.0  # wall clock (time.time()) of the last try
     call_id: str | None = None  # x-litellm-call-id: our hooks' request_id in their route_selected event
+    failures: list[str] = field(default_factory=list)  # each failed try before the last: status or error
 
 
 @dataclass
@@ -234,7 +235,10 @@ async def drive(url: str, key: str, requests: Sequence[Request], scale: float) -
     """Send every request at its arrival time (scaled); a refused one again after RETRY_S."""
     t0 = time.perf_counter() + 0.5
     headers = {"Authorization": f"Bearer {key}"}
-    connector = aiohttp.TCPConnector(limit=0)
+    # keep-alive below uvicorn's 5 s (LiteLLM's server), as the classifier's forwarder has it: a POST on a
+    # pooled connection the server closes at that moment fails with ServerDisconnectedError, which would
+    # count as a refusal of the router's
+    connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=4)
     async with aiohttp.ClientSession(
         connector=connector, timeout=aiohttp.ClientTimeout(total=GIVE_UP_S * scale + 60)
     ) as session:
@@ -248,6 +252,7 @@ async def drive(url: str, key: str, requests: Sequence[Request], scale: float) -
             }
             started = time.perf_counter()
             tries, status, deployment, call_id = 0, 0, None, None
+            failures: list[str] = []
             while True:
                 tries += 1
                 sent_at = time.time()
@@ -256,13 +261,16 @@ async def drive(url: str, key: str, requests: Sequence[Request], scale: float) -
                         await resp.read()
                         status, deployment = resp.status, resp.headers.get("x-litellm-model-id")
                         call_id = resp.headers.get("x-litellm-call-id")
-                except (aiohttp.ClientError, TimeoutError):
-                    status = 599
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    status, error = 599, type(exc).__name__
+                else:
+                    error = str(status)
                 elapsed = (time.perf_counter() - started) / scale
                 if status == 200:
-                    return Answer(r, elapsed, status, tries, deployment, sent_at, call_id)
+                    return Answer(r, elapsed, status, tries, deployment, sent_at, call_id, failures)
                 if elapsed + RETRY_S > GIVE_UP_S:
-                    return Answer(r, float("nan"), status, tries, None, sent_at, call_id)
+                    return Answer(r, float("nan"), status, tries, None, sent_at, call_id, failures)
+                failures.append(error)
                 await asyncio.sleep(RETRY_S * scale)
 
         return list(await asyncio.gather(*(one(r) for r in requests)))
@@ -485,6 +493,9 @@ def tail_report(result: RunResult, scale: float) -> list[str]:
         f"largest extra part: {dict(causes.most_common())}; kinds (* burst): {dict(kinds.most_common())}; "
         f"phases: {dict(Counter(a.request.phase for a in tail).most_common())}"
     ]
+    failed_tries = Counter(f for a in result.answers for f in a.failures)
+    if failed_tries:  # what the retried requests' failed tries got: a status, or the client's error
+        lines.append(f"{result.router}: failed tries before an answer: {dict(failed_tries.most_common())}")
     return lines
 
 
@@ -578,7 +589,7 @@ def undump(path: Path) -> RunResult:
     answers, history = [], {}
     for a in doc["answers"]:
         request = Request(**{name: a[name] for name in names})
-        answers.append(Answer(request, **{name: a[name] for name in own}))
+        answers.append(Answer(request, **{name: a[name] for name in own if name in a}))  # older: no failures
         if a["host"] is not None:
             history[request.label] = a["host"]
     return RunResult(doc["router"], answers, doc["counters"], history, doc["events"])

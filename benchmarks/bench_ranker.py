@@ -73,7 +73,8 @@ def generated(n_hosts: int, per_host: int) -> Matrix:
 
 
 def live(matrix: Matrix) -> tuple[Matrix, LiveOverlay, dict[str, int], dict[str, HostLedger], ObservedTimes]:
-    """A busy fleet: a third of local profiles warm, a third cold, some in flight, reservations, timings."""
+    """A busy fleet: a third of local profiles warm, a third cold, some in flight, reservations, timings
+    (service, load and prompt pace, as the hooks have them once every deployment has answered)."""
     warm: dict[str, WarmState] = {}
     in_flight: dict[str, int] = {}
     observed = ObservedTimes()
@@ -81,7 +82,7 @@ def live(matrix: Matrix) -> tuple[Matrix, LiveOverlay, dict[str, int], dict[str,
         if p.is_local:
             warm[p.key] = (WarmState.WARM, WarmState.COLD, WarmState.HOT)[i % 3]
             in_flight[p.key] = i % 4
-            observed.record(p.key, service_s=1.5, ttft_s=8.0, was_cold=True)
+            observed.record(p.key, service_s=1.5, ttft_s=8.0, was_cold=True, prompt=(1000, 0.5))
     memory = {
         h: HostMemory(host.gpu_memory_gb, 10.0, MemorySource.OLLAMA_PS) for h, host in matrix.hosts.items()
     }
