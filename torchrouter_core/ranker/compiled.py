@@ -66,7 +66,7 @@ class _Cand:
         "modalities",
         "model",
         "profile",
-        "prompt_denom",
+        "prompt_prior",
         "quality",
         "quality_clamped",
         "raw_slots",
@@ -102,7 +102,7 @@ class _Cand:
         )
         self.raw_slots = raw_slots
         self.slots = max(1, raw_slots)
-        self.prompt_denom = scorers.PROMPT_TOKENS_PER_S * max(profile.speed_score, 0.05)
+        self.prompt_prior = scorers.prompt_prior_s_per_token(profile)
         self.quality = profile.quality_score
         q = profile.quality_score
         self.quality_clamped = 0.0 if q < 0.0 else 1.0 if q > 1.0 else q
@@ -144,7 +144,7 @@ class _Group:
 
     def __post_init__(self) -> None:
         self.rows = [
-            (c.key, c.state, c.window, c.host_id, c.model, c.claim, c.load_default, c.prompt_denom, c.slots,
+            (c.key, c.state, c.window, c.host_id, c.model, c.claim, c.load_default, c.prompt_prior, c.slots,
              c.quality_clamped, c)
             for c in self.cands
         ]  # fmt: skip
@@ -287,7 +287,7 @@ def decide(
     names, shares = _shares(weights)
     unload_s = rules.unload_s
     service_get, load_get, flight_get = service_s.get, load_s.get, in_flight.get
-    per_token_get = (prompt_s_per_token or _NO_PROMPTS).get  # observed, else the row's prior (prompt_denom)
+    per_token_get = (prompt_s_per_token or _NO_PROMPTS).get  # observed, else the row's prior (prompt_prior)
     default_service, cloud_first = scorers.DEFAULT_SERVICE_S, scorers.CLOUD_FIRST_TOKEN_S
     ref = scorers.TTFT_REFERENCE_S
     out_keys: list[str] = []
@@ -306,7 +306,7 @@ def decide(
     best: _Cand | None = None
     best_victims, best_score, best_key, best_ttft = _NO_VICTIMS, -1.0, "", 0.0
     resident_state, cloud_state = _RESIDENT, _CLOUD  # locals: read per candidate
-    for key, state, window, host_id, model, claim, load_default, prompt_denom, slots, q, cand in grp.rows:
+    for key, state, window, host_id, model, claim, load_default, prompt_prior, slots, q, cand in grp.rows:
         if size > window:
             rejected[key] = "context_window"
             continue
@@ -324,8 +324,7 @@ def decide(
                 if going is not None and model in going:
                     rejected[key] = "evicting"
                     continue
-            per_token = per_token_get(key)
-            prompt = prompt_tokens * per_token if per_token is not None else prompt_tokens / prompt_denom
+            prompt = prompt_tokens * per_token_get(key, prompt_prior)
             ahead = flight_get(key, 0) - slots + 1
             if loading_s and key in loading_s:  # listed resident, still loading (scorers: wait + load + ...)
                 wait = (ahead if ahead > 0 else 0) * service_get(key, default_service) / slots
@@ -333,7 +332,7 @@ def decide(
             else:
                 ttft = ahead * service_get(key, default_service) / slots + prompt if ahead > 0 else prompt
         elif state == cloud_state:
-            ttft = cloud_first + prompt_tokens / prompt_denom
+            ttft = cloud_first + prompt_tokens * prompt_prior
         else:  # cold (unknown ones never get here: host_unreachable)
             room = quick.get(host_id)
             if room is None:
@@ -366,8 +365,7 @@ def decide(
                     rejected[key] = "no_room"
                     continue
                 victims = fitted
-            per_token = per_token_get(key)
-            prompt = prompt_tokens * per_token if per_token is not None else prompt_tokens / prompt_denom
+            prompt = prompt_tokens * per_token_get(key, prompt_prior)
             ahead = flight_get(key, 0) - slots + 1
             wait = (ahead if ahead > 0 else 0) * service_get(key, default_service) / slots
             load = loading_s.get(key) if loading_s else None  # scorers: some left of a load under way

@@ -51,6 +51,12 @@ def load_estimate_s(profile: Profile) -> float:
     return LOAD_BASE_S + LOAD_S_PER_GB * profile.vram_gb
 
 
+def prompt_prior_s_per_token(profile: Profile) -> float:
+    """Seconds a prompt token takes before any is observed: ``1 / (PROMPT_TOKENS_PER_S * speed_score)``
+    (``speed_score`` floored at 0.05)."""
+    return 1.0 / (PROMPT_TOKENS_PER_S * max(profile.speed_score, 0.05))
+
+
 def estimated_ttft_s(profile: Profile, fleet: FleetSnapshot) -> float:
     """Expected seconds to the first token: the wait for a slot + a cold load + evictions + prompt.
 
@@ -62,14 +68,13 @@ def estimated_ttft_s(profile: Profile, fleet: FleetSnapshot) -> float:
     hot), else the observed load time, else :func:`load_estimate_s`.
     Evictions: ``fleet.unload_s`` per model the load must unload first (:meth:`FleetSnapshot.placement`).
     Prompt: ``prompt_tokens`` x the seconds per prompt token observed on the deployment
-    (``fleet.prompt_s_per_token``, Ollama's own timings), else ``/ (PROMPT_TOKENS_PER_S * speed_score)``
-    (a cloud profile: always).
+    (``fleet.prompt_s_per_token``, Ollama's own timings), else x :func:`prompt_prior_s_per_token` (a cloud
+    profile: always).
     """
-    prior_tps = PROMPT_TOKENS_PER_S * max(profile.speed_score, 0.05)
+    prior = prompt_prior_s_per_token(profile)
     if not profile.is_local:
-        return CLOUD_FIRST_TOKEN_S + fleet.prompt_tokens / prior_tps
-    per_token = fleet.prompt_s_per_token.get(profile.key)
-    prompt = fleet.prompt_tokens * per_token if per_token is not None else fleet.prompt_tokens / prior_tps
+        return CLOUD_FIRST_TOKEN_S + fleet.prompt_tokens * prior
+    prompt = fleet.prompt_tokens * fleet.prompt_s_per_token.get(profile.key, prior)
     slots = max(1, fleet.slots.get(profile.key, 1))
     ahead = max(0, fleet.in_flight.get(profile.key, 0) - slots + 1)
     wait = ahead * fleet.service_s.get(profile.key, DEFAULT_SERVICE_S) / slots
