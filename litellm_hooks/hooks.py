@@ -432,7 +432,8 @@ class OllamaRun:
     """What Ollama's own timings say of one call (/api/chat's final answer, Ollama's API reference,
     "Generate a chat completion"): ``run_s``, seconds it ran on its slot (``prompt_eval_duration`` +
     ``eval_duration``: the wait for a slot and any load left out, unlike its wall time); ``prompt``,
-    (tokens evaluated, seconds) of its prompt, or None when the count is missing. Ollama's
+    (tokens evaluated, seconds) of its prompt, or None when the count is missing; ``load_s``, seconds it
+    waited for its model to load (``load_duration``, None when absent: nothing was loaded). Ollama's
     ``prompt_eval_count`` includes the tokens read from its prompt cache (``llm/llama_server.go``: cached +
     evaluated) while ``prompt_eval_duration`` times only those evaluated, so the cached ones
     (``prompt_eval_cached_count``, in Ollama's ``api.Metrics``; absent when none, or from an Ollama that
@@ -440,6 +441,7 @@ class OllamaRun:
 
     run_s: float
     prompt: tuple[int, float] | None
+    load_s: float | None = None
 
 
 def _count(value: object) -> int | None:
@@ -466,7 +468,12 @@ def _ollama_run(original: object) -> OllamaRun | None:
         return None
     tokens, cached = _count(body.get("prompt_eval_count")), _count(body.get("prompt_eval_cached_count", 0))
     evaluated = None if tokens is None or cached is None or cached > tokens else tokens - cached
-    return OllamaRun((prompt_ns + eval_ns) / 1e9, None if evaluated is None else (evaluated, prompt_ns / 1e9))
+    load_ns = _count(body.get("load_duration"))
+    return OllamaRun(
+        (prompt_ns + eval_ns) / 1e9,
+        None if evaluated is None else (evaluated, prompt_ns / 1e9),
+        None if load_ns is None or load_ns > OLLAMA_TIMED_MAX_NS else load_ns / 1e9,
+    )
 
 
 def _price_list(deployment: Mapping[str, Any]) -> list[Any]:
@@ -767,7 +774,8 @@ class RouterHooks(CustomLogger):
             if request_kwargs is not None and picked:  # this attempt's budgets (read per attempt)
                 budget = budget_for(runtime.settings.time_budgets, ctx.get("tier"))
                 cold = chosen.is_local and chosen.warm_state not in RESIDENT
-                first_byte_s = budget.first_byte(cold)
+                expected = selection.ranking.ttft_s.get(chosen.key) if selection.ranking else None
+                first_byte_s = budget.first_byte_for(cold, expected)  # a long prompt is not cut at 8 s
                 apply_budget(request_kwargs, picked[0], first_byte_s, budget.connect_s, runtime.local_clients)
             if ctx.get("request_id"):
                 runtime.in_flight.start(chosen.key, str(ctx["request_id"]), now)
@@ -966,8 +974,8 @@ class RouterHooks(CustomLogger):
 
     def _observe(self, kwargs: Mapping[str, Any], start_time: Any, end_time: Any) -> None:
         """A success teaches the ranker this deployment's service time (Ollama's own timings when the answer
-        carries them, :func:`_ollama_run`, else the call's wall time), its prompt rate (those timings only)
-        and its load time when it was cold."""
+        carries them, :func:`_ollama_run`, else the call's wall time), its prompt pace (those timings only)
+        and, when its pick was cold, its load time (Ollama's ``load_duration``, else a stream's TTFT)."""
         runtime, key = self._runtime, _deployment_key(kwargs)
         if runtime is None or key is None or key not in runtime.fleet.store.current.profiles:
             return
@@ -980,11 +988,15 @@ class RouterHooks(CustomLogger):
         runtime.observed.record(
             key,
             service_s=service_s,
-            ttft_s=_seconds_between(start_time, first),
+            ttft_s=_seconds_between(start_time, first) if run is None else None,
             was_cold=_ctx_of(kwargs).get("warm_state") == WarmState.COLD.value,
             model=model,
             peers={p.key: p.speed_score for p in matrix.local_with_model(model)},
             prompt=None if run is None else run.prompt,
+            # A cold call's load as Ollama timed it (absent: nothing was loaded, no sample), never its TTFT
+            # then: for an answer not streamed that is the whole call (LiteLLM's completion_start_time is
+            # its end), the prompt and the answer included.
+            load_s=None if run is None else run.load_s,
         )
 
     async def _release(self, kwargs: dict[str, Any]) -> None:

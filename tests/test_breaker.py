@@ -205,6 +205,29 @@ def test_parse_time_budgets() -> None:
             parse_time_budgets(bad)
 
 
+@pytest.mark.parametrize(
+    ("cold", "expected_ttft_s", "first_byte_s"),
+    [
+        (False, None, 8.0),  # no estimate: the tier's (R: 8 s warm, 60 s cold)
+        (True, None, 60.0),
+        (False, 1.5, 8.0),  # a short estimate: the tier's
+        (False, 19.5, 39.0),  # a 30,000-token prompt's prefill: twice the estimate, not cut at 8 s
+        (True, 40.0, 80.0),
+        (False, 100.0, 120.0),  # never more than the tier's total
+        (False, float("inf"), 8.0),  # not an estimate
+        (False, float("nan"), 8.0),
+        (False, -3.0, 8.0),
+        (False, 0.0, 8.0),
+    ],
+)
+def test_an_attempt_expected_to_take_longer_gets_that_long_before_its_first_byte(
+    cold: bool, expected_ttft_s: float | None, first_byte_s: float
+) -> None:
+    from torchrouter_core.budgets import DEFAULT_BUDGETS
+
+    assert DEFAULT_BUDGETS["R"].first_byte_for(cold, expected_ttft_s) == first_byte_s
+
+
 def test_blocked_answers_as_every_target_s_own_breaker_says() -> None:
     """``Breakers.blocked`` reads only the breakers that refuse (it runs per request over every profile);
     over random histories it answers exactly what asking each host's and deployment's breaker gives."""

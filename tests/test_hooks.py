@@ -371,7 +371,9 @@ _RUN = {"prompt_eval_duration": 500_000_000, "eval_duration": 2_000_000_000}
 @pytest.mark.parametrize(
     ("original", "expected"),
     [
-        (_answer(load_duration=4e9, prompt_eval_count=1000, **_RUN), OllamaRun(2.5, (1000, 0.5))),
+        (_answer(load_duration=4 * 10**9, prompt_eval_count=1000, **_RUN), OllamaRun(2.5, (1000, 0.5), 4.0)),
+        (_answer(load_duration=4e9, **_RUN), OllamaRun(2.5, None, None)),  # a load that is not a count
+        (_answer(load_duration=3600 * 10**9 + 1, **_RUN), OllamaRun(2.5, None, None)),  # over an hour
         # prompt_eval_count includes the tokens read from the cache; the duration times the others only
         (_answer(prompt_eval_count=1000, prompt_eval_cached_count=800, **_RUN), OllamaRun(2.5, (200, 0.5))),
         (_answer(prompt_eval_count=10, prompt_eval_cached_count=11, **_RUN), OllamaRun(2.5, None)),  # more

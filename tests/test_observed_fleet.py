@@ -118,3 +118,29 @@ async def test_ollama_s_timings_teach_the_run_time_not_the_wait_and_the_prompt_r
         before, after = routed["teach"]["estimated_ttft_ms"] / 1e3, routed["long"]["estimated_ttft_ms"] / 1e3
         assert 0.75 * prompt_s <= after <= 1.25 * prompt_s, (after, prompt_s)
         assert before > 5 * prompt_s, (before, prompt_s)  # the prior, before any long prompt was seen
+
+
+async def test_a_long_prompt_is_not_cut_at_the_tier_s_first_byte_budget(tmp_path: Path) -> None:
+    """A prompt whose evaluation alone takes longer than the tier's first-byte budget (here 0.05 s; the
+    request names no tier: H) is given twice the ranker's expected time to first token, and answers; a
+    short one keeps the tier's budget. Before, the attempt was cut at the budget (LiteLLM's 408, a breaker
+    charge), then the next deployment's."""
+    with litellm_on_sim(
+        tmp_path,
+        only={"balanced": {BIG}},
+        preload=[(FRODO, "qwen2.5:32b")],
+        time_scale=TIME_SCALE,
+        env={"TORCHROUTER_PREWARM": "off", "TORCHROUTER_TIME_BUDGETS": "H.first_byte_s=0.05"},
+    ) as (sim, proxy, key):
+        long_prompt = "review this diff line by line " * 400  # about 3,000 tokens
+        assert _prompt_s(sim, long_prompt) > 0.05 * 2  # its evaluation alone is over the budget
+        body = {"model": "balanced", "messages": [{"role": "user", "content": long_prompt}], "max_tokens": 4}
+        headers = {"Authorization": f"Bearer {key}", "x-torchrouter-request-id": "long-1"}
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session,
+            session.post(proxy.url + "/v1/chat/completions", json=body, headers=headers) as resp,
+        ):
+            text = await resp.text()
+        assert resp.status == 200, text
+        failed = [e for e in read_events(tmp_path / "events.jsonl") if e["event"] == "attempt_failed"]
+        assert failed == []

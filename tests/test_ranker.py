@@ -615,6 +615,17 @@ def test_observed_times(
     assert scorers.estimated_ttft_s(cold_profile, fleet) == pytest.approx(expected)
 
 
+def test_a_cold_call_s_load_is_ollama_s_load_duration_when_it_has_one() -> None:
+    """An answer not streamed has its TTFT at its end (the whole call): Ollama's load_duration is the load."""
+    observed = ObservedTimes(alpha=0.3)
+    observed.record("k", service_s=30.0, ttft_s=30.0, was_cold=True, load_s=8.0)
+    assert observed.load_s == {"k": 8.0} and "k" not in observed.service_s
+    observed.record("k", service_s=None, ttft_s=None, was_cold=True, load_s=None)  # no load, no sample
+    assert observed.load_s == {"k": 8.0}
+    observed.record("k", service_s=None, ttft_s=10.0, was_cold=True)  # a stream: its first chunk's time
+    assert observed.load_s == {"k": pytest.approx(8.6)}
+
+
 def test_a_deployment_never_observed_takes_its_model_s_service_time_from_its_peers() -> None:
     """Service x speed is the model's work on any host: a 32B coder seen taking 10 s at speed 0.5 is priced
     at 5 s on a peer at speed 1.0 (not the flat 2 s prior); a peer's own first sample replaces that; a

@@ -26,6 +26,12 @@ C       2        15          120              300    code answers are long; code
 - **first byte cold**: a cold load is 2 s + 0.4 s per GB on the fleet (README, "Try it"): about 10 s for
   a 20 GB model, 40 s for the largest; 60/120 s covers them with margin.
 - **total**: the classifier's whole-request limit for the tier (one request, every hop included).
+- **an attempt expected to take longer**: a prompt of tens of thousands of tokens takes tens of seconds to
+  evaluate before its first token, and a line on the host adds to it; cutting such an attempt at the tier's
+  first-byte budget fails a healthy deployment (and charges its breaker), then the next one. An attempt's
+  first-byte budget is therefore the tier's or :data:`EXPECTED_TTFT_FACTOR` times the ranker's expected
+  time to first token, whichever is longer, and never more than the tier's total
+  (:meth:`TimeBudget.first_byte_for`).
 
 ``TORCHROUTER_TIME_BUDGETS`` overrides any of them: ``R.first_byte_s=1.5,H.total_s=60``
 (:func:`parse_time_budgets`; each more than 0 and at most a day).
@@ -37,6 +43,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 
 from torchrouter_core.env import finite_float
+
+# The ranker's TTFT estimates of picks that waited came within 0.76-1.49x of the real ones (quartiles,
+# BENCHMARKS.md, "Seeds, repeated runs ..."): twice the estimate is an attempt running late, not a queue.
+EXPECTED_TTFT_FACTOR = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +60,15 @@ class TimeBudget:
 
     def first_byte(self, cold: bool) -> float:
         return self.first_byte_cold_s if cold else self.first_byte_s
+
+    def first_byte_for(self, cold: bool, expected_ttft_s: float | None) -> float:
+        """One attempt's first-byte budget (s): :meth:`first_byte`, or :data:`EXPECTED_TTFT_FACTOR` x
+        ``expected_ttft_s`` (the ranker's estimate for the pick; None, not finite or not positive: none)
+        when that is longer, at most ``total_s``."""
+        base = self.first_byte(cold)
+        if expected_ttft_s is None or not 0 < expected_ttft_s < float("inf"):
+            return base
+        return max(base, min(EXPECTED_TTFT_FACTOR * expected_ttft_s, self.total_s))
 
 
 DEFAULT_BUDGETS: Mapping[str, TimeBudget] = {

@@ -67,9 +67,11 @@ class ObservedTimes:
         model: str | None = None,
         peers: Mapping[str, float] | None = None,
         prompt: tuple[int, float] | None = None,
+        load_s: float | None = None,
     ) -> None:
-        """One successful call on ``key``: its TTFT as a load sample when its pick was cold (its duration
-        is then mostly the load, so it teaches no service time), else its service time; it ends any load
+        """One successful call on ``key``: when its pick was cold, a load sample (``load_s``, the load as
+        Ollama timed it, else its TTFT, mostly the load when it is a stream's first chunk) and no service
+        time (its duration is mostly the load); else its service time. It ends any load
         in progress on ``key``. ``model`` and ``peers`` (every profile key serving the same
         model -> its ``speed_score``, ``key`` included) spread the service time to peers never observed.
         ``prompt``: (tokens evaluated, seconds) of its prompt as Ollama timed it, a sample of the seconds
@@ -81,7 +83,7 @@ class ObservedTimes:
             if tokens >= MIN_PROMPT_SAMPLE_TOKENS and math.isfinite(seconds) and seconds > 0:
                 self._blend(self.prompt_s_per_token, key, seconds / tokens)
         if was_cold:  # its duration is mostly the load: it teaches the load time, not the service time
-            self._blend(self.load_s, key, ttft_s)
+            self._blend(self.load_s, key, ttft_s if load_s is None else load_s)
             return
         valid = service_s is not None and math.isfinite(service_s) and service_s >= 0
         if key not in self.own_service and valid:
