@@ -44,7 +44,7 @@ from dataclasses import dataclass, fields, replace
 
 from torchrouter_core.env import finite_float
 
-# The ranker's TTFT estimates of picks that waited came within 0.76-1.49x of the real ones (quartiles,
+# The ranker's TTFT estimates of picks that waited came within 0.76-1.57x of the real ones (quartiles,
 # BENCHMARKS.md, "Seeds, repeated runs ..."): twice the estimate is an attempt running late, not a queue.
 EXPECTED_TTFT_FACTOR = 2.0
 
