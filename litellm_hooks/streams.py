@@ -12,6 +12,7 @@ shaper in :mod:`litellm_hooks.stream_shape`, kept out of hooks.py so that stays 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -34,35 +35,43 @@ async def shaped_stream(
     """LiteLLM's chunks, each chat chunk as SSE bytes in OpenAI's shape; anything else, or a chunk the
     shaper fails on (``on_error`` logs and counts it), as LiteLLM made it. When ``client_gone`` says the
     client has left, the provider stream is closed, ``on_abandoned`` runs (with the characters of answer
-    relayed so far: content and tool-call arguments), and the stream ends.
+    relayed so far: content and tool-call arguments), and the stream ends; ``on_abandoned`` runs too when
+    the server cancels or closes this stream while the client is gone (between two chunks).
     ``before_first`` runs for each chunk until the answer's first characters (so after any fallback
     LiteLLM took to get them); what it returns goes out ahead of that chunk."""
     shaper = shaper_for(request_data)
     relayed = 0  # characters of answer so far: what an abandoned stream's cost is estimated from
-    async for chunk in response:
-        if before_first is not None and relayed == 0:  # until the answer's first characters: a role-only
-            ahead = await before_first()  # first chunk may come from an attempt LiteLLM then gives up on
-            if ahead is not None:
-                yield ahead
+    try:
+        async for chunk in response:
+            if before_first is not None and relayed == 0:  # until the answer's first characters: a role-only
+                ahead = await before_first()  # first chunk may come from an attempt LiteLLM then gives up on
+                if ahead is not None:
+                    yield ahead
+            if client_gone is not None and client_gone():
+                await close_stream(response)
+                on_abandoned(relayed)
+                return
+            if not isinstance(chunk, ModelResponseStream):
+                yield chunk
+                continue
+            relayed += answer_chars(chunk)
+            if shaper is None:
+                yield chunk
+                continue
+            try:
+                events = [sse_event(c) for c in shaper.shape(chunk.model_dump(exclude_none=True))]  # type: ignore[no-untyped-call]
+            except Exception:
+                on_error("stream_shape")
+                yield chunk
+                continue
+            for event in events:
+                yield event
+    except (asyncio.CancelledError, GeneratorExit):
+        # The server stopped the stream between two chunks (starlette cancels a streaming response once
+        # uvicorn tells it the client disconnected): the same client gone, seen from the other side.
         if client_gone is not None and client_gone():
-            await close_stream(response)
             on_abandoned(relayed)
-            return
-        if not isinstance(chunk, ModelResponseStream):
-            yield chunk
-            continue
-        relayed += answer_chars(chunk)
-        if shaper is None:
-            yield chunk
-            continue
-        try:
-            events = [sse_event(c) for c in shaper.shape(chunk.model_dump(exclude_none=True))]  # type: ignore[no-untyped-call]
-        except Exception:
-            on_error("stream_shape")
-            yield chunk
-            continue
-        for event in events:
-            yield event
+        raise
 
 
 def answer_chars(chunk: ModelResponseStream) -> int:

@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import aiohttp
 import pytest
 import uvicorn
+from litellm.types.utils import Delta, ModelResponseStream, StreamingChoices
 
 from litellm_hooks.client_watch import ClientGone, ClientWatches, watch_current_client
 from litellm_hooks.stream_shape import ChunkShaper, shaper_for, sse_event, stream_id
+from litellm_hooks.streams import shaped_stream
 
 
 def ollama_chunk(uid: str, created: int, **choice: Any) -> dict[str, Any]:
@@ -145,3 +147,42 @@ async def test_probe_sees_a_real_uvicorn_client_hang_up() -> None:
 @pytest.mark.parametrize("call_id", ["x", 3])
 def test_take_unknown(call_id: object) -> None:
     assert ClientWatches().take(call_id) is None
+
+
+# --- a stream the server stops between two chunks (starlette cancels it once the client is gone) ---------
+async def _chunks(gate: asyncio.Event) -> AsyncIterator[ModelResponseStream]:
+    """LiteLLM's stream of one chunk ("hello"), then a wait for a next one that never comes."""
+    yield ModelResponseStream(choices=[StreamingChoices(delta=Delta(content="hello"))])
+    await gate.wait()
+
+
+# LiteLLM's ModelResponseStream, built here as LiteLLM builds it, makes pydantic warn about a ReadOnly item
+# of one of LiteLLM's TypedDicts (third-party, nothing to fix on our side).
+_READONLY_ITEM = "ignore:Item 'summary' on TypedDict class 'ChatCompletionReasoningItem':UserWarning"
+
+
+@pytest.mark.filterwarnings(_READONLY_ITEM)
+@pytest.mark.parametrize("gone", [True, False])
+@pytest.mark.parametrize("how", ["cancelled", "closed"])
+async def test_a_stream_stopped_while_its_client_is_gone_is_abandoned_once(gone: bool, how: str) -> None:
+    abandoned: list[int] = []
+    left = [False]  # the client is there for the first chunk, then (maybe) gone
+    stream = shaped_stream(
+        _chunks(asyncio.Event()),
+        {},
+        client_gone=lambda: left[0],
+        on_error=lambda _: None,
+        on_abandoned=abandoned.append,
+    )
+    first = await anext(stream)
+    assert first is not None
+    left[0] = gone
+    if how == "cancelled":  # the server's task stopped while the stream waits for the next chunk
+        task = asyncio.ensure_future(anext(stream))
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    else:  # the server closes the generator at its last yield
+        await stream.aclose()
+    assert abandoned == ([5] if gone else [])  # the 5 characters relayed, once; none with the client there
