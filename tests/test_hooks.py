@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -412,3 +413,32 @@ _RUN = {"prompt_eval_duration": 500_000_000, "eval_duration": 2_000_000_000}
 )
 def test_a_success_s_service_time_is_ollama_s_run_time(original: object, expected: OllamaRun | None) -> None:
     assert _ollama_run(original) == expected
+
+
+async def test_a_cold_call_teaches_ollama_s_load_duration_not_its_whole_call(
+    stack: Stack, hooks: tuple[RouterHooks, Path]
+) -> None:
+    """LiteLLM logs an answer that was not streamed with its completion_start_time at its end: the call's
+    TTFT is the whole call (here 30 s: load, prompt and answer). A cold pick's load sample is Ollama's
+    load_duration (4 s), its service time is not learnt, and its prompt pace is (2,000 tokens in 0.5 s)."""
+    instance, _ = hooks
+    runtime = instance._runtime
+    assert runtime is not None
+    key = next(p.key for p in runtime.fleet.matrix().profiles.values() if p.is_local)
+    runtime.observed.load_s.pop(key, None)
+    service_before = runtime.observed.service_s.get(key)
+    body = _answer(load_duration=4 * 10**9, prompt_eval_count=2000, prompt_eval_duration=500_000_000,
+                   eval_duration=25_500_000_000)  # fmt: skip
+    start = datetime.now(UTC)
+    end = start + timedelta(seconds=30)
+    kwargs = {
+        "metadata": {"torchrouter": {"warm_state": WarmState.COLD.value}},
+        "litellm_params": {"model_info": {"id": key}},
+        "original_response": body,
+        "completion_start_time": end,
+    }
+    await instance.async_log_success_event(kwargs, None, start, end)
+    assert runtime.observed.load_s[key] == pytest.approx(4.0)  # not 30 s
+    assert runtime.observed.service_s.get(key) == service_before  # a cold call teaches no service time
+    assert runtime.observed.prompt_s_per_token[key] == pytest.approx(0.5 / 2000)
+    assert instance.errors == 0
