@@ -33,7 +33,6 @@ from typing import Any
 
 import aiohttp
 import litellm
-import orjson
 from litellm.integrations.custom_logger import CustomLogger
 from litellm.types.router import RouterRateLimitError, RouterRateLimitErrorBasic
 from litellm.types.utils import CostPerToken
@@ -72,6 +71,7 @@ from torchrouter_core.fallbacks import hop_allowed
 from torchrouter_core.inflight import InFlight
 from torchrouter_core.ledger import HostLedger
 from torchrouter_core.needs import request_needs
+from torchrouter_core.ollama_timings import parse_ollama_run
 from torchrouter_core.ranker.interfaces import RequestNeeds
 from torchrouter_core.ranker.observed import ObservedTimes
 from torchrouter_core.ranker.scorers import weights_for
@@ -423,59 +423,6 @@ def _seconds_between(start: object, end: object) -> float | None:
     return None
 
 
-OLLAMA_TIMED_MAX_LEN = 1 << 20  # a longer raw answer (chars, or bytes) is not parsed again for its timings
-OLLAMA_TIMED_MAX_NS = 3600 * 10**9  # a duration over an hour is not a run's: a broken upstream, not learnt
-
-
-@dataclass(frozen=True, slots=True)
-class OllamaRun:
-    """What Ollama's own timings say of one call (/api/chat's final answer, Ollama's API reference,
-    "Generate a chat completion"): ``run_s``, seconds it ran on its slot (``prompt_eval_duration`` +
-    ``eval_duration``: the wait for a slot and any load left out, unlike its wall time); ``prompt``,
-    (tokens evaluated, seconds) of its prompt, or None when the count is missing; ``load_s``, seconds it
-    waited for its model to load (``load_duration``, None when absent: nothing was loaded). Ollama's
-    ``prompt_eval_count`` includes the tokens read from its prompt cache (``llm/llama_server.go``: cached +
-    evaluated) while ``prompt_eval_duration`` times only those evaluated, so the cached ones
-    (``prompt_eval_cached_count``, in Ollama's ``api.Metrics``; absent when none, or from an Ollama that
-    does not report it) are taken off the count."""
-
-    run_s: float
-    prompt: tuple[int, float] | None
-    load_s: float | None = None
-
-
-def _count(value: object) -> int | None:
-    """A JSON count (ns, tokens): a non-negative int, not a bool."""
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
-
-
-def _ollama_run(original: object) -> OllamaRun | None:
-    """:class:`OllamaRun` of LiteLLM's ``original_response`` (the upstream's raw body; str). None when it is
-    not Ollama's final answer (``done`` true) with an ``eval_duration`` (a cloud deployment's, a stream's
-    placeholder, an answer longer than ``OLLAMA_TIMED_MAX_LEN``), or a duration is not a count or over
-    ``OLLAMA_TIMED_MAX_NS``. Ollama leaves out a zero field (``omitempty``): a prompt served whole from
-    its cache has no ``prompt_eval_duration``, taken as 0. Raises nothing."""
-    if not isinstance(original, str | bytes) or not original or len(original) > OLLAMA_TIMED_MAX_LEN:
-        return None
-    try:
-        body = orjson.loads(original)
-    except orjson.JSONDecodeError:
-        return None
-    if not isinstance(body, dict) or body.get("done") is not True or "eval_duration" not in body:
-        return None
-    prompt_ns, eval_ns = _count(body.get("prompt_eval_duration", 0)), _count(body["eval_duration"])
-    if prompt_ns is None or eval_ns is None or max(prompt_ns, eval_ns) > OLLAMA_TIMED_MAX_NS:
-        return None
-    tokens, cached = _count(body.get("prompt_eval_count")), _count(body.get("prompt_eval_cached_count", 0))
-    evaluated = None if tokens is None or cached is None or cached > tokens else tokens - cached
-    load_ns = _count(body.get("load_duration"))
-    return OllamaRun(
-        (prompt_ns + eval_ns) / 1e9,
-        None if evaluated is None else (evaluated, prompt_ns / 1e9),
-        None if load_ns is None or load_ns > OLLAMA_TIMED_MAX_NS else load_ns / 1e9,
-    )
-
-
 def _price_list(deployment: Mapping[str, Any]) -> list[Any]:
     """[LiteLLM model, input USD per token or None, output USD per token or None] of a deployment (plain
     values: it is kept in our request context, which LiteLLM copies)."""
@@ -728,16 +675,7 @@ class RouterHooks(CustomLogger):
                 groups.append(model)
             fields = selection.event_fields()
             fields["rejected"] = {**fields["rejected"], **refused}
-            fields["reservation"] = (
-                None
-                if held is None
-                else {
-                    "host_id": held.host_id,
-                    "model": held.model,
-                    "gb": held.gb,
-                    "victims": [model for model, _ in held.victims],
-                }
-            )
+            fields["reservation"] = None if held is None else held.event_fields()
             if held is not None and held.victims:  # the evicted-recently rule's memory
                 runtime.evictions.record(held.host_id, held.model, now)
             runtime.events.emit("route_selected", **who, **fields, worker=os.getpid())
@@ -750,8 +688,7 @@ class RouterHooks(CustomLogger):
             ctx.update(deployment=chosen.key, warm_state=chosen.warm_state.value, score_ms=selection.score_ms)
             if chosen.is_local:  # recent use prices evicting this model later
                 runtime.use.record(chosen.host_id, chosen.model, now)
-                if chosen.warm_state not in RESIDENT:  # this pick loads it: answers wait for the load
-                    runtime.observed.started_load(chosen.key, now, runtime.observed.load_time_s(chosen))
+            # (in flight, and loading when cold: counted by its claim, _claim, before the ledger's reserve)
             breaker_refused = sorted(k for k, why in selection.rejected_now().items() if "breaker" in why)
             if breaker_refused:  # a breaker sent this attempt past a candidate it would have ranked
                 runtime.events.emit(
@@ -777,8 +714,6 @@ class RouterHooks(CustomLogger):
                 expected = selection.ranking.ttft_s.get(chosen.key) if selection.ranking else None
                 first_byte_s = budget.first_byte_for(cold, expected)  # a long prompt is not cut at 8 s
                 apply_budget(request_kwargs, picked[0], first_byte_s, budget.connect_s, runtime.local_clients)
-            if ctx.get("request_id"):
-                runtime.in_flight.start(chosen.key, str(ctx["request_id"]), now)
             quiet = runtime.prewarm_quiet.get(model, 0.0) > now
             if (
                 chosen.is_local
@@ -866,12 +801,7 @@ class RouterHooks(CustomLogger):
                 "model": chosen.model,
                 "demand": demand,
                 "slots": slots,
-                "reservation": {
-                    "host_id": held.host_id,
-                    "model": held.model,
-                    "gb": held.gb,
-                    "victims": [model for model, _ in held.victims],
-                },
+                "reservation": held.event_fields(),
                 "eviction": eviction_fields(placement),
                 "estimated_load_ms": round(expected_s * 1e3, 1),
                 "worker": os.getpid(),
@@ -974,20 +904,20 @@ class RouterHooks(CustomLogger):
 
     def _observe(self, kwargs: Mapping[str, Any], start_time: Any, end_time: Any) -> None:
         """A success teaches the ranker this deployment's service time (Ollama's own timings when the answer
-        carries them, :func:`_ollama_run`, else the call's wall time), its prompt pace (those timings only)
-        and, when its pick was cold, its load time (Ollama's ``load_duration``, else a stream's TTFT)."""
+        carries them, :mod:`torchrouter_core.ollama_timings`, else the call's wall time), its prompt pace
+        (those timings only) and, when its pick was cold, its load time (Ollama's ``load_duration``, else a
+        stream's TTFT)."""
         runtime, key = self._runtime, _deployment_key(kwargs)
         if runtime is None or key is None or key not in runtime.fleet.store.current.profiles:
             return
         first = kwargs.get("completion_start_time")
         matrix = runtime.fleet.store.current
         model = matrix.profiles[key].model
-        run, service_s = _ollama_run(kwargs.get("original_response")), _seconds_between(start_time, end_time)
-        if run is not None and run.run_s > 0:  # its run on a slot: never longer than the whole call
-            service_s = run.run_s if service_s is None else min(run.run_s, service_s)
+        run = parse_ollama_run(kwargs.get("original_response"))
+        wall_s = _seconds_between(start_time, end_time)
         runtime.observed.record(
             key,
-            service_s=service_s,
+            service_s=wall_s if run is None else run.service_s(wall_s),
             ttft_s=_seconds_between(start_time, first) if run is None else None,
             was_cold=_ctx_of(kwargs).get("warm_state") == WarmState.COLD.value,
             model=model,

@@ -28,7 +28,7 @@ import time
 import uuid
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from capability_matrix.model import Matrix, Profile
 from litellm_hooks.backend import BackendFaults
@@ -55,6 +55,16 @@ class Held:
     gb: float
     expires_at: float  # worker-side bookkeeping only; the ledger's own lease is authoritative
     victims: tuple[tuple[str, float], ...] = ()  # (model, GB) this load evicts
+
+    def event_fields(self) -> dict[str, Any]:
+        """The trail's ``reservation`` (``route_selected``, ``prewarm``): host id, model, GB and the models
+        its load evicts."""
+        return {
+            "host_id": self.host_id,
+            "model": self.model,
+            "gb": self.gb,
+            "victims": [model for model, _ in self.victims],
+        }
 
 
 def host_reports(

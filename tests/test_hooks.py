@@ -15,16 +15,16 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
 import yaml
 
 from capability_matrix import WarmState
-from litellm_hooks.hooks import OllamaRun, RouterHooks, _ollama_run
+from litellm_hooks.hooks import RouterHooks
 from litellm_hooks.reservations import Held
 from litellm_hooks.settings import HooksSettings
 from tests.conftest import Stack
 from tests.harness import eventually, read_events, wait_for_event
+from tests.test_ollama_timings import answer as ollama_answer
 from torchrouter_core.contract import RouteReport, RouteRequest
 from torchrouter_core.ranker import RequestNeeds
 from torchrouter_core.usability import HostRoom
@@ -359,62 +359,6 @@ def test_a_backend_failing_is_logged_once_per_kind_and_window_and_reported_until
     assert faults.report() == ("vram_ledger_reserve:ConnectionError",)
 
 
-# --- a success's service time: Ollama's own timings, not the wall time of a call that waited -------------
-def _answer(**timings: object) -> str:
-    """An Ollama /api/chat final answer (non-streamed) with ``timings`` (ns, tokens) among its fields."""
-    head = {"model": "m", "message": {"role": "assistant", "content": "x"}, "done": True}
-    return orjson.dumps({**head, "total_duration": 9_000_000_000, **timings}).decode()
-
-
-_RUN = {"prompt_eval_duration": 500_000_000, "eval_duration": 2_000_000_000}
-
-
-@pytest.mark.parametrize(
-    ("original", "expected"),
-    [
-        (_answer(load_duration=4 * 10**9, prompt_eval_count=1000, **_RUN), OllamaRun(2.5, (1000, 0.5), 4.0)),
-        (_answer(load_duration=4e9, **_RUN), OllamaRun(2.5, None, None)),  # a load that is not a count
-        (_answer(load_duration=3600 * 10**9 + 1, **_RUN), OllamaRun(2.5, None, None)),  # over an hour
-        # prompt_eval_count includes the tokens read from the cache; the duration times the others only
-        (_answer(prompt_eval_count=1000, prompt_eval_cached_count=800, **_RUN), OllamaRun(2.5, (200, 0.5))),
-        (_answer(prompt_eval_count=10, prompt_eval_cached_count=11, **_RUN), OllamaRun(2.5, None)),  # more
-        (_answer(**_RUN), OllamaRun(2.5, None)),  # no prompt_eval_count: a run time, no prompt sample
-        (_answer(prompt_eval_count=7.5, **_RUN), OllamaRun(2.5, None)),  # a count that is not one
-        # omitempty: a prompt read whole from the cache has no prompt_eval_duration (0 ns)
-        (
-            _answer(prompt_eval_count=900, prompt_eval_cached_count=900, eval_duration=10**9),
-            OllamaRun(1.0, (0, 0.0)),
-        ),
-        (_answer(prompt_eval_duration=0, eval_duration=0), OllamaRun(0.0, None)),  # zero: the caller's call
-        (_answer(prompt_eval_duration=10**9, eval_duration=10**9).encode(), OllamaRun(2.0, None)),  # bytes
-        (_answer(prompt_eval_duration=3600 * 10**9, eval_duration=0), OllamaRun(3600.0, None)),  # an hour
-        (_answer(prompt_eval_duration=3600 * 10**9 + 1, eval_duration=0), None),  # over: not a run's
-        ('{"done": true, "prompt_eval_duration": 18446744073709551615, "eval_duration": 1}', None),  # u64
-        ('{"done": true, "prompt_eval_duration": 1000000000000000000000000000000, "eval_duration": 1}', None),
-        ('{"done": true, "prompt_eval_duration": 1e400, "eval_duration": 1}', None),  # not JSON to orjson
-        (_answer(prompt_eval_duration=500), None),  # no eval_duration: not a final answer's timings
-        (_answer(done=False, **_RUN), None),  # a stream's chunk, not the final answer
-        (_answer(prompt_eval_duration=-1, eval_duration=2_000_000_000), None),  # negative
-        (_answer(prompt_eval_duration=1.5, eval_duration=2_000_000_000), None),  # not a count of ns
-        (_answer(prompt_eval_duration=True, eval_duration=2_000_000_000), None),  # bool is not a count
-        (_answer(prompt_eval_duration="1", eval_duration="2"), None),  # strings
-        ('{"id":"chatcmpl-1","choices":[],"usage":{"prompt_tokens":3}}', None),  # a cloud (OpenAI) answer
-        ("first stream response received", None),  # LiteLLM's placeholder for a stream
-        ("redacted-by-litellm", None),  # message logging turned off
-        ("[1, 2]", None),  # JSON, not an object
-        ("data: {not json", None),
-        (b"\xff\xfe{", None),  # not UTF-8
-        ("", None),
-        (None, None),
-        ({"done": True, "eval_duration": 1}, None),  # a dict is not a raw body
-        (17, None),
-        (_answer(eval_duration=1, pad="x" * (1 << 20)), None),  # longer than OLLAMA_TIMED_MAX_LEN
-    ],
-)
-def test_a_success_s_service_time_is_ollama_s_run_time(original: object, expected: OllamaRun | None) -> None:
-    assert _ollama_run(original) == expected
-
-
 async def test_a_cold_call_teaches_ollama_s_load_duration_not_its_whole_call(
     stack: Stack, hooks: tuple[RouterHooks, Path]
 ) -> None:
@@ -427,7 +371,7 @@ async def test_a_cold_call_teaches_ollama_s_load_duration_not_its_whole_call(
     key = next(p.key for p in runtime.fleet.matrix().profiles.values() if p.is_local)
     runtime.observed.load_s.pop(key, None)
     service_before = runtime.observed.service_s.get(key)
-    body = _answer(load_duration=4 * 10**9, prompt_eval_count=2000, prompt_eval_duration=500_000_000,
+    body = ollama_answer(load_duration=4 * 10**9, prompt_eval_count=2000, prompt_eval_duration=500_000_000,
                    eval_duration=25_500_000_000)  # fmt: skip
     start = datetime.now(UTC)
     end = start + timedelta(seconds=30)
