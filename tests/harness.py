@@ -176,13 +176,15 @@ def litellm_on_sim(
     preload: Sequence[tuple[str, str]] = (),
     time_scale: float,
     env: Mapping[str, str | None] | None = None,
+    seed: int = 5,
+    workers: int = 1,
 ) -> Iterator[tuple[SimThread, LiteLLMProcess, str]]:
     """The shipped fleet files in ``tmp`` with, for each lane of ``only``, every profile but the keys named
-    there locked out (``codex``); the simulated fleet of that matrix (seed 5, ``time_scale``) with each
+    there locked out (``codex``); the simulated fleet of that matrix (``seed``, ``time_scale``) with each
     ``(host id, model)`` of ``preload`` loaded straight at its host before the router starts watching; a
-    real LiteLLM with our hooks on it (the in-process ledger, a probe every 0.5 s, the trail at
-    ``tmp/events.jsonl``; ``env`` over that, a ``None`` value unsetting the variable). Yields
-    ``(sim, proxy, master key)``; stops both."""
+    real LiteLLM with our hooks on it, ``workers`` uvicorn workers (the in-process ledger, a probe every
+    0.5 s, the trail at ``tmp/events.jsonl``; ``env`` over that, a ``None`` value unsetting the
+    variable). Yields ``(sim, proxy, master key)``; stops both."""
     render_fleet_files(tmp)
     matrix_path = tmp / "matrix.yaml"
     doc = yaml.safe_load(matrix_path.read_text())
@@ -190,7 +192,7 @@ def litellm_on_sim(
         if profile["lane"] in only and key not in only[profile["lane"]]:
             profile["lockout_state"] = "codex"
     matrix_path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    sim = SimThread(fleet_spec_from_matrix(doc, cloud_api_key="k", seed=5, time_scale=time_scale))
+    sim = SimThread(fleet_spec_from_matrix(doc, cloud_api_key="k", seed=seed, time_scale=time_scale))
     sim.start()
     key = "sk-test-" + secrets.token_hex(8)
     child_env = {
@@ -212,6 +214,7 @@ def litellm_on_sim(
             port=free_ports(1)[0],
             env={k: v for k, v in child_env.items() if v is not None},
             log_path=tmp / "litellm.log",
+            num_workers=workers,
         )
         proxy.wait_ready()
         yield sim, proxy, key

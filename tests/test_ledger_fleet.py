@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import os
 import random
-import secrets
 import signal
 import time
 from collections.abc import Iterator
@@ -25,17 +24,15 @@ import aiohttp
 import redis.asyncio as aioredis
 import yaml
 
-from tests.harness import SimThread, eventually, free_ports, render_fleet_files
+from tests.harness import SimThread, eventually, litellm_on_sim
 from tests.redis_server import RedisServer
 from torchrouter.litellm_process import LiteLLMProcess
 from torchrouter.redis_ledger import RedisLedger
-from torchrouter.sim import fleet_spec_from_matrix
 from torchrouter_core.contract import HostReport, RouteReport
 from torchrouter_core.ledger import HostLedger
 
 TIME_SCALE = 0.02
 LEASE_S = 120.0  # far longer than the test waits for the ledger to empty (45 s): only releases can empty it
-PROBE_S = 0.5
 GROUPS = ("fast-chat", "balanced", "code")
 
 
@@ -52,37 +49,17 @@ class Fleet:
 def fleet(
     tmp: Path, *, workers: int = 1, redis_url: str | None = None, lease_s: float = LEASE_S
 ) -> Iterator[Fleet]:
-    render_fleet_files(tmp)
-    matrix = yaml.safe_load((tmp / "matrix.yaml").read_text())
-    capacity = {h: float(v["gpu_memory_gb"]) for h, v in matrix["hosts"].items()}
-    sim = SimThread(fleet_spec_from_matrix(matrix, cloud_api_key="k", seed=3, time_scale=TIME_SCALE))
-    sim.start()
-    key = "sk-test-" + secrets.token_hex(8)
-    env = {
-        **os.environ,
-        "LITELLM_MASTER_KEY": key,
-        "TORCHROUTER_CLOUD_API_KEY": "k",
-        "TORCHROUTER_CAPABILITY_MATRIX_PATH": str(tmp / "matrix.yaml"),
-        "TORCHROUTER_ROUTING_CONTINUITY_EVENT_PATH": str(tmp / "events.jsonl"),
-        "TORCHROUTER_PROBE_INTERVAL_S": str(PROBE_S),
-        "TORCHROUTER_LEDGER_LEASE_S": str(lease_s),
-    }
-    env.pop("TORCHROUTER_LEDGER_REDIS_URL", None)
-    if redis_url is not None:
-        env["TORCHROUTER_LEDGER_REDIS_URL"] = redis_url
-    proxy = LiteLLMProcess.start(
-        tmp / "litellm_config.yaml",
-        port=free_ports(1)[0],
-        env=env,
-        log_path=tmp / "litellm.log",
-        num_workers=workers,
-    )
-    try:
-        proxy.wait_ready()
+    """The shipped fleet (nothing locked out) on the simulated hosts (seed 3) behind a real LiteLLM with
+    ``workers`` workers, the ledger in Redis at ``redis_url`` (else in-process), leases of ``lease_s``."""
+    env = {"TORCHROUTER_LEDGER_LEASE_S": str(lease_s), "TORCHROUTER_LEDGER_REDIS_URL": redis_url}
+    with litellm_on_sim(tmp, only={}, time_scale=TIME_SCALE, env=env, seed=3, workers=workers) as (
+        sim,
+        proxy,
+        key,
+    ):
+        matrix = yaml.safe_load((tmp / "matrix.yaml").read_text())
+        capacity = {h: float(v["gpu_memory_gb"]) for h, v in matrix["hosts"].items()}
         yield Fleet(tmp, sim, proxy, key, capacity)
-    finally:
-        proxy.stop()
-        sim.stop()
 
 
 async def one_request(session: aiohttp.ClientSession, f: Fleet, i: int, rng: random.Random) -> str:

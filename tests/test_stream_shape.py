@@ -186,3 +186,54 @@ async def test_a_stream_stopped_while_its_client_is_gone_is_abandoned_once(gone:
     else:  # the server closes the generator at its last yield
         await stream.aclose()
     assert abandoned == ([5] if gone else [])  # the 5 characters relayed, once; none with the client there
+
+
+async def test_a_stream_starlette_stops_for_a_client_that_left_is_abandoned() -> None:
+    """The same through the parts LiteLLM serves with: uvicorn and starlette's StreamingResponse. The
+    upstream sends one chunk and then nothing; the client hangs up; starlette cancels the stream on the
+    disconnect while it waits for the next chunk, and the abandonment is still seen (once)."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import StreamingResponse
+    from starlette.routing import Route
+
+    abandoned: list[int] = []
+    sent = asyncio.Event()
+
+    async def upstream() -> AsyncIterator[bytes]:
+        yield b"data: first\n\n"
+        sent.set()
+        await asyncio.Event().wait()  # a model that has not produced its next token yet
+
+    async def endpoint(request: Request) -> StreamingResponse:
+        stream = shaped_stream(
+            upstream(),
+            {},
+            client_gone=watch_current_client(),
+            on_error=lambda _: None,
+            on_abandoned=abandoned.append,
+        )
+        return StreamingResponse(stream, media_type="text/event-stream")
+
+    app = Starlette(routes=[Route("/", endpoint)])
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="error", lifespan="off")
+    server = uvicorn.Server(config)
+    serving = asyncio.create_task(server.serve())
+    try:
+        while not server.started:  # noqa: ASYNC110  (uvicorn has no started event to wait on)
+            await asyncio.sleep(0.01)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        async with aiohttp.ClientSession() as http:
+            resp = await http.get(f"http://127.0.0.1:{port}/")
+            assert (await resp.content.readany()).startswith(b"data: first")
+            await sent.wait()
+            resp.close()  # the client hangs up between two chunks
+        for _ in range(300):
+            if abandoned:
+                break
+            await asyncio.sleep(0.01)
+        assert abandoned == [0], "the stream starlette stopped was not seen as abandoned"
+    finally:
+        server.should_exit = True
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(serving, 10)
