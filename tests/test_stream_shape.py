@@ -95,6 +95,22 @@ def test_client_watches_are_bounded_and_taken_once() -> None:
     assert watches.take("c") is never and watches.take("c") is None
 
 
+@contextlib.asynccontextmanager
+async def serving(app: Any) -> AsyncIterator[int]:
+    """A real uvicorn server for the ASGI ``app`` on a free port (yielded), stopped afterwards."""
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="error", lifespan="off")
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    try:
+        while not server.started:  # noqa: ASYNC110  (uvicorn has no started event to wait on)
+            await asyncio.sleep(0.01)
+        yield server.servers[0].sockets[0].getsockname()[1]
+    finally:
+        server.should_exit = True
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(task, 10)
+
+
 async def test_no_probe_outside_a_uvicorn_request() -> None:
     assert watch_current_client() is None
 
@@ -120,28 +136,17 @@ async def test_probe_sees_a_real_uvicorn_client_hang_up() -> None:
             await send({"type": "http.response.body", "body": b".", "more_body": True})
             await asyncio.sleep(0.01)
 
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="error", lifespan="off")
-    server = uvicorn.Server(config)
-    serving = asyncio.create_task(server.serve())
-    try:
-        while not server.started:  # noqa: ASYNC110  (uvicorn has no started event to wait on)
-            await asyncio.sleep(0.01)
-        port = server.servers[0].sockets[0].getsockname()[1]
-        async with aiohttp.ClientSession() as http:
-            resp = await http.get(f"http://127.0.0.1:{port}/")
-            assert (await resp.content.readany()).startswith(b"first")
-            await sent.wait()
-            assert probes and not probes[0]()  # connected
-            resp.close()  # the client hangs up
+    async with serving(app) as port, aiohttp.ClientSession() as http:
+        resp = await http.get(f"http://127.0.0.1:{port}/")
+        assert (await resp.content.readany()).startswith(b"first")
+        await sent.wait()
+        assert probes and not probes[0]()  # connected
+        resp.close()  # the client hangs up
         for _ in range(300):
             if probes[0]():
                 break
             await asyncio.sleep(0.01)
         assert probes[0](), "the probe never saw the client leave"
-    finally:
-        server.should_exit = True
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait_for(serving, 10)
 
 
 @pytest.mark.parametrize("call_id", ["x", 3])
@@ -215,25 +220,13 @@ async def test_a_stream_starlette_stops_for_a_client_that_left_is_abandoned() ->
         )
         return StreamingResponse(stream, media_type="text/event-stream")
 
-    app = Starlette(routes=[Route("/", endpoint)])
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="error", lifespan="off")
-    server = uvicorn.Server(config)
-    serving = asyncio.create_task(server.serve())
-    try:
-        while not server.started:  # noqa: ASYNC110  (uvicorn has no started event to wait on)
-            await asyncio.sleep(0.01)
-        port = server.servers[0].sockets[0].getsockname()[1]
-        async with aiohttp.ClientSession() as http:
-            resp = await http.get(f"http://127.0.0.1:{port}/")
-            assert (await resp.content.readany()).startswith(b"data: first")
-            await sent.wait()
-            resp.close()  # the client hangs up between two chunks
+    async with serving(Starlette(routes=[Route("/", endpoint)])) as port, aiohttp.ClientSession() as http:
+        resp = await http.get(f"http://127.0.0.1:{port}/")
+        assert (await resp.content.readany()).startswith(b"data: first")
+        await sent.wait()
+        resp.close()  # the client hangs up between two chunks
         for _ in range(300):
             if abandoned:
                 break
             await asyncio.sleep(0.01)
         assert abandoned == [0], "the stream starlette stopped was not seen as abandoned"
-    finally:
-        server.should_exit = True
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait_for(serving, 10)
